@@ -1,0 +1,47 @@
+# The two commands of the README: `make run` and `make test`. Each sets itself up.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Offline machines: Prefect must not phone home (it logs name-resolution errors otherwise).
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+# Stage commands in dvc.yaml call `python`: make it this project's.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test test-fast bench install constraints clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch would pull several GB of CUDA wheels.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+DEMO_SOURCE := data/source/breast_cancer.csv
+
+run: install
+	@test -d .git || git init -q
+	@test -d .dvc || $(BIN)/dvc init -q
+	@test -f $(DEMO_SOURCE) || $(BIN)/python -m components.demo_data $(DEMO_SOURCE)
+	$(BIN)/privflow run
+
+test: install
+	$(BIN)/pytest -q -ra
+
+test-fast: install
+	$(BIN)/pytest -q -ra -m "not slow"
+
+bench: install
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+constraints: install
+	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt.new
+	{ head -2 constraints.txt; cat constraints.txt.new; } > constraints.txt && rm constraints.txt.new
+
+clean:
+	rm -rf $(VENV) .privflow artifacts metrics reports data

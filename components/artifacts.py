@@ -1,0 +1,40 @@
+"""Shared edges of every stage: the vault from the keyring, plaintext JSON side files.
+
+Side files (manifests, metrics) hold counts, hashes and key ids only, never row values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from components.keys import LocalKeyring
+from components.settings import keyring_path
+from components.vault import Vault
+
+
+def open_vault() -> Vault:
+    return Vault(LocalKeyring.open(keyring_path()))
+
+
+def write_json(path: Path, document: Any) -> None:
+    """Write atomically: readers see the old file or the new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,146 @@
+"""Stage `encrypt`: seal the model-ready dataset and the quarantine.
+
+Features are scaled by the bounds the schema declares, never by statistics of the private
+rows (a mean or a min would itself leak and is not covered by the DP guarantee). The
+train/test split is by person and by a keyed hash of the person's id, so a person never
+sits on both sides and stays on the same side when new snapshots add rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import save as save_tensors
+
+from components.artifacts import open_vault, write_json
+from components.errors import DatasetError, SchemaError, run_stage
+from components.ingest import SNAPSHOT, SnapshotManifest, read_manifest, snapshot_identity
+from components.records import coerce_columns, parse_csv
+from components.schema import DatasetSchema, load_schema
+from components.settings import Settings, load_settings
+from components.validate import ValidationOutcome, decisions_identity, read_decisions
+from components.vault import ArtifactIdentity, Vault
+
+SPLITS = ("train", "test")
+QUARANTINE = "quarantine.sealed"
+DATASET = "dataset.json"
+
+
+@dataclass(frozen=True)
+class EncodedData:
+    features: np.ndarray  # float32, rows x features, each in [0, 1]
+    labels: np.ndarray    # int64 class index in schema order
+    units: np.ndarray     # privacy-unit ids, kept only to split and to count rows per person
+    feature_names: list[str]
+
+
+def encode_features(typed: pd.DataFrame, schema: DatasetSchema) -> EncodedData:
+    columns: list[np.ndarray] = []
+    names: list[str] = []
+    for name in schema.feature_columns:
+        spec = schema.columns[name]
+        values = typed[name]
+        if spec.type == "string":
+            if not spec.allowed:
+                continue  # free text is never a model input
+            for level in spec.allowed:
+                columns.append((values == str(level)).fillna(False).to_numpy(dtype=np.float32))
+                names.append(f"{name}={level}")
+        elif spec.type == "bool":
+            columns.append(values.fillna(False).to_numpy(dtype=np.float32))
+            names.append(name)
+        else:
+            if spec.min is None or spec.max is None or spec.max <= spec.min:
+                raise SchemaError(f"feature '{name}' needs min < max in the schema: they scale it "
+                                  "without spending privacy budget")
+            scaled = ((values.astype("float64") - spec.min) / (spec.max - spec.min)).clip(0, 1)
+            columns.append(scaled.fillna(0.0).to_numpy(dtype=np.float32))
+            names.append(name)
+    labels = typed[schema.target].map({c: i for i, c in enumerate(schema.classes)})
+    return EncodedData(np.stack(columns, axis=1), labels.to_numpy(dtype=np.int64),
+                       typed[schema.privacy_unit].astype(str).to_numpy(), names)
+
+
+def in_test_split(units: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Deterministic per-person assignment: hash(seed, id) below `fraction` -> test."""
+    def score(unit: str) -> float:
+        digest = hashlib.sha256(f"{seed}:{unit}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+    return np.array([score(u) < fraction for u in units], dtype=bool)
+
+
+def split_identity(dataset: str, snapshot_id: str, split: str) -> ArtifactIdentity:
+    return ArtifactIdentity(dataset, "encrypt", f"{split}.sealed", snapshot_id)
+
+
+def quarantine_document(strings: pd.DataFrame, outcome: ValidationOutcome) -> bytes:
+    """The failing records with their reasons, for the data owner only (sealed)."""
+    reasons: dict[int, list[list[str]]] = {}
+    for failure in outcome.failures:
+        reasons.setdefault(failure.row, []).append([failure.column, failure.check])
+    records = [
+        {"row": row, "failures": why,
+         "values": strings.loc[row].to_dict() if row in strings.index else None}
+        for row, why in sorted(reasons.items())
+    ]
+    return json.dumps(records).encode()
+
+
+def seal_dataset(raw: bytes, manifest: SnapshotManifest, schema: DatasetSchema,
+                 outcome: ValidationOutcome, settings: Settings, vault: Vault, out_dir: Path) -> dict:
+    """Encode the valid rows, split them by person, seal train/test/quarantine to out_dir."""
+    source, dataset, snapshot_id = manifest.source, manifest.dataset, manifest.snapshot_id
+    table = parse_csv(raw, source, schema, delimiter=settings.ingest.delimiter,
+                      encoding=settings.ingest.encoding)
+    if table.rows_in != outcome.rows_in:
+        raise DatasetError(f"{source}: snapshot has {table.rows_in} rows but the validation "
+                           f"decisions cover {outcome.rows_in}; re-run `validate`")
+    typed, _ = coerce_columns(table.frame, schema)
+    data = encode_features(typed.loc[outcome.valid_rows], schema)
+    if len(data.labels) == 0:
+        raise DatasetError(f"{source}: no valid rows to train on; see metrics/validate.json")
+    test_mask = in_test_split(data.units, settings.encrypt.test_fraction, settings.encrypt.split_seed)
+    sealed = {}
+    for split, mask in zip(SPLITS, (~test_mask, test_mask)):
+        payload = save_tensors({"features": data.features[mask], "labels": data.labels[mask]})
+        artifact = vault.seal(payload, split_identity(dataset, snapshot_id, split), out_dir / f"{split}.sealed")
+        sealed[split] = {"rows": int(mask.sum()), "key_id": artifact.key_id,
+                         "ciphertext_sha256": artifact.ciphertext_sha256}
+    quarantine = vault.seal(quarantine_document(table.frame, outcome),
+                            ArtifactIdentity(dataset, "encrypt", QUARANTINE, snapshot_id), out_dir / QUARANTINE)
+    rows_per_unit = pd.Series(data.units).value_counts()
+    return {
+        "dataset": dataset, "snapshot_id": snapshot_id, "features": data.feature_names,
+        "classes": schema.classes, "privacy_unit": schema.privacy_unit,
+        "max_rows_per_unit": int(rows_per_unit.max()), "units": int(len(rows_per_unit)),
+        "splits": sealed, "quarantine": {"key_id": quarantine.key_id,
+                                         "ciphertext_sha256": quarantine.ciphertext_sha256},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--snapshot", type=Path, required=True)
+    parser.add_argument("--decisions", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    settings = load_settings()
+    schema = load_schema(settings.validate_.schema_file)
+    manifest = read_manifest(args.snapshot)
+    vault = open_vault()
+    outcome = read_decisions(vault, decisions_identity(manifest.dataset, manifest.snapshot_id), args.decisions)
+    raw = vault.open(args.snapshot / SNAPSHOT, snapshot_identity(manifest.dataset, manifest.snapshot_id))
+    description = seal_dataset(raw, manifest, schema, outcome, settings, vault, args.out)
+    write_json(args.out / DATASET, description)
+    print(f"encrypt: sealed train {description['splits']['train']['rows']} rows, "
+          f"test {description['splits']['test']['rows']} rows, {len(description['features'])} features")
+
+
+if __name__ == "__main__":
+    run_stage(main)

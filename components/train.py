@@ -1,0 +1,152 @@
+"""Stage `train`: DP-SGD with Opacus to a target (epsilon, delta), under the dataset's budget.
+
+Order matters: plan the run from counts alone, charge the ledger (refusing if the cap
+would be exceeded), and only then decrypt a single row. The charge is written ahead of
+training for the full plan, so a killed run is never charged less than the steps it took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import uuid
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from opacus import PrivacyEngine
+from safetensors.numpy import load as load_tensors
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from components.artifacts import open_vault, read_json, write_json
+from components.encrypt import DATASET, split_identity
+from components.errors import PrivacyError, run_stage
+from components.models import accuracy, build_model
+from components.privacy.accounting import DpSgdPlan, plan_dp_sgd
+from components.privacy.ledger import Charge, PrivacyLedger
+from components.settings import Settings, TrainSettings, load_settings
+from components.vault import Vault
+
+MODEL = "model.safetensors"
+MODEL_CARD = "model.json"
+
+
+def _code_commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    return result.stdout.strip() or "uncommitted"
+
+
+def plan_and_charge(description: dict, settings: Settings, run_id: str) -> tuple[DpSgdPlan, dict]:
+    """Refuse or charge before any decryption; returns the plan and the budget after it."""
+    if description["max_rows_per_unit"] > 1:
+        raise PrivacyError(
+            f"some {description['privacy_unit']} has {description['max_rows_per_unit']} rows: "
+            "example-level DP would understate that person's epsilon; declare the unit column "
+            "unique in the schema or deduplicate per person"
+        )
+    t = settings.train
+    plan = plan_dp_sgd(rows=description["splits"]["train"]["rows"], batch_size=t.batch_size,
+                       epochs=t.epochs, target_epsilon=t.target_epsilon,
+                       target_delta=t.target_delta, accountant=t.accountant)
+    charge = Charge(run_id=run_id, dataset=description["dataset"],
+                    privacy_unit=description["privacy_unit"], snapshot_id=description["snapshot_id"],
+                    stage="train", mechanism="DP-SGD (Poisson-sampled Gaussian)",
+                    accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
+                    sample_rate=plan.sample_rate, steps=plan.steps, delta=plan.delta,
+                    epsilon=plan.epsilon, code_commit=_code_commit(),
+                    created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    budget = PrivacyLedger(settings.privacy.ledger).charge(charge, settings.privacy.epsilon_cap)
+    return plan, {"cap": budget.cap, "spent_total": budget.spent, "this_run": plan.epsilon}
+
+
+def load_split(vault: Vault, description: dict, split: str, folder: Path) -> TensorDataset:
+    identity = split_identity(description["dataset"], description["snapshot_id"], split)
+    tensors = load_tensors(vault.open(folder / f"{split}.sealed", identity))
+    return TensorDataset(torch.from_numpy(tensors["features"]), torch.from_numpy(tensors["labels"]))
+
+
+def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
+    # No skipping of empty Poisson batches: every step must reach optimizer.step(), where
+    # Opacus adds noise and the accountant counts it, or the charge and the run disagree.
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    for features, labels in loader:
+        optimizer.zero_grad()
+        loss_fn(model(features), labels).backward()
+        optimizer.step()
+
+
+def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan,
+                  t: TrainSettings, n_classes: int) -> tuple[nn.Module, list[dict], float]:
+    torch.manual_seed(t.init_seed)  # seeds the initial weights only ...
+    model = build_model(t.model, train.tensors[0].shape[1], n_classes, t.hidden_units)
+    torch.seed()  # ... then fresh OS entropy, so the DP noise and sampling are never seeded
+    engine = PrivacyEngine(accountant=plan.accountant)
+    optimizer = torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=0.9)
+    loader = DataLoader(train, batch_size=t.batch_size)
+    model, optimizer, loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=t.max_grad_norm, poisson_sampling=True, grad_sample_mode=t.grad_sample_mode)
+    if abs(loader.sample_rate - plan.sample_rate) > 1e-12:
+        raise PrivacyError(f"Opacus sampled at {loader.sample_rate}, the charge assumed {plan.sample_rate}")
+    curve: list[dict] = []
+    for epoch in range(1, t.epochs + 1):
+        run_epoch(model, loader, optimizer)
+        curve.append({"epoch": epoch, "epsilon": engine.get_epsilon(plan.delta),
+                      "test_accuracy": accuracy(model, *test.tensors)})
+    return model._module, curve, engine.get_epsilon(plan.delta)
+
+
+def train_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings, n_classes: int) -> float:
+    """Non-private reference on the same split: its accuracy is reported, its weights discarded."""
+    torch.manual_seed(t.init_seed)
+    model = build_model(t.model, train.tensors[0].shape[1], n_classes, t.hidden_units)
+    optimizer = torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=0.9)
+    loader = DataLoader(train, batch_size=t.batch_size, shuffle=True)
+    for _ in range(t.epochs):
+        run_epoch(model, loader, optimizer)
+    return accuracy(model, *test.tensors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--curve", type=Path, required=True)
+    args = parser.parse_args()
+    settings = load_settings()
+    description = read_json(args.data / DATASET)
+    run_id = uuid.uuid4().hex
+    plan, budget = plan_and_charge(description, settings, run_id)
+    vault = open_vault()
+    train, test = (load_split(vault, description, split, args.data) for split in ("train", "test"))
+    n_classes = len(description["classes"])
+    model, curve, epsilon = train_private(train, test, plan, settings.train, n_classes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, args.out / MODEL)
+    t = settings.train
+    card = {"run_id": run_id, "preset": t.model, "hidden_units": t.hidden_units,
+            "features": description["features"], "classes": description["classes"],
+            "snapshot_id": description["snapshot_id"], "dataset": description["dataset"]}
+    write_json(args.out / MODEL_CARD, card)
+    write_json(args.metrics, {
+        "run_id": run_id, "snapshot_id": description["snapshot_id"],
+        "privacy": {**asdict(plan), "epsilon_spent": epsilon, "max_grad_norm": t.max_grad_norm,
+                    "privacy_unit": description["privacy_unit"], "poisson_sampling": True,
+                    "secure_noise": False, "grad_sample_mode": t.grad_sample_mode},
+        "budget": budget, "rows": {"train": len(train), "test": len(test)},
+        "accuracy": {"private": curve[-1]["test_accuracy"],
+                     "non_private_baseline": train_baseline(train, test, t, n_classes)},
+    })
+    write_json(args.curve, curve)
+    print(f"train: epsilon {epsilon:.3f} (delta {plan.delta:g}, noise {plan.noise_multiplier:.3f}, "
+          f"q {plan.sample_rate:.4f}, {plan.steps} steps), test accuracy {curve[-1]['test_accuracy']:.3f}, "
+          f"budget {budget['spent_total']:.3f}/{budget['cap']:g}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

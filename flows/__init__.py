@@ -1,0 +1,14 @@
+"""Prefect orchestration of the DVC pipeline. Thin: the logic lives in components/.
+
+Embedded defaults, set before Prefect is imported: Prefect's home (its SQLite database and
+logs) inside the project's git-ignored .privflow/, and no telemetry (the machines privflow
+runs on are often offline, and Prefect logs a name-resolution error for every attempt).
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_HOME", str(Path(".privflow/prefect").resolve()))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")

@@ -1,0 +1,86 @@
+"""The `privflow` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import flows  # noqa: F401  (sets Prefect's embedded defaults before Prefect loads)
+from components.errors import PrivflowError
+from components.keys import LocalKeyring
+from components.privacy.ledger import PrivacyLedger
+from components.settings import keyring_path, load_settings
+
+app = typer.Typer(help="Train models on sensitive data under differential privacy, with an audit trail.")
+keys_app = typer.Typer(help="Key-encryption keys of the local keyring.")
+budget_app = typer.Typer(help="The privacy budget ledger.")
+app.add_typer(keys_app, name="keys")
+app.add_typer(budget_app, name="budget")
+console = Console()
+
+
+@app.command()
+def run(root: Path = Path(".")) -> None:
+    """Run the whole pipeline (stages that are up to date are skipped)."""
+    from flows.pipeline import REPORT, pipeline
+    from flows.stages import StageFailed
+
+    try:
+        ran = pipeline(str(root))
+    except StageFailed as failure:
+        console.print(f"[red]privflow: {failure}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"stages run: {[s for s, r in ran.items() if r] or 'none (all up to date)'}")
+    console.print(f"report: [bold]{(root / REPORT).resolve()}[/bold]")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List key ids and states (never key material)."""
+    table = Table("key id", "state", "created")
+    for key in LocalKeyring.open(keyring_path(), create=False).keys():
+        table.add_row(key.key_id, key.state, key.created)
+    console.print(table)
+
+
+@keys_app.command("init")
+def keys_init() -> None:
+    """Create the local keyring (mode 0600) if it does not exist."""
+    keyring = LocalKeyring.open(keyring_path())
+    console.print(f"keyring {keyring.path}: primary key {keyring.primary().key_id}")
+
+
+@budget_app.command("show")
+def budget_show() -> None:
+    """Charges against the configured dataset and what is left of its cap."""
+    settings = load_settings()
+    ledger = PrivacyLedger(settings.privacy.ledger)
+    table = Table("time", "run", "accountant", "noise", "q", "steps", "delta", "epsilon")
+    for c in ledger.charges(settings.dataset.name):
+        table.add_row(c.created_at, c.run_id[:12], c.accountant, f"{c.noise_multiplier:.3f}",
+                      f"{c.sample_rate:.4f}", str(c.steps), f"{c.delta:g}", f"{c.epsilon:.3f}")
+    console.print(table)
+    budget = ledger.budget(settings.dataset.name, settings.privacy.epsilon_cap)
+    console.print(f"spent {budget.spent:.3f} of cap {budget.cap:g}; remaining {budget.remaining:.3f}")
+
+
+@budget_app.command("verify")
+def budget_verify() -> None:
+    """Check the ledger's hash chain; exit 1 if an entry was edited or deleted."""
+    problems = PrivacyLedger(load_settings().privacy.ledger).verify()
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    if problems:
+        raise typer.Exit(1)
+    console.print("ledger intact")
+
+
+def main() -> None:
+    try:
+        app()
+    except PrivflowError as error:
+        console.print(f"[red]privflow: {error}[/red]")
+        raise SystemExit(2) from None

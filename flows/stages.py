@@ -1,0 +1,69 @@
+"""The pipeline as DVC declares it: stage order from dvc.yaml, each stage run through DVC.
+
+Running every stage through `Repo.reproduce` (never by calling the component directly)
+means the flow and `dvc repro` cannot disagree: DVC decides what is stale, skips what is
+not, and records every hash in dvc.lock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import networkx as nx
+from dvc.exceptions import ReproductionError
+from dvc.repo import Repo
+from dvc.stage import PipelineStage
+
+from components.errors import EXIT_TRANSIENT
+
+
+class StageFailed(Exception):
+    """A stage refused or failed; its own message (on stderr) says why. Not retried."""
+
+
+class TransientStageFailure(StageFailed):
+    """A stage exited with EX_TEMPFAIL: the flow may retry it."""
+
+
+def stage_order(root: Path) -> list[str]:
+    """dvc.yaml's stages, each after every stage it depends on."""
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        ordered = reversed(list(nx.lexicographical_topological_sort(graph, key=str)))
+        return [stage.name for stage in ordered if isinstance(stage, PipelineStage)]
+
+
+def _causes(error: BaseException | None) -> list[str]:
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__
+    return messages
+
+
+def _exit_status(messages: list[str]) -> int | None:
+    # DVC keeps a failed command's exit status only in its message: "... exited with N".
+    for message in messages:
+        match = re.search(r"exited with (-?\d+)", message)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def reproduce_stage(root: Path, stage: str) -> bool:
+    """Bring one stage up to date; True if it ran, False if DVC found it current."""
+    bin_dir = str(Path(sys.executable).parent)  # stage commands call `python`: ours
+    if not os.environ.get("PATH", "").startswith(bin_dir):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    try:
+        with Repo(str(root)) as repo:
+            return bool(repo.reproduce(targets=[stage], single_item=True))
+    except ReproductionError as error:
+        # DVC's messages name stages, commands and paths, never data.
+        messages = _causes(error)
+        status = _exit_status(messages)
+        failure = TransientStageFailure if status == EXIT_TRANSIENT else StageFailed
+        raise failure(f"stage '{stage}' failed: {'; '.join(messages)}") from None

@@ -1,0 +1,89 @@
+"""The whole pipeline, for real: a temp git repo, DVC, the Prefect flow, a source with canaries."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+import yaml
+
+from components.demo_data import demo_table
+from flows.stages import stage_order
+from tests.conftest import DEMO_SCHEMA
+from tests.workspace import files_containing, make_workspace
+
+pytestmark = pytest.mark.slow
+
+CANARY_NOTE = "CANARY-NOTE-5e1f0c"       # free text of valid rows (never a feature)
+CANARY_VALUE = "13.1415926535"           # a numeric value of a valid row
+CANARY_QUARANTINED = "CANARY-BAD-9d2b77"  # a value that fails validation
+CANARY_ID = "P-987654"                   # a person id of a valid row
+CANARIES = [CANARY_NOTE, CANARY_VALUE, CANARY_QUARANTINED, CANARY_ID]
+STAGES = ["ingest", "validate", "encrypt", "train", "compress", "report"]
+
+
+def canary_dataset():
+    header, rows = demo_table()
+    header = header + ["notes"]
+    rows = [r + [f"{CANARY_NOTE} seen in clinic" if i % 3 == 0 else ""] for i, r in enumerate(rows)]
+    rows[100][header.index("mean_radius")] = CANARY_VALUE
+    rows[101][header.index("patient_id")] = CANARY_ID
+    rows[102][header.index("mean_area")] = CANARY_QUARANTINED
+    schema = yaml.safe_load(DEMO_SCHEMA.read_text())
+    schema["columns"]["notes"] = {"type": "string", "nullable": True}
+    return header, [r for i, r in enumerate(rows) if i != 49], schema  # drop the extra-field row: csv join
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    header, rows, schema = canary_dataset()
+    workspace = make_workspace(tmp_path_factory.mktemp("e2e"), header, rows, schema)
+    result = workspace.run("privflow", "run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workspace, result
+
+
+def test_flow_runs_every_stage_and_writes_the_report(pipeline_run):
+    workspace, result = pipeline_run
+    assert stage_order(workspace.repo) == STAGES
+    report = (workspace.repo / "reports" / "report.html").read_text()
+    for section in ("Privacy statement", "Data validation", "Compression", "Privacy budget ledger", "Lineage"):
+        assert section in report
+    training = json.loads((workspace.repo / "metrics" / "train.json").read_text())
+    assert 0 < training["privacy"]["epsilon_spent"] <= 3.0
+    assert f"{training['privacy']['epsilon_spent']:.3f}" in report
+    assert "report:" in result.stdout and "report.html" in result.stdout
+    lock = yaml.safe_load((workspace.repo / "dvc.lock").read_text())
+    assert list(lock["stages"]) == STAGES
+
+
+def test_quarantine_counts_add_up(pipeline_run):
+    workspace, _ = pipeline_run
+    validation = json.loads((workspace.repo / "metrics" / "validate.json").read_text())
+    assert validation["rows_in"] == 568
+    assert validation["rows_valid"] + validation["rows_quarantined"] + validation["lines_unparseable"] == 568
+    assert validation["failures_by_check"]["mean_area/coerce_float"] == 1
+
+
+def test_no_plaintext_leaves_memory(pipeline_run):
+    """Canaries from the source appear nowhere: workspace, DVC cache, Prefect DB, logs, temp."""
+    workspace, result = pipeline_run
+    (workspace.base / "logs" / "run.log").write_text(result.stdout + result.stderr)
+    roots = [workspace.repo, workspace.base / "prefect", workspace.base / "logs",
+             workspace.base / "tmp", workspace.base / "dvc-site"]
+    assert (workspace.repo / ".dvc" / "cache").is_dir()
+    assert any((workspace.base / "prefect").rglob("*.db")), "Prefect's database should be searched"
+    assert files_containing(roots, [c.encode() for c in CANARIES]) == {}
+    assert files_containing([workspace.source], [c.encode() for c in CANARIES])  # the canaries are real
+
+
+def test_second_repro_runs_nothing_and_charges_nothing(pipeline_run):
+    workspace, _ = pipeline_run
+    result = workspace.run("dvc", "repro", check=True)
+    assert "Running stage" not in result.stdout
+    assert "Data and pipelines are up to date" in result.stdout
+    status = workspace.run("dvc", "status", check=True)
+    assert "up to date" in status.stdout
+    with sqlite3.connect(workspace.repo / ".privflow" / "ledger.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 1

@@ -1,0 +1,62 @@
+"""Bad input and refusals through the real pipeline: clear message, nothing half-written."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.demo_data import demo_table
+from tests.workspace import make_workspace
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    header, rows = demo_table()
+    return make_workspace(tmp_path, header, [r for r in rows if len(r) == len(header)])
+
+
+def test_missing_source_names_the_file_and_writes_nothing(workspace):
+    workspace.source.unlink()
+    result = workspace.run("privflow", "run")
+    assert result.returncode != 0
+    assert str(workspace.source) in result.stdout + result.stderr
+    assert not (workspace.repo / "artifacts").exists()
+
+
+def test_wrong_columns_stop_validate_with_file_and_columns(workspace):
+    text = workspace.source.read_text().replace("mean_radius", "radius_mean", 1)
+    workspace.source.write_text(text)
+    result = workspace.run("dvc", "repro")
+    assert result.returncode != 0
+    assert (f"{workspace.source}: columns do not match the schema: missing ['mean_radius'], "
+            "unknown ['radius_mean']") in result.stderr
+    assert (workspace.repo / "artifacts" / "ingest" / "snapshot.sealed").exists()
+    assert not (workspace.repo / "artifacts" / "validate").exists()  # nothing half-written
+
+
+def test_empty_source_is_refused_at_ingest(workspace):
+    workspace.source.write_text("")
+    result = workspace.run("dvc", "repro")
+    assert result.returncode != 0
+    assert f"{workspace.source}: file is empty" in result.stderr
+    assert not (workspace.repo / "artifacts" / "ingest").exists()
+
+
+def test_overspending_run_is_refused_before_decryption(workspace):
+    workspace.edit_params(privacy={"epsilon_cap": 5.0})
+    workspace.run("dvc", "repro", "train", check=True)
+    model = workspace.repo / "artifacts" / "train" / "model.safetensors"
+    before = model.read_bytes()
+    # Make the split unreadable: if train decrypted anything before charging, it would fail
+    # with an integrity error instead of the budget refusal.
+    (workspace.repo / "artifacts" / "encrypt" / "train.sealed").write_bytes(b"not decryptable")
+    result = workspace.run("dvc", "repro", "--force", "--single-item", "train")
+    assert result.returncode != 0
+    assert "BudgetExceeded" in result.stderr and "already spent" in result.stderr
+    assert "IntegrityError" not in result.stderr
+    # DVC removes a stage's outputs before running it; the refused run wrote none, and the
+    # last good model comes back from the cache.
+    assert not model.exists()
+    workspace.run("dvc", "checkout", "artifacts/train", check=True)
+    assert model.read_bytes() == before

@@ -1,0 +1,142 @@
+import csv
+import io
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from components.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
+from components.errors import DatasetError, RejectRateExceeded, SchemaError
+from components.schema import DatasetSchema, load_schema
+from components.settings import IngestSettings
+from components.validate import enforce_reject_rate, validate_snapshot
+
+SOURCE = "/data/export.csv"
+INGEST = IngestSettings(source=SOURCE)
+
+
+def csv_bytes(header, rows, delimiter=",") -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def small_schema(**columns) -> DatasetSchema:
+    base = {"person": {"type": "string", "unique": True}, "label": {"type": "string", "allowed": ["a", "b"]}}
+    return DatasetSchema.model_validate(
+        {"dataset": "t", "privacy_unit": "person", "target": "label", "columns": {**base, **columns}})
+
+
+def check(schema, header, rows):
+    _, outcome = validate_snapshot(csv_bytes(header, rows), SOURCE, schema, INGEST)
+    return outcome
+
+
+def test_demo_defects_are_quarantined_with_reasons(demo_schema):
+    header, rows = demo_table()
+    _, outcome = validate_snapshot(csv_bytes(header, rows), SOURCE, demo_schema, INGEST)
+    failed = {(f.row, f.column) for f in outcome.failures}
+    assert {(row, column) for row, column, _ in DEFECTS} <= failed
+    assert (40, "patient_id") in failed  # both copies of a duplicated id
+    assert outcome.unparseable_rows == {EXTRA_FIELD_ROW}
+    summary = outcome.summary()
+    assert summary["rows_in"] == len(rows) == 569
+    assert summary["rows_valid"] + summary["rows_quarantined"] + summary["lines_unparseable"] == 569
+    assert summary["rows_valid"] == 569 - 8
+
+
+@pytest.mark.parametrize(
+    "spec, value, expected_check",
+    [
+        ({"type": "int8"}, "300", "coerce_int8"),          # would wrap to 44
+        ({"type": "int32"}, "x", "coerce_int32"),
+        ({"type": "int64"}, "2.5", "coerce_int64"),         # would round
+        ({"type": "bool"}, "maybe", "coerce_bool"),
+        ({"type": "bool"}, "NaN", "coerce_bool"),
+        ({"type": "float"}, "inf", "coerce_float"),
+        ({"type": "string"}, "", "not_nullable"),           # None into a non-nullable string
+        ({"type": "bool"}, "", "not_nullable"),
+        ({"type": "float", "min": 0, "max": 1}, "1.5", "less_than_or_equal_to(1.0)"),
+        ({"type": "string", "regex": "^[A-Z]+$"}, "abc", "str_matches('^[A-Z]+$')"),
+    ],
+)
+def test_coercion_traps_are_caught_never_passed(spec, value, expected_check):
+    schema = small_schema(field=spec)
+    good = {"int8": "7", "int32": "7", "int64": "7", "bool": "true", "float": "0.5", "string": "OK"}[spec["type"]]
+    outcome = check(schema, ["person", "label", "field"], [["p1", "a", good], ["p2", "b", value]])
+    assert outcome.valid_rows == [1]
+    assert [(f.row, f.column, f.check) for f in outcome.failures] == [(2, "field", expected_check)]
+
+
+def test_typed_values_keep_their_types():
+    schema = small_schema(n={"type": "int8"}, flag={"type": "bool", "nullable": True})
+    typed, outcome = validate_snapshot(
+        csv_bytes(["person", "label", "n", "flag"], [["p1", "a", "-128", "yes"], ["p2", "b", "127", ""]]),
+        SOURCE, schema, INGEST)
+    assert outcome.valid_rows == [1, 2]
+    assert str(typed["n"].dtype) == "Int8" and typed["n"].tolist() == [-128, 127]
+    assert typed["flag"].tolist()[0] is True
+
+
+def test_missing_and_unknown_columns_stop_with_names(demo_schema):
+    header, rows = demo_table()
+    with pytest.raises(DatasetError, match=r"/data/export.csv.*missing \['mean_radius'\].*unknown \['surname'\]"):
+        validate_snapshot(csv_bytes(["surname" if h == "mean_radius" else h for h in header], rows),
+                          SOURCE, demo_schema, INGEST)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"", "file is empty"),
+    (b"\n\n  \n", "file is empty"),
+    (b"person;label\np1;a\n", "is the delimiter really ','"),
+    (b"person,label\np1,\xe9t\xe9\n", "line 2, byte 16 is not valid utf-8"),
+])
+def test_bad_files_name_the_file_and_the_fix(raw, message):
+    with pytest.raises(DatasetError, match=message) as caught:
+        validate_snapshot(raw, SOURCE, small_schema(), INGEST)
+    assert SOURCE in str(caught.value)
+
+
+def test_error_messages_carry_no_values():
+    raw = b"person,label\nSECRET-NAME,a\n"
+    with pytest.raises(DatasetError) as caught:
+        validate_snapshot(raw.replace(b"label", b"lable"), SOURCE, small_schema(), INGEST)
+    assert "SECRET-NAME" not in str(caught.value)
+
+
+def test_reject_rate_above_limit_halts_with_summary():
+    outcome = check(small_schema(), ["person", "label"], [["p1", "a"], ["p2", "zzz"], ["p3", "zzz"]])
+    with pytest.raises(RejectRateExceeded, match=r"2 of 3 rows rejected.*label/isin"):
+        enforce_reject_rate(outcome, 0.5, SOURCE)
+    enforce_reject_rate(outcome, 0.7, SOURCE)
+
+
+def test_schema_file_errors_name_the_field(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("dataset: d\nprivacy_unit: who\ntarget: y\ncolumns:\n  y: {type: string, allowed: [a]}\n")
+    with pytest.raises(SchemaError, match="privacy_unit 'who' is not a declared column"):
+        load_schema(path)
+    path.write_text("dataset: d\nprivacy_unit: y\ntarget: y\ncolumns:\n  y: {type: text}\n")
+    with pytest.raises(SchemaError, match=r"columns\.y\.type"):
+        load_schema(path)
+
+
+cells = st.one_of(st.text(max_size=30), st.sampled_from(["", "a", "b", "1", "300", '"', "\n", ",", "NaN"]),
+                  st.text(min_size=1000, max_size=5000))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(st.lists(cells, min_size=1, max_size=5), max_size=20), junk=st.binary(max_size=200))
+def test_conservation_on_arbitrary_input(rows, junk):
+    """rows_in = valid + quarantined + unparseable, and only DatasetError may escape."""
+    schema = small_schema(n={"type": "int8"}, flag={"type": "bool"})
+    raw = csv_bytes(["person", "label", "n", "flag"], []) + junk + b"\n" + csv_bytes(["x"], rows)[2:]
+    try:
+        _, outcome = validate_snapshot(raw, SOURCE, schema, INGEST)
+    except DatasetError:
+        return
+    summary = outcome.summary()
+    assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"] + summary["lines_unparseable"]
+    assert len(set(outcome.valid_rows)) == len(outcome.valid_rows)

@@ -1,0 +1,86 @@
+"""Build a throw-away privflow project (git + DVC) from this checkout, as a user's clone would be."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+PROJECT_FILES = ("components", "flows", "schemas", "dvc.yaml", "params.yaml", ".gitignore")
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Workspace:
+    base: Path
+    repo: Path
+    source: Path
+    env: dict = field(default_factory=dict)
+
+    def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+        result = subprocess.run(args, cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=900)
+        with open(self.base / "logs" / "commands.log", "a") as log:
+            log.write(f"$ {' '.join(args)}\n{result.stdout}\n{result.stderr}\n")
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def edit_params(self, **sections: dict) -> None:
+        path = self.repo / "params.yaml"
+        params = yaml.safe_load(path.read_text())
+        for section, values in sections.items():
+            params[section].update(values)
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema: dict | None = None) -> Workspace:
+    repo, source = base / "repo", base / "hospital" / "export.csv"
+    repo.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        target = ROOT / name
+        if target.is_dir():
+            shutil.copytree(target, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(target, repo / name)
+    source.parent.mkdir()
+    source.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    if schema is not None:
+        (repo / "schemas" / "test.yaml").write_text(yaml.safe_dump(schema))
+    for folder in ("logs", "tmp", "prefect", "keys", "dvc-site"):
+        (base / folder).mkdir()
+    workspace = Workspace(base, repo, source, env={
+        **os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PRIVFLOW_KEYRING": str(base / "keys" / "keyring.json"),
+        "PREFECT_HOME": str(base / "prefect"), "TMPDIR": str(base / "tmp"),
+        "DVC_SITE_CACHE_DIR": str(base / "dvc-site"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",
+    })
+    workspace.edit_params(ingest={"source": str(source)}, train={"epochs": 5},
+                          validate={"schema": "schemas/test.yaml" if schema else "schemas/breast_cancer.yaml"})
+    workspace.run("git", "init", "-q", check=True)
+    workspace.run("git", "config", "user.email", "test@example.org", check=True)
+    workspace.run("git", "config", "user.name", "test", check=True)
+    workspace.run("dvc", "init", "-q", check=True)
+    workspace.run("git", "add", "-A", check=True)
+    workspace.run("git", "commit", "-qm", "project", check=True)
+    return workspace
+
+
+def files_containing(roots: list[Path], needles: list[bytes]) -> dict[str, list[str]]:
+    """Every file under roots whose bytes contain any needle: {path: [needles found]}."""
+    hits: dict[str, list[str]] = {}
+    for root in roots:
+        for path in [root] if root.is_file() else root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                found = [n.decode() for n in needles if n in data]
+                if found:
+                    hits[str(path)] = found
+    return hits
