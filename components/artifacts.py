@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,10 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def git_commit() -> str:
+    """The checked-out commit, or 'uncommitted' outside git or before the first commit."""
+    result = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"],
+                            capture_output=True, text=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else "uncommitted"

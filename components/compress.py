@@ -73,6 +73,16 @@ def median_latency_ms(model: nn.Module, n_features: int, batch: int, repeats: in
     return statistics.median(timings)
 
 
+def int8_weight_bytes(model: nn.Module) -> int:
+    """Payload of a dynamically quantized model: int8 weights, fp32 biases, scale + zero point."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            bias = module.bias()
+            total += module.weight().numel() + (bias.numel() * 4 if bias is not None else 0) + 8
+    return total
+
+
 def sparsity(model: nn.Module) -> float:
     weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
     return float(sum((w == 0).sum() for w in weights) / sum(w.numel() for w in weights))
@@ -103,7 +113,7 @@ def main() -> None:
     write_json(args.metrics, {
         "prune_amount": settings.prune_amount, "sparsity": pruned_sparsity,
         "size_bytes": {"fp32_safetensors": len(dense_bytes), "pruned_zlib": pruned_zlib,
-                       "int8_torchscript": len(exported)},
+                       "int8_weights": int8_weight_bytes(quantized), "int8_torchscript": len(exported)},
         "latency": latency,
         "accuracy": {"fp32": accuracy_fp32, "pruned_int8": accuracy(quantized, *test.tensors)},
     })

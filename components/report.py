@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import subprocess
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -19,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
-from components.artifacts import read_json, sha256_file  # noqa: E402
+from components.artifacts import git_commit, read_json, sha256_file  # noqa: E402
 from components.errors import run_stage  # noqa: E402
 from components.privacy.ledger import PrivacyLedger  # noqa: E402
 from components.settings import load_settings  # noqa: E402
@@ -40,10 +39,6 @@ def curve_svg(curve: list[dict]) -> str:
     plt.close(figure)
     svg = buffer.getvalue()
     return svg[svg.index("<svg"):]
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def render_report(context: dict) -> str:
@@ -69,7 +64,7 @@ def main() -> None:
         "charges": ledger.charges(dataset["dataset"]),
         "budget": ledger.budget(dataset["dataset"], settings.privacy.epsilon_cap),
         "ledger_problems": ledger.verify(),
-        "model_sha256": sha256_file(args.model), "git_commit": _git("rev-parse", "HEAD") or "none",
+        "model_sha256": sha256_file(args.model), "git_commit": git_commit(),
         "packages": {name: version(name) for name in PACKAGES},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ training for the full plan, so a killed run is never charged less than the steps
 from __future__ import annotations
 
 import argparse
-import subprocess
 import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from components.artifacts import open_vault, read_json, write_json
+from components.artifacts import git_commit, open_vault, read_json, write_json
 from components.encrypt import DATASET, split_identity
 from components.errors import PrivacyError, run_stage
 from components.models import accuracy, build_model
@@ -32,11 +31,6 @@ from components.vault import Vault
 
 MODEL = "model.safetensors"
 MODEL_CARD = "model.json"
-
-
-def _code_commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
-    return result.stdout.strip() or "uncommitted"
 
 
 def plan_and_charge(description: dict, settings: Settings, run_id: str) -> tuple[DpSgdPlan, dict]:
@@ -56,7 +50,7 @@ def plan_and_charge(description: dict, settings: Settings, run_id: str) -> tuple
                     stage="train", mechanism="DP-SGD (Poisson-sampled Gaussian)",
                     accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
                     sample_rate=plan.sample_rate, steps=plan.steps, delta=plan.delta,
-                    epsilon=plan.epsilon, code_commit=_code_commit(),
+                    epsilon=plan.epsilon, code_commit=git_commit(),
                     created_at=datetime.now(UTC).isoformat(timespec="seconds"))
     budget = PrivacyLedger(settings.privacy.ledger).charge(charge, settings.privacy.epsilon_cap)
     return plan, {"cap": budget.cap, "spent_total": budget.spent, "this_run": plan.epsilon}

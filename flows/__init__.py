@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_HOME", str(Path(".privflow/prefect").resolve()))
+# Prefect makes only the last folder of its home; on a fresh clone .privflow/ is missing too.
+Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")

@@ -60,7 +60,9 @@ def reproduce_stage(root: Path, stage: str) -> bool:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     try:
         with Repo(str(root)) as repo:
-            return bool(repo.reproduce(targets=[stage], single_item=True))
+            # a bare stage name resolves against the current directory, not against `root`
+            target = f"{Path(repo.root_dir) / 'dvc.yaml'}:{stage}"
+            return bool(repo.reproduce(targets=[target], single_item=True))
     except ReproductionError as error:
         # DVC's messages name stages, commands and paths, never data.
         messages = _causes(error)

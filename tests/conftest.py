@@ -37,3 +37,12 @@ def identity() -> ArtifactIdentity:
 @pytest.fixture(scope="session")
 def demo_schema():
     return load_schema(DEMO_SCHEMA)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API (SQLite) for the in-process flow tests of this session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield

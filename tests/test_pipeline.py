@@ -70,10 +70,9 @@ def test_no_plaintext_leaves_memory(pipeline_run):
     """Canaries from the source appear nowhere: workspace, DVC cache, Prefect DB, logs, temp."""
     workspace, result = pipeline_run
     (workspace.base / "logs" / "run.log").write_text(result.stdout + result.stderr)
-    roots = [workspace.repo, workspace.base / "prefect", workspace.base / "logs",
-             workspace.base / "tmp", workspace.base / "dvc-site"]
+    roots = [workspace.repo, workspace.base / "logs", workspace.base / "tmp", workspace.base / "dvc-site"]
     assert (workspace.repo / ".dvc" / "cache").is_dir()
-    assert any((workspace.base / "prefect").rglob("*.db")), "Prefect's database should be searched"
+    assert any((workspace.repo / ".privflow" / "prefect").rglob("*.db")), "Prefect's database is searched"
     assert files_containing(roots, [c.encode() for c in CANARIES]) == {}
     assert files_containing([workspace.source], [c.encode() for c in CANARIES])  # the canaries are real
 

@@ -53,12 +53,14 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
     source.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
     if schema is not None:
         (repo / "schemas" / "test.yaml").write_text(yaml.safe_dump(schema))
-    for folder in ("logs", "tmp", "prefect", "keys", "dvc-site"):
+    for folder in ("logs", "tmp", "keys", "dvc-site"):
         (base / folder).mkdir()
+    # Prefect's home is left to the embedded default (.privflow/prefect in the repo), as in `make run`.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     workspace = Workspace(base, repo, source, env={
-        **os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        **inherited, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "PRIVFLOW_KEYRING": str(base / "keys" / "keyring.json"),
-        "PREFECT_HOME": str(base / "prefect"), "TMPDIR": str(base / "tmp"),
+        "TMPDIR": str(base / "tmp"),
         "DVC_SITE_CACHE_DIR": str(base / "dvc-site"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",
     })
