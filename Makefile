@@ -38,6 +38,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_vault.py
 
 constraints: install
 	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt.new

@@ -12,13 +12,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from components.keys import LocalKeyring
+from components.keys import Keyring
 from components.settings import keyring_path
 from components.vault import Vault
 
 
 def open_vault() -> Vault:
-    return Vault(LocalKeyring.open(keyring_path()))
+    return Vault(Keyring.open(keyring_path()))
 
 
 def write_json(path: Path, document: Any) -> None:

@@ -110,8 +110,7 @@ def seal_dataset(raw: bytes, manifest: SnapshotManifest, schema: DatasetSchema,
     for split, mask in zip(SPLITS, (~test_mask, test_mask)):
         payload = save_tensors({"features": data.features[mask], "labels": data.labels[mask]})
         artifact = vault.seal(payload, split_identity(dataset, snapshot_id, split), out_dir / f"{split}.sealed")
-        sealed[split] = {"rows": int(mask.sum()), "key_id": artifact.key_id,
-                         "ciphertext_sha256": artifact.ciphertext_sha256}
+        sealed[split] = {"rows": int(mask.sum()), "key_id": artifact.key_id}
     quarantine = vault.seal(quarantine_document(table.frame, outcome),
                             ArtifactIdentity(dataset, "encrypt", QUARANTINE, snapshot_id), out_dir / QUARANTINE)
     rows_per_unit = pd.Series(data.units).value_counts()
@@ -119,8 +118,7 @@ def seal_dataset(raw: bytes, manifest: SnapshotManifest, schema: DatasetSchema,
         "dataset": dataset, "snapshot_id": snapshot_id, "features": data.feature_names,
         "classes": schema.classes, "privacy_unit": schema.privacy_unit,
         "max_rows_per_unit": int(rows_per_unit.max()), "units": int(len(rows_per_unit)),
-        "splits": sealed, "quarantine": {"key_id": quarantine.key_id,
-                                         "ciphertext_sha256": quarantine.ciphertext_sha256},
+        "splits": sealed, "quarantine": {"key_id": quarantine.key_id},
     }
 
 

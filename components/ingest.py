@@ -2,12 +2,15 @@
 
 The snapshot id is the SHA-256 of the source bytes, so re-ingesting identical bytes yields
 the same id. It travels through every later artifact to the model and the report (lineage).
+The manifest holds no time: identical bytes give identical outputs (and DVC hashes), so
+nothing downstream re-runs. When each snapshot was taken goes to an append-only log.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,9 +33,7 @@ class SnapshotManifest:
     source_bytes: int
     rows: int
     columns: list[str]
-    ingested_at: str
     key_id: str
-    ciphertext_sha256: str
 
 
 def snapshot_identity(dataset: str, snapshot_id: str) -> ArtifactIdentity:
@@ -54,12 +55,19 @@ def ingest_snapshot(dataset: str, settings: IngestSettings, vault: Vault, out_di
     sealed = vault.seal(raw, snapshot_identity(dataset, snapshot_id), out_dir / SNAPSHOT)
     manifest = SnapshotManifest(
         dataset=dataset, snapshot_id=snapshot_id, source=str(settings.source),
-        source_bytes=len(raw), rows=rows, columns=header,
-        ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        key_id=sealed.key_id, ciphertext_sha256=sealed.ciphertext_sha256,
+        source_bytes=len(raw), rows=rows, columns=header, key_id=sealed.key_id,
     )
     write_json(out_dir / MANIFEST, asdict(manifest))
+    log_ingest(settings.log, manifest)
     return manifest
+
+
+def log_ingest(log: Path, manifest: SnapshotManifest) -> None:
+    event = {"ingested_at": datetime.now(UTC).isoformat(timespec="seconds"), "dataset": manifest.dataset,
+             "snapshot_id": manifest.snapshot_id, "source": manifest.source, "rows": manifest.rows}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(event) + "\n")
 
 
 def read_manifest(snapshot_dir: Path) -> SnapshotManifest:

@@ -13,6 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -41,6 +42,15 @@ def curve_svg(curve: list[dict]) -> str:
     return svg[svg.index("<svg"):]
 
 
+def dvc_outputs(lock: Path) -> list[dict]:
+    """Every output DVC has recorded so far, with the hash it tracks (ciphertext for sealed data)."""
+    if not lock.exists():
+        return []
+    stages = yaml.safe_load(lock.read_text(encoding="utf-8")).get("stages", {})
+    return [{"stage": name, "path": out["path"], "md5": out.get("md5", "?")}
+            for name, stage in stages.items() for out in stage.get("outs", [])]
+
+
 def render_report(context: dict) -> str:
     env = Environment(loader=PackageLoader("components", "templates"),
                       autoescape=select_autoescape(["html", "j2"]))
@@ -66,6 +76,7 @@ def main() -> None:
         "ledger_problems": ledger.verify(),
         "model_sha256": sha256_file(args.model), "git_commit": git_commit(),
         "packages": {name: version(name) for name in PACKAGES},
+        "dvc_outputs": dvc_outputs(Path("dvc.lock")),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render_report(context), encoding="utf-8")

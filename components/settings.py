@@ -29,6 +29,7 @@ class IngestSettings(_Section):
     format: Literal["csv"] = "csv"
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     encoding: str = "utf-8"
+    log: Path = Path(".privflow/ingest-log.jsonl")  # when each snapshot was taken (outside DVC)
 
 
 class ValidateSettings(_Section):

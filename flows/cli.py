@@ -10,7 +10,7 @@ from rich.table import Table
 
 import flows  # noqa: F401  (sets Prefect's embedded defaults before Prefect loads)
 from components.errors import PrivflowError
-from components.keys import LocalKeyring
+from components.keys import Keyring
 from components.privacy.ledger import PrivacyLedger
 from components.settings import keyring_path, load_settings
 
@@ -39,18 +39,37 @@ def run(root: Path = Path(".")) -> None:
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List key ids and states (never key material)."""
-    table = Table("key id", "state", "created")
-    for key in LocalKeyring.open(keyring_path(), create=False).keys():
-        table.add_row(key.key_id, key.state, key.created)
+    """Key ids, states and what wraps what (never key material)."""
+    keyring = Keyring.open(keyring_path(), create=False)
+    table = Table("key id", "kind", "state / wrapped under", "created", title=str(keyring.path))
+    for kek in keyring.keks.keks.values():
+        table.add_row(kek.kek_id, "KEK", kek.state, kek.created)
+    for key in keyring.dataset_keys.values():
+        table.add_row(key.key_id, f"data key of {key.dataset}", key.wrapped.kek_id, key.created)
     console.print(table)
 
 
 @keys_app.command("init")
 def keys_init() -> None:
     """Create the local keyring (mode 0600) if it does not exist."""
-    keyring = LocalKeyring.open(keyring_path())
-    console.print(f"keyring {keyring.path}: primary key {keyring.primary().key_id}")
+    keyring = Keyring.open(keyring_path())
+    console.print(f"keyring {keyring.path}: primary KEK {keyring.keks.primary().kek_id}")
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """New primary KEK; data keys re-wrapped under it. No artifact changes, no DVC hash changes."""
+    with Keyring.open(keyring_path(), create=False).exclusive() as keyring:
+        new = keyring.rotate()
+    console.print(f"primary KEK is now {new}; {len(keyring.dataset_keys)} data key(s) re-wrapped")
+
+
+@keys_app.command("retire")
+def keys_retire(kek_id: str) -> None:
+    """Destroy a KEK that no data key depends on any more."""
+    with Keyring.open(keyring_path(), create=False).exclusive() as keyring:
+        keyring.retire(kek_id)
+    console.print(f"KEK {kek_id} retired: its material is destroyed")
 
 
 @budget_app.command("show")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from components.keys import LocalKeyring
+from components.keys import Keyring
 from components.schema import load_schema
 from components.settings import KEYRING_ENV
 from components.vault import ArtifactIdentity, Vault
@@ -20,8 +20,8 @@ def _private_keyring(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
-def keyring(tmp_path) -> LocalKeyring:
-    return LocalKeyring.open(tmp_path / "kr" / "keyring.json")
+def keyring(tmp_path) -> Keyring:
+    return Keyring.open(tmp_path / "kr" / "keyring.json")
 
 
 @pytest.fixture

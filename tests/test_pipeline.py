@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
+import subprocess
 
 import pytest
 import yaml
 
 from components.demo_data import demo_table
+from components.ingest import read_manifest, snapshot_identity
+from components.keys import Keyring
+from components.vault import Vault
 from flows.stages import stage_order
 from tests.conftest import DEMO_SCHEMA
 from tests.workspace import files_containing, make_workspace
@@ -41,6 +46,12 @@ def pipeline_run(tmp_path_factory):
     workspace = make_workspace(tmp_path_factory.mktemp("e2e"), header, rows, schema)
     result = workspace.run("privflow", "run")
     assert result.returncode == 0, result.stdout + result.stderr
+    # what a team does next: commit the lock file, push the data to a (here local) remote
+    remote = workspace.base / "remote"
+    workspace.run("dvc", "remote", "add", "-d", "shared", str(remote), check=True)
+    workspace.run("dvc", "push", check=True)
+    workspace.run("git", "add", "-A", check=True)
+    workspace.run("git", "commit", "-qm", "pipeline run", check=True)
     return workspace, result
 
 
@@ -70,8 +81,10 @@ def test_no_plaintext_leaves_memory(pipeline_run):
     """Canaries from the source appear nowhere: workspace, DVC cache, Prefect DB, logs, temp."""
     workspace, result = pipeline_run
     (workspace.base / "logs" / "run.log").write_text(result.stdout + result.stderr)
-    roots = [workspace.repo, workspace.base / "logs", workspace.base / "tmp", workspace.base / "dvc-site"]
-    assert (workspace.repo / ".dvc" / "cache").is_dir()
+    roots = [workspace.repo, workspace.base / "remote", workspace.base / "logs",
+             workspace.base / "tmp", workspace.base / "dvc-site"]
+    assert any((workspace.repo / ".dvc" / "cache" / "runs").rglob("*")), "DVC's run cache is searched"
+    assert any((workspace.base / "remote").rglob("*")), "the pushed remote is searched"
     assert any((workspace.repo / ".privflow" / "prefect").rglob("*.db")), "Prefect's database is searched"
     assert files_containing(roots, [c.encode() for c in CANARIES]) == {}
     assert files_containing([workspace.source], [c.encode() for c in CANARIES])  # the canaries are real
@@ -86,3 +99,30 @@ def test_second_repro_runs_nothing_and_charges_nothing(pipeline_run):
     assert "up to date" in status.stdout
     with sqlite3.connect(workspace.repo / ".privflow" / "ledger.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 1
+
+
+def test_restore_drill_fresh_clone_pull_decrypt(pipeline_run, tmp_path):
+    """A fresh clone plus `dvc pull` plus the keyring gives back exactly the ingested bytes."""
+    workspace, _ = pipeline_run
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(workspace.repo), str(clone)], check=True)
+    subprocess.run(["dvc", "pull", "-q"], cwd=clone, env=workspace.env, check=True)
+    manifest = read_manifest(clone / "artifacts" / "ingest")
+    vault = Vault(Keyring.open(workspace.base / "keys" / "keyring.json", create=False))
+    plaintext = vault.open(clone / "artifacts" / "ingest" / "snapshot.sealed",
+                           snapshot_identity(manifest.dataset, manifest.snapshot_id))
+    assert "sha256:" + hashlib.sha256(plaintext).hexdigest() == manifest.snapshot_id
+    assert plaintext == workspace.source.read_bytes()
+
+
+def test_rotation_and_forced_reencrypt_leave_dvc_status_clean(pipeline_run):
+    workspace, _ = pipeline_run
+    lock_before = (workspace.repo / "dvc.lock").read_text()
+    rotated = workspace.run("privflow", "keys", "rotate", check=True)
+    assert "re-wrapped" in rotated.stdout
+    assert "Data and pipelines are up to date" in workspace.run("dvc", "status", check=True).stdout
+    forced = workspace.run("dvc", "repro", "--force", "--single-item", "ingest", "validate", "encrypt", check=True)
+    assert forced.stdout.count("Running stage") == 3
+    assert (workspace.repo / "dvc.lock").read_text() == lock_before  # every tracked hash unchanged
+    assert "Data and pipelines are up to date" in workspace.run("dvc", "status", check=True).stdout
+    assert "Running stage" not in workspace.run("dvc", "repro", check=True).stdout  # train not re-run

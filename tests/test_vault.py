@@ -4,15 +4,17 @@ import struct
 import pytest
 
 from components.errors import IntegrityError, KeyringError
-from components.keys import LocalKeyring
-from components.vault import MAGIC, TAG_SIZE, ArtifactIdentity, Vault
+from components.keys import Keyring
+from components.vault import MAGIC, NONCE_SIZE, TAG_SIZE, ArtifactIdentity, Vault, _ChunkCipher
 
 CHUNK = 64
+BLOCK = NONCE_SIZE + CHUNK + TAG_SIZE
 SECRET = b"patient P-123456 has diagnosis malignant; " * 7  # 5 chunks of 64 bytes
 
 
-def sealed_file(vault, identity, tmp_path, data=SECRET):
-    path = tmp_path / "a.sealed"
+def sealed_file(vault, identity, folder, data=SECRET):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "a.sealed"
     vault.seal(data, identity, path)
     return path
 
@@ -23,47 +25,62 @@ def body_offset(blob: bytes) -> int:
 
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 1000])
-def test_round_trip_any_size(vault, identity, tmp_path, size):
+def test_round_trip_any_size_bytes_stream_and_file(vault, identity, tmp_path, size):
     data = os.urandom(size)
     assert vault.open(sealed_file(vault, identity, tmp_path, data), identity) == data
-
-
-def test_seal_stream_regroups_pieces(vault, identity, tmp_path):
-    pieces = [os.urandom(n) for n in (5, 100, 0, 64, 1, 200)]
+    pieces = [data[i:i + 7] for i in range(0, size, 7)]
     vault.seal_stream(iter(pieces), identity, tmp_path / "s.sealed")
-    assert vault.open(tmp_path / "s.sealed", identity) == b"".join(pieces)
+    (tmp_path / "plain.bin").write_bytes(data)
+    vault.seal_file(tmp_path / "plain.bin", identity, tmp_path / "f.sealed")
+    # every way in gives the same bytes: encryption is deterministic
+    assert (tmp_path / "s.sealed").read_bytes() == (tmp_path / "f.sealed").read_bytes() \
+        == (tmp_path / "a.sealed").read_bytes()
+
+
+def test_deterministic_per_identity_and_plaintext(vault, identity, tmp_path):
+    first = sealed_file(vault, identity, tmp_path / "1").read_bytes()
+    assert sealed_file(vault, identity, tmp_path / "2").read_bytes() == first
+    other = ArtifactIdentity(identity.dataset, identity.stage, "other.sealed", identity.upstream)
+    assert sealed_file(vault, other, tmp_path / "3").read_bytes()[-100:] != first[-100:]
+    changed = sealed_file(vault, identity, tmp_path / "4", SECRET[:-1] + b"!").read_bytes()
+    start = body_offset(first)
+    # the first four chunks are equal (the documented leak), the changed last one is not
+    assert changed[start:start + 4 * BLOCK] == first[start:start + 4 * BLOCK]
+    assert changed[start + 4 * BLOCK:] != first[start + 4 * BLOCK:]
 
 
 def test_no_plaintext_in_ciphertext_and_no_partial_left(vault, identity, tmp_path):
-    path = sealed_file(vault, identity, tmp_path)
+    path = sealed_file(vault, identity, tmp_path / "out")
     assert b"P-123456" not in path.read_bytes()
-    assert [p.name for p in tmp_path.iterdir()] == ["a.sealed", "kr"] or not list(tmp_path.glob("*.partial"))
+    assert [p.name for p in path.parent.iterdir()] == ["a.sealed"]
 
 
-def test_every_flipped_bit_is_rejected(vault, identity, tmp_path):
+def test_every_flipped_bit_is_rejected_and_messages_leak_nothing(vault, identity, tmp_path, keyring):
     path = sealed_file(vault, identity, tmp_path)
+    _, key = keyring.dataset_key(identity.dataset)
+    secrets = [SECRET[i:i + 16] for i in range(0, len(SECRET), 16)] + [key, key.hex().encode()]
     original = path.read_bytes()
     start = body_offset(original)
-    # every byte of magic+header, then every byte of the first chunk (nonce-bound body + tag),
-    # then a sample of every later chunk
-    positions = list(range(start + CHUNK + TAG_SIZE)) + list(range(start, len(original), 7))
+    # every byte of magic, header and the first chunk (nonce, body, tag), then a sample of the rest
+    positions = list(range(start + BLOCK)) + list(range(start + BLOCK, len(original), 5))
     for position in positions:
         tampered = bytearray(original)
         tampered[position] ^= 1 << (position % 8)
         path.write_bytes(bytes(tampered))
-        with pytest.raises((IntegrityError, KeyringError)):
+        with pytest.raises((IntegrityError, KeyringError)) as caught:
             vault.open(path, identity)
+        message = str(caught.value).encode()
+        assert not [s for s in secrets if s in message]
 
 
 def test_truncation_and_appending_are_rejected(vault, identity, tmp_path):
     path = sealed_file(vault, identity, tmp_path)
     original = path.read_bytes()
-    block = CHUNK + TAG_SIZE
-    for cut in (1, TAG_SIZE, block, 2 * block):  # mid-tag, a whole tag, whole chunks
+    for cut in (1, TAG_SIZE, BLOCK, 2 * BLOCK):  # mid-tag, a whole tag, whole chunks
         path.write_bytes(original[:-cut])
         with pytest.raises(IntegrityError):
             vault.open(path, identity)
-    for extra in (b"\x00", os.urandom(block)):
+    for extra in (b"\x00", os.urandom(BLOCK), original[-BLOCK:]):  # junk, or the last chunk again
         path.write_bytes(original + extra)
         with pytest.raises(IntegrityError):
             vault.open(path, identity)
@@ -72,16 +89,17 @@ def test_truncation_and_appending_are_rejected(vault, identity, tmp_path):
 def test_reordered_and_spliced_chunks_are_rejected(vault, identity, tmp_path):
     path = sealed_file(vault, identity, tmp_path)
     original = path.read_bytes()
-    start, block = body_offset(original), CHUNK + TAG_SIZE
-    chunks = [original[i:i + block] for i in range(start, len(original), block)]
+    start = body_offset(original)
+    chunks = [original[i:i + BLOCK] for i in range(start, len(original), BLOCK)]
     swapped = chunks[:]
     swapped[0], swapped[1] = swapped[1], swapped[0]
     path.write_bytes(original[:start] + b"".join(swapped))
     with pytest.raises(IntegrityError):
         vault.open(path, identity)
-    other = sealed_file(vault, identity, tmp_path / "x", SECRET)  # same identity, other data key
-    other_chunks = other.read_bytes()[start:]
-    path.write_bytes(original[:start] + chunks[0] + other_chunks[block:])
+    other_identity = ArtifactIdentity(identity.dataset, identity.stage, "test.sealed", identity.upstream)
+    other = sealed_file(vault, other_identity, tmp_path / "x").read_bytes()
+    other_start = body_offset(other)
+    path.write_bytes(original[:start] + chunks[0] + other[other_start + BLOCK:])
     with pytest.raises(IntegrityError):
         vault.open(path, identity)
 
@@ -96,12 +114,24 @@ def test_swapped_or_replayed_artifact_is_rejected(vault, identity, tmp_path):
         assert "P-123456" not in str(caught.value)
 
 
-def test_wrong_keyring_is_rejected_without_leaking(vault, identity, tmp_path):
+def test_wrong_keyring_is_rejected_without_leaking(vault, identity, tmp_path, keyring):
     path = sealed_file(vault, identity, tmp_path)
-    stranger = Vault(LocalKeyring.open(tmp_path / "other" / "keyring.json"))
+    stranger = Vault(Keyring.open(tmp_path / "other" / "keyring.json"))
     with pytest.raises(KeyringError, match="not in this keyring") as caught:
         stranger.open(path, identity)
-    assert SECRET[:20].decode() not in str(caught.value)
+    key_id, key = keyring.dataset_key(identity.dataset)
+    message = str(caught.value).encode()
+    assert SECRET[:20] not in message and key not in message and key.hex().encode() not in message
+
+
+def test_100k_chunk_encryptions_never_repeat_a_nonce(identity):
+    cipher = _ChunkCipher(os.urandom(32), identity, b"{}")
+    out = memoryview(bytearray(NONCE_SIZE + 16 + TAG_SIZE))
+    nonces = set()
+    for index in range(100_000):
+        cipher.seal(index, index == 99_999, memoryview(os.urandom(16)), out)
+        nonces.add(bytes(out[:NONCE_SIZE]))
+    assert len(nonces) == 100_000
 
 
 def test_not_an_artifact(vault, identity, tmp_path):
