@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: make it this project's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast bench install constraints clean
+.PHONY: run test test-fast bench install constraints clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ run: install
 	@test -f $(DEMO_SOURCE) || $(BIN)/python -m components.demo_data $(DEMO_SOURCE)
 	$(BIN)/privflow run
 
-test: install
+# The report test renders in headless Chromium: Debian's packages, installed when missing.
+browser:
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	  echo "chromium/chromedriver not installed: the browser test will be skipped"
+
+test: install browser
 	$(BIN)/pytest -q -ra
 
 test-fast: install

@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import torch
+from jinja2 import Environment, PackageLoader
 from safetensors.torch import load_file, save
 from torch import nn
 from torch.nn.utils import prune
@@ -28,6 +29,7 @@ from components.settings import load_settings
 from components.train import MODEL, MODEL_CARD, load_split
 
 EXPORT = "model_int8.torchscript.pt"
+MODEL_CARD_MD = "MODEL_CARD.md"
 
 
 def load_model(model_dir: Path) -> tuple[nn.Module, dict]:
@@ -88,12 +90,17 @@ def sparsity(model: nn.Module) -> float:
     return float(sum((w == 0).sum() for w in weights) / sum(w.numel() for w in weights))
 
 
+def write_model_card(out_dir: Path, card: dict, training: dict, compression: dict) -> None:
+    env = Environment(loader=PackageLoader("components", "templates"), trim_blocks=True, lstrip_blocks=True)
+    text = env.get_template("model_card.md.j2").render(
+        card=card, training=training, compression=compression, export_name=EXPORT)
+    (out_dir / MODEL_CARD_MD).write_text(text, encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
+    for name in ("model", "data", "training", "out", "metrics"):
+        parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
     settings = load_settings().compress
     model, card = load_model(args.model)
@@ -110,16 +117,18 @@ def main() -> None:
     n = len(card["features"])
     latency = {f"{kind}_batch{b}_ms": median_latency_ms(m, n, b, settings.latency_repeats)
                for kind, m in (("fp32", load_model(args.model)[0]), ("int8", quantized)) for b in (1, 256)}
-    write_json(args.metrics, {
+    compression = {
         "prune_amount": settings.prune_amount, "sparsity": pruned_sparsity,
         "size_bytes": {"fp32_safetensors": len(dense_bytes), "pruned_zlib": pruned_zlib,
                        "int8_weights": int8_weight_bytes(quantized), "int8_torchscript": len(exported)},
         "latency": latency,
         "accuracy": {"fp32": accuracy_fp32, "pruned_int8": accuracy(quantized, *test.tensors)},
-    })
-    print(f"compress: sparsity {pruned_sparsity:.2f}, {len(dense_bytes)} B fp32 -> "
-          f"{len(exported)} B int8 export, accuracy {accuracy_fp32:.3f} -> "
-          f"{accuracy(quantized, *test.tensors):.3f}")
+    }
+    write_json(args.metrics, compression)
+    write_model_card(args.out, card, read_json(args.training), compression)
+    print(f"compress: sparsity {pruned_sparsity:.2f}, weights {len(dense_bytes)} B fp32 -> "
+          f"{compression['size_bytes']['int8_weights']} B int8, accuracy {accuracy_fp32:.3f} -> "
+          f"{compression['accuracy']['pruned_int8']:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,45 +1,104 @@
-"""Stage `report`: one self-contained HTML page a person can read, from aggregates only.
+"""Stage `report`: what happened to the data, for an auditor, a DPO and an ML engineer.
 
-Inputs are the plaintext side files (counts, hashes, key ids, metrics) and the ledger;
-this stage never opens the vault, so it cannot leak a row.
+One context is built from the plaintext side files (counts, hashes, key ids, metrics) and
+the ledger, then rendered three ways: self-contained HTML (plots inline as SVG, no script,
+no network), Markdown (Prefect artifacts) and JSON (machines). This stage never opens the
+vault, so it cannot leak a row.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
+import shutil
+from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 import matplotlib
-import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
-from components.artifacts import git_commit, read_json, sha256_file  # noqa: E402
+from components.artifacts import git_commit, read_json, sha256_file, write_json  # noqa: E402
 from components.errors import run_stage  # noqa: E402
-from components.privacy.ledger import PrivacyLedger  # noqa: E402
+from components.privacy.ledger import Charge, PrivacyLedger  # noqa: E402
 from components.settings import load_settings  # noqa: E402
 
-PACKAGES = ("torch", "opacus", "cryptography", "pandera", "dvc", "prefect")
+PACKAGES = ("torch", "opacus", "cryptography", "blake3", "pandera", "dvc", "prefect")
+SECTIONS = ("summary", "privacy-statement", "validation", "training", "compression",
+            "budget", "audit", "lineage")
+_ENV = Environment(loader=PackageLoader("components", "templates"),
+                   autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
 
 
-def curve_svg(curve: list[dict]) -> str:
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    epochs = [p["epoch"] for p in curve]
-    left.plot(epochs, [p["epsilon"] for p in curve], color="#b3261e")
-    left.set(title="Privacy spent (epsilon) by epoch", xlabel="epoch", ylabel="epsilon")
-    right.plot(epochs, [p["test_accuracy"] for p in curve], color="#1d5fa8")
-    right.set(title="Test accuracy by epoch", xlabel="epoch", ylabel="accuracy")
+def privacy_statement(training: dict, dataset: dict, budget: dict) -> list[str]:
+    """Plain-words statement in the style of TF Privacy's compute_dp_sgd_privacy_statement."""
+    p = training["privacy"]
+    per_person = dataset["max_rows_per_unit"]
+    return [
+        f"DP-SGD with Poisson sampling at rate {p['sample_rate']:.4%}, noise multiplier "
+        f"{p['noise_multiplier']:.4f} and per-example clipping norm {p['max_grad_norm']}, iterated over "
+        f"{p['steps']} steps on {training['rows']['train']} training records, satisfies "
+        f"(ε = {p['epsilon_spent']:.3f}, δ = {p['delta']:g})-differential privacy, as computed by "
+        f"Opacus' {p['accountant'].upper()} accountant. The ε charged to the ledger before training "
+        f"was {p['epsilon']:.3f}.",
+        f"Example-level privacy: the guarantee bounds what the released weights reveal about any "
+        f"single record. User-level privacy: each {p['privacy_unit']} contributes at most {per_person} "
+        f"record(s), so the same (ε, δ) protects each person.",
+        f"Budget: this run spent ε = {p['epsilon_spent']:.3f}. All {len(budget['charges'])} run(s) on "
+        f"dataset '{dataset['dataset']}' together have spent ε = {budget['spent']:.3f} of its cap "
+        f"{budget['cap']:g} (the sum over runs: basic composition, an upper bound; δ adds up to "
+        f"{budget['delta_total']:g}).",
+        "Noise came from PyTorch's default generator, seeded from operating-system entropy and never "
+        "from a configured seed. It is not a cryptographically secure generator (Opacus secure_mode "
+        "off); that matters only against an attacker who can reconstruct the generator's state.",
+        f"Not covered by the guarantee: the accuracy figures (computed on a held-out split of "
+        f"{training['rows']['test']} records), the non-private baseline's accuracy, the row counts of "
+        "the validation summary, the schema and the existence of the dataset. Features are scaled by "
+        "bounds declared in the schema, not by statistics of the data, so scaling spends no budget.",
+    ]
+
+
+def _svg(figure) -> str:
     figure.tight_layout()
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg")
     plt.close(figure)
     svg = buffer.getvalue()
     return svg[svg.index("<svg"):]
+
+
+def curve_svg(curve: list[dict]) -> str:
+    figure, axes = plt.subplots(1, 3, figsize=(10, 3))
+    epochs = [p["epoch"] for p in curve]
+    for ax, key, title, colour in zip(axes, ("train_loss", "test_accuracy", "epsilon"),
+                                      ("Training loss", "Test accuracy", "Privacy spent (ε)"),
+                                      ("#6b4fa1", "#1d5fa8", "#b3261e")):
+        ax.plot(epochs, [p[key] for p in curve], color=colour)
+        ax.set(title=title, xlabel="epoch")
+    return _svg(figure)
+
+
+def budget_svg(charges: list[dict], cap: float) -> str:
+    figure, ax = plt.subplots(figsize=(10, 2.8))
+    running, total = [], 0.0
+    for charge in charges:
+        total += charge["epsilon"]
+        running.append(total)
+    runs = list(range(1, len(running) + 1))
+    bars = ax.bar(runs, running, color="#b3261e", label="cumulative ε after the run")
+    ax.bar_label(bars, fmt="%.2f")
+    ax.axhline(cap, color="#555", linestyle="--", label=f"cap {cap:g}")
+    ax.set_xticks(runs)
+    ax.set(title="Cumulative ε spent on this dataset, by run", xlabel="run (ledger order)",
+           ylabel="ε", ylim=(0, cap * 1.1), xlim=(0.4, max(len(runs), 8) + 0.6))
+    ax.legend(loc="upper left")
+    return _svg(figure)
 
 
 def dvc_outputs(lock: Path) -> list[dict]:
@@ -51,10 +110,50 @@ def dvc_outputs(lock: Path) -> list[dict]:
             for name, stage in stages.items() for out in stage.get("outs", [])]
 
 
-def render_report(context: dict) -> str:
-    env = Environment(loader=PackageLoader("components", "templates"),
-                      autoescape=select_autoescape(["html", "j2"]))
-    return env.get_template("report.html.j2").render(**context)
+def budget_section(charges: list[Charge], cap: float, problems: list[str]) -> dict:
+    rows = [asdict(c) for c in charges]
+    spent = sum(c.epsilon for c in charges)
+    return {"cap": cap, "spent": spent, "remaining": cap - spent, "charges": rows,
+            "delta_total": sum(c.delta for c in charges), "problems": problems}
+
+
+def build_context(args: argparse.Namespace, title: str, ledger: PrivacyLedger, cap: float) -> dict:
+    training, dataset = read_json(args.training), read_json(args.dataset)
+    budget = budget_section(ledger.charges(dataset["dataset"]), cap, ledger.verify())
+    return {
+        "title": title, "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run_id": training["run_id"], "manifest": read_json(args.manifest),
+        "validation": read_json(args.validation), "dataset": dataset, "training": training,
+        "curve": read_json(args.curve), "compression": read_json(args.compression), "budget": budget,
+        "privacy_statement": privacy_statement(training, dataset, budget),
+        "audit": None,  # the empirical privacy audit is not part of this pipeline yet
+        "lineage": {"model_sha256": sha256_file(args.model), "git_commit": git_commit(),
+                    "dvc_outputs": dvc_outputs(Path("dvc.lock")),
+                    "packages": {name: version(name) for name in PACKAGES}},
+    }
+
+
+def write_report(context: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = {"curve_svg": curve_svg(context["curve"]),
+             "budget_svg": budget_svg(context["budget"]["charges"], context["budget"]["cap"])}
+    (out_dir / "report.html").write_text(
+        _ENV.get_template("report.html.j2").render(**context, **plots, sections=SECTIONS), encoding="utf-8")
+    (out_dir / "report.md").write_text(_ENV.get_template("report.md.j2").render(**context), encoding="utf-8")
+    write_json(out_dir / "report.json", context)
+
+
+def archive_run(reports: Path) -> Path:
+    """Keep this run's report under reports/runs/ and rebuild reports/index.html."""
+    context = read_json(reports / "report.json")
+    runs = reports / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for suffix in ("html", "json"):
+        shutil.copyfile(reports / f"report.{suffix}", runs / f"{context['run_id']}.{suffix}")
+    entries = sorted((read_json(p) for p in runs.glob("*.json")), key=lambda c: c["generated_at"], reverse=True)
+    index = reports / "index.html"
+    index.write_text(_ENV.get_template("index.html.j2").render(runs=entries), encoding="utf-8")
+    return index
 
 
 def main() -> None:
@@ -63,24 +162,10 @@ def main() -> None:
         parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
     settings = load_settings()
-    training = read_json(args.training)
-    dataset = read_json(args.dataset)
     ledger = PrivacyLedger(settings.privacy.ledger)
-    context = {
-        "title": settings.report.title, "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "manifest": read_json(args.manifest), "validation": read_json(args.validation),
-        "dataset": dataset, "training": training, "compression": read_json(args.compression),
-        "curve_svg": curve_svg(read_json(args.curve)),
-        "charges": ledger.charges(dataset["dataset"]),
-        "budget": ledger.budget(dataset["dataset"], settings.privacy.epsilon_cap),
-        "ledger_problems": ledger.verify(),
-        "model_sha256": sha256_file(args.model), "git_commit": git_commit(),
-        "packages": {name: version(name) for name in PACKAGES},
-        "dvc_outputs": dvc_outputs(Path("dvc.lock")),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render_report(context), encoding="utf-8")
-    print(f"report: wrote {args.out}")
+    context = build_context(args, settings.report.title, ledger, settings.privacy.epsilon_cap)
+    write_report(context, args.out)
+    print(f"report: wrote {args.out}/report.html, report.md, report.json ({json.dumps(context['run_id'])})")
 
 
 if __name__ == "__main__":

@@ -62,15 +62,21 @@ def load_split(vault: Vault, description: dict, split: str, folder: Path) -> Ten
     return TensorDataset(torch.from_numpy(tensors["features"]), torch.from_numpy(tensors["labels"]))
 
 
-def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
+def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> float:
+    """One pass; returns the mean training loss over non-empty batches."""
     # No skipping of empty Poisson batches: every step must reach optimizer.step(), where
     # Opacus adds noise and the accountant counts it, or the charge and the run disagree.
     model.train()
     loss_fn = nn.CrossEntropyLoss()
+    losses = []
     for features, labels in loader:
         optimizer.zero_grad()
-        loss_fn(model(features), labels).backward()
+        loss = loss_fn(model(features), labels)
+        loss.backward()
         optimizer.step()
+        if len(labels):
+            losses.append(float(loss))
+    return sum(losses) / max(len(losses), 1)
 
 
 def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan,
@@ -88,8 +94,8 @@ def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan,
         raise PrivacyError(f"Opacus sampled at {loader.sample_rate}, the charge assumed {plan.sample_rate}")
     curve: list[dict] = []
     for epoch in range(1, t.epochs + 1):
-        run_epoch(model, loader, optimizer)
-        curve.append({"epoch": epoch, "epsilon": engine.get_epsilon(plan.delta),
+        loss = run_epoch(model, loader, optimizer)
+        curve.append({"epoch": epoch, "epsilon": engine.get_epsilon(plan.delta), "train_loss": loss,
                       "test_accuracy": accuracy(model, *test.tensors)})
     return model._module, curve, engine.get_epsilon(plan.delta)
 

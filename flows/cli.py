@@ -37,6 +37,30 @@ def run(root: Path = Path(".")) -> None:
     console.print(f"report: [bold]{(root / REPORT).resolve()}[/bold]")
 
 
+@app.command()
+def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown, JSON) here"),
+           open_browser: bool = typer.Option(False, "--open", help="open it in the browser")) -> None:
+    """Rebuild the run index and show where the latest report is; optionally copy or open it."""
+    import shutil
+    import webbrowser
+
+    from components.report import archive_run
+    from flows.pipeline import REPORTS
+
+    if not (REPORTS / "report.json").exists():
+        raise PrivflowError(f"{REPORTS}/report.json: no report yet; run `privflow run` first")
+    index = archive_run(REPORTS)
+    target = REPORTS
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("report.html", "report.md", "report.json"):
+            shutil.copyfile(REPORTS / name, out / name)
+        target = out
+    console.print(f"report: [bold]{(target / 'report.html').resolve()}[/bold]; all runs: {index.resolve()}")
+    if open_browser:
+        webbrowser.open((target / "report.html").resolve().as_uri())
+
+
 @keys_app.command("list")
 def keys_list() -> None:
     """Key ids, states and what wraps what (never key material)."""

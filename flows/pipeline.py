@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from components.artifacts import read_json
+from components.report import archive_run
 from flows.stages import TransientStageFailure, reproduce_stage, stage_order
 
-REPORT = Path("reports/report.html")
+REPORTS = Path("reports")
+REPORT = REPORTS / "report.html"
+LEDGER_COLUMNS = ("created_at", "run_id", "snapshot_id", "accountant", "noise_multiplier",
+                  "sample_rate", "steps", "delta", "epsilon")
 
 
 def _only_transient(task, task_run, state) -> bool:
@@ -25,27 +29,22 @@ def run_stage(root: str, stage: str) -> bool:
     return ran
 
 
-def summary_markdown(root: Path) -> str:
-    training = json.loads((root / "metrics/train.json").read_text())
-    validation = json.loads((root / "metrics/validate.json").read_text())
-    p, b = training["privacy"], training["budget"]
-    return "\n".join([
-        "# privflow run", "",
-        "| | |", "|---|---|",
-        f"| snapshot | `{training['snapshot_id']}` |",
-        f"| rows in / valid / quarantined / unparseable | {validation['rows_in']} / "
-        f"{validation['rows_valid']} / {validation['rows_quarantined']} / {validation['lines_unparseable']} |",
-        f"| epsilon (delta) this run | {p['epsilon_spent']:.3f} ({p['delta']:g}), {p['accountant']} |",
-        f"| budget spent / cap | {b['spent_total']:.3f} / {b['cap']:g} |",
-        f"| test accuracy DP / non-private | {training['accuracy']['private']:.3f} / "
-        f"{training['accuracy']['non_private_baseline']:.3f} |",
-    ])
+@task
+def publish_report(root: str) -> str:
+    """Archive the run's report, rebuild the run index, attach the report to the flow run."""
+    reports = Path(root) / REPORTS
+    index = archive_run(reports)
+    context = read_json(reports / "report.json")
+    create_markdown_artifact(key="privflow-report", markdown=(reports / "report.md").read_text(),
+                             description=f"run {context['run_id']}: aggregates only")
+    create_table_artifact(key="privflow-budget", description="privacy ledger of this dataset",
+                          table=[{k: c[k] for k in LEDGER_COLUMNS} for c in context["budget"]["charges"]])
+    return str(index)
 
 
 @flow(name="privflow-pipeline")
 def pipeline(root: str = ".") -> dict[str, bool]:
     """Run every stage of dvc.yaml that is out of date; return which stages ran."""
     ran = {stage: run_stage(root, stage) for stage in stage_order(Path(root))}
-    create_markdown_artifact(key="privflow-run", markdown=summary_markdown(Path(root)),
-                             description="privacy and data summary (aggregates only)")
+    publish_report(root)
     return ran

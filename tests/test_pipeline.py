@@ -15,7 +15,7 @@ from components.ingest import read_manifest, snapshot_identity
 from components.keys import Keyring
 from components.vault import Vault
 from flows.stages import stage_order
-from tests.conftest import DEMO_SCHEMA
+from tests.conftest import DEMO_SCHEMA, ROOT
 from tests.workspace import files_containing, make_workspace
 
 pytestmark = pytest.mark.slow
@@ -126,3 +126,68 @@ def test_rotation_and_forced_reencrypt_leave_dvc_status_clean(pipeline_run):
     assert (workspace.repo / "dvc.lock").read_text() == lock_before  # every tracked hash unchanged
     assert "Data and pipelines are up to date" in workspace.run("dvc", "status", check=True).stdout
     assert "Running stage" not in workspace.run("dvc", "repro", check=True).stdout  # train not re-run
+
+
+def test_report_renders_in_chromium_without_errors(pipeline_run):
+    """Headless Chromium (Debian's, driven by selenium): no console errors, every section shown."""
+    import shutil as _shutil
+
+    if not (_shutil.which("chromium") and _shutil.which("chromedriver")):
+        pytest.skip("chromium/chromedriver not installed (`make test` installs them as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    from components.report import SECTIONS
+
+    workspace, _ = pipeline_run
+    options = webdriver.ChromeOptions()
+    options.binary_location = _shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,3600", f"--user-data-dir={workspace.base / 'chromium'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(_shutil.which("chromedriver")))
+    try:
+        driver.get((workspace.repo / "reports" / "report.html").as_uri())
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+        for section in SECTIONS:
+            element = driver.find_element(By.ID, section)
+            assert element.is_displayed() and element.size["height"] > 40, section
+        assert len(driver.find_elements(By.CSS_SELECTOR, "section svg")) == 2  # curves and budget plot
+        screenshots = ROOT / "test-artifacts"
+        screenshots.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(screenshots / "report.png"))
+    finally:
+        driver.quit()
+
+
+def test_markdown_json_model_card_and_run_index(pipeline_run):
+    workspace, _ = pipeline_run
+    reports = workspace.repo / "reports"
+    context = json.loads((reports / "report.json").read_text())
+    assert context["training"]["privacy"]["accountant"] == "prv"
+    assert "## Privacy statement" in (reports / "report.md").read_text()
+    assert context["run_id"] in (reports / "index.html").read_text()
+    assert (reports / "runs" / f"{context['run_id']}.html").exists()
+    copied = workspace.run("privflow", "report", "--out", str(workspace.base / "shared-report"), check=True)
+    assert "index.html" in copied.stdout
+    assert (workspace.base / "shared-report" / "report.html").read_bytes() == (reports / "report.html").read_bytes()
+    card = (workspace.repo / "artifacts" / "compress" / "MODEL_CARD.md").read_text()
+    assert "ε = " in card and context["manifest"]["snapshot_id"] in card
+    with sqlite3.connect(next((workspace.repo / ".privflow" / "prefect").rglob("*.db"))) as db:
+        keys = {row[0] for row in db.execute("SELECT key FROM artifact")}
+    assert {"privflow-report", "privflow-budget"} <= keys  # and the canary test searched them
+
+
+def test_metrics_diff_shows_a_change_of_epsilon(pipeline_run):
+    workspace, _ = pipeline_run
+    workspace.edit_params(train={"target_epsilon": 1.5})
+    workspace.run("dvc", "repro", check=True)
+    diff = workspace.run("dvc", "metrics", "diff", "--json", check=True)
+    changes = json.loads(diff.stdout)["metrics/train.json"]
+    assert changes["privacy.epsilon_spent"]["old"] == pytest.approx(3.0, abs=0.02)
+    assert changes["privacy.epsilon_spent"]["new"] == pytest.approx(1.5, abs=0.02)
+    assert "diff" in changes["budget.spent_total"]
