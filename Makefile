@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: make it this project's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast bench install constraints clean browser
+.PHONY: run test test-fast bench install constraints clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,16 @@ run: install
 	@test -f $(DEMO_SOURCE) || $(BIN)/python -m components.demo_data $(DEMO_SOURCE)
 	$(BIN)/privflow run
 
-# The report test renders in headless Chromium: Debian's packages, installed when missing.
-browser:
-	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } || \
-	  echo "chromium/chromedriver not installed: the browser test will be skipped"
+# Tests use Debian's packages: headless Chromium for the report, a PostgreSQL server for the
+# ledger. Installed when missing (as root); otherwise those tests skip and say why.
+system-deps:
+	@missing=""; command -v chromedriver >/dev/null || missing="chromium chromium-driver"; \
+	  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  if [ -n "$$missing" ]; then { [ "$$(id -u)" = 0 ] && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } || \
+	    echo "not installed: $$missing (the tests that need them will be skipped)"; fi
 
-test: install browser
+test: install system-deps
 	$(BIN)/pytest -q -ra
 
 test-fast: install

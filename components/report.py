@@ -26,8 +26,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
 from components.artifacts import git_commit, read_json, sha256_file, write_json  # noqa: E402
 from components.errors import run_stage  # noqa: E402
-from components.privacy.ledger import Charge, PrivacyLedger  # noqa: E402
-from components.settings import load_settings  # noqa: E402
+from components.privacy.ledger import Charge, PrivacyLedger, budget_of  # noqa: E402
+from components.settings import ledger_location, load_settings  # noqa: E402
 
 PACKAGES = ("torch", "opacus", "cryptography", "blake3", "pandera", "dvc", "prefect")
 SECTIONS = ("summary", "privacy-statement", "validation", "training", "compression",
@@ -51,9 +51,9 @@ def privacy_statement(training: dict, dataset: dict, budget: dict) -> list[str]:
         f"single record. User-level privacy: each {p['privacy_unit']} contributes at most {per_person} "
         f"record(s), so the same (ε, δ) protects each person.",
         f"Budget: this run spent ε = {p['epsilon_spent']:.3f}. All {len(budget['charges'])} run(s) on "
-        f"dataset '{dataset['dataset']}' together have spent ε = {budget['spent']:.3f} of its cap "
-        f"{budget['cap']:g} (the sum over runs: basic composition, an upper bound; δ adds up to "
-        f"{budget['delta_total']:g}).",
+        f"dataset '{dataset['dataset']}' together, composed by the PRV accountant, have spent "
+        f"ε = {budget['spent']:.3f} at δ = {budget['delta_total']:g} (the sum of their δ) of its cap "
+        f"{budget['cap']:g}; the plain sum of their ε, a looser bound, is {budget['spent_sum']:.3f}.",
         "Noise came from PyTorch's default generator, seeded from operating-system entropy and never "
         "from a configured seed. It is not a cryptographically secure generator (Opacus secure_mode "
         "off); that matters only against an attacker who can reconstruct the generator's state.",
@@ -110,16 +110,15 @@ def dvc_outputs(lock: Path) -> list[dict]:
             for name, stage in stages.items() for out in stage.get("outs", [])]
 
 
-def budget_section(charges: list[Charge], cap: float, problems: list[str]) -> dict:
-    rows = [asdict(c) for c in charges]
-    spent = sum(c.epsilon for c in charges)
-    return {"cap": cap, "spent": spent, "remaining": cap - spent, "charges": rows,
-            "delta_total": sum(c.delta for c in charges), "problems": problems}
+def budget_section(dataset: str, charges: list[Charge], cap: float, problems: list[str]) -> dict:
+    budget = budget_of(dataset, cap, charges)
+    return {"cap": cap, "spent": budget.spent, "spent_sum": budget.spent_sum, "remaining": budget.remaining,
+            "delta_total": budget.delta_total, "charges": [asdict(c) for c in charges], "problems": problems}
 
 
 def build_context(args: argparse.Namespace, title: str, ledger: PrivacyLedger, cap: float) -> dict:
     training, dataset = read_json(args.training), read_json(args.dataset)
-    budget = budget_section(ledger.charges(dataset["dataset"]), cap, ledger.verify())
+    budget = budget_section(dataset["dataset"], ledger.charges(dataset["dataset"]), cap, ledger.verify())
     return {
         "title": title, "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "run_id": training["run_id"], "manifest": read_json(args.manifest),
@@ -162,7 +161,7 @@ def main() -> None:
         parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
     settings = load_settings()
-    ledger = PrivacyLedger(settings.privacy.ledger)
+    ledger = PrivacyLedger(ledger_location(settings))
     context = build_context(args, settings.report.title, ledger, settings.privacy.epsilon_cap)
     write_report(context, args.out)
     print(f"report: wrote {args.out}/report.html, report.md, report.json ({json.dumps(context['run_id'])})")

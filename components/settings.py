@@ -13,6 +13,7 @@ from components.errors import PrivflowError
 
 PARAMS_FILE = Path("params.yaml")
 KEYRING_ENV = "PRIVFLOW_KEYRING"
+LEDGER_ENV = "PRIVFLOW_LEDGER"
 DEFAULT_KEYRING = Path.home() / ".local" / "share" / "privflow" / "keyring.json"
 
 
@@ -57,8 +58,8 @@ class TrainSettings(_Section):
 
 
 class PrivacySettings(_Section):
-    epsilon_cap: float = Field(gt=0)
-    ledger: Path = Path(".privflow/ledger.sqlite")
+    epsilon_cap: float = Field(gt=0)  # cap on the composed epsilon of all runs on the dataset
+    ledger: str = ".privflow/ledger.sqlite"  # a SQLite path, or a SQLAlchemy URL (PostgreSQL)
 
 
 class CompressSettings(_Section):
@@ -102,6 +103,11 @@ def load_settings(path: Path = PARAMS_FILE) -> Settings:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
         )
         raise PrivflowError(f"{path}: invalid settings: {problems}") from None
+
+
+def ledger_location(settings: Settings) -> str:
+    """$PRIVFLOW_LEDGER (keeps a PostgreSQL password out of params.yaml), else privacy.ledger."""
+    return os.environ.get(LEDGER_ENV) or settings.privacy.ledger
 
 
 def keyring_path() -> Path:

@@ -26,7 +26,7 @@ from components.errors import PrivacyError, run_stage
 from components.models import accuracy, build_model
 from components.privacy.accounting import DpSgdPlan, plan_dp_sgd
 from components.privacy.ledger import Charge, PrivacyLedger
-from components.settings import Settings, TrainSettings, load_settings
+from components.settings import Settings, TrainSettings, ledger_location, load_settings
 from components.vault import Vault
 
 MODEL = "model.safetensors"
@@ -52,8 +52,9 @@ def plan_and_charge(description: dict, settings: Settings, run_id: str) -> tuple
                     sample_rate=plan.sample_rate, steps=plan.steps, delta=plan.delta,
                     epsilon=plan.epsilon, code_commit=git_commit(),
                     created_at=datetime.now(UTC).isoformat(timespec="seconds"))
-    budget = PrivacyLedger(settings.privacy.ledger).charge(charge, settings.privacy.epsilon_cap)
-    return plan, {"cap": budget.cap, "spent_total": budget.spent, "this_run": plan.epsilon}
+    budget = PrivacyLedger(ledger_location(settings)).charge(charge, settings.privacy.epsilon_cap)
+    return plan, {"cap": budget.cap, "spent_total": budget.spent, "spent_sum": budget.spent_sum,
+                  "delta_total": budget.delta_total, "this_run": plan.epsilon}
 
 
 def load_split(vault: Vault, description: dict, split: str, folder: Path) -> TensorDataset:

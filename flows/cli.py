@@ -12,7 +12,7 @@ import flows  # noqa: F401  (sets Prefect's embedded defaults before Prefect loa
 from components.errors import PrivflowError
 from components.keys import Keyring
 from components.privacy.ledger import PrivacyLedger
-from components.settings import keyring_path, load_settings
+from components.settings import keyring_path, ledger_location, load_settings
 
 app = typer.Typer(help="Train models on sensitive data under differential privacy, with an audit trail.")
 keys_app = typer.Typer(help="Key-encryption keys of the local keyring.")
@@ -100,25 +100,47 @@ def keys_retire(kek_id: str) -> None:
 def budget_show() -> None:
     """Charges against the configured dataset and what is left of its cap."""
     settings = load_settings()
-    ledger = PrivacyLedger(settings.privacy.ledger)
+    ledger = PrivacyLedger(ledger_location(settings))
     table = Table("time", "run", "accountant", "noise", "q", "steps", "delta", "epsilon")
     for c in ledger.charges(settings.dataset.name):
         table.add_row(c.created_at, c.run_id[:12], c.accountant, f"{c.noise_multiplier:.3f}",
                       f"{c.sample_rate:.4f}", str(c.steps), f"{c.delta:g}", f"{c.epsilon:.3f}")
     console.print(table)
     budget = ledger.budget(settings.dataset.name, settings.privacy.epsilon_cap)
-    console.print(f"spent {budget.spent:.3f} of cap {budget.cap:g}; remaining {budget.remaining:.3f}")
+    console.print(f"{budget.runs} run(s): composed epsilon {budget.spent:.3f} at delta {budget.delta_total:g} "
+                  f"(sum of epsilons {budget.spent_sum:.3f}) of cap {budget.cap:g}; remaining {budget.remaining:.3f}")
 
 
 @budget_app.command("verify")
 def budget_verify() -> None:
     """Check the ledger's hash chain; exit 1 if an entry was edited or deleted."""
-    problems = PrivacyLedger(load_settings().privacy.ledger).verify()
+    problems = PrivacyLedger(ledger_location(load_settings())).verify()
     for problem in problems:
         console.print(f"[red]{problem}[/red]")
     if problems:
         raise typer.Exit(1)
     console.print("ledger intact")
+
+
+@budget_app.command("audit")
+def budget_audit() -> None:
+    """Recompute every charge with Google's dp-accounting (PLD and RDP); exit 1 on a mismatch."""
+    from components.privacy.crosscheck import RELATIVE_TOLERANCE, recompute
+
+    settings = load_settings()
+    charges = PrivacyLedger(ledger_location(settings)).charges(settings.dataset.name)
+    rows = recompute(charges, settings.privacy.epsilon_cap)
+    table = Table("what", "charged (Opacus)", "PLD (dp-accounting)", "gap", "RDP (dp-accounting)",
+                  title=f"independent recomputation, tolerance {RELATIVE_TOLERANCE:.0%}")
+    for row in rows:
+        table.add_row(row.label, f"{row.charged:.4f}", f"{row.pld:.4f}", f"{row.relative_gap:.2%}", f"{row.rdp:.4f}")
+    console.print(table)
+    problems = [p for row in rows for p in row.problems]
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"{len(charges)} charge(s) confirmed by an independent accountant")
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,56 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server from Debian's packages, on 127.0.0.1 (as user postgres)."""
+    import getpass
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server not installed (Debian package postgresql); `make test` installs it")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    base = Path(tempfile.mkdtemp(prefix="privflow-pg-"))  # outside pytest's 0700 root-only tmp
+    if as_postgres:
+        shutil.chown(base, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    user = "postgres" if as_postgres else getpass.getuser()
+    subprocess.run([*as_postgres, bin_dir / "initdb", "-D", base / "data", "-A", "trust", "-U", user],
+                   check=True, capture_output=True)
+    subprocess.run([*as_postgres, bin_dir / "pg_ctl", "-D", base / "data", "-w", "-l", base / "log",
+                    "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://{user}@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, bin_dir / "pg_ctl", "-D", base / "data", "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_location(request, tmp_path) -> str:
+    """A fresh, empty ledger on each backend."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.sqlite")
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"ledger_{uuid.uuid4().hex[:12]}"
+    with create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    return f"{server}/{name}"

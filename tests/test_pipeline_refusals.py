@@ -44,7 +44,7 @@ def test_empty_source_is_refused_at_ingest(workspace):
 
 
 def test_overspending_run_is_refused_before_decryption(workspace):
-    workspace.edit_params(privacy={"epsilon_cap": 5.0})
+    workspace.edit_params(privacy={"epsilon_cap": 3.5})  # one run (3.0) fits, two compose to ~4.2
     workspace.run("dvc", "repro", "train", check=True)
     model = workspace.repo / "artifacts" / "train" / "model.safetensors"
     before = model.read_bytes()
@@ -53,10 +53,42 @@ def test_overspending_run_is_refused_before_decryption(workspace):
     (workspace.repo / "artifacts" / "encrypt" / "train.sealed").write_bytes(b"not decryptable")
     result = workspace.run("dvc", "repro", "--force", "--single-item", "train")
     assert result.returncode != 0
-    assert "BudgetExceeded" in result.stderr and "already spent" in result.stderr
+    assert "BudgetExceeded" in result.stderr and "over the cap 3.5" in result.stderr
     assert "IntegrityError" not in result.stderr
     # DVC removes a stage's outputs before running it; the refused run wrote none, and the
     # last good model comes back from the cache.
     assert not model.exists()
     workspace.run("dvc", "checkout", "artifacts/train", check=True)
     assert model.read_bytes() == before
+
+
+def test_sigkill_during_training_keeps_the_charge_and_restart_completes(workspace):
+    """Charged ahead for the full plan: a killed run is never charged less than the steps it took."""
+    import shlex
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+
+    from components.privacy.ledger import PrivacyLedger
+
+    workspace.run("dvc", "repro", "encrypt", check=True)
+    workspace.edit_params(train={"epochs": 2000})  # minutes of training: killed long before the end
+    command = yaml.safe_load((workspace.repo / "dvc.yaml").read_text())["stages"]["train"]["cmd"]
+    process = subprocess.Popen(shlex.split(command), cwd=workspace.repo, env=workspace.env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = PrivacyLedger(workspace.repo / ".privflow" / "ledger.sqlite")
+    deadline = time.monotonic() + 120
+    while not ledger.charges() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(3)  # well into training
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    (charge,) = ledger.charges()
+    assert charge.steps == 2000 * 7  # the whole plan: >= any number of steps taken before the kill
+    assert not (workspace.repo / "artifacts" / "train").exists()  # no partial output
+    workspace.edit_params(train={"epochs": 5})
+    workspace.run("dvc", "repro", check=True)
+    assert len(ledger.charges()) == 2 and ledger.verify() == []
+    assert (workspace.repo / "reports" / "report.html").exists()

@@ -56,3 +56,13 @@ def plan_dp_sgd(*, rows: int, batch_size: int, epochs: int, target_epsilon: floa
         ) from None
     epsilon = epsilon_for(accountant, noise, sample_rate, steps, target_delta)
     return DpSgdPlan(accountant, noise, sample_rate, steps, target_delta, epsilon)
+
+
+def composed_epsilon(mechanisms: list[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon of running every (noise, sample rate, steps) mechanism on the same people,
+    composed by the PRV accountant at the given delta (0 when nothing has run)."""
+    if not mechanisms:
+        return 0.0
+    counter = create_accountant(mechanism="prv")
+    counter.history = list(mechanisms)
+    return float(counter.get_epsilon(delta=delta))

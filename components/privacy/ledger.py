@@ -1,34 +1,30 @@
 """The privacy budget ledger: every charge against a dataset, across all runs.
 
-Keyed by dataset and privacy unit (the people), not by file hash, so a new snapshot of the
-same people draws on the same budget. Rows are append-only and hash-chained: each entry
-stores the hash of the previous one, so an edited or deleted row breaks the chain.
-The cap check and the insert happen in one write transaction (SQLite `BEGIN IMMEDIATE`),
-so two concurrent runs cannot both spend the last of a budget.
+A real database: a SQLite file by default (outside DVC outs, so `dvc repro`, `git checkout`
+and crashes leave it alone), PostgreSQL for teams (any SQLAlchemy URL). Keyed by dataset
+and privacy unit (the people), not by file hash, so a new snapshot of the same people
+draws on the same budget. Rows are append-only and hash-chained: each entry stores the hash
+of the previous one, so an edited or deleted row breaks the chain (`verify`).
+
+The cap check and the insert happen in one transaction that holds the table's write lock
+(SQLite `BEGIN IMMEDIATE`, PostgreSQL `LOCK TABLE`), so two concurrent runs cannot both
+spend the last of a budget. The cap applies to the PRV accountant's composition of every
+charged mechanism (tighter than, and shown beside, the sum of epsilons).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-from contextlib import closing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, create_engine, event, func, select, text
+
 from components.errors import BudgetExceeded
+from components.privacy.accounting import composed_epsilon
 
 GENESIS = "0" * 64
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS charges (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL, dataset TEXT NOT NULL, privacy_unit TEXT NOT NULL,
-    snapshot_id TEXT NOT NULL, stage TEXT NOT NULL, mechanism TEXT NOT NULL,
-    accountant TEXT NOT NULL, noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL,
-    steps INTEGER NOT NULL, delta REAL NOT NULL, epsilon REAL NOT NULL,
-    code_commit TEXT NOT NULL, created_at TEXT NOT NULL,
-    prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL UNIQUE
-)"""
 
 
 @dataclass(frozen=True)
@@ -49,6 +45,15 @@ class Charge:
     created_at: str
 
 
+_TYPES = {"str": String, "float": Float, "int": Integer}  # Charge's annotations, as strings
+_METADATA = MetaData()
+CHARGES = Table(
+    "charges", _METADATA,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    *(Column(f.name, _TYPES[f.type], nullable=False) for f in fields(Charge)),
+    Column("prev_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False, unique=True),
+)
 _COLUMNS = [f.name for f in fields(Charge)]
 
 
@@ -61,71 +66,91 @@ def entry_hash(charge: Charge, prev_hash: str) -> str:
 class Budget:
     dataset: str
     cap: float
-    spent: float  # basic composition: the sum of charged epsilons (an upper bound)
+    spent: float        # PRV composition of every charge, at delta = delta_total
+    spent_sum: float    # basic composition: the sum of charged epsilons
+    delta_total: float  # the sum of charged deltas
+    runs: int
 
     @property
     def remaining(self) -> float:
         return self.cap - self.spent
 
 
-class PrivacyLedger:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        with closing(self._connect()) as db, db:
-            db.execute(_SCHEMA)
+def budget_of(dataset: str, cap: float, charges: list[Charge]) -> Budget:
+    delta = sum(c.delta for c in charges)
+    spent = composed_epsilon([(c.noise_multiplier, c.sample_rate, c.steps) for c in charges], delta)
+    return Budget(dataset, cap, spent, sum(c.epsilon for c in charges), delta, len(charges))
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+
+def ledger_url(location: str | Path) -> str:
+    """A SQLAlchemy URL as is; anything else is the path of a SQLite file."""
+    location = str(location)
+    if "://" in location:
+        return location
+    Path(location).parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{location}"
+
+
+class PrivacyLedger:
+    def __init__(self, location: str | Path):
+        self.url = ledger_url(location)
+        self.engine = create_engine(self.url)
+        if self.engine.dialect.name == "sqlite":
+            # SQLite's driver opens transactions lazily; a charge takes the write lock at BEGIN
+            # instead (the SQLAlchemy recipe), so its read-check-insert is serialised. Reads
+            # begin plainly and never wait behind a charge.
+            event.listen(self.engine, "connect", lambda conn, _: setattr(conn, "isolation_level", None))
+            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql(
+                "BEGIN IMMEDIATE" if conn.get_execution_options().get("write_lock") else "BEGIN"))
+        _METADATA.create_all(self.engine)
 
     def charges(self, dataset: str | None = None) -> list[Charge]:
-        query = f"SELECT {', '.join(_COLUMNS)} FROM charges"
-        query += " WHERE dataset = ? ORDER BY seq" if dataset else " ORDER BY seq"
-        with closing(self._connect()) as db:
-            rows = db.execute(query, (dataset,) if dataset else ()).fetchall()
-        return [Charge(*row) for row in rows]
+        query = select(*(CHARGES.c[name] for name in _COLUMNS)).order_by(CHARGES.c.seq)
+        if dataset is not None:
+            query = query.where(CHARGES.c.dataset == dataset)
+        with self.engine.connect() as conn:
+            return [Charge(*row) for row in conn.execute(query)]
 
     def budget(self, dataset: str, cap: float) -> Budget:
-        return Budget(dataset, cap, sum(c.epsilon for c in self.charges(dataset)))
+        return budget_of(dataset, cap, self.charges(dataset))
 
     def charge(self, charge: Charge, cap: float) -> Budget:
-        """Record the charge if it fits under the cap; otherwise refuse with the numbers."""
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                spent = db.execute("SELECT COALESCE(SUM(epsilon), 0) FROM charges WHERE dataset = ?",
-                                   (charge.dataset,)).fetchone()[0]
-                if spent + charge.epsilon > cap + 1e-12:
-                    raise BudgetExceeded(
-                        f"dataset '{charge.dataset}': this run needs epsilon {charge.epsilon:.4g}, "
-                        f"{spent:.4g} of the cap {cap:.4g} is already spent ({cap - spent:.4g} left); "
-                        "lower train.target_epsilon, or have the data owner raise privacy.epsilon_cap"
-                    )
-                last = db.execute("SELECT entry_hash FROM charges ORDER BY seq DESC LIMIT 1").fetchone()
-                prev = last[0] if last else GENESIS
-                db.execute(
-                    f"INSERT INTO charges ({', '.join(_COLUMNS)}, prev_hash, entry_hash) "
-                    f"VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})",
-                    (*asdict(charge).values(), prev, entry_hash(charge, prev)),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return Budget(charge.dataset, cap, spent + charge.epsilon)
+        """Record the charge if the composition still fits under the cap; else refuse with the numbers."""
+        with self.engine.connect().execution_options(write_lock=True) as conn, conn.begin():
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("LOCK TABLE charges IN SHARE ROW EXCLUSIVE MODE"))
+            existing = self._rows(conn, charge.dataset)
+            before = budget_of(charge.dataset, cap, existing)
+            after = budget_of(charge.dataset, cap, [*existing, charge])
+            if after.spent > cap + 1e-9:
+                raise BudgetExceeded(
+                    f"dataset '{charge.dataset}': this run (epsilon {charge.epsilon:.4g}) would bring the "
+                    f"composed epsilon from {before.spent:.4g} to {after.spent:.4g} (sum of epsilons "
+                    f"{after.spent_sum:.4g}), over the cap {cap:.4g}; lower train.target_epsilon, or have "
+                    "the data owner raise privacy.epsilon_cap")
+            last = conn.execute(select(CHARGES.c.entry_hash).order_by(CHARGES.c.seq.desc()).limit(1)).scalar()
+            prev = last or GENESIS
+            conn.execute(CHARGES.insert().values(**asdict(charge), prev_hash=prev, entry_hash=entry_hash(charge, prev)))
+        return after
+
+    @staticmethod
+    def _rows(conn, dataset: str) -> list[Charge]:
+        query = select(*(CHARGES.c[n] for n in _COLUMNS)).where(CHARGES.c.dataset == dataset)
+        return [Charge(*row) for row in conn.execute(query.order_by(CHARGES.c.seq))]
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(CHARGES)).scalar_one()
 
     def verify(self) -> list[str]:
         """Problems found in the hash chain; empty when every entry is intact and in place."""
-        with closing(self._connect()) as db:
-            rows = db.execute(f"SELECT seq, {', '.join(_COLUMNS)}, prev_hash, entry_hash "
-                              "FROM charges ORDER BY seq").fetchall()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(CHARGES).order_by(CHARGES.c.seq)).mappings().all()
         problems, prev = [], GENESIS
-        for seq, *values, stored_prev, stored_hash in rows:
-            if stored_prev != prev:
-                problems.append(f"entry {seq}: previous-hash link broken (an entry was deleted or reordered)")
-            if entry_hash(Charge(*values), stored_prev) != stored_hash:
-                problems.append(f"entry {seq}: contents do not match its hash (edited)")
-            prev = stored_hash
+        for row in rows:
+            if row["prev_hash"] != prev:
+                problems.append(f"entry {row['seq']}: previous-hash link broken (an entry was deleted or reordered)")
+            if entry_hash(Charge(*(row[n] for n in _COLUMNS)), row["prev_hash"]) != row["entry_hash"]:
+                problems.append(f"entry {row['seq']}: contents do not match its hash (edited)")
+            prev = row["entry_hash"]
         return problems

@@ -1,0 +1,67 @@
+"""Training refuses before it decrypts: the vault is never opened for an over-budget run."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+import yaml
+
+from components import train
+from components.artifacts import write_json
+from components.errors import BudgetExceeded, PrivacyError
+from components.privacy.accounting import plan_dp_sgd
+from components.privacy.ledger import PrivacyLedger
+from components.vault import Vault
+from tests.conftest import ROOT
+from tests.test_ledger import charge_for
+
+DESCRIPTION = {"dataset": "demo", "snapshot_id": "sha256:s", "privacy_unit": "patient_id",
+               "max_rows_per_unit": 1, "classes": ["a", "b"], "features": ["x"],
+               "splits": {"train": {"rows": 1000}, "test": {"rows": 200}}}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["dataset"]["name"] = "demo"
+    params["privacy"].update(epsilon_cap=3.2, ledger=str(tmp_path / "ledger.sqlite"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_json(tmp_path / "data" / "dataset.json", DESCRIPTION)
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    monkeypatch.chdir(tmp_path)
+    opened = []
+    monkeypatch.setattr(Vault, "open", lambda self, *a, **k: opened.append(a) or pytest.fail("decrypted"))
+    monkeypatch.setattr(sys, "argv", ["train", "--data", "data", "--out", "out", "--metrics", "m.json",
+                                      "--curve", "c.json"])
+    return tmp_path, opened
+
+
+def test_overspend_is_refused_before_any_decryption(project):
+    folder, opened = project
+    PrivacyLedger(folder / "ledger.sqlite").charge(charge_for(2.0, dataset="demo"), cap=3.2)
+    with pytest.raises(BudgetExceeded, match="over the cap 3.2"):
+        train.main()
+    assert opened == []
+    assert len(PrivacyLedger(folder / "ledger.sqlite").charges("demo")) == 1
+    assert not (folder / "out").exists()
+
+
+def test_several_rows_per_person_are_refused_before_decryption(project):
+    folder, opened = project
+    write_json(folder / "data" / "dataset.json", {**DESCRIPTION, "max_rows_per_unit": 3})
+    with pytest.raises(PrivacyError, match="has 3 rows"):
+        train.main()
+    assert opened == [] and PrivacyLedger(folder / "ledger.sqlite").charges() == []
+
+
+def test_charge_is_what_the_plan_says(project):
+    folder, opened = project
+    # a run that fits is charged its plan before decryption (which the spy then refuses)
+    with pytest.raises(pytest.fail.Exception):
+        train.main()
+    (charge,) = PrivacyLedger(folder / "ledger.sqlite").charges("demo")
+    plan = plan_dp_sgd(rows=1000, batch_size=64, epochs=30, target_epsilon=3.0, target_delta=1e-5, accountant="prv")
+    assert (charge.steps, charge.epsilon) == (plan.steps, pytest.approx(plan.epsilon))
+    assert len(opened) == 1
