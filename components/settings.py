@@ -59,7 +59,10 @@ class TrainSettings(_Section):
 
 class PrivacySettings(_Section):
     epsilon_cap: float = Field(gt=0)  # cap on the composed epsilon of all runs on the dataset
-    ledger: str = ".privflow/ledger.sqlite"  # a SQLite path, or a SQLAlchemy URL (PostgreSQL)
+    # A SQLite path (~ expanded) or a SQLAlchemy URL (PostgreSQL). The default lives outside
+    # the repository: `dvc exp run --temp/--queue` runs in a copy of it, and a repo-relative
+    # ledger there would lose the charge; every workspace on the machine must see one budget.
+    ledger: str = "~/.local/share/privflow/ledger.sqlite"
 
 
 class CompressSettings(_Section):
@@ -107,7 +110,8 @@ def load_settings(path: Path = PARAMS_FILE) -> Settings:
 
 def ledger_location(settings: Settings) -> str:
     """$PRIVFLOW_LEDGER (keeps a PostgreSQL password out of params.yaml), else privacy.ledger."""
-    return os.environ.get(LEDGER_ENV) or settings.privacy.ledger
+    location = os.environ.get(LEDGER_ENV) or settings.privacy.ledger
+    return location if "://" in location else str(Path(location).expanduser())
 
 
 def keyring_path() -> Path:

@@ -7,7 +7,7 @@ import pytest
 
 from components.keys import Keyring
 from components.schema import load_schema
-from components.settings import KEYRING_ENV
+from components.settings import KEYRING_ENV, LEDGER_ENV
 from components.vault import ArtifactIdentity, Vault
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,8 +16,9 @@ DEMO_SCHEMA = ROOT / "schemas" / "breast_cancer.yaml"
 
 @pytest.fixture(autouse=True)
 def _private_keyring(tmp_path_factory, monkeypatch):
-    """No test ever touches the user's real keyring."""
+    """No test ever touches the user's real keyring or ledger."""
     monkeypatch.setenv(KEYRING_ENV, str(tmp_path_factory.mktemp("keys") / "keyring.json"))
+    monkeypatch.setenv(LEDGER_ENV, str(tmp_path_factory.mktemp("ledger") / "ledger.sqlite"))
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def test_second_repro_runs_nothing_and_charges_nothing(pipeline_run):
     assert "Data and pipelines are up to date" in result.stdout
     status = workspace.run("dvc", "status", check=True)
     assert "up to date" in status.stdout
-    with sqlite3.connect(workspace.repo / ".privflow" / "ledger.sqlite") as db:
+    with sqlite3.connect(workspace.ledger) as db:
         assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 1
 
 
@@ -191,3 +191,14 @@ def test_metrics_diff_shows_a_change_of_epsilon(pipeline_run):
     assert changes["privacy.epsilon_spent"]["old"] == pytest.approx(3.0, abs=0.02)
     assert changes["privacy.epsilon_spent"]["new"] == pytest.approx(1.5, abs=0.02)
     assert "diff" in changes["budget.spent_total"]
+
+
+def test_sweep_runs_in_temporary_workspaces_are_charged(pipeline_run):
+    """`dvc exp run --temp` trains in a copy of the repo: the charge must reach the same ledger."""
+    from components.privacy.ledger import PrivacyLedger
+
+    workspace, _ = pipeline_run
+    before = len(PrivacyLedger(workspace.ledger).charges())
+    workspace.run("dvc", "exp", "run", "--temp", "-S", "train.target_epsilon=0.8", check=True)
+    charges = PrivacyLedger(workspace.ledger).charges()
+    assert len(charges) == before + 1 and charges[-1].epsilon <= 0.8

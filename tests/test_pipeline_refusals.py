@@ -78,7 +78,7 @@ def test_sigkill_during_training_keeps_the_charge_and_restart_completes(workspac
     command = yaml.safe_load((workspace.repo / "dvc.yaml").read_text())["stages"]["train"]["cmd"]
     process = subprocess.Popen(shlex.split(command), cwd=workspace.repo, env=workspace.env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ledger = PrivacyLedger(workspace.repo / ".privflow" / "ledger.sqlite")
+    ledger = PrivacyLedger(workspace.ledger)
     deadline = time.monotonic() + 120
     while not ledger.charges() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)

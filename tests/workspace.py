@@ -32,6 +32,10 @@ class Workspace:
             raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
 
+    @property
+    def ledger(self) -> Path:
+        return self.base / "home" / ".local" / "share" / "privflow" / "ledger.sqlite"
+
     def edit_params(self, **sections: dict) -> None:
         path = self.repo / "params.yaml"
         params = yaml.safe_load(path.read_text())
@@ -55,13 +59,14 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
     source.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
     if schema is not None:
         (repo / "schemas" / "test.yaml").write_text(yaml.safe_dump(schema))
-    for folder in ("logs", "tmp", "keys", "dvc-site"):
+    for folder in ("logs", "tmp", "keys", "home", "dvc-site"):
         (base / folder).mkdir()
     # Prefect's home is left to the embedded default (.privflow/prefect in the repo), as in `make run`.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PRIVFLOW_"))}
     workspace = Workspace(base, repo, source, env={
         **inherited, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "PRIVFLOW_KEYRING": str(base / "keys" / "keyring.json"),
+        "HOME": str(base / "home"),  # the default ledger, ~/.local/share/privflow/, lands here
         "TMPDIR": str(base / "tmp"),
         "DVC_SITE_CACHE_DIR": str(base / "dvc-site"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",
