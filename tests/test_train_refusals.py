@@ -13,6 +13,7 @@ from components.artifacts import write_json
 from components.errors import BudgetExceeded, PrivacyError
 from components.privacy.accounting import plan_dp_sgd
 from components.privacy.ledger import PrivacyLedger
+from components.settings import LEDGER_ENV
 from components.vault import Vault
 from tests.conftest import ROOT
 from tests.test_ledger import charge_for
@@ -30,6 +31,7 @@ def project(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_json(tmp_path / "data" / "dataset.json", DESCRIPTION)
     shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    monkeypatch.setenv(LEDGER_ENV, str(tmp_path / "ledger.sqlite"))  # as params.yaml says
     monkeypatch.chdir(tmp_path)
     opened = []
     monkeypatch.setattr(Vault, "open", lambda self, *a, **k: opened.append(a) or pytest.fail("decrypted"))
