@@ -125,7 +125,7 @@ def build_context(args: argparse.Namespace, title: str, ledger: PrivacyLedger, c
         "validation": read_json(args.validation), "dataset": dataset, "training": training,
         "curve": read_json(args.curve), "compression": read_json(args.compression), "budget": budget,
         "privacy_statement": privacy_statement(training, dataset, budget),
-        "audit": None,  # the empirical privacy audit is not part of this pipeline yet
+        "audit": training.get("audit"),
         "lineage": {"model_sha256": sha256_file(args.model), "git_commit": git_commit(),
                     "dvc_outputs": dvc_outputs(Path("dvc.lock")),
                     "packages": {name: version(name) for name in PACKAGES}},

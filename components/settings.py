@@ -55,6 +55,8 @@ class TrainSettings(_Section):
     accountant: Literal["prv", "rdp", "gdp"] = "prv"
     grad_sample_mode: Literal["hooks", "ghost"] = "hooks"
     init_seed: int = 0
+    audit_canaries: int = Field(default=0, ge=0)  # > 0: run the one-run empirical audit gate
+    audit_confidence: float = Field(default=0.95, gt=0.5, lt=1)
 
 
 class PrivacySettings(_Section):

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from opacus import PrivacyEngine
 from safetensors.numpy import load as load_tensors
@@ -25,6 +26,7 @@ from components.encrypt import DATASET, split_identity
 from components.errors import PrivacyError, run_stage
 from components.models import accuracy, build_model
 from components.privacy.accounting import DpSgdPlan, plan_dp_sgd
+from components.privacy.audit import Canaries, audit, draw_canaries
 from components.privacy.ledger import Charge, PrivacyLedger
 from components.settings import Settings, TrainSettings, ledger_location, load_settings
 from components.vault import Vault
@@ -33,7 +35,8 @@ MODEL = "model.safetensors"
 MODEL_CARD = "model.json"
 
 
-def plan_and_charge(description: dict, settings: Settings, run_id: str) -> tuple[DpSgdPlan, dict]:
+def plan_and_charge(description: dict, settings: Settings, run_id: str,
+                    extra_rows: int = 0) -> tuple[DpSgdPlan, dict]:
     """Refuse or charge before any decryption; returns the plan and the budget after it."""
     if description["max_rows_per_unit"] > 1:
         raise PrivacyError(
@@ -42,7 +45,7 @@ def plan_and_charge(description: dict, settings: Settings, run_id: str) -> tuple
             "unique in the schema or deduplicate per person"
         )
     t = settings.train
-    plan = plan_dp_sgd(rows=description["splits"]["train"]["rows"], batch_size=t.batch_size,
+    plan = plan_dp_sgd(rows=description["splits"]["train"]["rows"] + extra_rows, batch_size=t.batch_size,
                        epochs=t.epochs, target_epsilon=t.target_epsilon,
                        target_delta=t.target_delta, accountant=t.accountant)
     charge = Charge(run_id=run_id, dataset=description["dataset"],
@@ -76,7 +79,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
         loss.backward()
         optimizer.step()
         if len(labels):
-            losses.append(float(loss))
+            losses.append(loss.item())
     return sum(losses) / max(len(losses), 1)
 
 
@@ -96,9 +99,15 @@ def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan,
     curve: list[dict] = []
     for epoch in range(1, t.epochs + 1):
         loss = run_epoch(model, loader, optimizer)
-        curve.append({"epoch": epoch, "epsilon": engine.get_epsilon(plan.delta), "train_loss": loss,
+        curve.append({"epoch": epoch, "epsilon": _spent(engine, plan), "train_loss": loss,
                       "test_accuracy": accuracy(model, *test.tensors)})
-    return model._module, curve, engine.get_epsilon(plan.delta)
+    return model._module, curve, _spent(engine, plan)
+
+
+def _spent(engine: PrivacyEngine, plan: DpSgdPlan) -> float:
+    # Only a deliberately broken trainer (the audit's negative control) runs without noise;
+    # its privacy loss is unbounded, which the accountant cannot represent.
+    return engine.get_epsilon(plan.delta) if plan.noise_multiplier > 0 else float("inf")
 
 
 def train_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings, n_classes: int) -> float:
@@ -112,36 +121,61 @@ def train_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings, 
     return accuracy(model, *test.tensors)
 
 
+def with_canaries(train: TensorDataset, canaries: Canaries) -> TensorDataset:
+    features, labels = train.tensors
+    return TensorDataset(torch.cat([features, torch.from_numpy(canaries.features[canaries.included])]),
+                         torch.cat([labels, torch.from_numpy(canaries.labels[canaries.included])]))
+
+
+def save_model(model: nn.Module, out: Path, card: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out / MODEL)
+    write_json(out / MODEL_CARD, card)
+
+
+def audit_gate(model: nn.Module, canaries: Canaries | None, claimed: float, confidence: float) -> dict | None:
+    """The empirical audit, when canaries were drawn; refuses a model that leaks more than claimed."""
+    if canaries is None:
+        return None
+    result = audit(model, canaries, claimed, confidence)
+    if not result.passed:
+        raise PrivacyError(
+            f"empirical audit failed: {result.correct} of {result.guesses} membership guesses on "
+            f"{result.canaries} canaries give epsilon >= {result.epsilon_lower_bound:.3f} at "
+            f"{result.confidence:.0%} confidence, above the accounted {claimed:.3f}: an accounting or "
+            "sampling bug; the model is not released")
+    return result.as_dict()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--curve", type=Path, required=True)
+    for name in ("data", "out", "metrics", "curve"):
+        parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
     settings = load_settings()
-    description = read_json(args.data / DATASET)
-    run_id = uuid.uuid4().hex
-    plan, budget = plan_and_charge(description, settings, run_id)
-    vault = open_vault()
-    train, test = (load_split(vault, description, split, args.data) for split in ("train", "test"))
-    n_classes = len(description["classes"])
-    model, curve, epsilon = train_private(train, test, plan, settings.train, n_classes)
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, args.out / MODEL)
     t = settings.train
-    card = {"run_id": run_id, "preset": t.model, "hidden_units": t.hidden_units,
-            "features": description["features"], "classes": description["classes"],
-            "snapshot_id": description["snapshot_id"], "dataset": description["dataset"]}
-    write_json(args.out / MODEL_CARD, card)
+    description = read_json(args.data / DATASET)
+    n_classes, run_id = len(description["classes"]), uuid.uuid4().hex
+    canaries = (draw_canaries(t.audit_canaries, len(description["features"]), n_classes, np.random.default_rng())
+                if t.audit_canaries else None)
+    extra_rows = int(canaries.included.sum()) if canaries else 0
+    plan, budget = plan_and_charge(description, settings, run_id, extra_rows)
+    vault = open_vault()
+    real, test = (load_split(vault, description, split, args.data) for split in ("train", "test"))
+    train = with_canaries(real, canaries) if canaries else real
+    model, curve, epsilon = train_private(train, test, plan, t, n_classes)
+    audited = audit_gate(model, canaries, epsilon, t.audit_confidence)
+    save_model(model, args.out, {
+        "run_id": run_id, "preset": t.model, "hidden_units": t.hidden_units, "features": description["features"],
+        "classes": description["classes"], "snapshot_id": description["snapshot_id"], "dataset": description["dataset"]})
     write_json(args.metrics, {
-        "run_id": run_id, "snapshot_id": description["snapshot_id"],
+        "run_id": run_id, "snapshot_id": description["snapshot_id"], "audit": audited,
         "privacy": {**asdict(plan), "epsilon_spent": epsilon, "max_grad_norm": t.max_grad_norm,
                     "privacy_unit": description["privacy_unit"], "poisson_sampling": True,
                     "secure_noise": False, "grad_sample_mode": t.grad_sample_mode},
-        "budget": budget, "rows": {"train": len(train), "test": len(test)},
+        "budget": budget, "rows": {"train": len(real), "test": len(test), "canaries": extra_rows},
         "accuracy": {"private": curve[-1]["test_accuracy"],
-                     "non_private_baseline": train_baseline(train, test, t, n_classes)},
+                     "non_private_baseline": train_baseline(real, test, t, n_classes)},
     })
     write_json(args.curve, curve)
     print(f"train: epsilon {epsilon:.3f} (delta {plan.delta:g}, noise {plan.noise_multiplier:.3f}, "

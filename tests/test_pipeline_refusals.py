@@ -92,3 +92,14 @@ def test_sigkill_during_training_keeps_the_charge_and_restart_completes(workspac
     workspace.run("dvc", "repro", check=True)
     assert len(ledger.charges()) == 2 and ledger.verify() == []
     assert (workspace.repo / "reports" / "report.html").exists()
+
+
+def test_audit_gate_runs_in_the_pipeline_and_reaches_the_report(workspace):
+    import json
+
+    workspace.edit_params(train={"audit_canaries": 500})
+    workspace.run("dvc", "repro", check=True)
+    training = json.loads((workspace.repo / "metrics" / "train.json").read_text())
+    assert training["audit"]["passed"] and training["rows"]["canaries"] == training["audit"]["included"] > 0
+    report = (workspace.repo / "reports" / "report.html").read_text()
+    assert "Passed: 500 synthetic canaries" in report
