@@ -5,6 +5,7 @@ Side files (manifests, metrics) hold counts, hashes and key ids only, never row 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -15,6 +16,14 @@ from typing import Any
 from components.keys import Keyring
 from components.settings import keyring_path
 from components.vault import Vault
+
+
+def stage_paths(description: str | None, *names: str) -> argparse.Namespace:
+    """A stage's command line: the paths dvc.yaml passes it (`--name PATH`), all required."""
+    parser = argparse.ArgumentParser(description=description)
+    for name in names:
+        parser.add_argument(f"--{name}", type=Path, required=True)
+    return parser.parse_args()
 
 
 def open_vault() -> Vault:

@@ -7,7 +7,6 @@ synthetic inputs in the feature range [0, 1], which reveal nothing.
 
 from __future__ import annotations
 
-import argparse
 import io
 import statistics
 import time
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 from torch.nn.utils import prune
 
-from components.artifacts import open_vault, read_json, write_json
+from components.artifacts import open_vault, read_json, stage_paths, write_json
 from components.encrypt import DATASET
 from components.errors import run_stage
 from components.models import accuracy, build_model
@@ -98,10 +97,7 @@ def write_model_card(out_dir: Path, card: dict, training: dict, compression: dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    for name in ("model", "data", "training", "out", "metrics"):
-        parser.add_argument(f"--{name}", type=Path, required=True)
-    args = parser.parse_args()
+    args = stage_paths(__doc__, "model", "data", "training", "out", "metrics")
     settings = load_settings().compress
     model, card = load_model(args.model)
     dense_bytes = save(model.state_dict())

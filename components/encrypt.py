@@ -8,19 +8,18 @@ sits on both sides and stays on the same side when new snapshots add rows.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from safetensors.numpy import save as save_tensors
 
-from components.artifacts import open_vault, write_json
+from components.artifacts import open_vault, stage_paths, write_json
 from components.errors import DatasetError, SchemaError, run_stage
-from components.ingest import SNAPSHOT, SnapshotManifest, read_manifest, snapshot_identity
+from components.ingest import SnapshotManifest, open_snapshot
 from components.records import coerce_columns, parse_csv
 from components.schema import DatasetSchema, load_schema
 from components.settings import Settings, load_settings
@@ -123,17 +122,12 @@ def seal_dataset(raw: bytes, manifest: SnapshotManifest, schema: DatasetSchema,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--snapshot", type=Path, required=True)
-    parser.add_argument("--decisions", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = stage_paths(__doc__, "snapshot", "decisions", "out")
     settings = load_settings()
     schema = load_schema(settings.validate_.schema_file)
-    manifest = read_manifest(args.snapshot)
     vault = open_vault()
+    manifest, raw = open_snapshot(vault, args.snapshot)
     outcome = read_decisions(vault, decisions_identity(manifest.dataset, manifest.snapshot_id), args.decisions)
-    raw = vault.open(args.snapshot / SNAPSHOT, snapshot_identity(manifest.dataset, manifest.snapshot_id))
     description = seal_dataset(raw, manifest, schema, outcome, settings, vault, args.out)
     write_json(args.out / DATASET, description)
     print(f"encrypt: sealed train {description['splits']['train']['rows']} rows, "

@@ -8,14 +8,13 @@ nothing downstream re-runs. When each snapshot was taken goes to an append-only 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from components.artifacts import open_vault, read_json, write_json
+from components.artifacts import open_vault, read_json, stage_paths, write_json
 from components.errors import DatasetError, run_stage
 from components.records import read_records
 from components.settings import IngestSettings, load_settings
@@ -74,10 +73,14 @@ def read_manifest(snapshot_dir: Path) -> SnapshotManifest:
     return SnapshotManifest(**read_json(snapshot_dir / MANIFEST))
 
 
+def open_snapshot(vault: Vault, snapshot_dir: Path) -> tuple[SnapshotManifest, bytes]:
+    """The manifest and the authenticated source bytes of a sealed snapshot (in memory)."""
+    manifest = read_manifest(snapshot_dir)
+    return manifest, vault.open(snapshot_dir / SNAPSHOT, snapshot_identity(manifest.dataset, manifest.snapshot_id))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = stage_paths(__doc__, "out")
     settings = load_settings()
     manifest = ingest_snapshot(settings.dataset.name, settings.ingest, open_vault(), args.out)
     print(f"ingest: {manifest.rows} rows, {len(manifest.columns)} columns, "

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
-from components.artifacts import git_commit, read_json, sha256_file, write_json  # noqa: E402
+from components.artifacts import git_commit, read_json, sha256_file, stage_paths, write_json  # noqa: E402
 from components.errors import run_stage  # noqa: E402
 from components.privacy.ledger import Charge, PrivacyLedger, budget_of  # noqa: E402
 from components.settings import ledger_location, load_settings  # noqa: E402
@@ -156,10 +156,8 @@ def archive_run(reports: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    for name in ("manifest", "validation", "dataset", "model", "training", "curve", "compression", "out"):
-        parser.add_argument(f"--{name}", type=Path, required=True)
-    args = parser.parse_args()
+    args = stage_paths(__doc__, "manifest", "validation", "dataset", "model", "training", "curve",
+                       "compression", "out")
     settings = load_settings()
     ledger = PrivacyLedger(ledger_location(settings))
     context = build_context(args, settings.report.title, ledger, settings.privacy.epsilon_cap)

@@ -7,7 +7,6 @@ training for the full plan, so a killed run is never charged less than the steps
 
 from __future__ import annotations
 
-import argparse
 import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from components.artifacts import git_commit, open_vault, read_json, write_json
+from components.artifacts import git_commit, open_vault, read_json, stage_paths, write_json
 from components.encrypt import DATASET, split_identity
 from components.errors import PrivacyError, run_stage
 from components.models import accuracy, build_model
@@ -148,10 +147,7 @@ def audit_gate(model: nn.Module, canaries: Canaries | None, claimed: float, conf
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    for name in ("data", "out", "metrics", "curve"):
-        parser.add_argument(f"--{name}", type=Path, required=True)
-    args = parser.parse_args()
+    args = stage_paths(__doc__, "data", "out", "metrics", "curve")
     settings = load_settings()
     t = settings.train
     description = read_json(args.data / DATASET)

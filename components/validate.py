@@ -7,7 +7,6 @@ Invariant: rows_in = rows_valid + rows_quarantined + lines_unparseable.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -16,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pandera.pandas as pa
 
-from components.artifacts import open_vault, write_json
+from components.artifacts import open_vault, stage_paths, write_json
 from components.errors import RejectRateExceeded, SchemaError, run_stage
-from components.ingest import SNAPSHOT, read_manifest, snapshot_identity
+from components.ingest import open_snapshot
 from components.records import UNPARSEABLE, RowFailure, coerce_columns, parse_csv
 from components.schema import DatasetSchema, load_schema, to_pandera
 from components.settings import IngestSettings, load_settings
@@ -115,16 +114,11 @@ def read_decisions(vault: Vault, identity: ArtifactIdentity, out_dir: Path) -> V
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--snapshot", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    args = parser.parse_args()
+    args = stage_paths(__doc__, "snapshot", "out", "metrics")
     settings = load_settings()
     schema = load_schema(settings.validate_.schema_file)
-    manifest = read_manifest(args.snapshot)
     vault = open_vault()
-    raw = vault.open(args.snapshot / SNAPSHOT, snapshot_identity(manifest.dataset, manifest.snapshot_id))
+    manifest, raw = open_snapshot(vault, args.snapshot)
     _, outcome = validate_snapshot(raw, manifest.source, schema, settings.ingest)
     del raw
     enforce_reject_rate(outcome, settings.validate_.max_reject_rate, manifest.source)
