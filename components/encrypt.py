@@ -20,9 +20,10 @@ from safetensors.numpy import save as save_tensors
 from components.artifacts import open_vault, stage_paths, write_json
 from components.errors import DatasetError, SchemaError, run_stage
 from components.ingest import SnapshotManifest, open_snapshot
-from components.records import coerce_columns, parse_csv
+from components.records import coerce_columns, parse_source
 from components.schema import DatasetSchema, load_schema
 from components.settings import Settings, load_settings
+from components.sources import SourceFile
 from components.validate import ValidationOutcome, decisions_identity, read_decisions
 from components.vault import ArtifactIdentity, Vault
 
@@ -91,12 +92,12 @@ def quarantine_document(strings: pd.DataFrame, outcome: ValidationOutcome) -> by
     return json.dumps(records).encode()
 
 
-def seal_dataset(raw: bytes, manifest: SnapshotManifest, schema: DatasetSchema,
+def seal_dataset(files: list[SourceFile], manifest: SnapshotManifest, schema: DatasetSchema,
                  outcome: ValidationOutcome, settings: Settings, vault: Vault, out_dir: Path) -> dict:
     """Encode the valid rows, split them by person, seal train/test/quarantine to out_dir."""
     source, dataset, snapshot_id = manifest.source, manifest.dataset, manifest.snapshot_id
-    table = parse_csv(raw, source, schema, delimiter=settings.ingest.delimiter,
-                      encoding=settings.ingest.encoding)
+    table = parse_source(files, source, schema, delimiter=settings.ingest.delimiter,
+                         encoding=settings.ingest.encoding)
     if table.rows_in != outcome.rows_in:
         raise DatasetError(f"{source}: snapshot has {table.rows_in} rows but the validation "
                            f"decisions cover {outcome.rows_in}; re-run `validate`")
@@ -126,9 +127,9 @@ def main() -> None:
     settings = load_settings()
     schema = load_schema(settings.validate_.schema_file)
     vault = open_vault()
-    manifest, raw = open_snapshot(vault, args.snapshot)
+    manifest, files = open_snapshot(vault, args.snapshot)
     outcome = read_decisions(vault, decisions_identity(manifest.dataset, manifest.snapshot_id), args.decisions)
-    description = seal_dataset(raw, manifest, schema, outcome, settings, vault, args.out)
+    description = seal_dataset(files, manifest, schema, outcome, settings, vault, args.out)
     write_json(args.out / DATASET, description)
     print(f"encrypt: sealed train {description['splits']['train']['rows']} rows, "
           f"test {description['splits']['test']['rows']} rows, {len(description['features'])} features")

@@ -8,15 +8,15 @@ nothing downstream re-runs. When each snapshot was taken goes to an append-only 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from components.artifacts import open_vault, read_json, stage_paths, write_json
-from components.errors import DatasetError, run_stage
-from components.records import read_records
+from components.errors import run_stage
+from components.records import describe_source
+from components.sources import SourceFile, pack, read_source, snapshot_id, unpack
 from components.settings import IngestSettings, load_settings
 from components.vault import ArtifactIdentity, Vault
 
@@ -33,28 +33,24 @@ class SnapshotManifest:
     rows: int
     columns: list[str]
     key_id: str
+    files: list[str]  # the source's files, in name order
+    folder: bool
 
 
 def snapshot_identity(dataset: str, snapshot_id: str) -> ArtifactIdentity:
     return ArtifactIdentity(dataset, "ingest", SNAPSHOT, snapshot_id)
 
 
-def read_source(source: Path) -> bytes:
-    if not source.is_file():
-        raise DatasetError(f"{source}: source file not found; set ingest.source in params.yaml")
-    return source.read_bytes()
-
-
 def ingest_snapshot(dataset: str, settings: IngestSettings, vault: Vault, out_dir: Path) -> SnapshotManifest:
-    raw = read_source(settings.source)
-    snapshot_id = "sha256:" + hashlib.sha256(raw).hexdigest()
-    header, records = read_records(raw, str(settings.source),
+    files, folder = read_source(settings.source), settings.source.is_dir()
+    snapshot = snapshot_id(files, folder)
+    header, rows = describe_source(files, str(settings.source),
                                    delimiter=settings.delimiter, encoding=settings.encoding)
-    rows = sum(1 for _ in records)
-    sealed = vault.seal(raw, snapshot_identity(dataset, snapshot_id), out_dir / SNAPSHOT)
+    sealed = vault.seal(pack(files, folder), snapshot_identity(dataset, snapshot), out_dir / SNAPSHOT)
     manifest = SnapshotManifest(
-        dataset=dataset, snapshot_id=snapshot_id, source=str(settings.source),
-        source_bytes=len(raw), rows=rows, columns=header, key_id=sealed.key_id,
+        dataset=dataset, snapshot_id=snapshot, source=str(settings.source),
+        source_bytes=sum(len(f.data) for f in files), rows=rows, columns=header, key_id=sealed.key_id,
+        files=[f.name for f in files], folder=folder,
     )
     write_json(out_dir / MANIFEST, asdict(manifest))
     log_ingest(settings.log, manifest)
@@ -73,10 +69,11 @@ def read_manifest(snapshot_dir: Path) -> SnapshotManifest:
     return SnapshotManifest(**read_json(snapshot_dir / MANIFEST))
 
 
-def open_snapshot(vault: Vault, snapshot_dir: Path) -> tuple[SnapshotManifest, bytes]:
-    """The manifest and the authenticated source bytes of a sealed snapshot (in memory)."""
+def open_snapshot(vault: Vault, snapshot_dir: Path) -> tuple[SnapshotManifest, list[SourceFile]]:
+    """The manifest and the authenticated source files of a sealed snapshot (in memory)."""
     manifest = read_manifest(snapshot_dir)
-    return manifest, vault.open(snapshot_dir / SNAPSHOT, snapshot_identity(manifest.dataset, manifest.snapshot_id))
+    raw = vault.open(snapshot_dir / SNAPSHOT, snapshot_identity(manifest.dataset, manifest.snapshot_id))
+    return manifest, unpack(raw, manifest.files, manifest.folder)
 
 
 def main() -> None:

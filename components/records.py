@@ -7,15 +7,20 @@ as unparseable (bad quoting, wrong field count). Values are never put in message
 from __future__ import annotations
 
 import csv
+import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from components.errors import DatasetError
 from components.schema import PANDAS_DTYPE, ColumnSpec, DatasetSchema
+from components.sources import SourceFile
 
 UNPARSEABLE = "*"  # the column of a failure that concerns the whole record
 _FIELD_LIMIT = 16 << 20
@@ -153,3 +158,70 @@ def coerce_columns(frame: pd.DataFrame, schema: DatasetSchema) -> tuple[pd.DataF
         typed[name], bad = _coerce_one(frame[name], spec)
         failures += [RowFailure(int(r), name, f"coerce_{spec.type}") for r in frame.index[bad.to_numpy()]]
     return pd.DataFrame(typed, index=frame.index), failures
+
+
+def _csv_bytes(file: SourceFile, label: str) -> bytes:
+    if file.kind != ".csv.gz":
+        return file.data
+    try:
+        return gzip.decompress(file.data)
+    except (OSError, EOFError, zlib.error):
+        raise DatasetError(f"{label}: not a complete gzip file; re-export or re-compress it") from None
+
+
+def _parquet_table(file: SourceFile, label: str) -> pa.Table:
+    try:
+        return pq.read_table(io.BytesIO(file.data))
+    except (pa.ArrowException, OSError):
+        raise DatasetError(f"{label}: not a readable Parquet file; re-export it") from None
+
+
+def _as_strings(column: pa.ChunkedArray) -> list[str | None]:
+    """Parquet values as the strings coercion expects; nulls and float NaN are missing."""
+    return [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in column.to_pylist()]
+
+
+def parse_parquet(file: SourceFile, label: str, schema: DatasetSchema) -> ParsedTable:
+    table = _parquet_table(file, label)
+    _check_header(table.column_names, schema, label, ",")
+    index = pd.Index(range(1, table.num_rows + 1), name="row")
+    frame = pd.DataFrame({c: _as_strings(table.column(c)) for c in schema.columns}, index=index, dtype=object)
+    return ParsedTable(frame, table.num_rows)
+
+
+def _label(source: str, file: SourceFile) -> str:
+    """How messages name a file: the source itself, or the file inside a source folder."""
+    return source if source.endswith(file.name) else f"{source}/{file.name}"
+
+
+def parse_source(files: list[SourceFile], source: str, schema: DatasetSchema, *,
+                 delimiter: str = ",", encoding: str = "utf-8") -> ParsedTable:
+    """All files of a source as one table; rows are numbered across files, in name order."""
+    frames, unparseable, total = [], [], 0
+    for file in files:
+        label = _label(source, file)
+        table = (parse_parquet(file, label, schema) if file.kind == ".parquet" else
+                 parse_csv(_csv_bytes(file, label), label, schema, delimiter=delimiter, encoding=encoding))
+        frames.append(table.frame.set_axis(table.frame.index + total))
+        unparseable += [RowFailure(f.row + total, f.column, f.check) for f in table.unparseable]
+        total += table.rows_in
+    frame = pd.concat(frames) if len(frames) > 1 else frames[0]
+    return ParsedTable(frame.rename_axis("row"), total, unparseable)
+
+
+def describe_source(files: list[SourceFile], source: str, *, delimiter: str = ",",
+                    encoding: str = "utf-8") -> tuple[list[str], int]:
+    """Column names (of the first file) and the number of records, without a schema."""
+    columns, rows = [], 0
+    for file in files:
+        label = _label(source, file)
+        if file.kind == ".parquet":
+            metadata = pq.read_metadata(io.BytesIO(file.data)) if file.data else None
+            if metadata is None:
+                raise DatasetError(f"{label}: empty file; expected a Parquet file")
+            header, count = metadata.schema.names, metadata.num_rows
+        else:
+            header, records = read_records(_csv_bytes(file, label), label, delimiter=delimiter, encoding=encoding)
+            count = sum(1 for _ in records)
+        columns, rows = columns or header, rows + count
+    return columns, rows

@@ -27,7 +27,6 @@ class DatasetSettings(_Section):
 
 class IngestSettings(_Section):
     source: Path
-    format: Literal["csv"] = "csv"
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     encoding: str = "utf-8"
     log: Path = Path(".privflow/ingest-log.jsonl")  # when each snapshot was taken (outside DVC)

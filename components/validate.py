@@ -18,9 +18,10 @@ import pandera.pandas as pa
 from components.artifacts import open_vault, stage_paths, write_json
 from components.errors import RejectRateExceeded, SchemaError, run_stage
 from components.ingest import open_snapshot
-from components.records import UNPARSEABLE, RowFailure, coerce_columns, parse_csv
+from components.records import UNPARSEABLE, RowFailure, coerce_columns, parse_source
 from components.schema import DatasetSchema, load_schema, to_pandera
 from components.settings import IngestSettings, load_settings
+from components.sources import SourceFile
 from components.vault import ArtifactIdentity, Vault
 
 DECISIONS = "decisions.sealed"
@@ -75,10 +76,10 @@ def check_rows(typed: pd.DataFrame, coercion: list[RowFailure], schema: DatasetS
     return sorted(seen.values())
 
 
-def validate_snapshot(raw: bytes, source: str, schema: DatasetSchema,
+def validate_snapshot(files: list[SourceFile], source: str, schema: DatasetSchema,
                       settings: IngestSettings) -> tuple[pd.DataFrame, ValidationOutcome]:
     """Typed frame of parsed records and the decision for every record of the snapshot."""
-    table = parse_csv(raw, source, schema, delimiter=settings.delimiter, encoding=settings.encoding)
+    table = parse_source(files, source, schema, delimiter=settings.delimiter, encoding=settings.encoding)
     typed, coercion = coerce_columns(table.frame, schema)
     failures = table.unparseable + check_rows(typed, coercion, schema)
     bad = {f.row for f in failures}
@@ -118,9 +119,9 @@ def main() -> None:
     settings = load_settings()
     schema = load_schema(settings.validate_.schema_file)
     vault = open_vault()
-    manifest, raw = open_snapshot(vault, args.snapshot)
-    _, outcome = validate_snapshot(raw, manifest.source, schema, settings.ingest)
-    del raw
+    manifest, files = open_snapshot(vault, args.snapshot)
+    _, outcome = validate_snapshot(files, manifest.source, schema, settings.ingest)
+    del files
     enforce_reject_rate(outcome, settings.validate_.max_reject_rate, manifest.source)
     write_decisions(outcome, decisions_identity(manifest.dataset, manifest.snapshot_id), vault, args.out)
     summary = outcome.summary()

@@ -103,3 +103,25 @@ def test_audit_gate_runs_in_the_pipeline_and_reaches_the_report(workspace):
     assert training["audit"]["passed"] and training["rows"]["canaries"] == training["audit"]["included"] > 0
     report = (workspace.repo / "reports" / "report.html").read_text()
     assert "Passed: 500 synthetic canaries" in report
+
+
+def test_a_folder_of_gzip_csv_and_parquet_runs_through_dvc(workspace):
+    import gzip
+    import json
+
+    from tests.test_sources import write_parquet
+    from tests.test_validate import csv_bytes
+
+    header, rows = demo_table()
+    rows = [r for r in rows if len(r) == len(header)]
+    folder = workspace.base / "hospital" / "export-2026-11"
+    folder.mkdir()
+    (folder / "part-1.csv.gz").write_bytes(gzip.compress(csv_bytes(header, rows[:300])))
+    write_parquet(folder / "part-2.parquet", header, rows[300:])
+    workspace.edit_params(ingest={"source": str(folder)})
+    workspace.run("dvc", "repro", "encrypt", check=True)
+    manifest = json.loads((workspace.repo / "artifacts" / "ingest" / "manifest.json").read_text())
+    assert manifest["files"] == ["part-1.csv.gz", "part-2.parquet"] and manifest["rows"] == 568
+    validation = json.loads((workspace.repo / "metrics" / "validate.json").read_text())
+    assert (validation["rows_in"], validation["rows_valid"]) == (568, 561)
+    assert "Running stage" not in workspace.run("dvc", "repro", "encrypt", check=True).stdout

@@ -9,9 +9,15 @@ from components.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
 from components.errors import DatasetError, RejectRateExceeded, SchemaError
 from components.schema import DatasetSchema, load_schema
 from components.settings import IngestSettings
-from components.validate import enforce_reject_rate, validate_snapshot
+from components.sources import SourceFile
+from components.validate import enforce_reject_rate
+from components.validate import validate_snapshot as validate_files
 
 SOURCE = "/data/export.csv"
+
+
+def validate_snapshot(raw: bytes, source: str, schema, settings):
+    return validate_files([SourceFile("export.csv", raw)], source, schema, settings)
 INGEST = IngestSettings(source=SOURCE)
 
 
