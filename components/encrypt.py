@@ -19,7 +19,7 @@ from safetensors.numpy import save as save_tensors
 
 from components.artifacts import open_vault, stage_paths, write_json
 from components.errors import DatasetError, SchemaError, run_stage
-from components.ingest import SnapshotManifest, open_snapshot
+from components.ingest import SnapshotManifest, open_snapshot, read_manifest
 from components.records import coerce_columns, parse_source
 from components.schema import DatasetSchema, load_schema
 from components.settings import Settings, load_settings
@@ -75,6 +75,17 @@ def in_test_split(units: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.array([score(u) < fraction for u in units], dtype=bool)
 
 
+def quarantine_identity(dataset: str, snapshot_id: str) -> ArtifactIdentity:
+    return ArtifactIdentity(dataset, "encrypt", QUARANTINE, snapshot_id)
+
+
+def read_quarantine(vault: Vault, snapshot_dir: Path, data_dir: Path) -> tuple[str, list[dict]]:
+    """For the data owner: the source and each quarantined record with its reasons and values."""
+    manifest = read_manifest(snapshot_dir)
+    identity = quarantine_identity(manifest.dataset, manifest.snapshot_id)
+    return manifest.source, json.loads(vault.open(data_dir / QUARANTINE, identity))
+
+
 def split_identity(dataset: str, snapshot_id: str, split: str) -> ArtifactIdentity:
     return ArtifactIdentity(dataset, "encrypt", f"{split}.sealed", snapshot_id)
 
@@ -112,7 +123,7 @@ def seal_dataset(files: list[SourceFile], manifest: SnapshotManifest, schema: Da
         artifact = vault.seal(payload, split_identity(dataset, snapshot_id, split), out_dir / f"{split}.sealed")
         sealed[split] = {"rows": int(mask.sum()), "key_id": artifact.key_id}
     quarantine = vault.seal(quarantine_document(table.frame, outcome),
-                            ArtifactIdentity(dataset, "encrypt", QUARANTINE, snapshot_id), out_dir / QUARANTINE)
+                            quarantine_identity(dataset, snapshot_id), out_dir / QUARANTINE)
     rows_per_unit = pd.Series(data.units).value_counts()
     return {
         "dataset": dataset, "snapshot_id": snapshot_id, "features": data.feature_names,

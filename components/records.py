@@ -36,6 +36,10 @@ class RowFailure:
     column: str
     check: str
 
+    def describe(self, source: str) -> str:
+        where = "the whole record" if self.column == UNPARSEABLE else f"column {self.column}"
+        return f"{source}: row {self.row}, {where}: failed {self.check}"
+
 
 @dataclass
 class ParsedTable:

@@ -61,6 +61,26 @@ def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown,
         webbrowser.open((target / "report.html").resolve().as_uri())
 
 
+@app.command()
+def quarantine(values: bool = typer.Option(False, "--values", help="also show the rejected values (sensitive)")) -> None:
+    """For the data owner: every quarantined row with file, row, column and failed check."""
+    from components.artifacts import open_vault
+    from components.encrypt import read_quarantine
+    from components.records import RowFailure
+    from flows.stages import stage_outputs
+
+    snapshot_dir, data_dir = stage_outputs(Path("."), "ingest")[0], stage_outputs(Path("."), "encrypt")[0]
+    source, records = read_quarantine(open_vault(), snapshot_dir, data_dir)
+    if values:
+        console.print("[yellow]showing quarantined values: sensitive data on this terminal[/yellow]")
+    for record in records:
+        for column, check in record["failures"]:
+            line = RowFailure(record["row"], column, check).describe(source)
+            shown = (record["values"] or {}).get(column) if values else None
+            typer.echo(line + (f" (value {shown!r})" if shown is not None else ""))  # unwrapped, greppable
+    console.print(f"{len(records)} quarantined or unparseable record(s)")
+
+
 @keys_app.command("list")
 def keys_list() -> None:
     """Key ids, states and what wraps what (never key material)."""

@@ -36,6 +36,13 @@ def stage_order(root: Path) -> list[str]:
         return [stage.name for stage in ordered if isinstance(stage, PipelineStage)]
 
 
+def stage_outputs(root: Path, stage: str) -> list[Path]:
+    """Where dvc.yaml says a stage writes (the paths live there and nowhere else)."""
+    with Repo(str(root)) as repo:
+        (found,) = [s for s in repo.index.stages if getattr(s, "name", None) == stage]
+        return [Path(out.fs_path) for out in found.outs]
+
+
 def _causes(error: BaseException | None) -> list[str]:
     messages = []
     while error is not None:

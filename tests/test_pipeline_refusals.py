@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.demo_data import demo_table
+from components.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
 from tests.workspace import make_workspace
 
 pytestmark = pytest.mark.slow
@@ -125,3 +125,14 @@ def test_a_folder_of_gzip_csv_and_parquet_runs_through_dvc(workspace):
     validation = json.loads((workspace.repo / "metrics" / "validate.json").read_text())
     assert (validation["rows_in"], validation["rows_valid"]) == (568, 561)
     assert "Running stage" not in workspace.run("dvc", "repro", "encrypt", check=True).stdout
+
+
+def test_quarantine_command_names_file_row_column_and_hides_values(workspace):
+    workspace.run("dvc", "repro", "encrypt", check=True)
+    shown = workspace.run("privflow", "quarantine", check=True).stdout
+    for row, column, _ in DEFECTS:
+        row = row if row < EXTRA_FIELD_ROW else row - 1  # this workspace left the extra-field row out
+        assert f"{workspace.source}: row {row}, column {column}: failed" in shown
+    assert "n/a" not in shown and "unknown" not in shown  # values only on request
+    revealed = workspace.run("privflow", "quarantine", "--values", check=True).stdout
+    assert "column mean_radius: failed coerce_float (value 'n/a')" in revealed
