@@ -53,8 +53,6 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
             shutil.copytree(target, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(target, repo / name)
-    gitignore = repo / ".gitignore"  # a user's project commits its dvc.lock (see .gitignore)
-    gitignore.write_text(gitignore.read_text().replace("/dvc.lock\n", ""))
     source.parent.mkdir()
     source.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
     if schema is not None:
