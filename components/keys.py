@@ -129,6 +129,12 @@ class Keyring:
                                f"run `chmod 600 {path}` and check who may have copied it")
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise KeyringError(f"{path}: keyring file is corrupt or not a privflow keyring") from None
+        if isinstance(doc, dict) and doc.get("version") != 2:
+            raise KeyringError(f"{path}: keyring format {doc.get('version')!r}; this privflow reads format 2. "
+                               "Move it aside and re-run: data sealed under it cannot be opened by this version")
+        try:
             keks = [Kek(k["id"], k["created"], k["state"],
                         base64.b64decode(k["material"]) if k["material"] else None) for k in doc["keks"]]
             dataset_keys = [DatasetKey(d["id"], d["dataset"], d["created"],

@@ -73,3 +73,11 @@ def test_retire_refuses_a_kek_that_still_wraps_data(tmp_path):
     keyring.keks.rotate()  # a new primary without re-wrapping: `old` still wraps the data key
     with pytest.raises(KeyringError, match="still in use"):
         keyring.retire(old)
+
+
+def test_keyring_of_another_format_says_so(tmp_path):
+    path = tmp_path / "keyring.json"
+    path.write_text(json.dumps({"version": 1, "keys": []}))
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyringError, match="keyring format 1; this privflow reads format 2. Move it aside"):
+        Keyring.open(path)
