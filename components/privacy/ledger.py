@@ -105,11 +105,8 @@ class PrivacyLedger:
         _METADATA.create_all(self.engine)
 
     def charges(self, dataset: str | None = None) -> list[Charge]:
-        query = select(*(CHARGES.c[name] for name in _COLUMNS)).order_by(CHARGES.c.seq)
-        if dataset is not None:
-            query = query.where(CHARGES.c.dataset == dataset)
         with self.engine.connect() as conn:
-            return [Charge(*row) for row in conn.execute(query)]
+            return self._rows(conn, dataset)
 
     def budget(self, dataset: str, cap: float) -> Budget:
         return budget_of(dataset, cap, self.charges(dataset))
@@ -134,9 +131,12 @@ class PrivacyLedger:
         return after
 
     @staticmethod
-    def _rows(conn, dataset: str) -> list[Charge]:
-        query = select(*(CHARGES.c[n] for n in _COLUMNS)).where(CHARGES.c.dataset == dataset)
-        return [Charge(*row) for row in conn.execute(query.order_by(CHARGES.c.seq))]
+    def _rows(conn, dataset: str | None) -> list[Charge]:
+        """Charges in ledger order, of one dataset or (None) of all."""
+        query = select(*(CHARGES.c[n] for n in _COLUMNS)).order_by(CHARGES.c.seq)
+        if dataset is not None:
+            query = query.where(CHARGES.c.dataset == dataset)
+        return [Charge(*row) for row in conn.execute(query)]
 
     def count(self) -> int:
         with self.engine.connect() as conn:
