@@ -25,7 +25,7 @@ console = Console()
 @app.command()
 def run(root: Path = Path(".")) -> None:
     """Run the whole pipeline (stages that are up to date are skipped)."""
-    from flows.pipeline import REPORT, pipeline
+    from flows.pipeline import pipeline, reports_dir
     from flows.stages import StageFailed
 
     try:
@@ -34,7 +34,7 @@ def run(root: Path = Path(".")) -> None:
         console.print(f"[red]privflow: {failure}[/red]")
         raise typer.Exit(2) from None
     console.print(f"stages run: {[s for s, r in ran.items() if r] or 'none (all up to date)'}")
-    console.print(f"report: [bold]{(root / REPORT).resolve()}[/bold]")
+    console.print(f"report: [bold]{reports_dir(root) / 'report.html'}[/bold]")
 
 
 @app.command()
@@ -45,16 +45,17 @@ def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown,
     import webbrowser
 
     from components.report import archive_run
-    from flows.pipeline import REPORTS
+    from flows.pipeline import reports_dir
 
-    if not (REPORTS / "report.json").exists():
-        raise PrivflowError(f"{REPORTS}/report.json: no report yet; run `privflow run` first")
-    index = archive_run(REPORTS)
-    target = REPORTS
+    reports = reports_dir(Path("."))
+    if not (reports / "report.json").exists():
+        raise PrivflowError(f"{reports}/report.json: no report yet; run `privflow run` first")
+    index = archive_run(reports)
+    target = reports
     if out:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("report.html", "report.md", "report.json"):
-            shutil.copyfile(REPORTS / name, out / name)
+            shutil.copyfile(reports / name, out / name)
         target = out
     console.print(f"report: [bold]{(target / 'report.html').resolve()}[/bold]; all runs: {index.resolve()}")
     if open_browser:

@@ -9,10 +9,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from components.artifacts import read_json
 from components.report import archive_run
-from flows.stages import TransientStageFailure, reproduce_stage, stage_order
+from flows.stages import TransientStageFailure, reproduce_stage, stage_order, stage_outputs
 
-REPORTS = Path("reports")
-REPORT = REPORTS / "report.html"
 LEDGER_COLUMNS = ("created_at", "run_id", "snapshot_id", "accountant", "noise_multiplier",
                   "sample_rate", "steps", "delta", "epsilon")
 
@@ -29,10 +27,15 @@ def run_stage(root: str, stage: str) -> bool:
     return ran
 
 
+def reports_dir(root: Path) -> Path:
+    """The folder of the report stage's outputs, as dvc.yaml declares them."""
+    return stage_outputs(root, "report")[0].parent
+
+
 @task
 def publish_report(root: str) -> str:
     """Archive the run's report, rebuild the run index, attach the report to the flow run."""
-    reports = Path(root) / REPORTS
+    reports = reports_dir(Path(root))
     index = archive_run(reports)
     context = read_json(reports / "report.json")
     create_markdown_artifact(key="privflow-report", markdown=(reports / "report.md").read_text(),

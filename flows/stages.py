@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import networkx as nx
-from dvc.exceptions import ReproductionError
+from dvc.exceptions import NotDvcRepoError, ReproductionError
 from dvc.repo import Repo
 from dvc.stage import PipelineStage
 
-from components.errors import EXIT_TRANSIENT
+from components.errors import EXIT_TRANSIENT, PrivflowError
 
 
 class StageFailed(Exception):
@@ -38,7 +38,12 @@ def stage_order(root: Path) -> list[str]:
 
 def stage_outputs(root: Path, stage: str) -> list[Path]:
     """Where dvc.yaml says a stage writes (the paths live there and nowhere else)."""
-    with Repo(str(root)) as repo:
+    try:
+        repo = Repo(str(root))
+    except NotDvcRepoError:
+        raise PrivflowError(f"{root.resolve()}: not a privflow project (no DVC repository); "
+                            "run privflow from the project's root") from None
+    with repo:
         (found,) = [s for s in repo.index.stages if getattr(s, "name", None) == stage]
         return [Path(out.fs_path) for out in found.outs]
 
