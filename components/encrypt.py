@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,10 @@ from safetensors.numpy import save as save_tensors
 from components.artifacts import open_vault, stage_paths, write_json
 from components.errors import DatasetError, SchemaError, run_stage
 from components.ingest import SnapshotManifest, open_snapshot, read_manifest
-from components.records import coerce_columns, parse_source
+from components.records import FileSpan, RecordReader, coerce_batch
 from components.schema import DatasetSchema, load_schema
 from components.settings import Settings, load_settings
-from components.sources import SourceFile
+from components.sources import Member
 from components.validate import ValidationOutcome, decisions_identity, read_decisions
 from components.vault import ArtifactIdentity, Vault
 
@@ -79,41 +80,83 @@ def quarantine_identity(dataset: str, snapshot_id: str) -> ArtifactIdentity:
     return ArtifactIdentity(dataset, "encrypt", QUARANTINE, snapshot_id)
 
 
-def read_quarantine(vault: Vault, snapshot_dir: Path, data_dir: Path) -> tuple[str, list[dict]]:
-    """For the data owner: the source and each quarantined record with its reasons and values."""
+def read_quarantine(vault: Vault, snapshot_dir: Path, data_dir: Path) -> tuple[str, list[FileSpan], list[dict]]:
+    """For the data owner: the source, its files' row spans, and each quarantined record with
+    its reasons and values."""
     manifest = read_manifest(snapshot_dir)
     identity = quarantine_identity(manifest.dataset, manifest.snapshot_id)
-    return manifest.source, json.loads(vault.open(data_dir / QUARANTINE, identity))
+    document = json.loads(vault.open(data_dir / QUARANTINE, identity))
+    return manifest.source, [FileSpan(*s) for s in document["files"]], document["records"]
 
 
 def split_identity(dataset: str, snapshot_id: str, split: str) -> ArtifactIdentity:
     return ArtifactIdentity(dataset, "encrypt", f"{split}.sealed", snapshot_id)
 
 
-def quarantine_document(strings: pd.DataFrame, outcome: ValidationOutcome) -> bytes:
-    """The failing records with their reasons, for the data owner only (sealed)."""
+@dataclass
+class _Collected:
+    """What encrypt keeps while streaming: encoded valid rows, and the quarantined records."""
+
+    features: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    units: list[np.ndarray] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    quarantined: dict[int, dict] = field(default_factory=dict)  # row -> values (sensitive)
+
+    def add(self, data: EncodedData) -> None:
+        self.features.append(data.features)
+        self.labels.append(data.labels)
+        self.units.append(data.units)
+        self.names = data.feature_names
+
+    def encoded(self, schema: DatasetSchema) -> EncodedData:
+        if not self.labels:
+            return EncodedData(np.empty((0, 0), np.float32), np.empty(0, np.int64), np.empty(0, str), [])
+        return EncodedData(np.concatenate(self.features), np.concatenate(self.labels),
+                           np.concatenate(self.units), self.names)
+
+
+def collect_rows(reader: RecordReader, members: Iterable[Member], schema: DatasetSchema,
+                 outcome: ValidationOutcome) -> _Collected:
+    """Encode the valid records and keep the rejected ones' values, a batch at a time."""
+    collected = _Collected()
+    for batch in reader.batches(members):
+        rejected = np.isin(batch.rows, outcome.rejected)
+        for position in np.flatnonzero(rejected):
+            collected.quarantined[int(batch.rows[position])] = batch.columns.slice(position, 1).to_pylist()[0]
+        if (~rejected).any():
+            typed, _ = coerce_batch(batch, schema)
+            collected.add(encode_features(typed[~rejected], schema))
+    return collected
+
+
+def quarantine_document(collected: _Collected, reader: RecordReader, outcome: ValidationOutcome) -> bytes:
+    """The failing records with their reasons, for the data owner only (sealed).
+
+    A quarantined record keeps its values by column; an unparseable one its raw text.
+    """
     reasons: dict[int, list[list[str]]] = {}
     for failure in outcome.failures:
         reasons.setdefault(failure.row, []).append([failure.column, failure.check])
     records = [
-        {"row": row, "failures": why,
-         "values": strings.loc[row].to_dict() if row in strings.index else None}
+        {"row": row, "failures": why, "values": collected.quarantined.get(row),
+         "text": reader.unparseable.get(row)}
         for row, why in sorted(reasons.items())
     ]
-    return json.dumps(records).encode()
+    return json.dumps({"files": [[s.label, s.first_row, s.rows] for s in outcome.spans],
+                       "records": records}).encode()
 
 
-def seal_dataset(files: list[SourceFile], manifest: SnapshotManifest, schema: DatasetSchema,
+def seal_dataset(members: Iterable[Member], manifest: SnapshotManifest, schema: DatasetSchema,
                  outcome: ValidationOutcome, settings: Settings, vault: Vault, out_dir: Path) -> dict:
     """Encode the valid rows, split them by person, seal train/test/quarantine to out_dir."""
     source, dataset, snapshot_id = manifest.source, manifest.dataset, manifest.snapshot_id
-    table = parse_source(files, source, schema, delimiter=settings.ingest.delimiter,
-                         encoding=settings.ingest.encoding)
-    if table.rows_in != outcome.rows_in:
-        raise DatasetError(f"{source}: snapshot has {table.rows_in} rows but the validation "
+    reader = RecordReader(source, schema, delimiter=settings.ingest.delimiter, encoding=settings.ingest.encoding)
+    collected = collect_rows(reader, members, schema, outcome)
+    if reader.rows_in != outcome.rows_in:
+        raise DatasetError(f"{source}: snapshot has {reader.rows_in} rows but the validation "
                            f"decisions cover {outcome.rows_in}; re-run `validate`")
-    typed, _ = coerce_columns(table.frame, schema)
-    data = encode_features(typed.loc[outcome.valid_rows], schema)
+    data = collected.encoded(schema)
     if len(data.labels) == 0:
         raise DatasetError(f"{source}: no valid rows to train on; see metrics/validate.json")
     test_mask = in_test_split(data.units, settings.encrypt.test_fraction, settings.encrypt.split_seed)
@@ -122,7 +165,7 @@ def seal_dataset(files: list[SourceFile], manifest: SnapshotManifest, schema: Da
         payload = save_tensors({"features": data.features[mask], "labels": data.labels[mask]})
         artifact = vault.seal(payload, split_identity(dataset, snapshot_id, split), out_dir / f"{split}.sealed")
         sealed[split] = {"rows": int(mask.sum()), "key_id": artifact.key_id}
-    quarantine = vault.seal(quarantine_document(table.frame, outcome),
+    quarantine = vault.seal(quarantine_document(collected, reader, outcome),
                             quarantine_identity(dataset, snapshot_id), out_dir / QUARANTINE)
     rows_per_unit = pd.Series(data.units).value_counts()
     return {
@@ -138,9 +181,10 @@ def main() -> None:
     settings = load_settings()
     schema = load_schema(settings.validate_.schema_file)
     vault = open_vault()
-    manifest, files = open_snapshot(vault, args.snapshot)
-    outcome = read_decisions(vault, decisions_identity(manifest.dataset, manifest.snapshot_id), args.decisions)
-    description = seal_dataset(files, manifest, schema, outcome, settings, vault, args.out)
+    with open_snapshot(vault, args.snapshot) as (manifest, members):
+        identity = decisions_identity(manifest.dataset, manifest.snapshot_id)
+        outcome = read_decisions(vault, identity, args.decisions)
+        description = seal_dataset(members, manifest, schema, outcome, settings, vault, args.out)
     write_json(args.out / DATASET, description)
     print(f"encrypt: sealed train {description['splits']['train']['rows']} rows, "
           f"test {description['splits']['test']['rows']} rows, {len(description['features'])} features")

@@ -8,7 +8,10 @@ nothing downstream re-runs. When each snapshot was taken goes to an append-only 
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +19,8 @@ from pathlib import Path
 from components.artifacts import open_vault, read_json, stage_paths, write_json
 from components.errors import run_stage
 from components.records import describe_source
-from components.sources import SourceFile, pack, read_source, snapshot_id, unpack
+from components.sources import (PIECE, ChunkStream, HashingReader, Member, combine_ids, list_source, pack_stream,
+                                snapshot_members)
 from components.settings import IngestSettings, load_settings
 from components.vault import ArtifactIdentity, Vault
 
@@ -42,15 +46,19 @@ def snapshot_identity(dataset: str, snapshot_id: str) -> ArtifactIdentity:
 
 
 def ingest_snapshot(dataset: str, settings: IngestSettings, vault: Vault, out_dir: Path) -> SnapshotManifest:
-    files, folder = read_source(settings.source), settings.source.is_dir()
-    snapshot = snapshot_id(files, folder)
-    header, rows = describe_source(files, str(settings.source),
-                                   delimiter=settings.delimiter, encoding=settings.encoding)
-    sealed = vault.seal(pack(files, folder), snapshot_identity(dataset, snapshot), out_dir / SNAPSHOT)
+    """Hash and describe the source in one streaming pass, then seal it in a second."""
+    paths, folder = list_source(settings.source), settings.source.is_dir()
+    with ExitStack() as stack:
+        hashed = [(p.name, HashingReader(stack.enter_context(open(p, "rb")))) for p in paths]
+        header, rows = describe_source(hashed, str(settings.source),
+                                       delimiter=settings.delimiter, encoding=settings.encoding)
+        snapshot = combine_ids([(name, reader.hexdigest()) for name, reader in hashed], folder)
+    sealed = vault.seal_stream(pack_stream(paths, folder, snapshot), snapshot_identity(dataset, snapshot),
+                               out_dir / SNAPSHOT)
     manifest = SnapshotManifest(
         dataset=dataset, snapshot_id=snapshot, source=str(settings.source),
-        source_bytes=sum(len(f.data) for f in files), rows=rows, columns=header, key_id=sealed.key_id,
-        files=[f.name for f in files], folder=folder,
+        source_bytes=sum(p.stat().st_size for p in paths), rows=rows, columns=header, key_id=sealed.key_id,
+        files=[p.name for p in paths], folder=folder,
     )
     write_json(out_dir / MANIFEST, asdict(manifest))
     log_ingest(settings.log, manifest)
@@ -69,11 +77,20 @@ def read_manifest(snapshot_dir: Path) -> SnapshotManifest:
     return SnapshotManifest(**read_json(snapshot_dir / MANIFEST))
 
 
-def open_snapshot(vault: Vault, snapshot_dir: Path) -> tuple[SnapshotManifest, list[SourceFile]]:
-    """The manifest and the authenticated source files of a sealed snapshot (in memory)."""
+@contextmanager
+def open_snapshot(vault: Vault, snapshot_dir: Path) -> Iterator[tuple[SnapshotManifest, Iterator[Member]]]:
+    """The manifest and the snapshot's files as authenticated streams, read once, in order.
+
+    Plaintext only ever exists a chunk at a time, in memory. A tampered chunk raises
+    IntegrityError when it is reached, so callers write their outputs only at the end.
+    """
     manifest = read_manifest(snapshot_dir)
-    raw = vault.open(snapshot_dir / SNAPSHOT, snapshot_identity(manifest.dataset, manifest.snapshot_id))
-    return manifest, unpack(raw, manifest.files, manifest.folder)
+    chunks = vault.open_stream(snapshot_dir / SNAPSHOT, snapshot_identity(manifest.dataset, manifest.snapshot_id))
+    stream = io.BufferedReader(ChunkStream(chunks), buffer_size=PIECE)
+    try:
+        yield manifest, snapshot_members(stream, manifest.files, manifest.folder)
+    finally:
+        chunks.close()
 
 
 def main() -> None:

@@ -1,231 +1,373 @@
-"""Parse a CSV snapshot into typed rows, accounting for every record.
+"""Read a source's records in bounded memory, accounting for every one of them.
 
-Every data record ends up in exactly one place: typed and checked in the frame, or listed
-as unparseable (bad quoting, wrong field count). Values are never put in messages.
+Every data record ends up in exactly one place: in a batch of string columns, or listed as
+unparseable (bad quoting, wrong field count) with its number. Records are numbered from 1
+across the source's files, in name order. Values never appear in messages.
+
+pyarrow's streaming CSV reader does the parsing (C++, a block at a time, about 10x faster than
+the csv module here, which matters on multi-GB exports); its invalid-row handler reports each
+malformed record with its number, so nothing is skipped unseen. Decoding is checked here,
+before pyarrow, to name the exact line and byte of a wrong encoding.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import gzip
 import io
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from gzip import GzipFile
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from components.errors import DatasetError
 from components.schema import PANDAS_DTYPE, ColumnSpec, DatasetSchema
-from components.sources import SourceFile
+from components.sources import PIECE, Member, kind_of
 
 UNPARSEABLE = "*"  # the column of a failure that concerns the whole record
-_FIELD_LIMIT = 16 << 20
-_TRUE = {"true", "t", "yes", "y", "1"}
-_FALSE = {"false", "f", "no", "n", "0"}
+BLOCK_SIZE = 16 << 20  # bytes pyarrow parses at a time: bounds memory, and the longest record
+PARQUET_BATCH = 65_536
+_PEEK = 1 << 16
+_TRUE = ["true", "t", "yes", "y", "1"]
+_FALSE = ["false", "f", "no", "n", "0"]
+_INTEGERS = ("int8", "int16", "int32", "int64")
+_NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """The records `first_row` .. `first_row + rows - 1` of a source came from file `label`."""
+
+    label: str
+    first_row: int
+    rows: int
 
 
 @dataclass(frozen=True, order=True)
 class RowFailure:
-    """Record `row` (1-based, header excluded) failed `check` on `column`."""
+    """Record `row` (1-based across the source, header excluded) failed `check` on `column`."""
 
     row: int
     column: str
     check: str
 
-    def describe(self, source: str) -> str:
+    def describe(self, spans: list[FileSpan], source: str) -> str:
+        label, row = locate(self.row, spans, source)
         where = "the whole record" if self.column == UNPARSEABLE else f"column {self.column}"
-        return f"{source}: row {self.row}, {where}: failed {self.check}"
+        return f"{label}: row {row}, {where}: failed {self.check}"
+
+
+def locate(row: int, spans: list[FileSpan], source: str) -> tuple[str, int]:
+    """The file a record came from and its row number inside that file."""
+    for span in spans:
+        if span.first_row <= row < span.first_row + span.rows:
+            return span.label, row - span.first_row + 1
+    return source, row
 
 
 @dataclass
-class ParsedTable:
-    frame: pd.DataFrame  # one string column per declared column, index = record number
-    rows_in: int
-    unparseable: list[RowFailure] = field(default_factory=list)
+class StringBatch:
+    rows: np.ndarray  # int64 record numbers
+    columns: pa.Table  # the wanted columns as strings; null only where a Parquet value is null
 
 
-def _decode(raw: bytes, source: str, encoding: str) -> str:
+def _label(source: str, name: str) -> str:
+    """How messages name a file: the source itself, or the file inside a source folder."""
+    return source if source.endswith(name) else f"{source}/{name}"
+
+
+class _CheckedText(io.RawIOBase):
+    """UTF-8 bytes of a stream in `encoding`; a wrong byte is reported with its line and offset.
+
+    Also turns a truncated or corrupt gzip stream into a clear error.
+    """
+
+    def __init__(self, raw: Iterable[bytes] | io.RawIOBase, label: str, encoding: str, gzipped: bool):
+        try:
+            self._utf8 = codecs.lookup(encoding).name == "utf-8"
+            self._decoder = codecs.getincrementaldecoder(encoding)("strict")
+        except LookupError:
+            raise DatasetError(f"{label}: unknown encoding '{encoding}' in ingest.encoding") from None
+        self._raw = GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+        self._label, self._encoding, self._gzipped = label, encoding, gzipped
+        self._offset = self._lines = 0
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_piece(self) -> bytes:
+        try:
+            return self._raw.read(PIECE)
+        except (OSError, EOFError, zlib.error):
+            if not self._gzipped:
+                raise
+            raise DatasetError(f"{self._label}: not a complete gzip file; re-export or re-compress it") from None
+
+    def _decode(self, piece: bytes) -> bytes:
+        pending = self._decoder.getstate()[0]
+        try:
+            text = self._decoder.decode(piece, final=not piece)
+        except UnicodeDecodeError as error:
+            position = self._offset - len(pending) + error.start
+            line = self._lines + piece[: max(0, error.start - len(pending))].count(b"\n") + 1
+            raise DatasetError(
+                f"{self._label}: line {line}, byte {position} is not valid {self._encoding}; set "
+                "ingest.encoding in params.yaml to the file's encoding (e.g. latin-1, cp1252)") from None
+        self._offset += len(piece)
+        self._lines += piece.count(b"\n")
+        return piece if self._utf8 else text.encode()
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            piece = self._next_piece()
+            self._out = memoryview(self._decode(piece))
+            if not piece:
+                break
+        count = min(len(buffer), len(self._out))
+        buffer[:count] = self._out[:count]
+        self._out = self._out[count:]
+        return count
+
+
+def _read_header(text: io.BufferedReader, label: str, delimiter: str) -> list[str]:
+    """The header record (names as written); leading blank lines and a BOM are consumed."""
+    peek = text.peek(_PEEK)[:_PEEK]
+    if not peek.strip().removeprefix(b"\xef\xbb\xbf").strip():
+        raise DatasetError(f"{label}: file is empty; expected a header line and data rows")
+    blank = len(peek) - len(peek.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n"))
+    blank = peek.rfind(b"\n", 0, blank) + 1  # keep the header line's own leading spaces
+    text.read(blank)
+    peek = text.peek(_PEEK)[:_PEEK]
+    head = peek.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+    if len(peek) == _PEEK and "\n" not in head:
+        raise DatasetError(f"{label}: no end of the header line in the first {_PEEK} bytes; "
+                           "is this a CSV file?")
     try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise DatasetError(
-            f"{source}: line {line}, byte {error.start} is not valid {encoding}; "
-            "set ingest.encoding in params.yaml to the file's encoding (e.g. latin-1, cp1252)"
-        ) from None
-    except LookupError:
-        raise DatasetError(f"{source}: unknown encoding '{encoding}' in ingest.encoding") from None
-    return text.removeprefix("\ufeff")
+        return next(csv.reader(io.StringIO(head, newline=""), delimiter=delimiter, strict=True))
+    except (csv.Error, StopIteration):
+        raise DatasetError(f"{label}: header line cannot be parsed as CSV") from None
 
 
-def _check_header(header: list[str], schema: DatasetSchema, source: str, delimiter: str) -> None:
+def _check_header(header: list[str], schema: DatasetSchema, label: str, delimiter: str) -> None:
     declared = set(schema.columns)
     missing = [c for c in schema.columns if c not in header]
     unknown = [c for c in header if c not in declared]
     duplicated = sorted({c for c in header if header.count(c) > 1})
     if duplicated:
-        raise DatasetError(f"{source}: header repeats column(s) {duplicated}; rename them")
+        raise DatasetError(f"{label}: header repeats column(s) {duplicated}; rename them")
     if len(header) == 1 and len(declared) > 1:
         raise DatasetError(
-            f"{source}: header has a single column, the schema declares {len(declared)}; "
+            f"{label}: header has a single column, the schema declares {len(declared)}; "
             f"is the delimiter really {delimiter!r}? set ingest.delimiter in params.yaml"
         )
     if missing or (unknown and schema.strict):
         raise DatasetError(
-            f"{source}: columns do not match the schema: missing {missing}, unknown {unknown}; "
+            f"{label}: columns do not match the schema: missing {missing}, unknown {unknown}; "
             "fix the file or declare the columns in the schema file (validate.schema)"
         )
 
 
-def read_records(
-    raw: bytes, source: str, *, delimiter: str = ",", encoding: str = "utf-8"
-) -> tuple[list[str], Iterator[tuple[int, list[str] | None]]]:
-    """The header, and (record number, fields or None if unparseable) for every record."""
-    if not raw.strip():
-        raise DatasetError(f"{source}: file is empty; expected a header line and data rows")
-    csv.field_size_limit(_FIELD_LIMIT)
-    reader = csv.reader(io.StringIO(_decode(raw, source, encoding), newline=""),
-                        delimiter=delimiter, strict=True)
+class _Numbering:
+    """Numbers the valid records of one file around the invalid ones pyarrow reported."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.invalid: list[tuple[int, str]] = []  # (number in file, raw text), in file order
+        self._next, self._barrier = 1, 0
+
+    def on_invalid(self, row: pcsv.InvalidRow) -> str:
+        if row.number is None:  # only when parsing in parallel, which _csv never asks for
+            return "error"
+        self.invalid.append((row.number - 1, row.text))  # pyarrow counts the header as row 1
+        return "skip"
+
+    def take(self, count: int) -> np.ndarray:
+        parts = []
+        while count:
+            barrier = self.invalid[self._barrier][0] if self._barrier < len(self.invalid) else None
+            if barrier is not None and barrier < self._next:
+                raise DatasetError(f"{self.label}: records were reported out of order; please report this")
+            size = count if barrier is None else min(count, barrier - self._next)
+            parts.append(np.arange(self._next, self._next + size, dtype=np.int64))
+            self._next += size
+            count -= size
+            if count:
+                self._next += 1
+                self._barrier += 1
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    @property
+    def rows(self) -> int:
+        return self._next - 1 + len(self.invalid) - self._barrier
+
+
+@dataclass
+class RecordReader:
+    """Streams a source's files as string batches; counts rows, files and unparseable records.
+
+    `schema=None` reads only the first column (enough to count records and list the header).
+    """
+
+    source: str
+    schema: DatasetSchema | None = None
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    block_size: int = BLOCK_SIZE
+    rows_in: int = 0
+    header: list[str] = field(default_factory=list)
+    spans: list[FileSpan] = field(default_factory=list)
+    unparseable: dict[int, str] = field(default_factory=dict)  # row -> raw text (sensitive)
+
+    @property
+    def failures(self) -> list[RowFailure]:
+        return [RowFailure(row, UNPARSEABLE, "unparseable_record") for row in self.unparseable]
+
+    def batches(self, members: Iterable[Member]) -> Iterator[StringBatch]:
+        for name, stream in members:
+            label, before = _label(self.source, name), self.rows_in
+            if kind_of(name) == ".parquet":
+                yield from self._parquet(stream, label)
+            else:
+                yield from self._csv(stream, label, gzipped=kind_of(name) == ".csv.gz")
+            self.spans.append(FileSpan(label, before + 1, self.rows_in - before))
+
+    def _wanted(self, header: list[str], label: str) -> list[str]:
+        self.header = self.header or [h.strip() for h in header]
+        if self.schema is None:
+            return header[:1]
+        _check_header([h.strip() for h in header], self.schema, label, self.delimiter)
+        return [h for h in header if h.strip() in self.schema.columns]
+
+    def _csv(self, stream, label: str, gzipped: bool) -> Iterator[StringBatch]:
+        text = io.BufferedReader(_CheckedText(stream, label, self.encoding, gzipped), buffer_size=_PEEK)
+        header = _read_header(text, label, self.delimiter)
+        wanted = self._wanted(header, label)
+        numbering = _Numbering(label)
+        try:
+            reader = pcsv.open_csv(
+                text,
+                read_options=pcsv.ReadOptions(block_size=self.block_size, use_threads=False),  # numbered rows
+                parse_options=pcsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
+                                                invalid_row_handler=numbering.on_invalid),
+                convert_options=pcsv.ConvertOptions(
+                    column_types=dict.fromkeys(header, pa.string()), include_columns=wanted,
+                    strings_can_be_null=False, quoted_strings_can_be_null=False, check_utf8=False),
+            )
+            for batch in reader:
+                table = pa.Table.from_batches([batch]).rename_columns([w.strip() for w in wanted])
+                yield StringBatch(numbering.take(batch.num_rows) + self.rows_in, table)
+        except pa.ArrowInvalid as error:  # pyarrow's message may quote the record: never shown
+            after = self.rows_in + numbering.rows
+            problem = ("a record longer than the parse block (an unclosed quote?)"
+                       if "straddl" in str(error) else "cannot be parsed as CSV")
+            raise DatasetError(f"{label}: after row {after - self.rows_in}: {problem}; fix the file") from None
+        for number, raw in numbering.invalid:
+            self.unparseable[self.rows_in + number] = raw
+        self.rows_in += numbering.rows
+
+    def _parquet(self, stream, label: str) -> Iterator[StringBatch]:
+        # Parquet needs random access (its index is at the end): the file is read into memory,
+        # compressed and columnar, then decoded a batch at a time.
+        try:
+            parquet = pq.ParquetFile(pa.BufferReader(stream.read()))
+        except (pa.ArrowException, OSError):
+            raise DatasetError(f"{label}: not a readable Parquet file; re-export it") from None
+        wanted = self._wanted(parquet.schema_arrow.names, label)
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, columns=wanted):
+            columns = {name: _parquet_strings(batch.column(name), label, name) for name in wanted}
+            rows = np.arange(self.rows_in + 1, self.rows_in + batch.num_rows + 1, dtype=np.int64)
+            self.rows_in += batch.num_rows
+            yield StringBatch(rows, pa.table(columns))
+        if parquet.metadata.num_rows == 0 and not self.header:
+            raise DatasetError(f"{label}: holds no rows")
+
+
+def _parquet_strings(column: pa.Array, label: str, name: str) -> pa.Array:
+    """Parquet values as the strings coercion expects; nulls and float NaN are missing."""
+    if pa.types.is_floating(column.type):
+        column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
     try:
-        header = [name.strip() for name in next(reader)]
-    except csv.Error:
-        raise DatasetError(f"{source}: header line cannot be parsed as CSV") from None
-
-    def records() -> Iterator[tuple[int, list[str] | None]]:
-        row = 0
-        while True:
-            try:
-                record = next(reader)
-            except StopIteration:
-                return
-            except csv.Error:
-                record = None
-            if record == []:  # a blank line is no record
-                continue
-            row += 1
-            yield row, record if record is None or len(record) == len(header) else None
-
-    return header, records()
+        return pc.cast(column, pa.string())
+    except pa.ArrowException:
+        raise DatasetError(f"{label}: column {name} holds {column.type} values, which cannot be "
+                           "read as text; export it as a plain column") from None
 
 
-def parse_csv(
-    raw: bytes, source: str, schema: DatasetSchema, *, delimiter: str = ",", encoding: str = "utf-8"
-) -> ParsedTable:
-    """Split records; a malformed record is counted and kept out, never guessed at."""
-    header, records = read_records(raw, source, delimiter=delimiter, encoding=encoding)
-    _check_header(header, schema, source, delimiter)
-    kept: list[list[str]] = []
-    numbers: list[int] = []
-    unparseable: list[RowFailure] = []
-    rows_in = 0
-    for rows_in, record in records:
-        if record is None:
-            unparseable.append(RowFailure(rows_in, UNPARSEABLE, "unparseable_record"))
-        else:
-            kept.append(record)
-            numbers.append(rows_in)
-    frame = pd.DataFrame(kept, columns=header, index=pd.Index(numbers, name="row"), dtype=object)
-    return ParsedTable(frame[list(schema.columns)], rows_in, unparseable)
+def describe_source(members: Iterable[Member], source: str, *, delimiter: str = ",",
+                    encoding: str = "utf-8") -> tuple[list[str], int]:
+    """Column names (of the first file) and the number of records, without a schema."""
+    reader = RecordReader(source, None, delimiter=delimiter, encoding=encoding)
+    for _ in reader.batches(members):
+        pass
+    return reader.header, reader.rows_in
 
 
-def _coerce_one(values: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, pd.Series]:
+def _to_float(values: pa.Array) -> pa.Array:
+    """Decimal text -> float64; anything else -> null (the caller marks it a failure)."""
+    try:
+        return pc.cast(values, pa.float64())
+    except pa.ArrowInvalid:
+        numeric = pc.match_substring_regex(values, _NUMBER)
+        return pc.cast(pc.if_else(numeric, values, pa.scalar(None, pa.string())), pa.float64())
+
+
+def _coerce_one(strings: pa.Array, spec: ColumnSpec, index: pd.Index) -> tuple[pd.Series, np.ndarray]:
     """Typed column and a mask of values that could not be represented in that type."""
-    missing = values.isna() | (values.astype("string").str.strip() == "")
+    if spec.type in ("float", *_INTEGERS) and (numbers := _clean_numbers(strings)) is not None:
+        return _numeric(numbers, np.zeros(len(index), bool), spec, index)
+    trimmed = pc.utf8_trim_whitespace(strings)
+    missing = pc.fill_null(pc.equal(trimmed, ""), True).to_numpy(zero_copy_only=False)
     if spec.type == "string":
-        return values.where(~missing, None).astype("string"), pd.Series(False, index=values.index)
+        kept = pc.if_else(missing, pa.scalar(None, pa.string()), strings)
+        return pd.Series(pd.array(kept, dtype=PANDAS_DTYPE["string"]), index=index), np.zeros(len(index), bool)
     if spec.type == "bool":
-        lowered = values.astype("string").str.strip().str.lower()
-        typed = pd.Series(pd.NA, index=values.index, dtype="boolean")
-        typed[lowered.isin(_TRUE)] = True
-        typed[lowered.isin(_FALSE)] = False
-        return typed, ~missing & typed.isna()
-    numbers = pd.to_numeric(values.where(~missing), errors="coerce").astype("float64")
-    bad = ~missing & ~np.isfinite(numbers)
+        lowered = pc.utf8_lower(trimmed)
+        true = pc.is_in(lowered, pa.array(_TRUE)).to_numpy(zero_copy_only=False)
+        false = pc.is_in(lowered, pa.array(_FALSE)).to_numpy(zero_copy_only=False)
+        typed = pd.arrays.BooleanArray(true, ~(true | false))
+        return pd.Series(typed, index=index), ~missing & ~(true | false)
+    numbers = _to_float(pc.if_else(missing, pa.scalar(None, pa.string()), trimmed))
+    return _numeric(numbers.to_numpy(zero_copy_only=False).astype("float64"), missing, spec, index)
+
+
+def _clean_numbers(strings: pa.Array) -> np.ndarray | None:
+    """The fast path for the common case, every value plain decimal text: one cast, no copies."""
+    if strings.null_count:
+        return None
+    try:
+        return pc.cast(strings, pa.float64()).to_numpy()
+    except pa.ArrowInvalid:
+        return None
+
+
+def _numeric(numbers: np.ndarray, missing: np.ndarray, spec: ColumnSpec,
+             index: pd.Index) -> tuple[pd.Series, np.ndarray]:
+    """Floats (NaN where missing or unreadable) as the declared numeric type, and the failures."""
+    finite = np.isfinite(numbers)
     if spec.type == "float":
-        return numbers.where(~bad), bad
+        return pd.Series(np.where(finite, numbers, np.nan), index=index), ~missing & ~finite
     info = np.iinfo(spec.type)
-    integral = np.isfinite(numbers) & (numbers == np.floor(numbers))
-    fits = integral & (numbers >= info.min) & (numbers <= info.max)
-    bad = ~missing & ~fits  # 300 into int8 or 2.5 into int is refused, never wrapped or rounded
-    return numbers.where(fits).astype(PANDAS_DTYPE[spec.type]), bad
+    with np.errstate(invalid="ignore"):
+        fits = finite & (numbers == np.floor(numbers)) & (numbers >= info.min) & (numbers <= info.max)
+    # 300 into int8 or 2.5 into int is refused, never wrapped or rounded
+    typed = pd.arrays.IntegerArray(np.where(fits, numbers, 0).astype(spec.type), ~fits)
+    return pd.Series(typed, index=index), ~missing & ~fits
 
 
-def coerce_columns(frame: pd.DataFrame, schema: DatasetSchema) -> tuple[pd.DataFrame, list[RowFailure]]:
+def coerce_batch(batch: StringBatch, schema: DatasetSchema) -> tuple[pd.DataFrame, list[RowFailure]]:
     """Convert string columns to declared types; each value that does not fit is a failure."""
+    index = pd.Index(batch.rows, name="row")
     typed: dict[str, pd.Series] = {}
     failures: list[RowFailure] = []
     for name, spec in schema.columns.items():
-        typed[name], bad = _coerce_one(frame[name], spec)
-        failures += [RowFailure(int(r), name, f"coerce_{spec.type}") for r in frame.index[bad.to_numpy()]]
-    return pd.DataFrame(typed, index=frame.index), failures
-
-
-def _csv_bytes(file: SourceFile, label: str) -> bytes:
-    if file.kind != ".csv.gz":
-        return file.data
-    try:
-        return gzip.decompress(file.data)
-    except (OSError, EOFError, zlib.error):
-        raise DatasetError(f"{label}: not a complete gzip file; re-export or re-compress it") from None
-
-
-def _parquet_table(file: SourceFile, label: str) -> pa.Table:
-    try:
-        return pq.read_table(io.BytesIO(file.data))
-    except (pa.ArrowException, OSError):
-        raise DatasetError(f"{label}: not a readable Parquet file; re-export it") from None
-
-
-def _as_strings(column: pa.ChunkedArray) -> list[str | None]:
-    """Parquet values as the strings coercion expects; nulls and float NaN are missing."""
-    return [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in column.to_pylist()]
-
-
-def parse_parquet(file: SourceFile, label: str, schema: DatasetSchema) -> ParsedTable:
-    table = _parquet_table(file, label)
-    _check_header(table.column_names, schema, label, ",")
-    index = pd.Index(range(1, table.num_rows + 1), name="row")
-    frame = pd.DataFrame({c: _as_strings(table.column(c)) for c in schema.columns}, index=index, dtype=object)
-    return ParsedTable(frame, table.num_rows)
-
-
-def _label(source: str, file: SourceFile) -> str:
-    """How messages name a file: the source itself, or the file inside a source folder."""
-    return source if source.endswith(file.name) else f"{source}/{file.name}"
-
-
-def parse_source(files: list[SourceFile], source: str, schema: DatasetSchema, *,
-                 delimiter: str = ",", encoding: str = "utf-8") -> ParsedTable:
-    """All files of a source as one table; rows are numbered across files, in name order."""
-    frames, unparseable, total = [], [], 0
-    for file in files:
-        label = _label(source, file)
-        table = (parse_parquet(file, label, schema) if file.kind == ".parquet" else
-                 parse_csv(_csv_bytes(file, label), label, schema, delimiter=delimiter, encoding=encoding))
-        frames.append(table.frame.set_axis(table.frame.index + total))
-        unparseable += [RowFailure(f.row + total, f.column, f.check) for f in table.unparseable]
-        total += table.rows_in
-    frame = pd.concat(frames) if len(frames) > 1 else frames[0]
-    return ParsedTable(frame.rename_axis("row"), total, unparseable)
-
-
-def describe_source(files: list[SourceFile], source: str, *, delimiter: str = ",",
-                    encoding: str = "utf-8") -> tuple[list[str], int]:
-    """Column names (of the first file) and the number of records, without a schema."""
-    columns, rows = [], 0
-    for file in files:
-        label = _label(source, file)
-        if file.kind == ".parquet":
-            metadata = pq.read_metadata(io.BytesIO(file.data)) if file.data else None
-            if metadata is None:
-                raise DatasetError(f"{label}: empty file; expected a Parquet file")
-            header, count = metadata.schema.names, metadata.num_rows
-        else:
-            header, records = read_records(_csv_bytes(file, label), label, delimiter=delimiter, encoding=encoding)
-            count = sum(1 for _ in records)
-        columns, rows = columns or header, rows + count
-    return columns, rows
+        typed[name], bad = _coerce_one(batch.columns.column(name).combine_chunks(), spec, index)
+        failures += [RowFailure(int(r), name, f"coerce_{spec.type}") for r in batch.rows[bad]]
+    return pd.DataFrame(typed, index=index), failures

@@ -92,12 +92,15 @@ def _checks(spec: ColumnSpec) -> list[pa.Check]:
     return checks
 
 
-def to_pandera(schema: DatasetSchema) -> pa.DataFrameSchema:
-    """The pandera schema for a frame already coerced by `records.coerce_columns`."""
+def to_pandera(schema: DatasetSchema, *, unique: bool = True) -> pa.DataFrameSchema:
+    """The pandera schema for a frame already coerced by `records.coerce_batch`.
+
+    `unique=False` leaves uniqueness out, for callers that check it across batches.
+    """
     return pa.DataFrameSchema(
         {
             name: pa.Column(PANDAS_DTYPE[spec.type], _checks(spec),
-                            nullable=spec.nullable, unique=spec.unique)
+                            nullable=spec.nullable, unique=spec.unique and unique)
             for name, spec in schema.columns.items()
         },
         strict=schema.strict,

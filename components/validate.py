@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import pandera.pandas as pa
+import pandera.pandas as pandera
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from components.artifacts import open_vault, stage_paths, write_json
 from components.errors import RejectRateExceeded, SchemaError, run_stage
 from components.ingest import open_snapshot
-from components.records import UNPARSEABLE, RowFailure, coerce_columns, parse_source
+from components.records import UNPARSEABLE, FileSpan, RecordReader, RowFailure, coerce_batch
 from components.schema import DatasetSchema, load_schema, to_pandera
 from components.settings import IngestSettings, load_settings
-from components.sources import SourceFile
+from components.sources import Member
 from components.vault import ArtifactIdentity, Vault
 
 DECISIONS = "decisions.sealed"
@@ -30,8 +35,17 @@ DECISIONS = "decisions.sealed"
 @dataclass(frozen=True)
 class ValidationOutcome:
     rows_in: int
-    valid_rows: list[int]
     failures: list[RowFailure]  # at most one per (row, column); column "*" = unparseable
+    spans: list[FileSpan] = field(default_factory=list)  # which file each row came from
+
+    @cached_property
+    def rejected(self) -> np.ndarray:
+        """Sorted numbers of every record that is not valid (quarantined or unparseable)."""
+        return np.unique(np.fromiter((f.row for f in self.failures), dtype=np.int64))
+
+    @property
+    def valid_rows(self) -> list[int]:
+        return np.setdiff1d(np.arange(1, self.rows_in + 1), self.rejected, assume_unique=True).tolist()
 
     @property
     def unparseable_rows(self) -> set[int]:
@@ -43,10 +57,10 @@ class ValidationOutcome:
 
     def summary(self) -> dict:
         by_check = Counter(f"{f.column}/{f.check}" for f in self.failures)
-        rejected = self.rows_in - len(self.valid_rows)
+        rejected = len(self.rejected)
         return {
             "rows_in": self.rows_in,
-            "rows_valid": len(self.valid_rows),
+            "rows_valid": self.rows_in - rejected,
             "rows_quarantined": len(self.quarantined_rows),
             "lines_unparseable": len(self.unparseable_rows),
             "reject_rate": rejected / self.rows_in if self.rows_in else 0.0,
@@ -54,10 +68,10 @@ class ValidationOutcome:
         }
 
 
-def _schema_failures(typed: pd.DataFrame, schema: DatasetSchema) -> list[RowFailure]:
+def _schema_failures(typed: pd.DataFrame, schema: pandera.DataFrameSchema) -> list[RowFailure]:
     try:
-        to_pandera(schema).validate(typed, lazy=True)
-    except pa.errors.SchemaErrors as errors:
+        schema.validate(typed, lazy=True)
+    except pandera.errors.SchemaErrors as errors:  # its message quotes values: only the cases are read
         cases = errors.failure_cases
         whole_column = cases[cases["index"].isna()]
         if len(whole_column):
@@ -68,23 +82,53 @@ def _schema_failures(typed: pd.DataFrame, schema: DatasetSchema) -> list[RowFail
     return []
 
 
-def check_rows(typed: pd.DataFrame, coercion: list[RowFailure], schema: DatasetSchema) -> list[RowFailure]:
-    """All failures, at most one per (row, column): a failed coercion explains the rest."""
+class _UniqueValues:
+    """Values of the `unique` columns across all batches; reports every row of a repeated value.
+
+    Only these columns are kept (not whole rows); a missing value repeats nothing.
+    """
+
+    def __init__(self, schema: DatasetSchema):
+        self._seen: dict[str, list[pa.Table]] = {n: [] for n, s in schema.columns.items() if s.unique}
+
+    def add(self, typed: pd.DataFrame) -> None:
+        for name, parts in self._seen.items():
+            column = typed[name].dropna()
+            parts.append(pa.table({"value": pa.Array.from_pandas(column.array),
+                                   "row": pa.array(column.index.to_numpy(), pa.int64())}))
+
+    def failures(self) -> list[RowFailure]:
+        found = []
+        for name, parts in self._seen.items():
+            if not parts:
+                continue
+            table = pa.concat_tables(parts).combine_chunks()
+            codes = table["value"].dictionary_encode().chunk(0).indices.to_numpy()
+            repeated = np.bincount(codes)[codes] > 1
+            rows = table["row"].to_numpy()[repeated]
+            found += [RowFailure(int(r), name, "field_uniqueness") for r in rows]
+        return found
+
+
+def validate_records(reader: RecordReader, members: Iterable[Member], schema: DatasetSchema) -> ValidationOutcome:
+    """The decision for every record, a batch at a time: memory stays bounded by the batch."""
+    checks = to_pandera(schema, unique=False)  # uniqueness spans batches: checked below
+    unique = _UniqueValues(schema)
+    failures: list[RowFailure] = []
+    for batch in reader.batches(members):
+        typed, coercion = coerce_batch(batch, schema)
+        failures += coercion + _schema_failures(typed, checks)
+        unique.add(typed)
     seen: dict[tuple[int, str], RowFailure] = {}
-    for failure in coercion + _schema_failures(typed, schema):
+    for failure in reader.failures + failures + unique.failures():  # a failed coercion explains the rest
         seen.setdefault((failure.row, failure.column), failure)
-    return sorted(seen.values())
+    return ValidationOutcome(reader.rows_in, sorted(seen.values()), reader.spans)
 
 
-def validate_snapshot(files: list[SourceFile], source: str, schema: DatasetSchema,
-                      settings: IngestSettings) -> tuple[pd.DataFrame, ValidationOutcome]:
-    """Typed frame of parsed records and the decision for every record of the snapshot."""
-    table = parse_source(files, source, schema, delimiter=settings.delimiter, encoding=settings.encoding)
-    typed, coercion = coerce_columns(table.frame, schema)
-    failures = table.unparseable + check_rows(typed, coercion, schema)
-    bad = {f.row for f in failures}
-    valid = [int(r) for r in typed.index if r not in bad]
-    return typed, ValidationOutcome(table.rows_in, valid, failures)
+def validate_snapshot(members: Iterable[Member], source: str, schema: DatasetSchema,
+                      settings: IngestSettings) -> ValidationOutcome:
+    reader = RecordReader(source, schema, delimiter=settings.delimiter, encoding=settings.encoding)
+    return validate_records(reader, members, schema)
 
 
 def enforce_reject_rate(outcome: ValidationOutcome, max_rate: float, source: str) -> None:
@@ -103,15 +147,16 @@ def decisions_identity(dataset: str, snapshot_id: str) -> ArtifactIdentity:
 
 
 def write_decisions(outcome: ValidationOutcome, identity: ArtifactIdentity, vault: Vault, out_dir: Path) -> None:
-    document = {"rows_in": outcome.rows_in, "valid_rows": outcome.valid_rows,
-                "failures": [[f.row, f.column, f.check] for f in outcome.failures]}
+    document = {"rows_in": outcome.rows_in,
+                "failures": [[f.row, f.column, f.check] for f in outcome.failures],
+                "files": [[s.label, s.first_row, s.rows] for s in outcome.spans]}
     vault.seal(json.dumps(document).encode(), identity, out_dir / DECISIONS)
 
 
 def read_decisions(vault: Vault, identity: ArtifactIdentity, out_dir: Path) -> ValidationOutcome:
     document = json.loads(vault.open(out_dir / DECISIONS, identity))
     failures = [RowFailure(r, c, k) for r, c, k in document["failures"]]
-    return ValidationOutcome(document["rows_in"], document["valid_rows"], failures)
+    return ValidationOutcome(document["rows_in"], failures, [FileSpan(*s) for s in document["files"]])
 
 
 def main() -> None:
@@ -119,9 +164,8 @@ def main() -> None:
     settings = load_settings()
     schema = load_schema(settings.validate_.schema_file)
     vault = open_vault()
-    manifest, files = open_snapshot(vault, args.snapshot)
-    _, outcome = validate_snapshot(files, manifest.source, schema, settings.ingest)
-    del files
+    with open_snapshot(vault, args.snapshot) as (manifest, members):
+        outcome = validate_snapshot(members, manifest.source, schema, settings.ingest)
     enforce_reject_rate(outcome, settings.validate_.max_reject_rate, manifest.source)
     write_decisions(outcome, decisions_identity(manifest.dataset, manifest.snapshot_id), vault, args.out)
     summary = outcome.summary()

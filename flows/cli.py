@@ -71,13 +71,13 @@ def quarantine(values: bool = typer.Option(False, "--values", help="also show th
     from flows.stages import stage_outputs
 
     snapshot_dir, data_dir = stage_outputs(Path("."), "ingest")[0], stage_outputs(Path("."), "encrypt")[0]
-    source, records = read_quarantine(open_vault(), snapshot_dir, data_dir)
+    source, spans, records = read_quarantine(open_vault(), snapshot_dir, data_dir)
     if values:
         console.print("[yellow]showing quarantined values: sensitive data on this terminal[/yellow]")
     for record in records:
         for column, check in record["failures"]:
-            line = RowFailure(record["row"], column, check).describe(source)
-            shown = (record["values"] or {}).get(column) if values else None
+            line = RowFailure(record["row"], column, check).describe(spans, source)
+            shown = (record["values"] or {}).get(column, record["text"]) if values else None
             typer.echo(line + (f" (value {shown!r})" if shown is not None else ""))  # unwrapped, greppable
     console.print(f"{len(records)} quarantined or unparseable record(s)")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import tarfile
 
 import pandas as pd
 import pyarrow as pa
@@ -13,7 +15,7 @@ import pytest
 from components.demo_data import demo_table
 from components.errors import DatasetError
 from components.settings import IngestSettings
-from components.sources import SourceFile, pack, read_source, snapshot_id, unpack
+from components.sources import disk_members, list_source, pack_stream, snapshot_id, snapshot_members
 from components.validate import validate_snapshot
 from tests.test_validate import csv_bytes
 
@@ -36,8 +38,7 @@ def write_parquet(path, header, rows):
 
 
 def outcome_of(source, schema):
-    files = read_source(source)
-    return validate_snapshot(files, str(source), schema, IngestSettings(source=source))[1]
+    return validate_snapshot(disk_members(list_source(source)), str(source), schema, IngestSettings(source=source))
 
 
 def test_every_kind_of_source_gives_the_same_decisions(tmp_path, table, demo_schema):
@@ -66,12 +67,31 @@ def test_parquet_nulls_are_missing_values_not_coercion_failures(tmp_path, table,
 
 
 def test_snapshot_ids_and_packing(tmp_path):
-    files = [SourceFile("a.csv", b"x,y\n1,2\n"), SourceFile("b.csv", b"x,y\n3,4\n")]
-    assert snapshot_id(files[:1], False) == "sha256:" + hashlib.sha256(b"x,y\n1,2\n").hexdigest()
-    assert pack(files, True) == pack(files, True)  # deterministic: no times, owners or order
-    assert unpack(pack(files, True), ["a.csv", "b.csv"], True) == files
-    renamed = [SourceFile("c.csv", files[0].data), files[1]]
-    assert len({snapshot_id(files, True), snapshot_id(renamed, True), snapshot_id(files[::-1][:1], True)}) == 3
+    folder = tmp_path / "export"
+    folder.mkdir()
+    contents = {"a.csv": b"x,y\n1,2\n", "b.csv": b"x,y\n3,4\n" * 1000}
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+    paths = list_source(folder)
+    assert snapshot_id(paths[:1], False) == "sha256:" + hashlib.sha256(contents["a.csv"]).hexdigest()
+    folder_id = snapshot_id(paths, True)
+    packed = b"".join(pack_stream(paths, True, folder_id))
+    assert packed == b"".join(pack_stream(paths, True, folder_id))  # deterministic: no times or owners
+    with tarfile.open(fileobj=io.BytesIO(packed)) as archive:  # a standard tar, as tarfile writes it
+        assert archive.getnames() == ["a.csv", "b.csv"] and len(packed) % tarfile.RECORDSIZE == 0
+    unpacked = {name: stream.read() for name, stream in snapshot_members(io.BytesIO(packed), list(contents), True)}
+    assert unpacked == contents
+    (folder / "a.csv").rename(folder / "c.csv")
+    assert len({folder_id, snapshot_id(list_source(folder), True), snapshot_id(paths[1:], True)}) == 3
+
+
+def test_a_source_that_changes_while_sealed_is_refused(tmp_path):
+    source = tmp_path / "export.csv"
+    source.write_bytes(b"x,y\n1,2\n")
+    taken = snapshot_id([source], False)
+    source.write_bytes(b"x,y\n1,3\n")
+    with pytest.raises(DatasetError, match="export.csv: the source changed while it was being ingested"):
+        b"".join(pack_stream([source], False, taken))
 
 
 @pytest.mark.parametrize("make, message", [
@@ -101,6 +121,6 @@ def test_a_folder_file_with_other_columns_is_named(tmp_path, table, demo_schema)
 def test_unknown_file_kind_and_missing_source(tmp_path):
     (tmp_path / "data.xlsx").write_bytes(b"x")
     with pytest.raises(DatasetError, match="data.xlsx: unknown kind of file"):
-        read_source(tmp_path / "data.xlsx")
+        list_source(tmp_path / "data.xlsx")
     with pytest.raises(DatasetError, match="nope.csv: source not found"):
-        read_source(tmp_path / "nope.csv")
+        list_source(tmp_path / "nope.csv")

@@ -9,15 +9,18 @@ from components.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
 from components.errors import DatasetError, RejectRateExceeded, SchemaError
 from components.schema import DatasetSchema, load_schema
 from components.settings import IngestSettings
-from components.sources import SourceFile
+from components.records import RecordReader, coerce_batch
 from components.validate import enforce_reject_rate
-from components.validate import validate_snapshot as validate_files
+from components.validate import validate_snapshot as validate_members
 
 SOURCE = "/data/export.csv"
 
 
 def validate_snapshot(raw: bytes, source: str, schema, settings):
-    return validate_files([SourceFile("export.csv", raw)], source, schema, settings)
+    """The outcome for one CSV file in memory."""
+    return validate_members([("export.csv", io.BytesIO(raw))], source, schema, settings)
+
+
 INGEST = IngestSettings(source=SOURCE)
 
 
@@ -36,13 +39,13 @@ def small_schema(**columns) -> DatasetSchema:
 
 
 def check(schema, header, rows):
-    _, outcome = validate_snapshot(csv_bytes(header, rows), SOURCE, schema, INGEST)
+    outcome = validate_snapshot(csv_bytes(header, rows), SOURCE, schema, INGEST)
     return outcome
 
 
 def test_demo_defects_are_quarantined_with_reasons(demo_schema):
     header, rows = demo_table()
-    _, outcome = validate_snapshot(csv_bytes(header, rows), SOURCE, demo_schema, INGEST)
+    outcome = validate_snapshot(csv_bytes(header, rows), SOURCE, demo_schema, INGEST)
     failed = {(f.row, f.column) for f in outcome.failures}
     assert {(row, column) for row, column, _ in DEFECTS} <= failed
     assert (40, "patient_id") in failed  # both copies of a duplicated id
@@ -78,12 +81,12 @@ def test_coercion_traps_are_caught_never_passed(spec, value, expected_check):
 
 def test_typed_values_keep_their_types():
     schema = small_schema(n={"type": "int8"}, flag={"type": "bool", "nullable": True})
-    typed, outcome = validate_snapshot(
-        csv_bytes(["person", "label", "n", "flag"], [["p1", "a", "-128", "yes"], ["p2", "b", "127", ""]]),
-        SOURCE, schema, INGEST)
-    assert outcome.valid_rows == [1, 2]
+    raw = csv_bytes(["person", "label", "n", "flag"], [["p1", "a", "-128", "yes"], ["p2", "b", "127", ""]])
+    (batch,) = RecordReader(SOURCE, schema).batches([("export.csv", io.BytesIO(raw))])
+    typed, failures = coerce_batch(batch, schema)
+    assert failures == [] and typed.index.tolist() == [1, 2]
     assert str(typed["n"].dtype) == "Int8" and typed["n"].tolist() == [-128, 127]
-    assert typed["flag"].tolist()[0] is True
+    assert typed["flag"].tolist()[0] is True and typed["flag"].isna().tolist() == [False, True]
 
 
 def test_missing_and_unknown_columns_stop_with_names(demo_schema):
@@ -140,9 +143,46 @@ def test_conservation_on_arbitrary_input(rows, junk):
     schema = small_schema(n={"type": "int8"}, flag={"type": "bool"})
     raw = csv_bytes(["person", "label", "n", "flag"], []) + junk + b"\n" + csv_bytes(["x"], rows)[2:]
     try:
-        _, outcome = validate_snapshot(raw, SOURCE, schema, INGEST)
+        outcome = validate_snapshot(raw, SOURCE, schema, INGEST)
     except DatasetError:
         return
     summary = outcome.summary()
     assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"] + summary["lines_unparseable"]
     assert len(set(outcome.valid_rows)) == len(outcome.valid_rows)
+
+
+def stream_outcome(raw: bytes, schema, **reader):
+    from components.validate import validate_records
+
+    return validate_records(RecordReader(SOURCE, schema, **reader), [("export.csv", io.BytesIO(raw))], schema)
+
+
+def test_rows_keep_their_numbers_across_many_parse_blocks():
+    """Malformed records spread over many small blocks: every number matches the csv module's."""
+    rows = [[f"p{i}", "a"] + (["extra"] if i % 97 == 0 else []) for i in range(1, 5001)]
+    outcome = stream_outcome(csv_bytes(["person", "label"], rows), small_schema(), block_size=4096)
+    assert outcome.rows_in == 5000
+    assert outcome.unparseable_rows == {i for i in range(1, 5001) if i % 97 == 0}
+    assert len(outcome.valid_rows) == 5000 - len(outcome.unparseable_rows)
+
+
+def test_a_record_longer_than_the_parse_block_is_named():
+    raw = csv_bytes(["person", "label"], [["p1", "a"], ["p2" + "x" * 10_000, "b"]])
+    with pytest.raises(DatasetError, match=r"/data/export.csv: after row 1: a record longer than the parse block"):
+        stream_outcome(raw, small_schema(), block_size=4096)
+
+
+def test_a_wrong_byte_deep_in_a_large_file_is_located():
+    rows = [[f"p{i}", "a"] for i in range(200_000)]  # about 2 MB: past the first read
+    raw = csv_bytes(["person", "label"], rows) + b"p\xff,a\n"
+    with pytest.raises(DatasetError, match=rf"line 200002, byte {len(raw) - 4} is not valid utf-8"):
+        stream_outcome(raw, small_schema())
+
+
+def test_other_encodings_are_transcoded_and_leading_blank_lines_skipped():
+    raw = "\n\nperson;label\nJosé;a\nZoë;b\n".encode("latin-1")
+    outcome = stream_outcome(raw, small_schema(), delimiter=";", encoding="latin-1")
+    assert outcome.valid_rows == [1, 2] and outcome.failures == []
+    (batch,) = RecordReader(SOURCE, small_schema(), delimiter=";", encoding="latin-1").batches(
+        [("export.csv", io.BytesIO(raw))])
+    assert batch.columns.column("person").to_pylist() == ["José", "Zoë"]
