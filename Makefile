@@ -22,12 +22,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-DEMO_SOURCE := data/source/breast_cancer.csv
+DEMO_SOURCES := data/source/breast_cancer.csv data/source/churn.csv.gz
 
 run: install
 	@test -d .git || git init -q
 	@test -d .dvc || $(BIN)/dvc init -q
-	@test -f $(DEMO_SOURCE) || $(BIN)/python -m components.demo_data $(DEMO_SOURCE)
+	@for f in $(DEMO_SOURCES); do test -f $$f || { $(BIN)/python -m components.demo_data data/source; break; }; done
 	$(BIN)/privflow run
 
 # Tests use Debian's packages: headless Chromium for the report, a PostgreSQL server for the
@@ -48,6 +48,7 @@ test-fast: install
 bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_vault.py
+	$(BIN)/python benchmarks/bench_ingest.py
 
 constraints: install
 	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt.new

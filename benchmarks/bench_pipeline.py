@@ -36,8 +36,9 @@ def timed(workspace, *command: str) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory() as base:
         header, rows = demo_table()
-        workspace = make_workspace(Path(base), header, rows)
+        workspace = make_workspace(Path(base), header, rows, churn=True)  # two datasets, as `make run`
         workspace.edit_params(train={"epochs": 30})  # the project's default, not the tests' 5
+        workspace.edit_dataset("churn", train={"epochs": 10, "batch_size": 256, "learning_rate": 0.3})
         full = timed(workspace, "privflow", "run")
         noop_flow = timed(workspace, "privflow", "run")
         noop_repro = [timed(workspace, "dvc", "repro") for _ in range(5)]

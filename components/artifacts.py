@@ -19,8 +19,9 @@ from components.vault import Vault
 
 
 def stage_paths(description: str | None, *names: str) -> argparse.Namespace:
-    """A stage's command line: the paths dvc.yaml passes it (`--name PATH`), all required."""
+    """A stage's command line: the dataset and the paths dvc.yaml passes it (`--name PATH`)."""
     parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--dataset", required=True, help="a dataset declared under `datasets:` in params.yaml")
     for name in names:
         parser.add_argument(f"--{name}", type=Path, required=True)
     return parser.parse_args()

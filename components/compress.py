@@ -99,7 +99,7 @@ def write_model_card(out_dir: Path, card: dict, training: dict, compression: dic
 
 def main() -> None:
     args = stage_paths(__doc__, "model", "data", "training", "out", "metrics")
-    settings = load_settings().compress
+    settings = load_settings(args.dataset).compress
     model, card = load_model(args.model)
     dense_bytes = save(model.state_dict())
     test = load_split(open_vault(), read_json(args.data / DATASET), "test", args.data)

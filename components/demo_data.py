@@ -1,16 +1,21 @@
-"""Write the bundled demo dataset: scikit-learn's breast-cancer table as a hospital export.
+"""Write the two demo datasets that sit side by side in params.yaml.
 
-Real data an installed dependency ships (nothing is downloaded), with a patient id column
-and a handful of realistic defects so the quarantine path runs on every demo.
+`breast_cancer`: scikit-learn's breast-cancer table as a hospital export (real data an
+installed dependency ships; nothing is downloaded), with a patient id column.
+`churn`: a generated bank-customer export (20 columns of strings, ints, floats, bools,
+categories) whose churn label depends on a few of them, so a model has something to learn.
+Both carry a handful of realistic defects so the quarantine path runs on every demo.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import io
 from pathlib import Path
 
+import numpy as np
 from sklearn.datasets import load_breast_cancer
 
 # (1-based data row, column, bad value): what real exports get wrong.
@@ -38,18 +43,84 @@ def demo_table() -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def write_demo_csv(path: Path) -> Path:
-    header, rows = demo_table()
+CHURN_DEFECTS: list[tuple[int, str, str]] = [
+    (5, "age", "300"),                  # would wrap around in an int8 column
+    (12, "tenure_months", "2.5"),       # a fraction in an integer column
+    (25, "paperless_billing", "maybe"),  # not a boolean
+    (40, "churned", ""),                # missing label
+    (77, "region", "atlantis"),         # not an allowed value
+    (90, "customer_id", "C-0000089"),   # the same customer twice
+    (120, "monthly_charges", "12,50"),  # a decimal comma (quoted, so the field count holds)
+]
+CHURN_MALFORMED_ROW = 150               # a line cut short by a broken export
+
+
+def churn_columns(rows: int = 5000, seed: int = 7) -> dict[str, np.ndarray]:
+    """A customer table; churn odds rise with support calls and fall with tenure and satisfaction."""
+    rng = np.random.default_rng(seed)
+    plan = rng.choice(["basic", "plus", "pro"], rows, p=[0.5, 0.3, 0.2])
+    tenure = rng.integers(0, 120, rows)
+    calls = rng.poisson(2.0, rows)
+    satisfaction = np.clip(rng.normal(3.5, 0.9, rows), 1, 5).round(1)
+    monthly = (20 + 30 * (plan == "plus") + 60 * (plan == "pro") + rng.gamma(2.0, 8.0, rows)).round(2)
+    logit = -1.0 + 0.45 * calls - 0.03 * tenure - 0.9 * (satisfaction - 3.5) + 0.6 * (plan == "basic")
+    churned = rng.random(rows) < 1 / (1 + np.exp(-logit))
+    return {
+        "customer_id": np.char.add("C-", np.char.zfill(np.arange(1, rows + 1).astype(str), 7)),
+        "churned": np.where(churned, "yes", "no"),
+        "plan": plan,
+        "region": rng.choice(["north", "south", "east", "west"], rows),
+        "paperless_billing": rng.choice(["true", "false"], rows),
+        "tenure_months": tenure,
+        "age": rng.integers(18, 90, rows),
+        "products": rng.integers(1, 6, rows),
+        "support_calls": calls,
+        "monthly_charges": monthly,
+        "total_charges": (monthly * np.maximum(tenure, 1)).round(2),
+        "avg_session_minutes": rng.gamma(3.0, 6.0, rows).round(2),
+        "logins_per_month": rng.gamma(2.0, 6.0, rows).round(1),
+        "late_payments": rng.poisson(0.5 + 0.5 * churned, rows),
+        "discount_rate": rng.choice([0.0, 0.05, 0.1, 0.2], rows),
+        "satisfaction": satisfaction,
+        "data_usage_gb": rng.gamma(2.0, 20.0, rows).round(1),
+        "days_since_login": rng.integers(0, 60, rows) + 30 * churned * rng.integers(0, 3, rows),
+        "referrals": rng.poisson(0.3, rows),
+        "contract_months": rng.choice([0, 12, 24, 36], rows),
+    }
+
+
+def churn_table(rows: int = 5000, seed: int = 7) -> tuple[list[str], list[list[str]]]:
+    """The churn export as text rows, with its defects."""
+    columns = churn_columns(rows, seed)
+    header = list(columns)
+    table = [[str(columns[c][i]) for c in header] for i in range(rows)]
+    for row, column, value in CHURN_DEFECTS:
+        if row <= rows:
+            table[row - 1][header.index(column)] = value
+    if CHURN_MALFORMED_ROW <= rows:
+        del table[CHURN_MALFORMED_ROW - 1][5:]
+    return header, table
+
+
+def csv_text(header: list[str], rows: list[list[str]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(buffer.getvalue(), encoding="utf-8")
-    return path
+    return buffer.getvalue()
+
+
+def write_demo_data(folder: Path) -> list[Path]:
+    """Both demo sources, as params.yaml names them; gzip with no timestamp, so the bytes are stable."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cancer, churn = folder / "breast_cancer.csv", folder / "churn.csv.gz"
+    cancer.write_text(csv_text(*demo_table()), encoding="utf-8")
+    churn.write_bytes(gzip.compress(csv_text(*churn_table()).encode(), mtime=0))
+    return [cancer, churn]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("path", type=Path)
-    print(f"demo data: wrote {write_demo_csv(parser.parse_args().path)}")
+    parser.add_argument("folder", type=Path)
+    for path in write_demo_data(parser.parse_args().folder):
+        print(f"demo data: wrote {path}")

@@ -158,7 +158,7 @@ def seal_dataset(members: Iterable[Member], manifest: SnapshotManifest, schema: 
                            f"decisions cover {outcome.rows_in}; re-run `validate`")
     data = collected.encoded(schema)
     if len(data.labels) == 0:
-        raise DatasetError(f"{source}: no valid rows to train on; see metrics/validate.json")
+        raise DatasetError(f"{source}: no valid rows to train on; see its metrics/<dataset>/validate.json")
     test_mask = in_test_split(data.units, settings.encrypt.test_fraction, settings.encrypt.split_seed)
     sealed = {}
     for split, mask in zip(SPLITS, (~test_mask, test_mask)):
@@ -178,7 +178,7 @@ def seal_dataset(members: Iterable[Member], manifest: SnapshotManifest, schema: 
 
 def main() -> None:
     args = stage_paths(__doc__, "snapshot", "decisions", "out")
-    settings = load_settings()
+    settings = load_settings(args.dataset)
     schema = load_schema(settings.validate_.schema_file)
     vault = open_vault()
     with open_snapshot(vault, args.snapshot) as (manifest, members):

@@ -95,7 +95,7 @@ def open_snapshot(vault: Vault, snapshot_dir: Path) -> Iterator[tuple[SnapshotMa
 
 def main() -> None:
     args = stage_paths(__doc__, "out")
-    settings = load_settings()
+    settings = load_settings(args.dataset)
     manifest = ingest_snapshot(settings.dataset.name, settings.ingest, open_vault(), args.out)
     print(f"ingest: {manifest.rows} rows, {len(manifest.columns)} columns, "
           f"snapshot {manifest.snapshot_id[:19]}, sealed under {manifest.key_id}")

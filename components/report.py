@@ -117,7 +117,7 @@ def budget_section(dataset: str, charges: list[Charge], cap: float, problems: li
 
 
 def build_context(args: argparse.Namespace, title: str, ledger: PrivacyLedger, cap: float) -> dict:
-    training, dataset = read_json(args.training), read_json(args.dataset)
+    training, dataset = read_json(args.training), read_json(args.dataset_description)
     budget = budget_section(dataset["dataset"], ledger.charges(dataset["dataset"]), cap, ledger.verify())
     return {
         "title": title, "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -143,22 +143,26 @@ def write_report(context: dict, out_dir: Path) -> None:
 
 
 def archive_run(reports: Path) -> Path:
-    """Keep this run's report under reports/runs/ and rebuild reports/index.html."""
+    """Keep this run's report under reports/<dataset>/runs/ and rebuild reports/index.html,
+    the index of every run of every dataset."""
     context = read_json(reports / "report.json")
     runs = reports / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     for suffix in ("html", "json"):
         shutil.copyfile(reports / f"report.{suffix}", runs / f"{context['run_id']}.{suffix}")
-    entries = sorted((read_json(p) for p in runs.glob("*.json")), key=lambda c: c["generated_at"], reverse=True)
-    index = reports / "index.html"
-    index.write_text(_ENV.get_template("index.html.j2").render(runs=entries), encoding="utf-8")
+    root = reports.parent
+    entries = [{**read_json(p), "href": p.relative_to(root).with_suffix(".html").as_posix()}
+               for p in root.glob("*/runs/*.json")]
+    index = root / "index.html"
+    index.write_text(_ENV.get_template("index.html.j2").render(
+        runs=sorted(entries, key=lambda c: c["generated_at"], reverse=True)), encoding="utf-8")
     return index
 
 
 def main() -> None:
-    args = stage_paths(__doc__, "manifest", "validation", "dataset", "model", "training", "curve",
+    args = stage_paths(__doc__, "manifest", "validation", "dataset-description", "model", "training", "curve",
                        "compression", "out")
-    settings = load_settings()
+    settings = load_settings(args.dataset)
     ledger = PrivacyLedger(ledger_location(settings))
     context = build_context(args, settings.report.title, ledger, settings.privacy.epsilon_cap)
     write_report(context, args.out)

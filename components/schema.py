@@ -67,7 +67,7 @@ class DatasetSchema(BaseModel):
 
 def load_schema(path: Path) -> DatasetSchema:
     if not path.is_file():
-        raise SchemaError(f"{path}: schema file not found; set validate.schema in params.yaml")
+        raise SchemaError(f"{path}: schema file not found; set the dataset's `schema:` under `datasets:` in params.yaml")
     try:
         return DatasetSchema.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except yaml.YAMLError as error:

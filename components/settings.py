@@ -1,4 +1,11 @@
-"""params.yaml -> one validated, frozen settings object. Unknown keys are errors."""
+"""params.yaml -> one validated, frozen settings object per dataset. Unknown keys are errors.
+
+params.yaml lists the datasets under `datasets:`; each names its source and schema and may
+override any other section for itself (e.g. `datasets.churn.train.epochs`). The sections
+outside `datasets:` are the defaults every dataset shares. dvc.yaml runs every stage once
+per dataset (`foreach: ${datasets}`), so each dataset has its own snapshot, model, report
+and privacy budget, all produced by the same code.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,25 @@ class _Section(BaseModel):
 
 class DatasetSettings(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+SECTIONS = ("ingest", "validate", "encrypt", "train", "privacy", "compress", "report")
+
+
+class DatasetEntry(_Section):
+    """One entry of `datasets:`: where the data is, its schema, and overrides of any section."""
+
+    source: Path
+    schema_file: Path = Field(alias="schema")
+    overrides: dict[str, dict] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_overrides(cls, raw: dict) -> dict:
+        if not isinstance(raw, dict):
+            return raw
+        overrides = {k: raw[k] for k in SECTIONS if k in raw}
+        return {**{k: v for k, v in raw.items() if k not in SECTIONS}, "overrides": overrides}
 
 
 class IngestSettings(_Section):
@@ -95,18 +121,47 @@ class Settings(_Section):
         return self
 
 
-def load_settings(path: Path = PARAMS_FILE) -> Settings:
-    """Read and validate params.yaml; the error lists every bad field by its dotted name."""
+def _read_params(path: Path) -> dict:
     if not path.is_file():
         raise PrivflowError(f"{path}: settings file not found (run from the project root)")
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw.get("datasets"), dict) or not raw["datasets"]:
+        raise PrivflowError(f"{path}: no `datasets:` section; declare at least one dataset "
+                            "(its source and schema) as in the bundled params.yaml")
+    return raw
+
+
+def dataset_names(path: Path = PARAMS_FILE) -> list[str]:
+    return list(_read_params(path)["datasets"])
+
+
+def _problems(error: ValidationError, prefix: str = "") -> str:
+    return "; ".join(f"{prefix}{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+
+
+def load_settings(dataset: str | None = None, path: Path = PARAMS_FILE) -> Settings:
+    """The settings of one dataset (the only one, if None); every bad field named by its dotted path."""
+    raw = _read_params(path)
+    names = list(raw["datasets"])
+    if dataset is None and len(names) == 1:
+        dataset = names[0]
+    if dataset not in raw["datasets"]:
+        wanted = "name one with --dataset" if dataset is None else f"'{dataset}' is not one of them"
+        raise PrivflowError(f"{path}: datasets {names} are declared; {wanted}")
     try:
-        return Settings.model_validate(raw)
+        entry = DatasetEntry.model_validate(raw["datasets"][dataset] or {})
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )
-        raise PrivflowError(f"{path}: invalid settings: {problems}") from None
+        raise PrivflowError(f"{path}: invalid settings: {_problems(error, f'datasets.{dataset}.')}") from None
+    sections = {k: {**(raw.get(k) or {}), **entry.overrides.get(k, {})} for k in SECTIONS}
+    sections["ingest"]["source"] = entry.source
+    sections["validate"]["schema"] = entry.schema_file
+    unknown = sorted(set(raw) - {"datasets", *SECTIONS})
+    try:
+        if unknown:
+            raise PrivflowError(f"{path}: unknown section(s) {unknown}")
+        return Settings.model_validate({"dataset": {"name": dataset}, **sections})
+    except ValidationError as error:
+        raise PrivflowError(f"{path}: invalid settings for dataset '{dataset}': {_problems(error)}") from None
 
 
 def ledger_location(settings: Settings) -> str:

@@ -40,7 +40,7 @@ def list_source(source: Path) -> list[Path]:
             raise DatasetError(f"{source}: folder holds no {', '.join(SUFFIXES)} files")
         return paths
     if not source.is_file():
-        raise DatasetError(f"{source}: source not found; set ingest.source in params.yaml")
+        raise DatasetError(f"{source}: source not found; set the dataset's `source:` under `datasets:` in params.yaml")
     if not source.name.endswith(SUFFIXES):
         raise DatasetError(f"{source}: unknown kind of file; privflow reads {', '.join(SUFFIXES)}")
     return [source]

@@ -148,7 +148,7 @@ def audit_gate(model: nn.Module, canaries: Canaries | None, claimed: float, conf
 
 def main() -> None:
     args = stage_paths(__doc__, "data", "out", "metrics", "curve")
-    settings = load_settings()
+    settings = load_settings(args.dataset)
     t = settings.train
     description = read_json(args.data / DATASET)
     n_classes, run_id = len(description["classes"]), uuid.uuid4().hex

@@ -12,7 +12,7 @@ import flows  # noqa: F401  (sets Prefect's embedded defaults before Prefect loa
 from components.errors import PrivflowError
 from components.keys import Keyring
 from components.privacy.ledger import PrivacyLedger
-from components.settings import keyring_path, ledger_location, load_settings
+from components.settings import dataset_names, keyring_path, ledger_location, load_settings
 
 app = typer.Typer(help="Train models on sensitive data under differential privacy, with an audit trail.")
 keys_app = typer.Typer(help="Key-encryption keys of the local keyring.")
@@ -22,24 +22,40 @@ app.add_typer(budget_app, name="budget")
 console = Console()
 
 
+DATASET = typer.Option(None, "--dataset", "-d", help="a dataset of params.yaml (default: the only one)")
+
+
+def _chosen(dataset: str | None) -> list:
+    """Settings of the named dataset, or of every declared dataset."""
+    return [load_settings(name) for name in ([dataset] if dataset else dataset_names())]
+
+
+def _one_dataset(dataset: str | None) -> str:
+    """The named dataset, or the only one declared; several and none named is a clear error."""
+    return load_settings(dataset).dataset.name
+
+
 @app.command()
-def run(root: Path = Path(".")) -> None:
-    """Run the whole pipeline (stages that are up to date are skipped)."""
-    from flows.pipeline import pipeline, reports_dir
+def run(root: Path = Path("."),
+        dataset: list[str] = typer.Option(None, "--dataset", "-d", help="only this dataset (repeatable)")) -> None:
+    """Run the whole pipeline for every dataset, or the named ones (up-to-date stages are skipped)."""
+    from flows.pipeline import dataset_of, pipeline, reports_dir
     from flows.stages import StageFailed
 
     try:
-        ran = pipeline(str(root))
+        ran = pipeline(str(root), dataset or None)
     except StageFailed as failure:
         console.print(f"[red]privflow: {failure}[/red]")
         raise typer.Exit(2) from None
     console.print(f"stages run: {[s for s, r in ran.items() if r] or 'none (all up to date)'}")
-    console.print(f"report: [bold]{reports_dir(root) / 'report.html'}[/bold]")
+    for name in dict.fromkeys(dataset_of(s) for s in ran):
+        console.print(f"report of {name}: [bold]{reports_dir(root, name) / 'report.html'}[/bold]")
 
 
 @app.command()
 def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown, JSON) here"),
-           open_browser: bool = typer.Option(False, "--open", help="open it in the browser")) -> None:
+           open_browser: bool = typer.Option(False, "--open", help="open it in the browser"),
+           dataset: str = DATASET) -> None:
     """Rebuild the run index and show where the latest report is; optionally copy or open it."""
     import shutil
     import webbrowser
@@ -47,7 +63,7 @@ def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown,
     from components.report import archive_run
     from flows.pipeline import reports_dir
 
-    reports = reports_dir(Path("."))
+    reports = reports_dir(Path("."), _one_dataset(dataset))
     if not (reports / "report.json").exists():
         raise PrivflowError(f"{reports}/report.json: no report yet; run `privflow run` first")
     index = archive_run(reports)
@@ -63,14 +79,16 @@ def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown,
 
 
 @app.command()
-def quarantine(values: bool = typer.Option(False, "--values", help="also show the rejected values (sensitive)")) -> None:
+def quarantine(values: bool = typer.Option(False, "--values", help="also show the rejected values (sensitive)"),
+               dataset: str = DATASET) -> None:
     """For the data owner: every quarantined row with file, row, column and failed check."""
     from components.artifacts import open_vault
     from components.encrypt import read_quarantine
     from components.records import RowFailure
     from flows.stages import stage_outputs
 
-    snapshot_dir, data_dir = stage_outputs(Path("."), "ingest")[0], stage_outputs(Path("."), "encrypt")[0]
+    name = _one_dataset(dataset)
+    snapshot_dir, data_dir = (stage_outputs(Path("."), f"{stage}@{name}")[0] for stage in ("ingest", "encrypt"))
     source, spans, records = read_quarantine(open_vault(), snapshot_dir, data_dir)
     if values:
         console.print("[yellow]showing quarantined values: sensitive data on this terminal[/yellow]")
@@ -118,24 +136,27 @@ def keys_retire(kek_id: str) -> None:
 
 
 @budget_app.command("show")
-def budget_show() -> None:
-    """Charges against the configured dataset and what is left of its cap."""
-    settings = load_settings()
-    ledger = PrivacyLedger(ledger_location(settings))
-    table = Table("time", "run", "accountant", "noise", "q", "steps", "delta", "epsilon")
-    for c in ledger.charges(settings.dataset.name):
-        table.add_row(c.created_at, c.run_id[:12], c.accountant, f"{c.noise_multiplier:.3f}",
-                      f"{c.sample_rate:.4f}", str(c.steps), f"{c.delta:g}", f"{c.epsilon:.3f}")
-    console.print(table)
-    budget = ledger.budget(settings.dataset.name, settings.privacy.epsilon_cap)
-    console.print(f"{budget.runs} run(s): composed epsilon {budget.spent:.3f} at delta {budget.delta_total:g} "
-                  f"(sum of epsilons {budget.spent_sum:.3f}) of cap {budget.cap:g}; remaining {budget.remaining:.3f}")
+def budget_show(dataset: str = DATASET) -> None:
+    """Charges against each dataset (or the named one) and what is left of its cap."""
+    for settings in _chosen(dataset):
+        name = settings.dataset.name
+        ledger = PrivacyLedger(ledger_location(settings))
+        table = Table("time", "run", "accountant", "noise", "q", "steps", "delta", "epsilon", title=name)
+        for c in ledger.charges(name):
+            table.add_row(c.created_at, c.run_id[:12], c.accountant, f"{c.noise_multiplier:.3f}",
+                          f"{c.sample_rate:.4f}", str(c.steps), f"{c.delta:g}", f"{c.epsilon:.3f}")
+        console.print(table)
+        budget = ledger.budget(name, settings.privacy.epsilon_cap)
+        console.print(f"{name}: {budget.runs} run(s), composed epsilon {budget.spent:.3f} at delta "
+                      f"{budget.delta_total:g} (sum of epsilons {budget.spent_sum:.3f}) of cap {budget.cap:g}; "
+                      f"remaining {budget.remaining:.3f}")
 
 
 @budget_app.command("verify")
-def budget_verify() -> None:
+def budget_verify(dataset: str = DATASET) -> None:
     """Check the ledger's hash chain; exit 1 if an entry was edited or deleted."""
-    problems = PrivacyLedger(ledger_location(load_settings())).verify()
+    locations = dict.fromkeys(ledger_location(s) for s in _chosen(dataset))
+    problems = [p for location in locations for p in PrivacyLedger(location).verify()]
     for problem in problems:
         console.print(f"[red]{problem}[/red]")
     if problems:
@@ -144,24 +165,27 @@ def budget_verify() -> None:
 
 
 @budget_app.command("audit")
-def budget_audit() -> None:
+def budget_audit(dataset: str = DATASET) -> None:
     """Recompute every charge with Google's dp-accounting (PLD and RDP); exit 1 on a mismatch."""
     from components.privacy.crosscheck import RELATIVE_TOLERANCE, recompute
 
-    settings = load_settings()
-    charges = PrivacyLedger(ledger_location(settings)).charges(settings.dataset.name)
-    rows = recompute(charges, settings.privacy.epsilon_cap)
-    table = Table("what", "charged (Opacus)", "PLD (dp-accounting)", "gap", "RDP (dp-accounting)",
-                  title=f"independent recomputation, tolerance {RELATIVE_TOLERANCE:.0%}")
-    for row in rows:
-        table.add_row(row.label, f"{row.charged:.4f}", f"{row.pld:.4f}", f"{row.relative_gap:.2%}", f"{row.rdp:.4f}")
-    console.print(table)
-    problems = [p for row in rows for p in row.problems]
+    problems, checked = [], 0
+    for settings in _chosen(dataset):
+        charges = PrivacyLedger(ledger_location(settings)).charges(settings.dataset.name)
+        rows = recompute(charges, settings.privacy.epsilon_cap)
+        table = Table("what", "charged (Opacus)", "PLD (dp-accounting)", "gap", "RDP (dp-accounting)",
+                      title=f"{settings.dataset.name}: independent recomputation, tolerance {RELATIVE_TOLERANCE:.0%}")
+        for row in rows:
+            table.add_row(row.label, f"{row.charged:.4f}", f"{row.pld:.4f}", f"{row.relative_gap:.2%}",
+                          f"{row.rdp:.4f}")
+        console.print(table)
+        problems += [p for row in rows for p in row.problems]
+        checked += len(charges)
     for problem in problems:
         console.print(f"[red]{problem}[/red]")
     if problems:
         raise typer.Exit(1)
-    console.print(f"{len(charges)} charge(s) confirmed by an independent accountant")
+    console.print(f"{checked} charge(s) confirmed by an independent accountant")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from components.artifacts import read_json
+from components.errors import PrivflowError
 from components.report import archive_run
 from flows.stages import TransientStageFailure, reproduce_stage, stage_order, stage_outputs
 
@@ -27,27 +28,39 @@ def run_stage(root: str, stage: str) -> bool:
     return ran
 
 
-def reports_dir(root: Path) -> Path:
-    """The folder of the report stage's outputs, as dvc.yaml declares them."""
-    return stage_outputs(root, "report")[0].parent
+def dataset_of(stage: str) -> str:
+    """`train@churn` -> `churn`: dvc.yaml runs every stage once per dataset."""
+    return stage.partition("@")[2]
+
+
+def reports_dir(root: Path, dataset: str) -> Path:
+    """The folder of a dataset's report outputs, as dvc.yaml declares them."""
+    return stage_outputs(root, f"report@{dataset}")[0].parent
 
 
 @task
-def publish_report(root: str) -> str:
+def publish_report(root: str, dataset: str) -> str:
     """Archive the run's report, rebuild the run index, attach the report to the flow run."""
-    reports = reports_dir(Path(root))
+    reports = reports_dir(Path(root), dataset)
     index = archive_run(reports)
     context = read_json(reports / "report.json")
-    create_markdown_artifact(key="privflow-report", markdown=(reports / "report.md").read_text(),
-                             description=f"run {context['run_id']}: aggregates only")
-    create_table_artifact(key="privflow-budget", description="privacy ledger of this dataset",
+    key = dataset.lower().replace("_", "-").replace(".", "-")  # Prefect keys: a-z, 0-9, dashes
+    create_markdown_artifact(key=f"privflow-report-{key}", markdown=(reports / "report.md").read_text(),
+                             description=f"{dataset}, run {context['run_id']}: aggregates only")
+    create_table_artifact(key=f"privflow-budget-{key}", description=f"privacy ledger of {dataset}",
                           table=[{k: c[k] for k in LEDGER_COLUMNS} for c in context["budget"]["charges"]])
     return str(index)
 
 
 @flow(name="privflow-pipeline")
-def pipeline(root: str = ".") -> dict[str, bool]:
-    """Run every stage of dvc.yaml that is out of date; return which stages ran."""
-    ran = {stage: run_stage(root, stage) for stage in stage_order(Path(root))}
-    publish_report(root)
+def pipeline(root: str = ".", datasets: list[str] | None = None) -> dict[str, bool]:
+    """Run every stage of dvc.yaml that is out of date (of the named datasets, or all);
+    return which stages ran."""
+    stages = [s for s in stage_order(Path(root)) if datasets is None or dataset_of(s) in datasets]
+    if datasets is not None and (unknown := set(datasets) - {dataset_of(s) for s in stages}):
+        raise PrivflowError(f"no stages for dataset(s) {sorted(unknown)}: declare them under `datasets:` "
+                            "in params.yaml")
+    ran = {stage: run_stage(root, stage) for stage in stages}
+    for dataset in dict.fromkeys(dataset_of(s) for s in stages):
+        publish_report(root, dataset)
     return ran

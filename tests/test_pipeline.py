@@ -26,6 +26,7 @@ CANARY_QUARANTINED = "CANARY-BAD-9d2b77"  # a value that fails validation
 CANARY_ID = "P-987654"                   # a person id of a valid row
 CANARIES = [CANARY_NOTE, CANARY_VALUE, CANARY_QUARANTINED, CANARY_ID]
 STAGES = ["ingest", "validate", "encrypt", "train", "compress", "report"]
+DATASETS = ["breast_cancer", "churn"]
 
 
 def canary_dataset():
@@ -43,7 +44,7 @@ def canary_dataset():
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     header, rows, schema = canary_dataset()
-    workspace = make_workspace(tmp_path_factory.mktemp("e2e"), header, rows, schema)
+    workspace = make_workspace(tmp_path_factory.mktemp("e2e"), header, rows, schema, churn=True)
     result = workspace.run("privflow", "run")
     assert result.returncode == 0, result.stdout + result.stderr
     # what a team does next: commit the lock file, push the data to a (here local) remote
@@ -57,21 +58,47 @@ def pipeline_run(tmp_path_factory):
 
 def test_flow_runs_every_stage_and_writes_the_report(pipeline_run):
     workspace, result = pipeline_run
-    assert stage_order(workspace.repo) == STAGES
-    report = (workspace.repo / "reports" / "report.html").read_text()
+    order = stage_order(workspace.repo)
+    assert sorted(order) == sorted(f"{s}@{d}" for s in STAGES for d in DATASETS)
+    for dataset in DATASETS:  # each dataset's stages in DAG order
+        assert [s for s in order if s.endswith(f"@{dataset}")] == [f"{s}@{dataset}" for s in STAGES]
+    report = (workspace.reports() / "report.html").read_text()
     for section in ("Privacy statement", "Data validation", "Compression", "Privacy budget ledger", "Lineage"):
         assert section in report
-    training = json.loads((workspace.repo / "metrics" / "train.json").read_text())
+    training = json.loads(workspace.metrics("train").read_text())
     assert 0 < training["privacy"]["epsilon_spent"] <= 3.0
     assert f"{training['privacy']['epsilon_spent']:.3f}" in report
     assert "report:" in result.stdout and "report.html" in result.stdout
     lock = yaml.safe_load((workspace.repo / "dvc.lock").read_text())
-    assert list(lock["stages"]) == STAGES
+    assert sorted(lock["stages"]) == sorted(order)
+
+
+def test_two_datasets_side_by_side_through_the_same_code(pipeline_run):
+    """The demo table and the churn export: different schemas, files, budgets; one pipeline."""
+    from components.privacy.ledger import PrivacyLedger
+
+    workspace, result = pipeline_run
+    churn = json.loads(workspace.metrics("validate", "churn").read_text())
+    assert churn["rows_in"] == 2000 and churn["lines_unparseable"] == 1
+    assert churn["failures_by_check"]["age/coerce_int8"] == 1
+    assert churn["failures_by_check"]["customer_id/field_uniqueness"] == 2
+    manifests = {d: json.loads((workspace.artifacts("ingest", d) / "manifest.json").read_text()) for d in DATASETS}
+    assert manifests["churn"]["files"] == ["churn.csv.gz"] and len(manifests["churn"]["columns"]) == 20
+    assert manifests["breast_cancer"]["snapshot_id"] != manifests["churn"]["snapshot_id"]
+    ledger = PrivacyLedger(workspace.ledger)
+    assert [len(ledger.charges(d)) for d in DATASETS] == [1, 1]  # one budget per dataset
+    for dataset in DATASETS:
+        training = json.loads(workspace.metrics("train", dataset).read_text())
+        assert training["privacy"]["epsilon_spent"] <= 3.0
+        context = json.loads((workspace.reports(dataset) / "report.json").read_text())
+        assert context["dataset"]["dataset"] == dataset and f"report of {dataset}" in result.stdout
+    index = (workspace.repo / "reports" / "index.html").read_text()
+    assert "breast_cancer/runs/" in index and "churn/runs/" in index
 
 
 def test_quarantine_counts_add_up(pipeline_run):
     workspace, _ = pipeline_run
-    validation = json.loads((workspace.repo / "metrics" / "validate.json").read_text())
+    validation = json.loads(workspace.metrics("validate").read_text())
     assert validation["rows_in"] == 568
     assert validation["rows_valid"] + validation["rows_quarantined"] + validation["lines_unparseable"] == 568
     assert validation["failures_by_check"]["mean_area/coerce_float"] == 1
@@ -98,7 +125,7 @@ def test_second_repro_runs_nothing_and_charges_nothing(pipeline_run):
     status = workspace.run("dvc", "status", check=True)
     assert "up to date" in status.stdout
     with sqlite3.connect(workspace.ledger) as db:
-        assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 1
+        assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == len(DATASETS)
 
 
 def test_restore_drill_fresh_clone_pull_decrypt(pipeline_run, tmp_path):
@@ -107,9 +134,9 @@ def test_restore_drill_fresh_clone_pull_decrypt(pipeline_run, tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(workspace.repo), str(clone)], check=True)
     subprocess.run(["dvc", "pull", "-q"], cwd=clone, env=workspace.env, check=True)
-    manifest = read_manifest(clone / "artifacts" / "ingest")
+    manifest = read_manifest(clone / "artifacts" / "breast_cancer" / "ingest")
     vault = Vault(Keyring.open(workspace.base / "keys" / "keyring.json", create=False))
-    plaintext = vault.open(clone / "artifacts" / "ingest" / "snapshot.sealed",
+    plaintext = vault.open(clone / "artifacts" / "breast_cancer" / "ingest" / "snapshot.sealed",
                            snapshot_identity(manifest.dataset, manifest.snapshot_id))
     assert "sha256:" + hashlib.sha256(plaintext).hexdigest() == manifest.snapshot_id
     assert plaintext == workspace.source.read_bytes()
@@ -122,7 +149,7 @@ def test_rotation_and_forced_reencrypt_leave_dvc_status_clean(pipeline_run):
     assert "re-wrapped" in rotated.stdout
     assert "Data and pipelines are up to date" in workspace.run("dvc", "status", check=True).stdout
     forced = workspace.run("dvc", "repro", "--force", "--single-item", "ingest", "validate", "encrypt", check=True)
-    assert forced.stdout.count("Running stage") == 3
+    assert forced.stdout.count("Running stage") == 3 * len(DATASETS)
     assert (workspace.repo / "dvc.lock").read_text() == lock_before  # every tracked hash unchanged
     assert "Data and pipelines are up to date" in workspace.run("dvc", "status", check=True).stdout
     assert "Running stage" not in workspace.run("dvc", "repro", check=True).stdout  # train not re-run
@@ -150,7 +177,7 @@ def test_report_renders_in_chromium_without_errors(pipeline_run):
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(_shutil.which("chromedriver")))
     try:
-        driver.get((workspace.repo / "reports" / "report.html").as_uri())
+        driver.get((workspace.reports() / "report.html").as_uri())
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []
         for section in SECTIONS:
@@ -166,20 +193,21 @@ def test_report_renders_in_chromium_without_errors(pipeline_run):
 
 def test_markdown_json_model_card_and_run_index(pipeline_run):
     workspace, _ = pipeline_run
-    reports = workspace.repo / "reports"
+    reports = workspace.reports()
     context = json.loads((reports / "report.json").read_text())
     assert context["training"]["privacy"]["accountant"] == "prv"
     assert "## Privacy statement" in (reports / "report.md").read_text()
-    assert context["run_id"] in (reports / "index.html").read_text()
+    assert context["run_id"] in (reports.parent / "index.html").read_text()
     assert (reports / "runs" / f"{context['run_id']}.html").exists()
-    copied = workspace.run("privflow", "report", "--out", str(workspace.base / "shared-report"), check=True)
+    copied = workspace.run("privflow", "report", "--dataset", "breast_cancer", "--out",
+                           str(workspace.base / "shared-report"), check=True)
     assert "index.html" in copied.stdout
     assert (workspace.base / "shared-report" / "report.html").read_bytes() == (reports / "report.html").read_bytes()
-    card = (workspace.repo / "artifacts" / "compress" / "MODEL_CARD.md").read_text()
+    card = (workspace.artifacts("compress") / "MODEL_CARD.md").read_text()
     assert "ε = " in card and context["manifest"]["snapshot_id"] in card
     with sqlite3.connect(next((workspace.repo / ".privflow" / "prefect").rglob("*.db"))) as db:
         keys = {row[0] for row in db.execute("SELECT key FROM artifact")}
-    assert {"privflow-report", "privflow-budget"} <= keys  # and the canary test searched them
+    assert {f"privflow-{kind}-{d.replace('_', '-')}" for kind in ("report", "budget") for d in DATASETS} <= keys  # and the canary test searched them
 
 
 def test_metrics_diff_shows_a_change_of_epsilon(pipeline_run):
@@ -187,7 +215,7 @@ def test_metrics_diff_shows_a_change_of_epsilon(pipeline_run):
     workspace.edit_params(train={"target_epsilon": 1.5})
     workspace.run("dvc", "repro", check=True)
     diff = workspace.run("dvc", "metrics", "diff", "--json", check=True)
-    changes = json.loads(diff.stdout)["metrics/train.json"]
+    changes = json.loads(diff.stdout)["metrics/breast_cancer/train.json"]
     assert changes["privacy.epsilon_spent"]["old"] == pytest.approx(3.0, abs=0.02)
     assert changes["privacy.epsilon_spent"]["new"] == pytest.approx(1.5, abs=0.02)
     assert "diff" in changes["budget.spent_total"]
@@ -201,4 +229,4 @@ def test_sweep_runs_in_temporary_workspaces_are_charged(pipeline_run):
     before = len(PrivacyLedger(workspace.ledger).charges())
     workspace.run("dvc", "exp", "run", "--temp", "-S", "train.target_epsilon=0.8", check=True)
     charges = PrivacyLedger(workspace.ledger).charges()
-    assert len(charges) == before + 1 and charges[-1].epsilon <= 0.8
+    assert len(charges) == before + len(DATASETS) and charges[-1].epsilon <= 0.8

@@ -31,8 +31,8 @@ def test_wrong_columns_stop_validate_with_file_and_columns(workspace):
     assert result.returncode != 0
     assert (f"{workspace.source}: columns do not match the schema: missing ['mean_radius'], "
             "unknown ['radius_mean']") in result.stderr
-    assert (workspace.repo / "artifacts" / "ingest" / "snapshot.sealed").exists()
-    assert not (workspace.repo / "artifacts" / "validate").exists()  # nothing half-written
+    assert (workspace.artifacts("ingest") / "snapshot.sealed").exists()
+    assert not workspace.artifacts("validate").exists()  # nothing half-written
 
 
 def test_empty_source_is_refused_at_ingest(workspace):
@@ -40,17 +40,17 @@ def test_empty_source_is_refused_at_ingest(workspace):
     result = workspace.run("dvc", "repro")
     assert result.returncode != 0
     assert f"{workspace.source}: file is empty" in result.stderr
-    assert not (workspace.repo / "artifacts" / "ingest").exists()
+    assert not workspace.artifacts("ingest").exists()
 
 
 def test_overspending_run_is_refused_before_decryption(workspace):
     workspace.edit_params(privacy={"epsilon_cap": 3.5})  # one run (3.0) fits, two compose to ~4.2
     workspace.run("dvc", "repro", "train", check=True)
-    model = workspace.repo / "artifacts" / "train" / "model.safetensors"
+    model = workspace.artifacts("train") / "model.safetensors"
     before = model.read_bytes()
     # Make the split unreadable: if train decrypted anything before charging, it would fail
     # with an integrity error instead of the budget refusal.
-    (workspace.repo / "artifacts" / "encrypt" / "train.sealed").write_bytes(b"not decryptable")
+    (workspace.artifacts("encrypt") / "train.sealed").write_bytes(b"not decryptable")
     result = workspace.run("dvc", "repro", "--force", "--single-item", "train")
     assert result.returncode != 0
     assert "BudgetExceeded" in result.stderr and "over the cap 3.5" in result.stderr
@@ -58,7 +58,7 @@ def test_overspending_run_is_refused_before_decryption(workspace):
     # DVC removes a stage's outputs before running it; the refused run wrote none, and the
     # last good model comes back from the cache.
     assert not model.exists()
-    workspace.run("dvc", "checkout", "artifacts/train", check=True)
+    workspace.run("dvc", "checkout", "artifacts/breast_cancer/train", check=True)
     assert model.read_bytes() == before
 
 
@@ -69,13 +69,11 @@ def test_sigkill_during_training_keeps_the_charge_and_restart_completes(workspac
     import subprocess
     import time
 
-    import yaml
-
     from components.privacy.ledger import PrivacyLedger
 
     workspace.run("dvc", "repro", "encrypt", check=True)
     workspace.edit_params(train={"epochs": 2000})  # minutes of training: killed long before the end
-    command = yaml.safe_load((workspace.repo / "dvc.yaml").read_text())["stages"]["train"]["cmd"]
+    command = workspace.stage_command("train")
     process = subprocess.Popen(shlex.split(command), cwd=workspace.repo, env=workspace.env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ledger = PrivacyLedger(workspace.ledger)
@@ -87,11 +85,11 @@ def test_sigkill_during_training_keeps_the_charge_and_restart_completes(workspac
     assert process.wait() == -signal.SIGKILL
     (charge,) = ledger.charges()
     assert charge.steps == 2000 * 7  # the whole plan: >= any number of steps taken before the kill
-    assert not (workspace.repo / "artifacts" / "train").exists()  # no partial output
+    assert not workspace.artifacts("train").exists()  # no partial output
     workspace.edit_params(train={"epochs": 5})
     workspace.run("dvc", "repro", check=True)
     assert len(ledger.charges()) == 2 and ledger.verify() == []
-    assert (workspace.repo / "reports" / "report.html").exists()
+    assert (workspace.reports() / "report.html").exists()
 
 
 def test_audit_gate_runs_in_the_pipeline_and_reaches_the_report(workspace):
@@ -99,9 +97,9 @@ def test_audit_gate_runs_in_the_pipeline_and_reaches_the_report(workspace):
 
     workspace.edit_params(train={"audit_canaries": 500})
     workspace.run("dvc", "repro", check=True)
-    training = json.loads((workspace.repo / "metrics" / "train.json").read_text())
+    training = json.loads(workspace.metrics("train").read_text())
     assert training["audit"]["passed"] and training["rows"]["canaries"] == training["audit"]["included"] > 0
-    report = (workspace.repo / "reports" / "report.html").read_text()
+    report = (workspace.reports() / "report.html").read_text()
     assert "Passed: 500 synthetic canaries" in report
 
 
@@ -118,11 +116,11 @@ def test_a_folder_of_gzip_csv_and_parquet_runs_through_dvc(workspace):
     folder.mkdir()
     (folder / "part-1.csv.gz").write_bytes(gzip.compress(csv_bytes(header, rows[:300])))
     write_parquet(folder / "part-2.parquet", header, rows[300:])
-    workspace.edit_params(ingest={"source": str(folder)})
+    workspace.edit_dataset(source=str(folder))
     workspace.run("dvc", "repro", "encrypt", check=True)
-    manifest = json.loads((workspace.repo / "artifacts" / "ingest" / "manifest.json").read_text())
+    manifest = json.loads((workspace.artifacts("ingest") / "manifest.json").read_text())
     assert manifest["files"] == ["part-1.csv.gz", "part-2.parquet"] and manifest["rows"] == 568
-    validation = json.loads((workspace.repo / "metrics" / "validate.json").read_text())
+    validation = json.loads(workspace.metrics("validate").read_text())
     assert (validation["rows_in"], validation["rows_valid"]) == (568, 561)
     assert "Running stage" not in workspace.run("dvc", "repro", "encrypt", check=True).stdout
 

@@ -22,7 +22,7 @@ def edit(path, change):
 
 
 def test_project_params_load(params):
-    settings = load_settings(params)
+    settings = load_settings("breast_cancer", params)
     assert settings.train.accountant == "prv"
     with pytest.raises(Exception):
         settings.train.epochs = 1  # frozen
@@ -31,18 +31,42 @@ def test_project_params_load(params):
 def test_unknown_key_is_an_error_naming_it(params):
     edit(params, lambda d: d["train"].update(epochz=3))
     with pytest.raises(PrivflowError, match=r"train\.epochz: Extra inputs are not permitted"):
-        load_settings(params)
+        load_settings("breast_cancer", params)
 
 
 def test_target_above_cap_is_refused(params):
     edit(params, lambda d: d["train"].update(target_epsilon=50.0))
     with pytest.raises(PrivflowError, match="exceeds privacy.epsilon_cap"):
-        load_settings(params)
+        load_settings("breast_cancer", params)
 
 
 def test_unknown_accountant_and_missing_file(params, tmp_path):
     edit(params, lambda d: d["train"].update(accountant="moments"))
     with pytest.raises(PrivflowError, match=r"train\.accountant"):
-        load_settings(params)
+        load_settings("breast_cancer", params)
     with pytest.raises(PrivflowError, match="settings file not found"):
-        load_settings(tmp_path / "nope.yaml")
+        load_settings("breast_cancer", tmp_path / "nope.yaml")
+
+
+def test_each_dataset_gets_shared_sections_and_its_own_overrides(params):
+    cancer, churn = load_settings("breast_cancer", params), load_settings("churn", params)
+    assert (cancer.dataset.name, churn.dataset.name) == ("breast_cancer", "churn")
+    assert churn.ingest.source.name == "churn.csv.gz" and churn.validate_.schema_file.name == "churn.yaml"
+    assert churn.train.epochs == 10 and cancer.train.epochs == 30  # churn overrides, cancer shares
+    assert churn.privacy == cancer.privacy
+
+
+def test_dataset_choice_and_bad_entries_are_named(params):
+    with pytest.raises(PrivflowError, match=r"datasets \['breast_cancer', 'churn'\] are declared; name one"):
+        load_settings(None, params)
+    with pytest.raises(PrivflowError, match="'payroll' is not one of them"):
+        load_settings("payroll", params)
+    edit(params, lambda d: d["datasets"]["churn"]["train"].update(epochz=3))
+    with pytest.raises(PrivflowError, match=r"dataset 'churn': train\.epochz: Extra inputs are not permitted"):
+        load_settings("churn", params)
+    edit(params, lambda d: d["datasets"]["churn"].pop("schema"))
+    with pytest.raises(PrivflowError, match=r"datasets\.churn\.schema: Field required"):
+        load_settings("churn", params)
+    edit(params, lambda d: d.pop("datasets"))
+    with pytest.raises(PrivflowError, match="no `datasets:` section"):
+        load_settings("churn", params)

@@ -26,7 +26,7 @@ DESCRIPTION = {"dataset": "demo", "snapshot_id": "sha256:s", "privacy_unit": "pa
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["dataset"]["name"] = "demo"
+    params["datasets"] = {"demo": params["datasets"]["breast_cancer"]}
     params["privacy"].update(epsilon_cap=3.2, ledger=str(tmp_path / "ledger.sqlite"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_json(tmp_path / "data" / "dataset.json", DESCRIPTION)
@@ -35,7 +35,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     opened = []
     monkeypatch.setattr(Vault, "open", lambda self, *a, **k: opened.append(a) or pytest.fail("decrypted"))
-    monkeypatch.setattr(sys, "argv", ["train", "--data", "data", "--out", "out", "--metrics", "m.json",
+    monkeypatch.setattr(sys, "argv", ["train", "--dataset", "demo", "--data", "data", "--out", "out", "--metrics", "m.json",
                                       "--curve", "c.json"])
     return tmp_path, opened
 

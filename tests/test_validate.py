@@ -2,7 +2,7 @@ import csv
 import io
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from components.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
@@ -138,6 +138,7 @@ cells = st.one_of(st.text(max_size=30), st.sampled_from(["", "a", "b", "1", "300
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(st.lists(cells, min_size=1, max_size=5), max_size=20), junk=st.binary(max_size=200))
+@example(rows=[["", "", "", ""]], junk=b"")  # a unique column with only missing values
 def test_conservation_on_arbitrary_input(rows, junk):
     """rows_in = valid + quarantined + unparseable, and only DatasetError may escape."""
     schema = small_schema(n={"type": "int8"}, flag={"type": "bool"})

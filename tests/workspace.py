@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -11,10 +12,14 @@ from pathlib import Path
 
 import yaml
 
+from components.demo_data import churn_table, csv_text
 from tests.conftest import ROOT
 
 PROJECT_FILES = ("components", "flows", "schemas", "dvc.yaml", "params.yaml", ".gitignore")
 BIN = Path(sys.executable).parent
+
+
+DATASET = "breast_cancer"  # the dataset every workspace has; make_workspace(churn=True) adds "churn"
 
 
 @dataclass
@@ -23,6 +28,20 @@ class Workspace:
     repo: Path
     source: Path
     env: dict = field(default_factory=dict)
+
+    def artifacts(self, stage: str, dataset: str = DATASET) -> Path:
+        return self.repo / "artifacts" / dataset / stage
+
+    def metrics(self, name: str, dataset: str = DATASET) -> Path:
+        return self.repo / "metrics" / dataset / f"{name}.json"
+
+    def reports(self, dataset: str = DATASET) -> Path:
+        return self.repo / "reports" / dataset
+
+    def stage_command(self, stage: str, dataset: str = DATASET) -> str:
+        """A stage's command as DVC runs it for one dataset (dvc.yaml's foreach resolved)."""
+        template = yaml.safe_load((self.repo / "dvc.yaml").read_text())["stages"][stage]["do"]["cmd"]
+        return template.replace("${key}", dataset)
 
     def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
         result = subprocess.run(args, cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=900)
@@ -43,8 +62,18 @@ class Workspace:
             params[section].update(values)
         path.write_text(yaml.safe_dump(params, sort_keys=False))
 
+    def edit_dataset(self, dataset: str = DATASET, **values) -> None:
+        """Change one entry of params.yaml's `datasets:` (its source, schema or overrides)."""
+        path = self.repo / "params.yaml"
+        params = yaml.safe_load(path.read_text())
+        params["datasets"][dataset].update(values)
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
 
-def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema: dict | None = None) -> Workspace:
+
+def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema: dict | None = None,
+                   *, churn: bool = False) -> Workspace:
+    """A project whose `breast_cancer` dataset is (header, rows) under `schema` (default: the
+    demo's); with `churn`, a small generated churn export sits beside it, as in the demo."""
     repo, source = base / "repo", base / "hospital" / "export.csv"
     repo.mkdir(parents=True)
     for name in PROJECT_FILES:
@@ -69,8 +98,17 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
         "DVC_SITE_CACHE_DIR": str(base / "dvc-site"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",
     })
-    workspace.edit_params(ingest={"source": str(source)}, train={"epochs": 5},
-                          validate={"schema": "schemas/test.yaml" if schema else "schemas/breast_cancer.yaml"})
+    datasets = {DATASET: {"source": str(source),
+                          "schema": "schemas/test.yaml" if schema else "schemas/breast_cancer.yaml"}}
+    if churn:
+        churn_source = base / "bank" / "churn.csv.gz"
+        churn_source.parent.mkdir()
+        churn_source.write_bytes(gzip.compress(csv_text(*churn_table(rows=2000)).encode(), mtime=0))
+        datasets["churn"] = {"source": str(churn_source), "schema": "schemas/churn.yaml",
+                             "train": {"epochs": 3, "batch_size": 256, "learning_rate": 0.3}}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "datasets": datasets}, sort_keys=False))
+    workspace.edit_params(train={"epochs": 5})
     workspace.run("git", "init", "-q", check=True)
     workspace.run("git", "config", "user.email", "test@example.org", check=True)
     workspace.run("git", "config", "user.name", "test", check=True)
