@@ -49,10 +49,13 @@ bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_vault.py
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_compress.py
 
 constraints: install
 	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt.new
-	{ head -2 constraints.txt; cat constraints.txt.new; } > constraints.txt && rm constraints.txt.new
+	# the header is read before constraints.txt is rewritten (a redirect would empty it first)
+	head -2 constraints.txt | cat - constraints.txt.new > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt && rm constraints.txt.new
 
 clean:
 	rm -rf $(VENV) .privflow artifacts metrics reports data

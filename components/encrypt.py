@@ -63,8 +63,8 @@ def encode_features(typed: pd.DataFrame, schema: DatasetSchema) -> EncodedData:
             scaled = ((values.astype("float64") - spec.min) / (spec.max - spec.min)).clip(0, 1)
             columns.append(scaled.fillna(0.0).to_numpy(dtype=np.float32))
             names.append(name)
-    labels = typed[schema.target].map({c: i for i, c in enumerate(schema.classes)})
-    return EncodedData(np.stack(columns, axis=1), labels.to_numpy(dtype=np.int64),
+    labels = typed[schema.target].map({c: i for i, c in enumerate(schema.classes)}).astype("Int64")
+    return EncodedData(np.stack(columns, axis=1), labels.fillna(-1).to_numpy(dtype=np.int64),  # -1: no label
                        typed[schema.privacy_unit].astype(str).to_numpy(), names)
 
 

@@ -216,6 +216,8 @@ class RecordReader:
     """Streams a source's files as string batches; counts rows, files and unparseable records.
 
     `schema=None` reads only the first column (enough to count records and list the header).
+    Columns named in `optional` may be absent from a file; they then read as missing values
+    (scoring data has no target column).
     """
 
     source: str
@@ -223,6 +225,7 @@ class RecordReader:
     delimiter: str = ","
     encoding: str = "utf-8"
     block_size: int = BLOCK_SIZE
+    optional: frozenset[str] = frozenset()
     rows_in: int = 0
     header: list[str] = field(default_factory=list)
     spans: list[FileSpan] = field(default_factory=list)
@@ -250,8 +253,16 @@ class RecordReader:
         self.header = self.header or [h.strip() for h in header]
         if self.schema is None:
             return header[:1]
-        _check_header([h.strip() for h in header], self.schema, label, self.delimiter)
+        present = [h.strip() for h in header]
+        _check_header(present + [c for c in self.optional if c not in present], self.schema, label, self.delimiter)
         return [h for h in header if h.strip() in self.schema.columns]
+
+    def _completed(self, table: pa.Table) -> pa.Table:
+        """Absent optional columns as all-missing strings."""
+        for name in self.optional:
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
+        return table
 
     def _csv(self, stream, label: str, gzipped: bool) -> Iterator[StringBatch]:
         text = io.BufferedReader(_CheckedText(stream, label, self.encoding, gzipped), buffer_size=_PEEK)
@@ -270,7 +281,7 @@ class RecordReader:
             )
             for batch in reader:
                 table = pa.Table.from_batches([batch]).rename_columns([w.strip() for w in wanted])
-                yield StringBatch(numbering.take(batch.num_rows) + self.rows_in, table)
+                yield StringBatch(numbering.take(batch.num_rows) + self.rows_in, self._completed(table))
         except pa.ArrowInvalid as error:  # pyarrow's message may quote the record: never shown
             after = self.rows_in + numbering.rows
             problem = ("a record longer than the parse block (an unclosed quote?)"
@@ -292,7 +303,7 @@ class RecordReader:
             columns = {name: _parquet_strings(batch.column(name), label, name) for name in wanted}
             rows = np.arange(self.rows_in + 1, self.rows_in + batch.num_rows + 1, dtype=np.int64)
             self.rows_in += batch.num_rows
-            yield StringBatch(rows, pa.table(columns))
+            yield StringBatch(rows, self._completed(pa.table(columns)))
         if parquet.metadata.num_rows == 0 and not self.header:
             raise DatasetError(f"{label}: holds no rows")
 

@@ -93,7 +93,8 @@ class PrivacySettings(_Section):
 
 
 class CompressSettings(_Section):
-    prune_amount: float = Field(ge=0.0, lt=1.0)
+    structured_amount: float = Field(default=0.0, ge=0.0, lt=1.0)  # share of hidden units removed
+    prune_amount: float = Field(ge=0.0, lt=1.0)  # share of the remaining weights zeroed (magnitude)
     latency_repeats: int = Field(default=50, ge=1)
 
 

@@ -68,7 +68,7 @@ class ValidationOutcome:
         }
 
 
-def _schema_failures(typed: pd.DataFrame, schema: pandera.DataFrameSchema) -> list[RowFailure]:
+def schema_failures(typed: pd.DataFrame, schema: pandera.DataFrameSchema) -> list[RowFailure]:
     try:
         schema.validate(typed, lazy=True)
     except pandera.errors.SchemaErrors as errors:  # its message quotes values: only the cases are read
@@ -124,12 +124,18 @@ def validate_records(reader: RecordReader, members: Iterable[Member], schema: Da
     failures: list[RowFailure] = []
     for batch in reader.batches(members):
         typed, coercion = coerce_batch(batch, schema)
-        failures += coercion + _schema_failures(typed, checks)
+        failures += coercion + schema_failures(typed, checks)
         unique.add(typed)
+    return ValidationOutcome(reader.rows_in, one_per_cell(reader.failures + failures + unique.failures()),
+                             reader.spans)
+
+
+def one_per_cell(failures: list[RowFailure]) -> list[RowFailure]:
+    """The first failure of each (row, column), sorted: a failed coercion explains the rest."""
     seen: dict[tuple[int, str], RowFailure] = {}
-    for failure in reader.failures + failures + unique.failures():  # a failed coercion explains the rest
+    for failure in failures:
         seen.setdefault((failure.row, failure.column), failure)
-    return ValidationOutcome(reader.rows_in, sorted(seen.values()), reader.spans)
+    return sorted(seen.values())
 
 
 def validate_snapshot(members: Iterable[Member], source: str, schema: DatasetSchema,

@@ -100,6 +100,30 @@ def quarantine(values: bool = typer.Option(False, "--values", help="also show th
     console.print(f"{len(records)} quarantined or unparseable record(s)")
 
 
+@app.command()
+def predict(source: Path = typer.Argument(..., help="records to score: .csv, .csv.gz, .parquet or a folder"),
+            dataset: str = DATASET,
+            out: Path = typer.Option(None, help="write the predictions here (CSV); default: standard output")) -> None:
+    """Score records with the dataset's compressed model; records failing its schema are named, not scored."""
+    import contextlib
+    import csv
+    import sys
+
+    from components.predict import score
+    from components.schema import load_schema
+    from flows.stages import stage_outputs
+
+    settings = load_settings(_one_dataset(dataset))
+    model_dir = stage_outputs(Path("."), f"compress@{settings.dataset.name}")[0]
+    scored = score(source, load_schema(settings.validate_.schema_file), settings.ingest, model_dir)
+    for failure in scored.failures:
+        typer.echo(f"not scored: {failure.describe(scored.spans, str(source))}", err=True)
+    target = open(out, "w", newline="", encoding="utf-8") if out else contextlib.nullcontext(sys.stdout)
+    with target as handle:
+        csv.writer(handle, lineterminator="\n").writerows(scored.lines())
+    typer.echo(f"{len(scored.rows)} record(s) scored, {len({f.row for f in scored.failures})} not scored", err=True)
+
+
 @keys_app.command("list")
 def keys_list() -> None:
     """Key ids, states and what wraps what (never key material)."""

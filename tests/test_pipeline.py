@@ -210,6 +210,20 @@ def test_markdown_json_model_card_and_run_index(pipeline_run):
     assert {f"privflow-{kind}-{d.replace('_', '-')}" for kind in ("report", "budget") for d in DATASETS} <= keys  # and the canary test searched them
 
 
+def test_predict_scores_new_records_with_the_exported_model(pipeline_run):
+    workspace, _ = pipeline_run
+    predictions = workspace.base / "scored" / "predictions.csv"
+    predictions.parent.mkdir()
+    result = workspace.run("privflow", "predict", str(workspace.source), "--dataset", "breast_cancer",
+                           "--out", str(predictions), check=True)
+    lines = predictions.read_text().splitlines()
+    not_scored = {line.split(": row ")[1].split(",")[0] for line in result.stderr.splitlines() if "not scored:" in line}
+    assert lines[0] == "row,prediction,p_malignant,p_benign"
+    assert len(lines) - 1 + len(not_scored) == 568 and len(not_scored) >= 4  # every record accounted for
+    assert f"not scored: {workspace.source}: row 3, column mean_radius: failed coerce_float" in result.stderr
+    assert not files_containing([predictions], [c.encode() for c in CANARIES])  # rows by number, no values
+
+
 def test_metrics_diff_shows_a_change_of_epsilon(pipeline_run):
     workspace, _ = pipeline_run
     workspace.edit_params(train={"target_epsilon": 1.5})

@@ -1,0 +1,72 @@
+"""Score new records with a dataset's compressed model: the `privflow predict` command.
+
+The records go through the same reader, coercion and schema checks as training data (the
+target column may be absent). A record that fails is named (file, row, column, check) and
+not scored; a guess on bad input would look like an answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.compress import load_export, onnx_logits
+from components.encrypt import encode_features
+from components.errors import SchemaError
+from components.records import FileSpan, RecordReader, RowFailure, coerce_batch
+from components.schema import DatasetSchema, to_pandera
+from components.settings import IngestSettings
+from components.sources import disk_members, list_source
+from components.validate import one_per_cell, schema_failures
+
+
+@dataclass
+class Scored:
+    rows: list[int]
+    probabilities: np.ndarray  # rows x classes
+    classes: list[str]
+    failures: list[RowFailure]
+    spans: list[FileSpan]
+
+    def lines(self) -> Iterator[list[str]]:
+        """CSV lines: a header, then one per scored record, keyed by its row number in the input
+        (no identifier or input value is copied into the output)."""
+        yield ["row", "prediction", *(f"p_{c}" for c in self.classes)]
+        for row, p in zip(self.rows, self.probabilities):
+            yield [str(row), self.classes[int(p.argmax())], *(f"{v:.6f}" for v in p)]
+
+
+def scoring_schema(schema: DatasetSchema) -> DatasetSchema:
+    """The training schema with the target optional: new records carry no label."""
+    target = schema.columns[schema.target].model_copy(update={"nullable": True})
+    return schema.model_copy(update={"columns": {**schema.columns, schema.target: target}})
+
+
+def score(source: Path, schema: DatasetSchema, ingest: IngestSettings, model_dir: Path) -> Scored:
+    runtime, card = load_export(model_dir)
+    scoring = scoring_schema(schema)
+    reader = RecordReader(str(source), scoring, delimiter=ingest.delimiter, encoding=ingest.encoding,
+                          optional=frozenset({schema.target}))
+    checks = to_pandera(scoring, unique=False)
+    rows, probabilities, failures = [], [], []
+    for batch in reader.batches(disk_members(list_source(source))):
+        typed, coercion = coerce_batch(batch, scoring)
+        found = coercion + schema_failures(typed, checks)
+        failures += found
+        valid = typed.drop(index=sorted({f.row for f in found}))
+        if valid.empty:
+            continue
+        data = encode_features(valid, scoring)
+        if data.feature_names != card["features"]:
+            raise SchemaError(f"the model was trained on features {card['features']}, the schema now gives "
+                              f"{data.feature_names}; re-run the pipeline or score with the old schema")
+        logits = onnx_logits(runtime, data.features)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities.append(exp / exp.sum(axis=1, keepdims=True))
+        rows += valid.index.tolist()
+    failures = one_per_cell(reader.failures + failures)
+    stacked = np.concatenate(probabilities) if probabilities else np.empty((0, len(card["classes"])))
+    return Scored(rows, stacked, card["classes"], failures, reader.spans)

@@ -1,0 +1,198 @@
+"""Compression: smaller and faster, the export faithful, and no private data read."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+from torch import nn
+
+from components import compress
+from components.artifacts import write_json
+from components.compress import (compress_model, export_onnx, load_export, onnx_logits, prune_magnitude,
+                                 prune_neurons, session, synthetic_inputs)
+from components.errors import DatasetError, PrivflowError, SchemaError
+from components.keys import Keyring
+from components.predict import score
+from components.schema import load_schema
+from components.settings import CompressSettings, IngestSettings
+from components.vault import Vault
+from tests.conftest import DEMO_SCHEMA, ROOT
+
+SETTINGS = CompressSettings(structured_amount=0.0, prune_amount=0.2, latency_repeats=3)
+PRIVATE_OUTPUTS = ("ingest", "validate", "encrypt")
+
+
+def trained_like(n_features=30, hidden=64, classes=2, seed=0) -> nn.Sequential:
+    """An MLP with weights of a trained model's scale (deterministic)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(n_features, hidden), nn.Tanh(), nn.Linear(hidden, classes))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)
+    return model.eval()
+
+
+def test_compress_stage_depends_on_no_private_data():
+    """dvc.yaml gives compress the trained model only: no snapshot, split, decisions or source."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["compress"]["do"]
+    inputs = [str(d) for d in stage["deps"]] + [stage["cmd"]]
+    for stage_name in PRIVATE_OUTPUTS:
+        assert not any(f"/{stage_name}" in text for text in inputs), (stage_name, inputs)
+    assert not any("${item.source}" in text for text in inputs)
+
+
+def test_compress_main_never_opens_the_vault_or_keyring(tmp_path, monkeypatch):
+    model_dir = tmp_path / "train"
+    model = trained_like(hidden=32)
+    model_dir.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, model_dir / "model.safetensors")
+    write_json(model_dir / "model.json", {"run_id": "r", "preset": "mlp", "hidden_units": 32,
+                                          "features": [f"x{i}" for i in range(30)], "classes": ["a", "b"],
+                                          "snapshot_id": "sha256:s", "dataset": "breast_cancer"})
+    training = yaml.safe_load((ROOT / "params.yaml").read_text())  # only to prove the file is not needed
+    assert training
+    write_json(tmp_path / "train.json", {"privacy": {"sample_rate": 0.1, "noise_multiplier": 1.0,
+               "max_grad_norm": 1.0, "steps": 10, "epsilon_spent": 1.0, "delta": 1e-5, "accountant": "prv",
+               "privacy_unit": "patient_id"}, "rows": {"train": 100, "test": 20},
+               "accuracy": {"private": 0.9, "non_private_baseline": 0.95}})
+    monkeypatch.setattr(Vault, "open", lambda *a, **k: pytest.fail("compress decrypted something"))
+    monkeypatch.setattr(Keyring, "open", lambda *a, **k: pytest.fail("compress opened the keyring"))
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["compress", "--dataset", "breast_cancer", "--model", str(model_dir),
+                                      "--training", "train.json", "--out", "out", "--metrics", "m.json"])
+    compress.main()
+    assert (tmp_path / "out" / compress.EXPORT).exists() and (tmp_path / "out" / "MODEL_CARD.md").exists()
+
+
+def test_onnx_export_round_trip_matches_the_model(tmp_path):
+    model = trained_like()
+    export_onnx(model, 30, tmp_path / "m.onnx")
+    inputs = synthetic_inputs(30, 500, seed=3)
+    exported = onnx_logits(session((tmp_path / "m.onnx").read_bytes()), inputs.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(exported, model(inputs).numpy(), atol=1e-5)
+    assert onnx_logits(session((tmp_path / "m.onnx").read_bytes()), inputs.numpy()[:1]).shape == (1, 2)
+
+
+def test_int8_export_is_faithful_smaller_and_written_compressed(tmp_path):
+    model = trained_like(n_features=256, hidden=512)  # weights dominate biases (kept fp32)
+    metrics = compress_model(model, 256, SETTINGS.model_copy(update={"prune_amount": 0.0}), tmp_path)
+    assert metrics["fidelity"]["agreement"] >= 0.98  # int8 alone barely moves a decision
+    sizes = metrics["size_bytes"]
+    assert sizes["int8_weights"] * 3.9 < sizes["fp32_weights"]
+    assert sizes["int8_onnx_gzip"] < sizes["int8_onnx"] < sizes["fp32_onnx"]
+    runtime, _ = session(gzip.decompress((tmp_path / compress.EXPORT).read_bytes())), None
+    assert onnx_logits(runtime, synthetic_inputs(256, 4).numpy()).shape == (4, 2)
+
+
+def test_magnitude_pruning_zeros_weights_and_shrinks_the_compressed_file(tmp_path):
+    sizes = {}
+    for amount in (0.0, 0.8):
+        out = tmp_path / str(amount)
+        out.mkdir()
+        metrics = compress_model(trained_like(hidden=256), 30, SETTINGS.model_copy(update={"prune_amount": amount}), out)
+        assert metrics["sparsity"] == pytest.approx(amount, abs=0.01)
+        sizes[amount] = metrics["size_bytes"]["int8_onnx_gzip"]
+    assert sizes[0.8] < 0.6 * sizes[0.0]
+
+
+def test_structured_pruning_removes_units_for_real():
+    model = trained_like(hidden=8)
+    with torch.no_grad():  # two dead units: no input weights, no bias, no output weights
+        model[0].weight[[2, 5]] = 0
+        model[0].bias[[2, 5]] = 0
+        model[2].weight[:, [2, 5]] = 0
+    smaller = prune_neurons(model, 0.25)
+    assert (smaller[0].out_features, smaller[2].in_features) == (6, 6)
+    inputs = synthetic_inputs(30, 100)
+    with torch.no_grad():
+        torch.testing.assert_close(smaller(inputs), model(inputs))  # tanh(0) = 0: nothing lost
+
+
+def test_conv_models_get_static_int8_calibrated_on_synthetic_inputs(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 64, 10)).eval()
+    with torch.no_grad():
+        model[4].weight.mul_(5)  # a decisive classifier, as a trained one is (random init is not)
+    metrics = compress_model(model, 64, SETTINGS.model_copy(update={"prune_amount": 0.0}), tmp_path)
+    assert metrics["quantization"].startswith("static int8")
+    assert metrics["fidelity"]["agreement"] >= 0.9
+
+
+def test_bad_compress_settings_are_refused():
+    with pytest.raises(ValueError, match="prune_amount"):
+        CompressSettings(prune_amount=1.0)
+    with pytest.raises(ValueError, match="structured_amount"):
+        CompressSettings(prune_amount=0.1, structured_amount=-0.1)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A compressed demo-shaped model and its serving card, as the compress stage leaves them."""
+    schema = load_schema(DEMO_SCHEMA)
+    features = [c for c in schema.columns if c not in ("patient_id", "diagnosis")]
+    compress_model(trained_like(n_features=len(features)), len(features), SETTINGS, tmp_path)
+    write_json(tmp_path / compress.SERVING_CARD, {"dataset": "breast_cancer", "run_id": "r", "snapshot_id": "s",
+                                                  "features": features, "classes": schema.classes})
+    return tmp_path, schema
+
+
+def demo_csv(path, drop_column=None, bad_row=None):
+    from components.demo_data import csv_text, demo_table
+
+    header, rows = demo_table()
+    rows = [r for r in rows if len(r) == len(header)][:50]
+    if bad_row is not None:
+        rows[bad_row - 1][header.index("mean_area")] = "lots"
+    keep = [i for i, h in enumerate(header) if h not in (drop_column, "diagnosis")]
+    path.write_text(csv_text([header[i] for i in keep], [[r[i] for i in keep] for r in rows]))
+    return path
+
+
+def test_predict_scores_valid_rows_and_names_the_rest(served, tmp_path):
+    model_dir, schema = served
+    source = demo_csv(tmp_path / "new.csv", bad_row=7)
+    scored = score(source, schema, IngestSettings(source=source), model_dir)
+    # no target column needed; the demo's own defects (rows 3 and 10) are named too
+    assert sorted(set(range(1, 51)) - set(scored.rows)) == [3, 7, 10]
+    assert [f.describe(scored.spans, str(source)) for f in scored.failures] == [
+        f"{source}: row 3, column mean_radius: failed coerce_float",
+        f"{source}: row 7, column mean_area: failed coerce_float",
+        f"{source}: row 10, column mean_texture: failed greater_than_or_equal_to(0.0)"]
+    assert np.allclose(scored.probabilities.sum(axis=1), 1)
+    lines = list(scored.lines())
+    assert lines[0] == ["row", "prediction", "p_malignant", "p_benign"] and len(lines) == 48
+
+
+def test_predict_refusals_name_file_column_and_fix(served, tmp_path):
+    model_dir, schema = served
+    source = demo_csv(tmp_path / "new.csv", drop_column="mean_area")
+    with pytest.raises(DatasetError, match=r"new.csv: columns do not match the schema: missing \['mean_area'\]"):
+        score(source, schema, IngestSettings(source=source), model_dir)
+    other = schema.model_copy(update={"columns": {k: v for k, v in schema.columns.items() if k != "worst_area"}})
+    source = demo_csv(tmp_path / "new.csv", drop_column="worst_area")
+    with pytest.raises(SchemaError, match="the model was trained on features"):
+        score(source, other, IngestSettings(source=source), model_dir)
+    with pytest.raises(PrivflowError, match="no exported model; run the pipeline first"):
+        load_export(tmp_path / "nowhere")
+    (model_dir / compress.EXPORT).write_bytes(gzip.compress(b"onnx")[:-4])
+    with pytest.raises(PrivflowError, match="not a complete gzip file"):
+        load_export(model_dir)
+
+
+def test_exported_file_holds_no_pickle(served):
+    model_dir, _ = served
+    raw = gzip.decompress((model_dir / compress.EXPORT).read_bytes())
+    import onnx
+
+    onnx.load_model(io.BytesIO(raw))  # a protobuf ONNX model, nothing else
+    assert b"\x80\x04\x95" not in raw[:16]  # not a pickle stream
