@@ -22,12 +22,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-DEMO_SOURCES := data/source/breast_cancer.csv data/source/churn.csv.gz
+DEMO_SOURCES := data/source/breast_cancer.csv data/source/churn.csv.gz data/public/churn/churn_public.csv.gz
 
 run: install
 	@test -d .git || git init -q
 	@test -d .dvc || $(BIN)/dvc init -q
 	@for f in $(DEMO_SOURCES); do test -f $$f || { $(BIN)/python -m components.demo_data data/source; break; }; done
+	@# public data is versioned like code: DVC tracks it, so `dvc exp run --temp` copies find it
+	@$(BIN)/dvc add -q data/public/churn
 	$(BIN)/privflow run
 
 # Tests use Debian's packages: headless Chromium for the report, a PostgreSQL server for the
@@ -50,6 +52,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_vault.py
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_compress.py
+	$(BIN)/python benchmarks/bench_pretrain.py
 
 constraints: install
 	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt.new

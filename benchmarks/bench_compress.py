@@ -28,15 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.compress import compress_model, onnx_logits, session  # noqa: E402
-from components.encrypt import encode_features, in_test_split  # noqa: E402
+from components.encrypt import in_test_split  # noqa: E402
 from components.models import accuracy  # noqa: E402
 from components.privacy.accounting import plan_dp_sgd  # noqa: E402
-from components.records import RecordReader, coerce_batch  # noqa: E402
+from components.pretrain import encoded_rows  # noqa: E402
 from components.schema import load_schema  # noqa: E402
-from components.settings import CompressSettings, TrainSettings  # noqa: E402
-from components.sources import disk_members  # noqa: E402
+from components.settings import CompressSettings, IngestSettings, TrainSettings  # noqa: E402
 from components.train import train_private  # noqa: E402
-from components.validate import validate_records  # noqa: E402
 
 OUT = ROOT / "bench-results" / "compress.json"
 INT8_ONLY = CompressSettings(structured_amount=0.0, prune_amount=0.0, latency_repeats=200)
@@ -44,22 +42,15 @@ PRUNED = [CompressSettings(structured_amount=0.0, prune_amount=amount, latency_r
 
 
 def demo_splits(name: str, folder: Path) -> tuple[TensorDataset, TensorDataset]:
-    """A demo dataset's valid rows, encoded and split as the encrypt stage does."""
+    """A demo dataset's valid rows, encoded and split by person as the encrypt stage does."""
     from components.demo_data import write_demo_data
 
     write_demo_data(folder)
-    schema = load_schema(ROOT / "schemas" / f"{name}.yaml")
     source = folder / ("breast_cancer.csv" if name == "breast_cancer" else "churn.csv.gz")
-    outcome = validate_records(RecordReader(str(source), schema), disk_members([source]), schema)
-    encoded = []
-    for batch in RecordReader(str(source), schema).batches(disk_members([source])):
-        typed, _ = coerce_batch(batch, schema)
-        encoded.append(encode_features(typed[~np.isin(batch.rows, outcome.rejected)], schema))
-    features = np.concatenate([e.features for e in encoded])
-    labels = np.concatenate([e.labels for e in encoded])
-    test = in_test_split(np.concatenate([e.units for e in encoded]), 0.25, 20261123)
-    return (TensorDataset(torch.from_numpy(features[~test]), torch.from_numpy(labels[~test])),
-            TensorDataset(torch.from_numpy(features[test]), torch.from_numpy(labels[test])))
+    data = encoded_rows([source], load_schema(ROOT / "schemas" / f"{name}.yaml"), IngestSettings(source=source))
+    test = in_test_split(data.units, 0.25, 20261123)
+    return (TensorDataset(torch.from_numpy(data.features[~test]), torch.from_numpy(data.labels[~test])),
+            TensorDataset(torch.from_numpy(data.features[test]), torch.from_numpy(data.labels[test])))
 
 
 def digits_splits() -> tuple[TensorDataset, TensorDataset]:

@@ -55,10 +55,11 @@ CHURN_DEFECTS: list[tuple[int, str, str]] = [
 CHURN_MALFORMED_ROW = 150               # a line cut short by a broken export
 
 
-def churn_columns(rows: int = 5000, seed: int = 7) -> dict[str, np.ndarray]:
+def churn_columns(rows: int = 5000, seed: int = 7, plan_mix: tuple[float, float, float] = (0.5, 0.3, 0.2)
+                  ) -> dict[str, np.ndarray]:
     """A customer table; churn odds rise with support calls and fall with tenure and satisfaction."""
     rng = np.random.default_rng(seed)
-    plan = rng.choice(["basic", "plus", "pro"], rows, p=[0.5, 0.3, 0.2])
+    plan = rng.choice(["basic", "plus", "pro"], rows, p=list(plan_mix))
     tenure = rng.integers(0, 120, rows)
     calls = rng.poisson(2.0, rows)
     satisfaction = np.clip(rng.normal(3.5, 0.9, rows), 1, 5).round(1)
@@ -102,6 +103,20 @@ def churn_table(rows: int = 5000, seed: int = 7) -> tuple[list[str], list[list[s
     return header, table
 
 
+PUBLIC_README = """Public data for `churn`: a generated sample of another bank's customers (different origin
+and distribution than the private export). The pretrain stage trains on it without spending
+privacy budget; `train` fine-tunes under DP. Versioned by DVC (`dvc add data/public/churn`).
+"""
+
+
+def public_churn_table(rows: int = 20_000) -> tuple[list[str], list[list[str]]]:
+    """Another bank's published sample: same kind of customers, other seed and plan mix, clean."""
+    columns = churn_columns(rows, seed=2024, plan_mix=(0.3, 0.4, 0.3))
+    columns["customer_id"] = np.char.add("C-", np.char.zfill(np.arange(1, rows + 1).astype(str), 7))
+    header = list(columns)
+    return header, [[str(columns[c][i]) for c in header] for i in range(rows)]
+
+
 def csv_text(header: list[str], rows: list[list[str]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -111,12 +126,17 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_demo_data(folder: Path) -> list[Path]:
-    """Both demo sources, as params.yaml names them; gzip with no timestamp, so the bytes are stable."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cancer, churn = folder / "breast_cancer.csv", folder / "churn.csv.gz"
+    """The demo sources as params.yaml names them (folder: data/source), and the churn dataset's
+    public data beside it (data/public/churn); gzip without a timestamp, so bytes are stable."""
+    public = folder.parent / "public" / "churn"
+    for path in (folder, public):
+        path.mkdir(parents=True, exist_ok=True)
+    cancer, churn, churn_public = folder / "breast_cancer.csv", folder / "churn.csv.gz", public / "churn_public.csv.gz"
     cancer.write_text(csv_text(*demo_table()), encoding="utf-8")
     churn.write_bytes(gzip.compress(csv_text(*churn_table()).encode(), mtime=0))
-    return [cancer, churn]
+    churn_public.write_bytes(gzip.compress(csv_text(*public_churn_table()).encode(), mtime=0))
+    (public / "README.md").write_text(PUBLIC_README, encoding="utf-8")
+    return [cancer, churn, churn_public]
 
 
 if __name__ == "__main__":

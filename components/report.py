@@ -31,7 +31,7 @@ from components.settings import ledger_location, load_settings  # noqa: E402
 
 PACKAGES = ("torch", "opacus", "cryptography", "blake3", "pandera", "dvc", "prefect")
 SECTIONS = ("summary", "privacy-statement", "validation", "training", "compression",
-            "budget", "audit", "lineage")
+            "explanations", "budget", "audit", "lineage")
 _ENV = Environment(loader=PackageLoader("components", "templates"),
                    autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
 
@@ -57,11 +57,22 @@ def privacy_statement(training: dict, dataset: dict, budget: dict) -> list[str]:
         "Noise came from PyTorch's default generator, seeded from operating-system entropy and never "
         "from a configured seed. It is not a cryptographically secure generator (Opacus secure_mode "
         "off); that matters only against an attacker who can reconstruct the generator's state.",
+        _pretraining_statement(training.get("pretraining") or {"pretrained": False}),
         f"Not covered by the guarantee: the accuracy figures (computed on a held-out split of "
         f"{training['rows']['test']} records), the non-private baseline's accuracy, the row counts of "
         "the validation summary, the schema and the existence of the dataset. Features are scaled by "
         "bounds declared in the schema, not by statistics of the data, so scaling spends no budget.",
     ]
+
+
+def _pretraining_statement(pretraining: dict) -> str:
+    if not pretraining["pretrained"]:
+        return "No public pretraining: DP-SGD started from random weights."
+    scope = "all layers" if pretraining["fine_tune"] == "all" else "only the output layer"
+    return (f"Public pretraining: the model started from weights trained on {pretraining['rows']} public "
+            f"records ({pretraining['origin']}; snapshot {pretraining['snapshot_id'][:19]}), data separate "
+            f"from the private source and declared public, so it spent no budget. DP-SGD as above then "
+            f"fine-tuned {scope} on the private records; the guarantee covers those, not the public ones.")
 
 
 def _svg(figure) -> str:
@@ -84,6 +95,15 @@ def curve_svg(curve: list[dict]) -> str:
     return _svg(figure)
 
 
+def importance_svg(explanation: dict, top: int = 15) -> str:
+    ranked = explanation["importance"][:top][::-1]
+    figure, ax = plt.subplots(figsize=(10, 0.28 * len(ranked) + 1.2))
+    ax.barh([r["feature"] for r in ranked], [r["importance"] for r in ranked], color="#1d5fa8")
+    ax.set(title=f"Permutation importance on {explanation['data']} data (share of predictions changed)",
+           xlabel="share of reference rows whose prediction changes when the feature is shuffled")
+    return _svg(figure)
+
+
 def budget_svg(charges: list[dict], cap: float) -> str:
     figure, ax = plt.subplots(figsize=(10, 2.8))
     running, total = [], 0.0
@@ -101,13 +121,15 @@ def budget_svg(charges: list[dict], cap: float) -> str:
     return _svg(figure)
 
 
-def dvc_outputs(lock: Path) -> list[dict]:
-    """Every output DVC has recorded so far, with the hash it tracks (ciphertext for sealed data)."""
+def dvc_outputs(lock: Path, dataset: str | None = None) -> list[dict]:
+    """Every output DVC has recorded so far for the dataset, with the hash it tracks (ciphertext
+    for sealed data)."""
     if not lock.exists():
         return []
     stages = yaml.safe_load(lock.read_text(encoding="utf-8")).get("stages", {})
     return [{"stage": name, "path": out["path"], "md5": out.get("md5", "?")}
-            for name, stage in stages.items() for out in stage.get("outs", [])]
+            for name, stage in stages.items() for out in stage.get("outs", [])
+            if dataset is None or name.endswith(f"@{dataset}")]
 
 
 def budget_section(dataset: str, charges: list[Charge], cap: float, problems: list[str]) -> dict:
@@ -125,9 +147,10 @@ def build_context(args: argparse.Namespace, title: str, ledger: PrivacyLedger, c
         "validation": read_json(args.validation), "dataset": dataset, "training": training,
         "curve": read_json(args.curve), "compression": read_json(args.compression), "budget": budget,
         "privacy_statement": privacy_statement(training, dataset, budget),
+        "explanation": read_json(args.explanation), "pretraining": read_json(args.pretraining),
         "audit": training.get("audit"),
         "lineage": {"model_sha256": sha256_file(args.model), "git_commit": git_commit(),
-                    "dvc_outputs": dvc_outputs(Path("dvc.lock")),
+                    "dvc_outputs": dvc_outputs(Path("dvc.lock"), dataset["dataset"]),
                     "packages": {name: version(name) for name in PACKAGES}},
     }
 
@@ -135,7 +158,8 @@ def build_context(args: argparse.Namespace, title: str, ledger: PrivacyLedger, c
 def write_report(context: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {"curve_svg": curve_svg(context["curve"]),
-             "budget_svg": budget_svg(context["budget"]["charges"], context["budget"]["cap"])}
+             "budget_svg": budget_svg(context["budget"]["charges"], context["budget"]["cap"]),
+             "importance_svg": importance_svg(context["explanation"])}
     (out_dir / "report.html").write_text(
         _ENV.get_template("report.html.j2").render(**context, **plots, sections=SECTIONS), encoding="utf-8")
     (out_dir / "report.md").write_text(_ENV.get_template("report.md.j2").render(**context), encoding="utf-8")
@@ -161,7 +185,7 @@ def archive_run(reports: Path) -> Path:
 
 def main() -> None:
     args = stage_paths(__doc__, "manifest", "validation", "dataset-description", "model", "training", "curve",
-                       "compression", "out")
+                       "compression", "explanation", "pretraining", "out")
     settings = load_settings(args.dataset)
     ledger = PrivacyLedger(ledger_location(settings))
     context = build_context(args, settings.report.title, ledger, settings.privacy.epsilon_cap)

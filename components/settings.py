@@ -32,7 +32,16 @@ class DatasetSettings(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
 
 
-SECTIONS = ("ingest", "validate", "encrypt", "train", "privacy", "compress", "report")
+SECTIONS = ("ingest", "validate", "encrypt", "train", "privacy", "compress", "explain", "report")
+
+
+class PretrainSettings(_Section):
+    """Public data for this dataset (in data/public/<dataset>/): pretraining spends no budget."""
+
+    origin: str = Field(min_length=1)  # where the public data came from: in the report and lineage
+    epochs: int = Field(default=20, ge=1)
+    learning_rate: float = Field(default=0.1, gt=0)
+    fine_tune: Literal["all", "last_layer"] = "all"  # what DP-SGD then trains on the private data
 
 
 class DatasetEntry(_Section):
@@ -40,6 +49,7 @@ class DatasetEntry(_Section):
 
     source: Path
     schema_file: Path = Field(alias="schema")
+    pretrain: PretrainSettings | None = None
     overrides: dict[str, dict] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -98,6 +108,12 @@ class CompressSettings(_Section):
     latency_repeats: int = Field(default=50, ge=1)
 
 
+class ExplainSettings(_Section):
+    # auto: public data when declared, else synthetic; private_test reads private rows (the
+    # report then says the importances are outside the DP guarantee)
+    data: Literal["auto", "public", "synthetic", "private_test"] = "auto"
+
+
 class ReportSettings(_Section):
     title: str = "privflow run report"
 
@@ -110,7 +126,9 @@ class Settings(_Section):
     train: TrainSettings
     privacy: PrivacySettings
     compress: CompressSettings
+    explain: ExplainSettings = ExplainSettings()
     report: ReportSettings
+    pretrain: PretrainSettings | None = None
 
     @model_validator(mode="after")
     def _epsilon_fits_cap(self) -> Settings:
@@ -160,7 +178,7 @@ def load_settings(dataset: str | None = None, path: Path = PARAMS_FILE) -> Setti
     try:
         if unknown:
             raise PrivflowError(f"{path}: unknown section(s) {unknown}")
-        return Settings.model_validate({"dataset": {"name": dataset}, **sections})
+        return Settings.model_validate({"dataset": {"name": dataset}, **sections, "pretrain": entry.pretrain})
     except ValidationError as error:
         raise PrivflowError(f"{path}: invalid settings for dataset '{dataset}': {_problems(error)}") from None
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from opacus import PrivacyEngine
 from safetensors.numpy import load as load_tensors
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -32,6 +32,8 @@ from components.vault import Vault
 
 MODEL = "model.safetensors"
 MODEL_CARD = "model.json"
+PRETRAINED = "pretrained.safetensors"  # written by components.pretrain (not imported: it imports us)
+PRETRAIN_DESCRIPTION = "pretrain.json"
 
 
 def plan_and_charge(description: dict, settings: Settings, run_id: str,
@@ -82,13 +84,36 @@ def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
     return sum(losses) / max(len(losses), 1)
 
 
-def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan,
-                  t: TrainSettings, n_classes: int) -> tuple[nn.Module, list[dict], float]:
-    torch.manual_seed(t.init_seed)  # seeds the initial weights only ...
-    model = build_model(t.model, train.tensors[0].shape[1], n_classes, t.hidden_units)
-    torch.seed()  # ... then fresh OS entropy, so the DP noise and sampling are never seeded
+def initial_model(t: TrainSettings, n_features: int, n_classes: int, start: dict | None = None) -> nn.Module:
+    """Seeded random weights, or the public pretraining's; `last_layer` freezes all but the output."""
+    torch.manual_seed(t.init_seed)  # seeds the initial weights only
+    model = build_model(t.model, n_features, n_classes, t.hidden_units)
+    if start is not None:
+        model.load_state_dict(start["weights"])
+        if start["fine_tune"] == "last_layer":
+            last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+            for parameter in model.parameters():
+                parameter.requires_grad = False
+            for parameter in last.parameters():
+                parameter.requires_grad = True
+    return model
+
+
+def read_pretrained(folder: Path) -> tuple[dict, dict | None]:
+    """The pretrain stage's description, and its weights when public data was declared."""
+    description = read_json(folder / PRETRAIN_DESCRIPTION)
+    if not description["pretrained"]:
+        return description, None
+    return description, {"weights": load_file(folder / PRETRAINED), "fine_tune": description["fine_tune"]}
+
+
+def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t: TrainSettings,
+                  n_classes: int, start: dict | None = None) -> tuple[nn.Module, list[dict], float]:
+    model = initial_model(t, train.tensors[0].shape[1], n_classes, start)
+    torch.seed()  # fresh OS entropy from here on: the DP noise and sampling are never seeded
     engine = PrivacyEngine(accountant=plan.accountant)
-    optimizer = torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=0.9)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=t.learning_rate, momentum=0.9)
     loader = DataLoader(train, batch_size=t.batch_size)
     model, optimizer, loader = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
@@ -147,7 +172,7 @@ def audit_gate(model: nn.Module, canaries: Canaries | None, claimed: float, conf
 
 
 def main() -> None:
-    args = stage_paths(__doc__, "data", "out", "metrics", "curve")
+    args = stage_paths(__doc__, "data", "pretrained", "out", "metrics", "curve")
     settings = load_settings(args.dataset)
     t = settings.train
     description = read_json(args.data / DATASET)
@@ -156,10 +181,11 @@ def main() -> None:
                 if t.audit_canaries else None)
     extra_rows = int(canaries.included.sum()) if canaries else 0
     plan, budget = plan_and_charge(description, settings, run_id, extra_rows)
+    pretraining, start = read_pretrained(args.pretrained)
     vault = open_vault()
     real, test = (load_split(vault, description, split, args.data) for split in ("train", "test"))
     train = with_canaries(real, canaries) if canaries else real
-    model, curve, epsilon = train_private(train, test, plan, t, n_classes)
+    model, curve, epsilon = train_private(train, test, plan, t, n_classes, start)
     audited = audit_gate(model, canaries, epsilon, t.audit_confidence)
     save_model(model, args.out, {
         "run_id": run_id, "preset": t.model, "hidden_units": t.hidden_units, "features": description["features"],
@@ -170,6 +196,7 @@ def main() -> None:
                     "privacy_unit": description["privacy_unit"], "poisson_sampling": True,
                     "secure_noise": False, "grad_sample_mode": t.grad_sample_mode},
         "budget": budget, "rows": {"train": len(real), "test": len(test), "canaries": extra_rows},
+        "pretraining": pretraining,
         "accuracy": {"private": curve[-1]["test_accuracy"],
                      "non_private_baseline": train_baseline(real, test, t, n_classes)},
     })

@@ -38,6 +38,16 @@ def reports_dir(root: Path, dataset: str) -> Path:
     return stage_outputs(root, f"report@{dataset}")[0].parent
 
 
+def ensure_public_folder(root: Path, dataset: str) -> None:
+    """`pretrain` depends on the dataset's public folder; a new dataset gets an explained empty one."""
+    folder = root / "data" / "public" / dataset
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        (folder / "README.md").write_text(
+            f"Public data for `{dataset}` goes here (same columns as the private source), declared by a "
+            "`pretrain:` entry in params.yaml. Never private data: the pretrain stage refuses it.\n")
+
+
 @task
 def publish_report(root: str, dataset: str) -> str:
     """Archive the run's report, rebuild the run index, attach the report to the flow run."""
@@ -60,6 +70,8 @@ def pipeline(root: str = ".", datasets: list[str] | None = None) -> dict[str, bo
     if datasets is not None and (unknown := set(datasets) - {dataset_of(s) for s in stages}):
         raise PrivflowError(f"no stages for dataset(s) {sorted(unknown)}: declare them under `datasets:` "
                             "in params.yaml")
+    for dataset in dict.fromkeys(dataset_of(s) for s in stages):
+        ensure_public_folder(Path(root), dataset)
     ran = {stage: run_stage(root, stage) for stage in stages}
     for dataset in dict.fromkeys(dataset_of(s) for s in stages):
         publish_report(root, dataset)

@@ -25,7 +25,9 @@ CANARY_VALUE = "13.1415926535"           # a numeric value of a valid row
 CANARY_QUARANTINED = "CANARY-BAD-9d2b77"  # a value that fails validation
 CANARY_ID = "P-987654"                   # a person id of a valid row
 CANARIES = [CANARY_NOTE, CANARY_VALUE, CANARY_QUARANTINED, CANARY_ID]
-STAGES = ["ingest", "validate", "encrypt", "train", "compress", "report"]
+STAGES = ["ingest", "validate", "pretrain", "encrypt", "train", "explain", "compress", "report"]
+BEFORE = [("ingest", "validate"), ("validate", "encrypt"), ("encrypt", "train"), ("pretrain", "train"),
+          ("train", "compress"), ("train", "explain"), ("compress", "report"), ("explain", "report")]
 DATASETS = ["breast_cancer", "churn"]
 
 
@@ -61,7 +63,8 @@ def test_flow_runs_every_stage_and_writes_the_report(pipeline_run):
     order = stage_order(workspace.repo)
     assert sorted(order) == sorted(f"{s}@{d}" for s in STAGES for d in DATASETS)
     for dataset in DATASETS:  # each dataset's stages in DAG order
-        assert [s for s in order if s.endswith(f"@{dataset}")] == [f"{s}@{dataset}" for s in STAGES]
+        for first, then in BEFORE:
+            assert order.index(f"{first}@{dataset}") < order.index(f"{then}@{dataset}")
     report = (workspace.reports() / "report.html").read_text()
     for section in ("Privacy statement", "Data validation", "Compression", "Privacy budget ledger", "Lineage"):
         assert section in report
@@ -94,6 +97,21 @@ def test_two_datasets_side_by_side_through_the_same_code(pipeline_run):
         assert context["dataset"]["dataset"] == dataset and f"report of {dataset}" in result.stdout
     index = (workspace.repo / "reports" / "index.html").read_text()
     assert "breast_cancer/runs/" in index and "churn/runs/" in index
+
+
+def test_public_pretraining_and_explanations_reach_the_report(pipeline_run):
+    """churn declares public data: pretrained on it for free; breast_cancer has none."""
+    workspace, _ = pipeline_run
+    churn = json.loads(workspace.metrics("train", "churn").read_text())["pretraining"]
+    assert churn["pretrained"] and churn["rows"] == 4000 and churn["privacy_spent"] == 0.0
+    assert not json.loads(workspace.metrics("train").read_text())["pretraining"]["pretrained"]
+    explained = {d: json.loads(workspace.metrics("explain", d).read_text()) for d in DATASETS}
+    assert (explained["churn"]["data"], explained["breast_cancer"]["data"]) == ("public", "synthetic")
+    assert not any(e["private_rows_read"] for e in explained.values())
+    report = (workspace.reports("churn") / "report.html").read_text()
+    assert "Public pretraining: the model started from weights trained on 4000 public records" in report
+    assert "public data declared for this dataset (4000 rows); no private row was read" in report
+    assert "No public pretraining" in (workspace.reports() / "report.html").read_text()
 
 
 def test_quarantine_counts_add_up(pipeline_run):
@@ -183,7 +201,7 @@ def test_report_renders_in_chromium_without_errors(pipeline_run):
         for section in SECTIONS:
             element = driver.find_element(By.ID, section)
             assert element.is_displayed() and element.size["height"] > 40, section
-        assert len(driver.find_elements(By.CSS_SELECTOR, "section svg")) == 2  # curves and budget plot
+        assert len(driver.find_elements(By.CSS_SELECTOR, "section svg")) == 3  # curves, importance, budget
         screenshots = ROOT / "test-artifacts"
         screenshots.mkdir(exist_ok=True)
         assert driver.save_screenshot(str(screenshots / "report.png"))

@@ -71,7 +71,7 @@ def test_sigkill_during_training_keeps_the_charge_and_restart_completes(workspac
 
     from components.privacy.ledger import PrivacyLedger
 
-    workspace.run("dvc", "repro", "encrypt", check=True)
+    workspace.run("dvc", "repro", "encrypt", "pretrain", check=True)
     workspace.edit_params(train={"epochs": 2000})  # minutes of training: killed long before the end
     command = workspace.stage_command("train")
     process = subprocess.Popen(shlex.split(command), cwd=workspace.repo, env=workspace.env,

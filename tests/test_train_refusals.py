@@ -30,12 +30,13 @@ def project(tmp_path, monkeypatch):
     params["privacy"].update(epsilon_cap=3.2, ledger=str(tmp_path / "ledger.sqlite"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_json(tmp_path / "data" / "dataset.json", DESCRIPTION)
+    write_json(tmp_path / "pretrain" / "pretrain.json", {"pretrained": False, "reason": "no public data declared"})
     shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
     monkeypatch.setenv(LEDGER_ENV, str(tmp_path / "ledger.sqlite"))  # as params.yaml says
     monkeypatch.chdir(tmp_path)
     opened = []
     monkeypatch.setattr(Vault, "open", lambda self, *a, **k: opened.append(a) or pytest.fail("decrypted"))
-    monkeypatch.setattr(sys, "argv", ["train", "--dataset", "demo", "--data", "data", "--out", "out", "--metrics", "m.json",
+    monkeypatch.setattr(sys, "argv", ["train", "--dataset", "demo", "--data", "data", "--pretrained", "pretrain", "--out", "out", "--metrics", "m.json",
                                       "--curve", "c.json"])
     return tmp_path, opened
 

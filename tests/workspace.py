@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from components.demo_data import churn_table, csv_text
+from components.demo_data import churn_table, csv_text, public_churn_table
 from tests.conftest import ROOT
 
 PROJECT_FILES = ("components", "flows", "schemas", "dvc.yaml", "params.yaml", ".gitignore")
@@ -106,13 +106,24 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
         churn_source.write_bytes(gzip.compress(csv_text(*churn_table(rows=2000)).encode(), mtime=0))
         datasets["churn"] = {"source": str(churn_source), "schema": "schemas/churn.yaml",
                              "train": {"epochs": 3, "batch_size": 256, "learning_rate": 0.3}}
+    public = repo / "data" / "public"
+    (public / DATASET).mkdir(parents=True)
+    shutil.copy(ROOT / "data" / "public" / DATASET / "README.md", public / DATASET / "README.md")
+    if churn:  # its public data: another bank's sample, as `make run` writes it (smaller here)
+        (public / "churn").mkdir()
+        (public / "churn" / "churn_public.csv.gz").write_bytes(
+            gzip.compress(csv_text(*public_churn_table(rows=4000)).encode(), mtime=0))
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    if churn:
+        datasets["churn"]["pretrain"] = params["datasets"]["churn"]["pretrain"]
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "datasets": datasets}, sort_keys=False))
     workspace.edit_params(train={"epochs": 5})
     workspace.run("git", "init", "-q", check=True)
     workspace.run("git", "config", "user.email", "test@example.org", check=True)
     workspace.run("git", "config", "user.name", "test", check=True)
     workspace.run("dvc", "init", "-q", check=True)
+    if churn:  # public data is DVC-tracked, as `make run` does: `dvc exp run --temp` copies need it
+        workspace.run("dvc", "add", "-q", "data/public/churn", check=True)
     workspace.run("git", "add", "-A", check=True)
     workspace.run("git", "commit", "-qm", "project", check=True)
     return workspace
