@@ -53,6 +53,51 @@ def run(root: Path = Path("."),
 
 
 @app.command()
+def serve(root: Path = Path("."),
+          cron: str = typer.Option(None, help='cron schedule, e.g. "0 3 * * *" (03:00 every day)'),
+          interval: int = typer.Option(None, min=1, help="or: every N seconds"),
+          name: str = typer.Option("privflow-scheduled", help="deployment name")) -> None:
+    """Serve the pipeline on a schedule (Prefect `flow.serve`); runs until stopped (Ctrl-C).
+
+    Each scheduled run is an ordinary run: stages that are up to date are skipped and charge
+    nothing; a run that finds another in progress waits for it.
+    """
+    from flows.pipeline import pipeline
+    from flows.server import prefect_api
+
+    if (cron is None) == (interval is None):
+        raise PrivflowError("give exactly one of --cron or --interval")
+    with prefect_api(root / ".privflow" / "prefect-server.log") as url:
+        console.print(f"serving {root.resolve()} as deployment '{name}' on {url}: "
+                      + (f"cron {cron!r}" if cron else f"every {interval} s"))
+        pipeline.serve(name=name, cron=cron, interval=interval, parameters={"root": str(root.resolve())})
+
+
+@app.command()
+def status(root: Path = Path(".")) -> None:
+    """Per dataset: which stages are out of date, the latest report, and the privacy budget."""
+    from dvc.repo import Repo
+
+    from components.artifacts import read_json
+    from flows.pipeline import dataset_of, reports_dir
+    from flows.stages import stage_order
+
+    with Repo(str(root)) as repo:
+        stale = {name.split(":")[-1] for name in repo.status()}
+    table = Table("dataset", "stages with changed inputs", "latest report", "ε spent / cap", title=str(root.resolve()))
+    for name in dataset_names(root / "params.yaml"):
+        settings = load_settings(name, root / "params.yaml")
+        stages = [s.split("@")[0] for s in stage_order(root) if dataset_of(s) == name and s in stale]
+        report_json = reports_dir(root, name) / "report.json"
+        latest = read_json(report_json) if report_json.exists() else None
+        budget = PrivacyLedger(ledger_location(settings)).budget(name, settings.privacy.epsilon_cap)
+        table.add_row(name, ", ".join(stages) or "none",
+                      f"{latest['generated_at']} (run {latest['run_id'][:12]})" if latest else "none yet",
+                      f"{budget.spent:.3f} / {budget.cap:g} ({budget.runs} run(s))")
+    console.print(table)
+
+
+@app.command()
 def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown, JSON) here"),
            open_browser: bool = typer.Option(False, "--open", help="open it in the browser"),
            dataset: str = DATASET) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -62,10 +67,45 @@ def publish_report(root: str, dataset: str) -> str:
     return str(index)
 
 
+@contextmanager
+def project_lock(root: Path, wait_seconds: float) -> Iterator[None]:
+    """One pipeline run at a time per project: a second run (a schedule firing during an
+    on-demand run) waits, then finds the stages the first one ran up to date, so it can never
+    train (and spend budget) on the same data twice. Runs in other clones are kept apart by
+    the ledger's own transaction."""
+    path = root / ".privflow" / "pipeline.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + wait_seconds
+        logged = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PrivflowError(f"{root.resolve()}: another privflow run still holds {path} after "
+                                        f"{wait_seconds:.0f} s; see `privflow status`") from None
+                if not logged:
+                    get_run_logger().info("another privflow run is in progress here; waiting for it")
+                    logged = True
+                time.sleep(1)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
 @flow(name="privflow-pipeline")
-def pipeline(root: str = ".", datasets: list[str] | None = None) -> dict[str, bool]:
+def pipeline(root: str = ".", datasets: list[str] | None = None, wait_seconds: float = 3600) -> dict[str, bool]:
     """Run every stage of dvc.yaml that is out of date (of the named datasets, or all);
     return which stages ran."""
+    with project_lock(Path(root), wait_seconds):
+        return _run_stages(root, datasets)
+
+
+def _run_stages(root: str, datasets: list[str] | None) -> dict[str, bool]:
     stages = [s for s in stage_order(Path(root)) if datasets is None or dataset_of(s) in datasets]
     if datasets is not None and (unknown := set(datasets) - {dataset_of(s) for s in stages}):
         raise PrivflowError(f"no stages for dataset(s) {sorted(unknown)}: declare them under `datasets:` "

@@ -99,6 +99,14 @@ def test_two_datasets_side_by_side_through_the_same_code(pipeline_run):
     assert "breast_cancer/runs/" in index and "churn/runs/" in index
 
 
+def test_status_shows_each_dataset_up_to_date_with_its_budget(pipeline_run):
+    workspace, _ = pipeline_run
+    shown = workspace.run("privflow", "status", check=True, columns=200).stdout
+    for dataset in DATASETS:
+        line = next(line for line in shown.splitlines() if f" {dataset} " in line)
+        assert "│ none " in line and "/ 30 (1 run(s))" in line and "(run " in line
+
+
 def test_public_pretraining_and_explanations_reach_the_report(pipeline_run):
     """churn declares public data: pretrained on it for free; breast_cancer has none."""
     workspace, _ = pipeline_run

@@ -43,8 +43,9 @@ class Workspace:
         template = yaml.safe_load((self.repo / "dvc.yaml").read_text())["stages"][stage]["do"]["cmd"]
         return template.replace("${key}", dataset)
 
-    def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-        result = subprocess.run(args, cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=900)
+    def run(self, *args: str, check: bool = False, columns: int | None = None) -> subprocess.CompletedProcess:
+        env = {**self.env, "COLUMNS": str(columns)} if columns else self.env  # rich tables: no wrapping
+        result = subprocess.run(args, cwd=self.repo, env=env, capture_output=True, text=True, timeout=900)
         with open(self.base / "logs" / "commands.log", "a") as log:
             log.write(f"$ {' '.join(args)}\n{result.stdout}\n{result.stderr}\n")
         if check and result.returncode != 0:

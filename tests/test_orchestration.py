@@ -1,0 +1,127 @@
+"""Schedules and concurrency, for real: `privflow serve` on a local Prefect server, and
+simultaneous runs that must not both spend one budget."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+
+from components.demo_data import demo_table
+from components.privacy.ledger import PrivacyLedger
+from tests.workspace import make_workspace
+
+pytestmark = pytest.mark.slow
+
+
+def demo_workspace(base):
+    header, rows = demo_table()
+    return make_workspace(base, header, [r for r in rows if len(r) == len(header)])
+
+
+def completed_scheduled_runs(database_url: str) -> int:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as db:
+            return db.execute(text("SELECT COUNT(*) FROM flow_run WHERE state_type = 'COMPLETED' "
+                                   "AND deployment_id IS NOT NULL")).scalar_one()
+    except SQLAlchemyError:  # database or tables not created yet
+        return 0
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def prefect_database(request, tmp_path):
+    """(URL for the test to read, URL for Prefect's server to use) of the server's database."""
+    if request.param == "sqlite":  # the embedded default: Prefect's SQLite in the project
+        return None
+    from sqlalchemy import create_engine, text
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"prefect_{tmp_path.name[-8:].lower().replace('-', '_')}"
+    with create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT").connect() as db:
+        db.execute(text(f"CREATE DATABASE {name}"))
+    return f"{server}/{name}"
+
+
+def test_a_scheduled_flow_fires_and_completes(tmp_path, prefect_database):
+    """`privflow serve` starts a Prefect server (on SQLite, or on PostgreSQL as a team runs
+    it), its scheduler creates runs every 5 s, and they complete; only the first trains."""
+    workspace = demo_workspace(tmp_path)
+    if prefect_database:
+        workspace.env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database.replace("+psycopg", "+asyncpg")
+        database = prefect_database
+    else:
+        database = f"sqlite:///{workspace.repo / '.privflow' / 'prefect' / 'prefect.db'}"
+    log = open(tmp_path / "logs" / "serve.log", "w")
+    server = subprocess.Popen(["privflow", "serve", "--interval", "5"], cwd=workspace.repo, env=workspace.env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 420
+        while completed_scheduled_runs(database) < 2 and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(2)
+        assert completed_scheduled_runs(database) >= 2, (tmp_path / "logs" / "serve.log").read_text()[-3000:]
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+    assert (workspace.reports() / "report.html").exists()
+    assert len(PrivacyLedger(workspace.ledger).charges()) == 1  # later runs found everything up to date
+
+
+def test_two_runs_at_once_in_one_project_train_once(tmp_path):
+    workspace = demo_workspace(tmp_path)
+    runs = [subprocess.Popen(["privflow", "run"], cwd=workspace.repo, env=workspace.env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert len(PrivacyLedger(workspace.ledger).charges()) == 1
+    assert sum("waiting for it" in output for output in outputs) == 1
+    assert sum("none (all up to date)" in output for output in outputs) == 1
+
+
+def test_two_clones_sharing_a_budget_that_fits_one_run_train_once(tmp_path):
+    """Two projects on the same dataset and ledger, cap 3.5 (one run of 3.0): the ledger's
+    transaction lets exactly one train; the other is refused before decrypting anything."""
+    first, second = demo_workspace(tmp_path / "a"), demo_workspace(tmp_path / "b")
+    ledger = tmp_path / "shared-ledger.sqlite"
+    for workspace in (first, second):
+        workspace.edit_params(privacy={"epsilon_cap": 3.5})
+        workspace.env["PRIVFLOW_LEDGER"] = str(ledger)
+    runs = [subprocess.Popen(["privflow", "run"], cwd=w.repo, env=w.env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for w in (first, second)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert sorted(run.returncode for run in runs) == [0, 2], outputs
+    refused = outputs[[run.returncode for run in runs].index(2)]
+    assert "BudgetExceeded" in refused and "over the cap 3.5" in refused
+    charges = PrivacyLedger(ledger).charges("breast_cancer")
+    assert len(charges) == 1 and PrivacyLedger(ledger).verify() == []
+
+
+def test_infra_deployments_point_at_the_pipeline_with_valid_schedules():
+    """infra/prefect.yaml, as `prefect deploy` reads it: entrypoints resolve, crons parse."""
+    import importlib
+
+    import yaml
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from tests.conftest import ROOT
+
+    document = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())
+    assert document["prefect-version"].startswith("3.8")
+    for deployment in document["deployments"]:
+        path, attribute = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), attribute)
+        assert flow.name == "privflow-pipeline" and set(deployment["parameters"]) <= {"root", "datasets"}
+        assert deployment["work_pool"]["name"] == "privflow" and deployment["concurrency_limit"] == 1
+        for schedule in deployment.get("schedules", []):
+            CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
