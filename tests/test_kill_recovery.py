@@ -1,0 +1,76 @@
+"""Crash safety: SIGKILL a stage at random points, re-run, and nothing is lost or left behind.
+
+For each stage whose outputs are deterministic (ingest, validate, encrypt, explain) the run is
+killed at random moments (the whole process group: DVC and the stage command), then `dvc
+repro` completes the pipeline. The final hashes must equal those of the uninterrupted run,
+no partial file or plaintext may remain, and the ledger must hold exactly the charges made.
+Training is randomized by design (its kill test is in test_pipeline_refusals.py).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from components.demo_data import demo_table
+from components.privacy.ledger import PrivacyLedger
+from tests.workspace import files_containing, make_workspace
+
+pytestmark = pytest.mark.slow
+
+DETERMINISTIC = ("ingest", "validate", "encrypt", "explain")
+KILLS_PER_STAGE = 3
+
+
+def tracked_hashes(workspace) -> dict[str, str]:
+    lock = yaml.safe_load((workspace.repo / "dvc.lock").read_text())["stages"]
+    return {f"{name}:{out['path']}": out["md5"] for name, stage in lock.items()
+            if name.split("@")[0] in DETERMINISTIC for out in stage.get("outs", [])}
+
+
+def kill_at_random(workspace, stage: str, rng: random.Random) -> tuple[float, bool]:
+    """Force-run one stage and SIGKILL its process group after a random delay: (delay, whether
+    it was still running when killed)."""
+    delay = rng.uniform(0.3, 4.0)
+    process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", f"{stage}@breast_cancer"],
+                               cwd=workspace.repo, env=workspace.env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    running = process.poll() is None
+    if running:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return delay, running
+
+
+def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(tmp_path):
+    header, rows = demo_table()
+    workspace = make_workspace(tmp_path, header, [r for r in rows if len(r) == len(header)])
+    workspace.run("dvc", "repro", check=True)
+    reference = tracked_hashes(workspace)
+    charges = len(PrivacyLedger(workspace.ledger).charges())
+    rng = random.Random(20261124)
+    tried = []
+    for stage in DETERMINISTIC:
+        for _ in range(KILLS_PER_STAGE):
+            delay, killed = kill_at_random(workspace, stage, rng)
+            tried.append((stage, round(delay, 2), killed))
+            result = workspace.run("dvc", "repro")
+            assert result.returncode == 0, (tried[-1], result.stdout, result.stderr)
+            assert tracked_hashes(workspace) == reference, tried[-1]
+    assert sum(killed for *_, killed in tried) >= len(tried) // 2  # most kills hit a running stage
+    leftovers = [p for p in (workspace.repo / "artifacts").rglob("*") if p.name.endswith(".partial")]
+    assert leftovers == []
+    # no plaintext anywhere but the source: temp dir, artifacts, DVC cache
+    secrets = [rows[0][0].encode(), rows[5][0].encode()]  # patient ids of valid rows
+    roots = [workspace.base / "tmp", workspace.repo / "artifacts", workspace.repo / ".dvc"]
+    assert files_containing(roots, secrets) == {}
+    ledger = PrivacyLedger(workspace.ledger)
+    assert len(ledger.charges()) == charges and ledger.verify() == []  # killed stages charge nothing
+    (tmp_path / "logs" / "kill-points.txt").write_text("\n".join(f"{s} {d} {k}" for s, d, k in tried))
