@@ -316,20 +316,24 @@ def _ahead(items: Iterator, depth: int) -> Iterator:
     queue: Queue = Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item) -> bool:
+        """Hand one item over unless the consumer has gone; never blocks forever."""
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        queue.put(item, timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            queue.put(_DONE)
+            put(_DONE)
         except BaseException as error:  # handed to the consumer, raised there
-            queue.put(error)
+            put(error)
 
     worker = threading.Thread(target=produce, name="privflow-parse", daemon=True)
     worker.start()

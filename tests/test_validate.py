@@ -187,3 +187,25 @@ def test_other_encodings_are_transcoded_and_leading_blank_lines_skipped():
     (batch,) = RecordReader(SOURCE, small_schema(), delimiter=";", encoding="latin-1").batches(
         [("export.csv", io.BytesIO(raw))])
     assert batch.columns.column("person").to_pylist() == ["José", "Zoë"]
+
+
+def test_a_consumer_that_stops_early_never_hangs_the_parse_thread():
+    """Validation can stop at the first batch (an error downstream): the reader thread ends."""
+    import threading
+
+    from components.records import _ahead
+
+    produced = []
+
+    def items():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    before = threading.active_count()
+    batches = _ahead(items(), 2)
+    assert next(batches) == 0
+    batches.close()  # the consumer leaves with the queue full
+    assert threading.active_count() == before and len(produced) < 10
+    with pytest.raises(ZeroDivisionError):
+        list(_ahead((1 // x for x in (1, 0, 1)), 2))  # a producer error reaches the consumer
