@@ -14,7 +14,6 @@ public file may have the same bytes as a private one; otherwise the stage refuse
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from components.models import accuracy, build_model
 from components.records import RecordReader, coerce_batch
 from components.schema import DatasetSchema, load_schema
 from components.settings import IngestSettings, Settings, load_settings
-from components.sources import SUFFIXES, disk_members, file_digest, list_source
+from components.sources import SUFFIXES, disk_members, file_digest, list_source, snapshot_id
 from components.train import PRETRAIN_DESCRIPTION, PRETRAINED, run_epoch
 from components.validate import validate_records
 
@@ -86,11 +85,6 @@ def pretrain(public: TensorDataset, settings: Settings, n_classes: int) -> tuple
     return model, accuracy(model, *check.tensors)
 
 
-def public_snapshot(files: list[Path]) -> str:
-    listing = "".join(f"{p.name}\0{file_digest(p)}\n" for p in files)
-    return "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
-
-
 def main() -> None:
     args = stage_paths(__doc__, "public", "out")
     settings = load_settings(args.dataset)
@@ -109,7 +103,7 @@ def main() -> None:
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, args.out / PRETRAINED)
     write_json(args.out / DESCRIPTION, {
         "pretrained": True, "origin": settings.pretrain.origin, "files": [p.name for p in files],
-        "snapshot_id": public_snapshot(files), "rows": len(public), "epochs": settings.pretrain.epochs,
+        "snapshot_id": snapshot_id(files, True), "rows": len(public), "epochs": settings.pretrain.epochs,
         "fine_tune": settings.pretrain.fine_tune, "public_held_back_accuracy": held_back_accuracy,
         "privacy_spent": 0.0})
     print(f"pretrain: {len(public)} public rows ({settings.pretrain.origin}), held-back accuracy "
