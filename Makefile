@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_compress.py
 	$(BIN)/python benchmarks/bench_pretrain.py
+	$(BIN)/python benchmarks/bench_dp.py
 
 constraints: install
 	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt.new

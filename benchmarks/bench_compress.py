@@ -64,27 +64,14 @@ def digits_splits() -> tuple[TensorDataset, TensorDataset]:
             TensorDataset(torch.from_numpy(features[test]), torch.from_numpy(labels[test])))
 
 
-def cnn(_preset: str, n_features: int, n_classes: int, _hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 64, n_classes))
-
-
-def dp_model(train: TensorDataset, test: TensorDataset, hidden: int, builder=None, **overrides) -> nn.Module:
-    settings = TrainSettings(model="mlp", hidden_units=hidden, epochs=15, batch_size=128, learning_rate=0.5,
-                             max_grad_norm=1.0, target_epsilon=3.0, target_delta=1e-5, **overrides)
+def dp_model(train: TensorDataset, test: TensorDataset, hidden: int, **overrides) -> nn.Module:
+    settings = TrainSettings(**{"model": "mlp", "hidden_units": hidden, "epochs": 15, "batch_size": 128,
+                                "learning_rate": 0.5, "max_grad_norm": 1.0, "target_epsilon": 3.0,
+                                "target_delta": 1e-5, **overrides})
     plan = plan_dp_sgd(rows=len(train), batch_size=settings.batch_size, epochs=settings.epochs,
                        target_epsilon=3.0, target_delta=1e-5, accountant="prv")
     n_classes = int(train.tensors[1].max()) + 1
-    if builder is None:
-        return train_private(train, test, plan, settings, n_classes)[0].eval()
-    import components.train as trainer
-
-    original = trainer.build_model
-    trainer.build_model = builder  # the CNN preset is not in the pipeline yet (issue 5)
-    try:
-        return train_private(train, test, plan, settings, n_classes)[0].eval()
-    finally:
-        trainer.build_model = original
+    return train_private(train, test, plan, settings, n_classes).model.eval()
 
 
 def measure(label: str, model: nn.Module, test: TensorDataset, settings: CompressSettings, work: Path) -> dict:
@@ -118,7 +105,7 @@ def main() -> None:
         digits_train, digits_test = digits_splits()
         models = [("mlp-32 breast_cancer", dp_model(cancer_train, cancer_test, 32), cancer_test),
                   ("mlp-1024 churn", dp_model(churn_train, churn_test, 1024), churn_test),
-                  ("cnn digits", dp_model(digits_train, digits_test, 16, builder=cnn), digits_test)]
+                  ("cnn digits", dp_model(digits_train, digits_test, 16, model="cnn", input_shape=(1, 8, 8)), digits_test)]
         for label, model, test in models:
             for settings in (INT8_ONLY, *PRUNED):
                 results.append(measure(f"{label} prune {settings.prune_amount:.0%}", model, test, settings, work))

@@ -39,7 +39,7 @@ def dp_accuracy(train: TensorDataset, test: TensorDataset, settings, start: dict
     t = settings.train
     plan = plan_dp_sgd(rows=len(train), batch_size=t.batch_size, epochs=t.epochs, target_epsilon=3.0,
                        target_delta=1e-5, accountant="prv")
-    return [accuracy(train_private(train, test, plan, t, 2, start)[0], *test.tensors) for _ in range(REPEATS)]
+    return [accuracy(train_private(train, test, plan, t, 2, start).model, *test.tensors[:2]) for _ in range(REPEATS)]
 
 
 def main() -> None:

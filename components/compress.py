@@ -33,7 +33,7 @@ from torch.nn.utils import prune
 
 from components.artifacts import read_json, stage_paths, write_json
 from components.errors import PrivflowError, run_stage
-from components.models import build_model
+from components.models import build_model, load_weights, weights_of
 from components.settings import load_settings
 from components.train import MODEL, MODEL_CARD
 
@@ -45,8 +45,10 @@ FIDELITY_INPUTS = 4096
 
 def load_model(model_dir: Path) -> tuple[nn.Module, dict]:
     card = read_json(model_dir / MODEL_CARD)
-    model = build_model(card["preset"], len(card["features"]), len(card["classes"]), card["hidden_units"])
-    model.load_state_dict(load_file(model_dir / MODEL))
+    shape = card.get("input_shape")
+    model = build_model(card["preset"], len(card["features"]), len(card["classes"]), card["hidden_units"],
+                        tuple(shape) if shape else None)
+    load_weights(model, load_file(model_dir / MODEL))
     return model.eval(), card
 
 
@@ -199,7 +201,7 @@ def compress_model(model: nn.Module, n_features: int, settings, out_dir: Path) -
         "sparsity": sparsity(pruned), "quantization": method, "export": EXPORT,
         "parameters": {"dense": sum(p.numel() for p in dense.parameters()),
                        "after_structured": sum(p.numel() for p in smaller.parameters())},
-        "size_bytes": {"fp32_safetensors": len(save(dense.state_dict())), "fp32_weights": weight_bytes(dense, 4),
+        "size_bytes": {"fp32_safetensors": len(save(weights_of(dense))), "fp32_weights": weight_bytes(dense, 4),
                        "int8_weights": weight_bytes(pruned, 1), "fp32_onnx": fp32_bytes,
                        "int8_onnx": len(int8_bytes), "int8_onnx_gzip": (out_dir / EXPORT).stat().st_size},
         "latency": latency_ms(dense, runtime, n_features, settings.latency_repeats),

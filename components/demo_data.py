@@ -1,10 +1,14 @@
-"""Write the two demo datasets that sit side by side in params.yaml.
+"""Write the demo datasets that sit side by side in params.yaml: tables, images, sequences.
 
 `breast_cancer`: scikit-learn's breast-cancer table as a hospital export (real data an
 installed dependency ships; nothing is downloaded), with a patient id column.
 `churn`: a generated bank-customer export (20 columns of strings, ints, floats, bools,
 categories) whose churn label depends on a few of them, so a model has something to learn.
-Both carry a handful of realistic defects so the quarantine path runs on every demo.
+`digits`: scikit-learn's 8x8 handwritten digits (shipped with it) as a scanning bureau's
+export, one row per scanned form: 64 pixel columns (0-16) in row-major order (the `cnn`).
+`activity`: generated wearable-sensor windows, 32 readings of acceleration magnitude per row,
+labelled resting / walking / stairs / running (the `lstm`; the `transformer` also fits).
+Each carries a handful of realistic defects so the quarantine path runs on every demo.
 """
 
 from __future__ import annotations
@@ -117,6 +121,54 @@ def public_churn_table(rows: int = 20_000) -> tuple[list[str], list[list[str]]]:
     return header, [[str(columns[c][i]) for c in header] for i in range(rows)]
 
 
+DIGITS_DEFECTS: list[tuple[int, str, str]] = [
+    (7, "px_27", "17"),           # a pixel above the scanner's 4-bit range
+    (15, "digit", "ten"),         # not a digit
+    (33, "form_id", "F-000032"),  # the same form scanned twice
+]
+
+
+def digits_table() -> tuple[list[str], list[list[str]]]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    header = ["form_id", "digit"] + [f"px_{i}" for i in range(64)]
+    rows = [[f"F-{i + 1:06d}", str(label)] + [str(int(v)) for v in pixels]
+            for i, (pixels, label) in enumerate(zip(digits.data, digits.target))]
+    for row, column, value in DIGITS_DEFECTS:
+        rows[row - 1][header.index(column)] = value
+    return header, rows
+
+
+ACTIVITIES = ("resting", "walking", "stairs", "running")
+ACTIVITY_STEPS = 32
+ACTIVITY_DEFECTS: list[tuple[int, str, str]] = [
+    (9, "a_5", "-1.0"),            # a magnitude cannot be negative
+    (21, "activity", "dancing"),   # not an allowed label
+    (44, "a_31", ""),              # a reading lost
+]
+
+
+def activity_table(rows: int = 6000, seed: int = 11) -> tuple[list[str], list[list[str]]]:
+    """Windows of 32 readings (in g, at 10 Hz) whose rhythm and strength differ by activity,
+    with per-wearer gain, phase and sensor noise so that no single reading decides the class."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, len(ACTIVITIES), rows)
+    frequency = np.array([0.0, 1.8, 1.2, 2.8])[label] * rng.uniform(0.8, 1.2, rows)  # steps per second
+    strength = np.array([0.05, 0.35, 0.45, 0.8])[label] * rng.uniform(0.6, 1.4, rows)
+    drift = np.where(label == 2, rng.uniform(0.1, 0.3, rows), 0.0)  # stairs: a slow climb
+    t = np.arange(ACTIVITY_STEPS) / 10.0
+    phase = rng.uniform(0, 2 * np.pi, rows)[:, None]
+    signal = (1.0 + strength[:, None] * np.sin(2 * np.pi * frequency[:, None] * t + phase)
+              + drift[:, None] * t + rng.normal(0, 0.15, (rows, ACTIVITY_STEPS)))
+    signal = np.clip(signal, 0.0, 3.99)
+    header = ["window_id", "activity"] + [f"a_{i}" for i in range(ACTIVITY_STEPS)]
+    table = [[f"W-{i + 1:07d}", ACTIVITIES[label[i]]] + [f"{v:.3f}" for v in signal[i]] for i in range(rows)]
+    for row, column, value in ACTIVITY_DEFECTS:
+        table[row - 1][header.index(column)] = value
+    return header, table
+
+
 def csv_text(header: list[str], rows: list[list[str]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -136,7 +188,10 @@ def write_demo_data(folder: Path) -> list[Path]:
     churn.write_bytes(gzip.compress(csv_text(*churn_table()).encode(), mtime=0))
     churn_public.write_bytes(gzip.compress(csv_text(*public_churn_table()).encode(), mtime=0))
     (public / "README.md").write_text(PUBLIC_README, encoding="utf-8")
-    return [cancer, churn, churn_public]
+    digits, activity = folder / "digits.csv", folder / "activity.csv.gz"
+    digits.write_text(csv_text(*digits_table()), encoding="utf-8")
+    activity.write_bytes(gzip.compress(csv_text(*activity_table()).encode(), mtime=0))
+    return [cancer, churn, churn_public, digits, activity]
 
 
 if __name__ == "__main__":

@@ -162,9 +162,12 @@ def seal_dataset(members: Iterable[Member], manifest: SnapshotManifest, schema: 
     test_mask = in_test_split(data.units, settings.encrypt.test_fraction, settings.encrypt.split_seed)
     sealed = {}
     for split, mask in zip(SPLITS, (~test_mask, test_mask)):
-        payload = save_tensors({"features": data.features[mask], "labels": data.labels[mask]})
+        # a unit's index within the split, never its id: lets training bound and clip per person
+        units, _ = pd.factorize(data.units[mask])
+        payload = save_tensors({"features": data.features[mask], "labels": data.labels[mask],
+                                "units": units.astype(np.int64)})
         artifact = vault.seal(payload, split_identity(dataset, snapshot_id, split), out_dir / f"{split}.sealed")
-        sealed[split] = {"rows": int(mask.sum()), "key_id": artifact.key_id}
+        sealed[split] = {"rows": int(mask.sum()), "units": int(units.max(initial=-1) + 1), "key_id": artifact.key_id}
     quarantine = vault.seal(quarantine_document(collected, reader, outcome),
                             quarantine_identity(dataset, snapshot_id), out_dir / QUARANTINE)
     rows_per_unit = pd.Series(data.units).value_counts()

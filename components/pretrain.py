@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from components.artifacts import stage_paths, write_json
 from components.encrypt import EncodedData, encode_features
 from components.errors import PrivacyError, run_stage
-from components.models import accuracy, build_model
+from components.models import accuracy, build_model, weights_of
 from components.records import RecordReader, coerce_batch
 from components.schema import DatasetSchema, load_schema
 from components.settings import IngestSettings, Settings, load_settings
@@ -77,7 +77,7 @@ def pretrain(public: TensorDataset, settings: Settings, n_classes: int) -> tuple
     held_back = torch.arange(len(public)) % 10 == 0
     fit = TensorDataset(*(tensor[~held_back] for tensor in public.tensors))
     check = TensorDataset(*(tensor[held_back] for tensor in public.tensors))
-    model = build_model(t.model, public.tensors[0].shape[1], n_classes, t.hidden_units)
+    model = build_model(t.model, public.tensors[0].shape[1], n_classes, t.hidden_units, t.input_shape)
     optimizer = torch.optim.SGD(model.parameters(), lr=p.learning_rate, momentum=0.9)
     loader = DataLoader(fit, batch_size=t.batch_size, shuffle=True)
     for _ in range(p.epochs):
@@ -100,7 +100,7 @@ def main() -> None:
     schema = load_schema(settings.validate_.schema_file)
     public = read_public(files, schema, settings)
     model, held_back_accuracy = pretrain(public, settings, len(schema.classes))
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, args.out / PRETRAINED)
+    save_file(weights_of(model), args.out / PRETRAINED)
     write_json(args.out / DESCRIPTION, {
         "pretrained": True, "origin": settings.pretrain.origin, "files": [p.name for p in files],
         "snapshot_id": snapshot_id(files, True), "rows": len(public), "epochs": settings.pretrain.epochs,

@@ -47,22 +47,34 @@ def privacy_statement(training: dict, dataset: dict, budget: dict) -> list[str]:
         f"(ε = {p['epsilon_spent']:.3f}, δ = {p['delta']:g})-differential privacy, as computed by "
         f"Opacus' {p['accountant'].upper()} accountant. The ε charged to the ledger before training "
         f"was {p['epsilon']:.3f}.",
-        f"Example-level privacy: the guarantee bounds what the released weights reveal about any "
-        f"single record. User-level privacy: each {p['privacy_unit']} contributes at most {per_person} "
-        f"record(s), so the same (ε, δ) protects each person.",
-        f"Budget: this run spent ε = {p['epsilon_spent']:.3f}. All {len(budget['charges'])} run(s) on "
-        f"dataset '{dataset['dataset']}' together, composed by the PRV accountant, have spent "
-        f"ε = {budget['spent']:.3f} at δ = {budget['delta_total']:g} (the sum of their δ) of its cap "
-        f"{budget['cap']:g}; the plain sum of their ε, a looser bound, is {budget['spent_sum']:.3f}.",
-        "Noise came from PyTorch's default generator, seeded from operating-system entropy and never "
-        "from a configured seed. It is not a cryptographically secure generator (Opacus secure_mode "
-        "off); that matters only against an attacker who can reconstruct the generator's state.",
+        _unit_statement(p, dataset, training),
+        _noise_statement(p),
         _pretraining_statement(training.get("pretraining") or {"pretrained": False}),
         f"Not covered by the guarantee: the accuracy figures (computed on a held-out split of "
         f"{training['rows']['test']} records), the non-private baseline's accuracy, the row counts of "
         "the validation summary, the schema and the existence of the dataset. Features are scaled by "
         "bounds declared in the schema, not by statistics of the data, so scaling spends no budget.",
     ]
+
+
+def _unit_statement(p: dict, dataset: dict, training: dict) -> str:
+    unit, bound = p["privacy_unit"], p.get("rows_per_unit_bound", 1)
+    if bound > 1:
+        dropped = training["rows"].get("dropped_by_unit_bound", 0)
+        return (f"User-level privacy: the (ε, δ) protects each {unit}, not just each record. A {unit} has up to "
+                f"{dataset['max_rows_per_unit']} records; training kept at most {bound} per {unit} (the first in "
+                f"snapshot order; {dropped} records left out), sampled, clipped and accounted each {unit} as one.")
+    return (f"The guarantee bounds what the released weights reveal about any single record; each {unit} "
+            f"has at most {dataset['max_rows_per_unit']} record, so the same (ε, δ) protects each {unit}.")
+
+
+def _noise_statement(p: dict) -> str:
+    source = p.get("noise_source", "torch Mersenne Twister seeded from OS entropy")
+    if p.get("secure_noise"):
+        return f"Sampling and noise came from a cryptographically secure generator: {source}."
+    return (f"Sampling and noise came from {source}: not a cryptographically secure generator, which "
+            "matters only against an attacker who can reconstruct its state (privacy.secure_noise switches "
+            "to a ChaCha20 CSPRNG; the prod profile requires it).")
 
 
 def _pretraining_statement(pretraining: dict) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.errors import PrivflowError
 
@@ -78,20 +78,39 @@ class EncryptSettings(_Section):
     split_seed: int
 
 
+SHUFFLING_SAMPLERS = {"shuffle", "shuffling", "random", "weighted", "weighted_random", "fixed", "uniform"}
+
+
 class TrainSettings(_Section):
-    model: Literal["mlp"] = "mlp"
+    model: Literal["mlp", "cnn", "lstm", "transformer"] = "mlp"
+    input_shape: tuple[int, ...] | None = None  # cnn: [channels, height, width]; lstm/transformer: [steps, channels]
     hidden_units: int = Field(ge=1)
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1)  # expected units per logical step (Poisson); rows when each unit has one
+    physical_batch_size: int | None = Field(default=None, ge=1)  # virtual batches: units per forward pass
     learning_rate: float = Field(gt=0)
     max_grad_norm: float = Field(gt=0)
     target_epsilon: float = Field(gt=0)
     target_delta: float = Field(gt=0, lt=1)
     accountant: Literal["prv", "rdp", "gdp"] = "prv"
-    grad_sample_mode: Literal["hooks", "ghost"] = "hooks"
+    sampling: Literal["poisson"] = "poisson"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
+    processes: int = Field(default=1, ge=1)  # > 1: DPDDP, launched with torchrun (gloo on CPU, nccl on GPU)
+    noise_seed: int | None = None  # development only: reproducible sampling and noise
+    checkpoint_every_epochs: int = Field(default=1, ge=1)
     init_seed: int = 0
     audit_canaries: int = Field(default=0, ge=0)  # > 0: run the one-run empirical audit gate
     audit_confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+    @field_validator("sampling", mode="before")
+    @classmethod
+    def _poisson_only(cls, value: object) -> object:
+        if isinstance(value, str) and value.lower() in SHUFFLING_SAMPLERS:
+            raise ValueError(
+                f"'{value}' sampling is refused: DP-SGD's accounting assumes Poisson sampling, and a "
+                "shuffling loader or weighted sampler can make the true epsilon 4-10x the reported one; "
+                "use sampling: poisson")
+        return value
 
 
 class PrivacySettings(_Section):
@@ -100,6 +119,11 @@ class PrivacySettings(_Section):
     # the repository: `dvc exp run --temp/--queue` runs in a copy of it, and a repo-relative
     # ledger there would lose the charge; every workspace on the machine must see one budget.
     ledger: str = "~/.local/share/privflow/ledger.sqlite"
+    profile: Literal["dev", "prod"] = "dev"  # prod: secure noise required, no noise seed
+    secure_noise: bool = False  # ChaCha20 CSPRNG for sampling and noise (components/privacy/noise.py)
+    # user-level DP: when a privacy unit owns several rows, keep at most this many per unit
+    # (its first rows in snapshot order) and clip and account per unit; unset refuses such data
+    max_rows_per_unit: int | None = Field(default=None, ge=1)
 
 
 class CompressSettings(_Section):
@@ -137,6 +161,16 @@ class Settings(_Section):
                 f"train.target_epsilon ({self.train.target_epsilon}) exceeds "
                 f"privacy.epsilon_cap ({self.privacy.epsilon_cap}): no run could ever fit"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _noise_is_secure_when_required(self) -> Settings:
+        if self.privacy.secure_noise and self.train.noise_seed is not None:
+            raise ValueError("train.noise_seed cannot be combined with privacy.secure_noise: a seeded "
+                             "generator is predictable; remove the seed")
+        if self.privacy.profile == "prod" and not self.privacy.secure_noise:
+            raise ValueError("privacy.profile prod requires privacy.secure_noise: true (a CSPRNG for "
+                             "sampling and noise)")
         return self
 
 

@@ -1,20 +1,28 @@
-"""Stage `train`: DP-SGD with Opacus to a target (epsilon, delta), under the dataset's budget.
+"""Stage `train`: DP-SGD to a target (epsilon, delta), under the dataset's budget.
 
 Order matters: plan the run from counts alone, charge the ledger (refusing if the cap
 would be exceeded), and only then decrypt a single row. The charge is written ahead of
-training for the full plan, so a killed run is never charged less than the steps it took.
+training for the full plan, so a killed run is never charged less than the steps it took;
+a killed run resumes from its last sealed checkpoint under the same charge.
+
+The step is privflow's own (components/privacy/dp_sgd.py: per-sample clipping without
+per-sample gradients); Opacus provides the accountants, DPLSTM and the model validator.
+Sampling is Poisson over privacy units: each unit joins a step with probability q,
+independently, and a unit with several rows (user-level DP, bounded by
+privacy.max_rows_per_unit) is clipped as one.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
+from opacus.accountants import create_accountant
 from safetensors.numpy import load as load_tensors
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -23,10 +31,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from components.artifacts import git_commit, open_vault, read_json, stage_paths, write_json
 from components.encrypt import DATASET, split_identity
 from components.errors import PrivacyError, run_stage
-from components.models import accuracy, build_model
+from components.models import accuracy, build_model, load_weights, weights_of
 from components.privacy.accounting import DpSgdPlan, plan_dp_sgd
 from components.privacy.audit import Canaries, audit, draw_canaries
+from components.privacy.dp_sgd import PrivateGradient
 from components.privacy.ledger import Charge, PrivacyLedger
+from components.privacy.noise import NoiseSource, noise_source
 from components.settings import Settings, TrainSettings, ledger_location, load_settings
 from components.vault import Vault
 
@@ -34,20 +44,35 @@ MODEL = "model.safetensors"
 MODEL_CARD = "model.json"
 PRETRAINED = "pretrained.safetensors"  # written by components.pretrain (not imported: it imports us)
 PRETRAIN_DESCRIPTION = "pretrain.json"
+BASELINE_LEARNING_RATE = 1e-2
+ENGINE = ("privflow DP step: per-layer norms from activations and output gradients (outer-product "
+          "identity, Gram form or grouped convolution, whichever is cheaper), one clipped matmul per layer")
+
+
+def privacy_unit_bound(description: dict, settings: Settings) -> int:
+    """Rows per privacy unit that training keeps: 1 for example-level data, else the declared
+    bound; several rows per person without a bound are refused."""
+    most = description["max_rows_per_unit"]
+    if most <= 1:
+        return 1
+    bound = settings.privacy.max_rows_per_unit
+    if bound is None:
+        raise PrivacyError(
+            f"some {description['privacy_unit']} has {most} rows: example-level DP would understate "
+            f"that person's epsilon. Set privacy.max_rows_per_unit (e.g. {min(most, 10)}) to train with "
+            "user-level DP (each person's first rows kept, clipped and accounted as one), or declare "
+            "the unit column unique in the schema")
+    return bound
 
 
 def plan_and_charge(description: dict, settings: Settings, run_id: str,
                     extra_rows: int = 0) -> tuple[DpSgdPlan, dict]:
     """Refuse or charge before any decryption; returns the plan and the budget after it."""
-    if description["max_rows_per_unit"] > 1:
-        raise PrivacyError(
-            f"some {description['privacy_unit']} has {description['max_rows_per_unit']} rows: "
-            "example-level DP would understate that person's epsilon; declare the unit column "
-            "unique in the schema or deduplicate per person"
-        )
+    bound = privacy_unit_bound(description, settings)
+    train_split = description["splits"]["train"]
+    units = (train_split.get("units", train_split["rows"]) if bound > 1 else train_split["rows"]) + extra_rows
     t = settings.train
-    plan = plan_dp_sgd(rows=description["splits"]["train"]["rows"] + extra_rows, batch_size=t.batch_size,
-                       epochs=t.epochs, target_epsilon=t.target_epsilon,
+    plan = plan_dp_sgd(rows=units, batch_size=t.batch_size, epochs=t.epochs, target_epsilon=t.target_epsilon,
                        target_delta=t.target_delta, accountant=t.accountant)
     charge = Charge(run_id=run_id, dataset=description["dataset"],
                     privacy_unit=description["privacy_unit"], snapshot_id=description["snapshot_id"],
@@ -57,20 +82,64 @@ def plan_and_charge(description: dict, settings: Settings, run_id: str,
                     epsilon=plan.epsilon, code_commit=git_commit(),
                     created_at=datetime.now(UTC).isoformat(timespec="seconds"))
     budget = PrivacyLedger(ledger_location(settings)).charge(charge, settings.privacy.epsilon_cap)
-    return plan, {"cap": budget.cap, "spent_total": budget.spent, "spent_sum": budget.spent_sum,
-                  "delta_total": budget.delta_total, "this_run": plan.epsilon}
+    return plan, _budget_dict(budget, plan)
+
+
+def _budget_dict(budget, plan: DpSgdPlan) -> dict:
+    return {"cap": budget.cap, "spent_total": budget.spent, "spent_sum": budget.spent_sum,
+            "delta_total": budget.delta_total, "this_run": plan.epsilon}
 
 
 def load_split(vault: Vault, description: dict, split: str, folder: Path) -> TensorDataset:
+    """(features, labels, unit index) of one sealed split."""
     identity = split_identity(description["dataset"], description["snapshot_id"], split)
     tensors = load_tensors(vault.open(folder / f"{split}.sealed", identity))
-    return TensorDataset(torch.from_numpy(tensors["features"]), torch.from_numpy(tensors["labels"]))
+    labels = torch.from_numpy(tensors["labels"])
+    units = torch.from_numpy(tensors["units"]) if "units" in tensors else torch.arange(len(labels))
+    return TensorDataset(torch.from_numpy(tensors["features"]), labels, units)
 
 
-def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> float:
-    """One pass; returns the mean training loss over non-empty batches."""
-    # No skipping of empty Poisson batches: every step must reach optimizer.step(), where
-    # Opacus adds noise and the accountant counts it, or the charge and the run disagree.
+@dataclass(frozen=True)
+class UnitLayout:
+    """Each privacy unit's rows, at most `rows_per_unit` of them (its first ones), as a
+    (units, rows_per_unit) index table padded with -1."""
+
+    rows: torch.Tensor
+    dropped_rows: int
+
+    @classmethod
+    def of(cls, units: torch.Tensor, rows_per_unit: int) -> UnitLayout:
+        if rows_per_unit == 1 and bool((units == torch.arange(len(units))).all()):
+            return cls(torch.arange(len(units))[:, None], 0)
+        order = torch.argsort(units, stable=True)
+        ids, counts = torch.unique_consecutive(units[order], return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(len(units)) - torch.repeat_interleave(starts, counts)  # rank within its unit
+        keep = slot < rows_per_unit
+        table = torch.full((len(ids), rows_per_unit), -1, dtype=torch.long)
+        table[torch.repeat_interleave(torch.arange(len(ids)), counts)[keep], slot[keep]] = order[keep]
+        return cls(table, int((~keep).sum()))
+
+    @property
+    def units(self) -> int:
+        return self.rows.shape[0]
+
+    @property
+    def rows_per_unit(self) -> int:
+        return self.rows.shape[1]
+
+    def batch(self, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Row indices of the chosen units, unit by unit, and the weights that zero padding rows."""
+        rows = self.rows[chosen].reshape(-1)
+        if self.rows_per_unit == 1:
+            return rows, None
+        return rows.clamp(min=0), (rows >= 0).float()
+
+
+def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+              clip: float | None = None) -> float:
+    """One non-private pass (baseline, public pretraining); returns the mean training loss.
+    `clip` bounds the batch gradient's norm (the whole batch's: nothing private about it)."""
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     losses = []
@@ -78,6 +147,8 @@ def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
         optimizer.zero_grad()
         loss = loss_fn(model(features), labels)
         loss.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         if len(labels):
             losses.append(loss.item())
@@ -87,9 +158,9 @@ def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
 def initial_model(t: TrainSettings, n_features: int, n_classes: int, start: dict | None = None) -> nn.Module:
     """Seeded random weights, or the public pretraining's; `last_layer` freezes all but the output."""
     torch.manual_seed(t.init_seed)  # seeds the initial weights only
-    model = build_model(t.model, n_features, n_classes, t.hidden_units)
+    model = build_model(t.model, n_features, n_classes, t.hidden_units, t.input_shape)
     if start is not None:
-        model.load_state_dict(start["weights"])
+        load_weights(model, start["weights"])
         if start["fine_tune"] == "last_layer":
             last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
             for parameter in model.parameters():
@@ -107,53 +178,173 @@ def read_pretrained(folder: Path) -> tuple[dict, dict | None]:
     return description, {"weights": load_file(folder / PRETRAINED), "fine_tune": description["fine_tune"]}
 
 
-def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t: TrainSettings,
-                  n_classes: int, start: dict | None = None) -> tuple[nn.Module, list[dict], float]:
-    model = initial_model(t, train.tensors[0].shape[1], n_classes, start)
-    torch.seed()  # fresh OS entropy from here on: the DP noise and sampling are never seeded
-    engine = PrivacyEngine(accountant=plan.accountant)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=t.learning_rate, momentum=0.9)
-    loader = DataLoader(train, batch_size=t.batch_size)
-    model, optimizer, loader = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
-        max_grad_norm=t.max_grad_norm, poisson_sampling=True, grad_sample_mode=t.grad_sample_mode)
-    if abs(loader.sample_rate - plan.sample_rate) > 1e-12:
-        raise PrivacyError(f"Opacus sampled at {loader.sample_rate}, the charge assumed {plan.sample_rate}")
-    curve: list[dict] = []
-    for epoch in range(1, t.epochs + 1):
-        loss = run_epoch(model, loader, optimizer)
-        curve.append({"epoch": epoch, "epsilon": _spent(engine, plan), "train_loss": loss,
-                      "test_accuracy": accuracy(model, *test.tensors)})
-    return model._module, curve, _spent(engine, plan)
+def resolve_device(wanted: str) -> torch.device:
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise PrivacyError("train.device is cuda but no CUDA device is visible; use auto or cpu")
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(wanted)
 
 
-def _spent(engine: PrivacyEngine, plan: DpSgdPlan) -> float:
+@dataclass
+class World:
+    """This process's place in a DPDDP run (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    size: int = 1
+
+    def reduce(self, totals: list[torch.Tensor]) -> None:
+        if self.size == 1:
+            return
+        flat = torch.cat([t.reshape(-1) for t in totals])
+        torch.distributed.all_reduce(flat)
+        for total, part in zip(totals, flat.split([t.numel() for t in totals])):
+            total.copy_(part.view_as(total))
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    curve: list[dict]
+    epsilon: float
+    steps: int
+    resumed_from_step: int = 0
+    dropped_rows: int = 0
+    history: list[list[float]] = field(default_factory=list)
+
+
+def _randomness(t: TrainSettings, secure: bool, world: World, device: torch.device) -> tuple[NoiseSource | None, NoiseSource]:
+    """(noise, sampler): only rank 0 draws noise, so the reduced gradient carries one draw;
+    every rank samples its own units independently."""
+    seed = t.noise_seed
+    noise = noise_source(secure, seed, device) if world.rank == 0 else None
+    sampler = noise_source(secure, None if seed is None else seed + 1 + world.rank)
+    return noise, sampler
+
+
+def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t: TrainSettings, n_classes: int,
+                  start: dict | None = None, *, secure: bool = False, rows_per_unit: int = 1,
+                  checkpoint=None, run_id: str = "", world: World = World()) -> TrainResult:
+    """DP-SGD for plan.steps steps: Poisson sampling of units at plan.sample_rate, clipping per
+    unit, Gaussian noise of std sigma*C, averaged over the expected batch (q x units)."""
+    device = resolve_device(t.device)
+    features, labels = train.tensors[0].to(device), train.tensors[1].to(device)
+    units = train.tensors[2] if len(train.tensors) > 2 else torch.arange(len(labels))
+    layout = UnitLayout.of(units, rows_per_unit)
+    model = initial_model(t, features.shape[1], n_classes, start).to(device)
+    engine = PrivateGradient(model, t.max_grad_norm)
+    optimizer = torch.optim.SGD(engine.parameters, lr=t.learning_rate, momentum=0.9)
+    accountant = create_accountant(mechanism=plan.accountant)
+    noise, sampler = _randomness(t, secure, world, device)
+    mine = torch.arange(layout.units)[world.rank::world.size]  # DPDDP: each rank samples its own units
+    expected = plan.sample_rate * layout.units
+    steps_per_epoch = round(1 / plan.sample_rate)
+    chunk = t.physical_batch_size or max(1, layout.units)
+    curve, first = [], 0
+    state = checkpoint.read() if checkpoint is not None else None
+    if state is not None:
+        first, curve = _restore(state, model, optimizer, accountant, noise, sampler)
+    model.train()
+    epoch_loss, epoch_units = 0.0, 0
+    for step in range(first, plan.steps):
+        chosen = mine[sampler.bernoulli(len(mine), plan.sample_rate)]
+        for part in chosen.split(chunk):
+            rows, weights = layout.batch(part)
+            result = engine.accumulate(features[rows], labels[rows],
+                                       None if weights is None else weights.to(device), layout.rows_per_unit)
+            epoch_loss, epoch_units = epoch_loss + result.loss_sum, epoch_units + result.units
+        engine.release(noise, plan.noise_multiplier, expected, world.reduce)
+        optimizer.step()
+        accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
+        if (step + 1) % steps_per_epoch == 0 or step + 1 == plan.steps:
+            curve.append({"epoch": len(curve) + 1, "epsilon": _spent(accountant, plan),
+                          "train_loss": float(epoch_loss) / max(epoch_units, 1),
+                          "test_accuracy": accuracy(model, test.tensors[0].to(device), test.tensors[1].to(device))})
+            model.train()
+            epoch_loss, epoch_units = 0.0, 0
+            if checkpoint is not None and world.rank == 0 and len(curve) % t.checkpoint_every_epochs == 0 \
+                    and step + 1 < plan.steps:
+                checkpoint.write(_state(run_id, plan, step + 1, accountant, curve, model, optimizer, noise, sampler))
+    return TrainResult(model.cpu().eval(), curve, _spent(accountant, plan), len(_steps(accountant)),
+                       first, layout.dropped_rows, [list(h) for h in accountant.history])
+
+
+def _steps(accountant) -> list[int]:
+    return [s for _, _, n in accountant.history for s in range(n)]
+
+
+def _spent(accountant, plan: DpSgdPlan) -> float:
     # Only a deliberately broken trainer (the audit's negative control) runs without noise;
     # its privacy loss is unbounded, which the accountant cannot represent.
-    return engine.get_epsilon(plan.delta) if plan.noise_multiplier > 0 else float("inf")
+    return float(accountant.get_epsilon(delta=plan.delta)) if plan.noise_multiplier > 0 else float("inf")
+
+
+def _state(run_id: str, plan: DpSgdPlan, step: int, accountant, curve: list[dict], model: nn.Module,
+           optimizer: torch.optim.Optimizer, noise: NoiseSource | None, sampler: NoiseSource):
+    from components.checkpoint import CheckpointState
+
+    momentum = {str(i): optimizer.state[p]["momentum_buffer"] for i, p in enumerate(optimizer.param_groups[0]["params"])
+                if "momentum_buffer" in optimizer.state[p]}
+    generators = {f"{name}.{k}": v for name, source in (("noise", noise), ("sampler", sampler))
+                  if source is not None for k, v in source.state().items()}
+    return CheckpointState(run_id, asdict(plan), step, [list(h) for h in accountant.history], curve,
+                           weights_of(model), momentum, generators)
+
+
+def _restore(state, model: nn.Module, optimizer: torch.optim.Optimizer, accountant,
+             noise: NoiseSource | None, sampler: NoiseSource) -> tuple[int, list[dict]]:
+    device = next(model.parameters()).device
+    load_weights(model, state.model)
+    parameters = optimizer.param_groups[0]["params"]
+    for index, buffer in state.optimizer.items():
+        optimizer.state[parameters[int(index)]]["momentum_buffer"] = buffer.to(device)
+    accountant.history = [tuple(h) for h in state.history]
+    for name, source in (("noise", noise), ("sampler", sampler)):
+        if source is not None and hasattr(source, "restore"):
+            source.restore({k.split(".", 1)[1]: v for k, v in state.generators.items() if k.startswith(name + ".")})
+    return state.step, list(state.curve)
 
 
 def train_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings, n_classes: int) -> float:
-    """Non-private reference on the same split: its accuracy is reported, its weights discarded."""
-    torch.manual_seed(t.init_seed)
-    model = build_model(t.model, train.tensors[0].shape[1], n_classes, t.hidden_units)
-    optimizer = torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=0.9)
-    loader = DataLoader(train, batch_size=t.batch_size, shuffle=True)
-    for _ in range(t.epochs):
-        run_epoch(model, loader, optimizer)
-    return accuracy(model, *test.tensors)
+    """Non-private reference on the same split: its accuracy is reported, its weights discarded.
+
+    Same model, batch size and epochs, no noise. Two standard recipes are tried, the DP run's
+    own (SGD at its learning rate, the batch gradient clipped to C) and Adam at 1e-2, and the
+    one better on a tenth of the training split held back is scored: either alone is poor on
+    some presets (an LSTM needs Adam's steps, a small CNN diverges under Adam's early ones),
+    and a weak baseline would flatter the DP model."""
+    features, labels = train.tensors[:2]
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(t.init_seed))
+    held, fit = order[: max(1, len(labels) // 10)], order[max(1, len(labels) // 10):]
+    best_score, best_model = -1.0, None
+    for recipe in ("dp_recipe_without_noise", "adam"):
+        torch.manual_seed(t.init_seed)
+        model = build_model(t.model, features.shape[1], n_classes, t.hidden_units, t.input_shape)
+        if recipe == "adam":
+            optimizer, clip = torch.optim.Adam(model.parameters(), lr=BASELINE_LEARNING_RATE), None
+        else:
+            optimizer, clip = torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=0.9), t.max_grad_norm
+        loader = DataLoader(TensorDataset(features[fit], labels[fit]), batch_size=t.batch_size, shuffle=True)
+        for _ in range(t.epochs):
+            run_epoch(model, loader, optimizer, clip)
+        score = accuracy(model, features[held], labels[held])
+        if score > best_score:
+            best_score, best_model = score, model
+    return accuracy(best_model, *test.tensors[:2])
 
 
 def with_canaries(train: TensorDataset, canaries: Canaries) -> TensorDataset:
-    features, labels = train.tensors
+    """The audit's canaries join the training rows, each its own privacy unit."""
+    features, labels, units = train.tensors
+    added = int(canaries.included.sum())
     return TensorDataset(torch.cat([features, torch.from_numpy(canaries.features[canaries.included])]),
-                         torch.cat([labels, torch.from_numpy(canaries.labels[canaries.included])]))
+                         torch.cat([labels, torch.from_numpy(canaries.labels[canaries.included])]),
+                         torch.cat([units, (int(units.max()) + 1 if len(units) else 0) + torch.arange(added)]))
 
 
 def save_model(model: nn.Module, out: Path, card: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out / MODEL)
+    save_file(weights_of(model), out / MODEL)
     write_json(out / MODEL_CARD, card)
 
 
@@ -171,39 +362,97 @@ def audit_gate(model: nn.Module, canaries: Canaries | None, claimed: float, conf
     return result.as_dict()
 
 
+def resume_or_charge(description: dict, settings: Settings, checkpoint, extra_rows: int):
+    """A checkpoint of this configuration whose charge is in the ledger: continue that run
+    under its charge. Otherwise a new run, charged (or refused) before any decryption."""
+    state = checkpoint.read() if checkpoint is not None and checkpoint.path.exists() else None
+    ledger = PrivacyLedger(ledger_location(settings))
+    if state is not None and any(c.run_id == state.run_id for c in ledger.charges(description["dataset"])):
+        plan = DpSgdPlan(**state.plan)
+        budget = ledger.budget(description["dataset"], settings.privacy.epsilon_cap)
+        return state.run_id, plan, _budget_dict(budget, plan)
+    if checkpoint is not None:
+        checkpoint.discard()
+    run_id = uuid.uuid4().hex
+    plan, budget = plan_and_charge(description, settings, run_id, extra_rows)
+    return run_id, plan, budget
+
+
+def run_training(settings: Settings, description: dict, data_dir: Path, pretrained_dir: Path,
+                 canaries: Canaries | None, plan: DpSgdPlan, run_id: str,
+                 checkpoint) -> tuple[TrainResult, TensorDataset, TensorDataset]:
+    """Decrypt the splits and train, in this process or in torchrun's (DPDDP)."""
+    t = settings.train
+    vault = open_vault()
+    real, test = (load_split(vault, description, split, data_dir) for split in ("train", "test"))
+    if t.processes > 1:
+        from components.distributed import train_distributed
+
+        if canaries is not None:
+            raise PrivacyError("train.audit_canaries needs train.processes: 1 (the canaries live in one process)")
+        return train_distributed(settings, description, data_dir, pretrained_dir, plan, run_id), real, test
+    train = with_canaries(real, canaries) if canaries else real
+    result = train_private(train, test, plan, t, len(description["classes"]), read_pretrained(pretrained_dir)[1],
+                           secure=settings.privacy.secure_noise, rows_per_unit=privacy_unit_bound(description, settings),
+                           checkpoint=checkpoint, run_id=run_id)
+    return result, real, test
+
+
 def main() -> None:
     args = stage_paths(__doc__, "data", "pretrained", "out", "metrics", "curve")
     settings = load_settings(args.dataset)
     t = settings.train
     description = read_json(args.data / DATASET)
-    n_classes, run_id = len(description["classes"]), uuid.uuid4().hex
+    n_classes = len(description["classes"])
     canaries = (draw_canaries(t.audit_canaries, len(description["features"]), n_classes, np.random.default_rng())
                 if t.audit_canaries else None)
     extra_rows = int(canaries.included.sum()) if canaries else 0
-    plan, budget = plan_and_charge(description, settings, run_id, extra_rows)
-    pretraining, start = read_pretrained(args.pretrained)
-    vault = open_vault()
-    real, test = (load_split(vault, description, split, args.data) for split in ("train", "test"))
-    train = with_canaries(real, canaries) if canaries else real
-    model, curve, epsilon = train_private(train, test, plan, t, n_classes, start)
-    audited = audit_gate(model, canaries, epsilon, t.audit_confidence)
-    save_model(model, args.out, {
-        "run_id": run_id, "preset": t.model, "hidden_units": t.hidden_units, "features": description["features"],
+    pretraining, _ = read_pretrained(args.pretrained)
+    bound = privacy_unit_bound(description, settings)
+    # canaries are drawn afresh per run, so an audited run cannot resume
+    checkpoint = None if canaries else _checkpoint(settings, description, pretraining, bound)
+    run_id, plan, budget = resume_or_charge(description, settings, checkpoint, extra_rows)
+    result, real, test = run_training(settings, description, args.data, args.pretrained, canaries, plan, run_id,
+                                      checkpoint)
+    if result.steps != plan.steps:
+        raise PrivacyError(f"training took {result.steps} steps, the charge covers {plan.steps}")
+    audited = audit_gate(result.model, canaries, result.epsilon, t.audit_confidence)
+    save_model(result.model, args.out, {
+        "run_id": run_id, "preset": t.model, "hidden_units": t.hidden_units,
+        "input_shape": list(t.input_shape) if t.input_shape else None, "features": description["features"],
         "classes": description["classes"], "snapshot_id": description["snapshot_id"], "dataset": description["dataset"]})
+    noise = noise_source(settings.privacy.secure_noise, t.noise_seed)
     write_json(args.metrics, {
         "run_id": run_id, "snapshot_id": description["snapshot_id"], "audit": audited,
-        "privacy": {**asdict(plan), "epsilon_spent": epsilon, "max_grad_norm": t.max_grad_norm,
-                    "privacy_unit": description["privacy_unit"], "poisson_sampling": True,
-                    "secure_noise": False, "grad_sample_mode": t.grad_sample_mode},
-        "budget": budget, "rows": {"train": len(real), "test": len(test), "canaries": extra_rows},
+        "privacy": {**asdict(plan), "epsilon_spent": result.epsilon, "max_grad_norm": t.max_grad_norm,
+                    "privacy_unit": description["privacy_unit"], "rows_per_unit_bound": bound,
+                    "unit_level": "user" if bound > 1 else "example", "poisson_sampling": True,
+                    "secure_noise": settings.privacy.secure_noise, "noise_source": noise.description,
+                    "profile": settings.privacy.profile, "accountant_history": result.history,
+                    "grad_sample_mode": ENGINE},
+        "training": {"model": t.model, "device": str(resolve_device(t.device)), "processes": t.processes,
+                     "resumed_from_step": result.resumed_from_step},
+        "budget": budget,
+        "rows": {"train": len(real), "test": len(test), "canaries": extra_rows,
+                 "dropped_by_unit_bound": result.dropped_rows},
         "pretraining": pretraining,
-        "accuracy": {"private": curve[-1]["test_accuracy"],
+        "accuracy": {"private": result.curve[-1]["test_accuracy"],
                      "non_private_baseline": train_baseline(real, test, t, n_classes)},
     })
-    write_json(args.curve, curve)
-    print(f"train: epsilon {epsilon:.3f} (delta {plan.delta:g}, noise {plan.noise_multiplier:.3f}, "
-          f"q {plan.sample_rate:.4f}, {plan.steps} steps), test accuracy {curve[-1]['test_accuracy']:.3f}, "
-          f"budget {budget['spent_total']:.3f}/{budget['cap']:g}")
+    write_json(args.curve, result.curve)
+    if checkpoint is not None:
+        checkpoint.discard()
+    print(f"train: epsilon {result.epsilon:.3f} (delta {plan.delta:g}, noise {plan.noise_multiplier:.3f}, "
+          f"q {plan.sample_rate:.4f}, {plan.steps} steps{', resumed at step %d' % result.resumed_from_step if result.resumed_from_step else ''}), "
+          f"test accuracy {result.curve[-1]['test_accuracy']:.3f}, budget {budget['spent_total']:.3f}/{budget['cap']:g}")
+
+
+def _checkpoint(settings: Settings, description: dict, pretraining: dict, bound: int):
+    from components.checkpoint import Checkpoint, fingerprint
+
+    key = fingerprint(description["snapshot_id"], settings.train.model_dump(mode="json"), bound,
+                      settings.privacy.secure_noise, pretraining)
+    return Checkpoint(open_vault, description["dataset"], description["snapshot_id"], key)
 
 
 if __name__ == "__main__":

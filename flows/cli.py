@@ -37,13 +37,22 @@ def _one_dataset(dataset: str | None) -> str:
 
 @app.command()
 def run(root: Path = Path("."),
-        dataset: list[str] = typer.Option(None, "--dataset", "-d", help="only this dataset (repeatable)")) -> None:
+        dataset: list[str] = typer.Option(None, "--dataset", "-d", help="only this dataset (repeatable)"),
+        workers: int = typer.Option(1, min=1, help="> 1: datasets side by side on a local Dask cluster"),
+        dask_address: str = typer.Option(None, help="or on an existing Dask cluster (tcp://host:8786)")) -> None:
     """Run the whole pipeline for every dataset, or the named ones (up-to-date stages are skipped)."""
     from flows.pipeline import dataset_of, pipeline, reports_dir
     from flows.stages import StageFailed
 
+    flow = pipeline
+    if workers > 1 or dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+        flow = pipeline.with_options(task_runner=runner)
     try:
-        ran = pipeline(str(root), dataset or None)
+        ran = flow(str(root), dataset or None, side_by_side=workers > 1 or bool(dask_address))
     except StageFailed as failure:
         console.print(f"[red]privflow: {failure}[/red]")
         raise typer.Exit(2) from None

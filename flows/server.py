@@ -28,6 +28,16 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _stop_with_parent() -> None:
+    """In the server's process, before exec: Linux sends it SIGTERM when `privflow serve`
+    dies, even by SIGKILL (which no handler can see), so no server is left orphaned."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
@@ -47,7 +57,8 @@ def prefect_api(log: Path) -> Iterator[str]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as output:
         server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                   "--port", port, "--no-ui"], stdout=output, stderr=subprocess.STDOUT)
+                                   "--port", port, "--no-ui"], stdout=output, stderr=subprocess.STDOUT,
+                                  preexec_fn=_stop_with_parent)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while not _healthy(url):

@@ -71,7 +71,9 @@ def reproduce_stage(root: Path, stage: str) -> bool:
     if not os.environ.get("PATH", "").startswith(bin_dir):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     try:
-        with Repo(str(root)) as repo:
+        # wait for DVC's repository lock rather than fail: with datasets side by side, another
+        # process may be recording its stage (DVC holds the lock only to check and record)
+        with Repo(str(root), _wait_for_lock=True) as repo:
             # a bare stage name resolves against the current directory, not against `root`
             target = f"{Path(repo.root_dir) / 'dvc.yaml'}:{stage}"
             return bool(repo.reproduce(targets=[target], single_item=True))

@@ -43,7 +43,7 @@ def audited_run(noise_off: bool):
                        target_delta=1e-5, accountant="prv")
     if noise_off:  # the deliberately broken trainer: clipping still on, noise switched off
         plan = DpSgdPlan(plan.accountant, 0.0, plan.sample_rate, plan.steps, plan.delta, plan.epsilon)
-    model, _, _ = train_private(train, test, plan, SETTINGS, 2)
+    model = train_private(train, test, plan, SETTINGS, 2).model
     return audit(model, canaries, claimed_epsilon=plan.epsilon)
 
 

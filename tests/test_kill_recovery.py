@@ -4,7 +4,10 @@ For each stage whose outputs are deterministic (ingest, validate, encrypt, expla
 killed at random moments (the whole process group: DVC and the stage command), then `dvc
 repro` completes the pipeline. The final hashes must equal those of the uninterrupted run,
 no partial file or plaintext may remain, and the ledger must hold exactly the charges made.
-Training is randomized by design (its kill test is in test_pipeline_refusals.py).
+The later stages (pretrain, train, compress, report) are killed the same way with a noise
+seed set (development only), which makes training reproducible on CPU: the files that do not
+carry timings or run ids (pretrained weights, model weights, the int8 export) must come back
+byte-equal, whether the killed training resumed from its checkpoint or started again.
 """
 
 from __future__ import annotations
@@ -74,3 +77,47 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(tmp_
     ledger = PrivacyLedger(workspace.ledger)
     assert len(ledger.charges()) == charges and ledger.verify() == []  # killed stages charge nothing
     (tmp_path / "logs" / "kill-points.txt").write_text("\n".join(f"{s} {d} {k}" for s, d, k in tried))
+
+
+LATER = ("pretrain", "train", "compress", "report")
+STABLE_FILES = ("artifacts/breast_cancer/pretrain/pretrain.json", "artifacts/breast_cancer/train/model.safetensors",
+                "artifacts/breast_cancer/compress/model.int8.onnx.gz")
+
+
+def stable_digests(workspace) -> dict[str, str]:
+    import hashlib
+
+    return {name: hashlib.sha256((workspace.repo / name).read_bytes()).hexdigest() for name in STABLE_FILES}
+
+
+def test_sigkill_in_the_later_stages_then_rerun_gives_the_same_model(tmp_path):
+    import json
+
+    header, rows = demo_table()
+    workspace = make_workspace(tmp_path, header, [r for r in rows if len(r) == len(header)])
+    workspace.edit_params(train={"noise_seed": 99, "epochs": 20, "checkpoint_every_epochs": 2})
+    workspace.run("dvc", "repro", check=True)
+    reference = stable_digests(workspace)
+    ledger = PrivacyLedger(workspace.ledger)
+    rng = random.Random(20261125)
+    tried = []
+    for stage in LATER:
+        for _ in range(KILLS_PER_STAGE):
+            delay, killed = kill_at_random(workspace, stage, rng)
+            tried.append((stage, round(delay, 2), killed))
+            result = workspace.run("dvc", "repro")
+            assert result.returncode == 0, (tried[-1], result.stdout, result.stderr)
+            assert stable_digests(workspace) == reference, tried[-1]
+            assert (workspace.reports() / "report.html").exists()
+    assert sum(killed for *_, killed in tried) >= len(tried) // 2
+    assert [p for p in workspace.repo.rglob("*.partial")] == []
+    assert not (workspace.repo / ".privflow" / "checkpoints" / "breast_cancer" / "train.sealed").exists()
+    # every training run charged once, ahead; a resumed run under its first charge, never twice
+    charges = ledger.charges()
+    final = json.loads(workspace.metrics("train").read_text())["run_id"]
+    assert ledger.verify() == [] and final in {c.run_id for c in charges}
+    assert len({c.run_id for c in charges}) == len(charges) <= 1 + KILLS_PER_STAGE
+    secrets = [rows[0][0].encode(), rows[5][0].encode()]
+    roots = [workspace.base / "tmp", workspace.repo / "artifacts", workspace.repo / ".dvc", workspace.repo / ".privflow"]
+    assert files_containing(roots, secrets) == {}
+    (tmp_path / "logs" / "kill-points-later.txt").write_text("\n".join(f"{s} {d} {k}" for s, d, k in tried))

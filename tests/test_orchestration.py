@@ -78,6 +78,32 @@ def test_a_scheduled_flow_fires_and_completes(tmp_path, prefect_database):
     assert len(PrivacyLedger(workspace.ledger).charges()) == 1  # later runs found everything up to date
 
 
+def test_sigkilled_serve_leaves_no_prefect_server_behind(tmp_path):
+    import psutil
+
+    workspace = demo_workspace(tmp_path)
+    log = open(tmp_path / "logs" / "serve.log", "w")
+    serve = subprocess.Popen(["privflow", "serve", "--interval", "3600"], cwd=workspace.repo, env=workspace.env,
+                             stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline, servers = time.monotonic() + 240, []
+        while not servers and time.monotonic() < deadline and serve.poll() is None:
+            time.sleep(1)
+            servers = [p for p in psutil.Process(serve.pid).children(recursive=True)
+                       if "server" in p.cmdline() and "start" in p.cmdline()]
+        assert servers, (tmp_path / "logs" / "serve.log").read_text()[-2000:]
+        time.sleep(5)  # its API workers (uvicorn) started too
+        servers += [child for p in servers for child in p.children(recursive=True)]
+        serve.send_signal(signal.SIGKILL)
+        serve.wait()
+        gone, alive = psutil.wait_procs(servers, timeout=60)
+        assert alive == [], "the Prefect server outlived a SIGKILLed `privflow serve`"
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        log.close()
+
+
 def test_two_runs_at_once_in_one_project_train_once(tmp_path):
     workspace = demo_workspace(tmp_path)
     runs = [subprocess.Popen(["privflow", "run"], cwd=workspace.repo, env=workspace.env, text=True,

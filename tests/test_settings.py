@@ -52,12 +52,16 @@ def test_each_dataset_gets_shared_sections_and_its_own_overrides(params):
     cancer, churn = load_settings("breast_cancer", params), load_settings("churn", params)
     assert (cancer.dataset.name, churn.dataset.name) == ("breast_cancer", "churn")
     assert churn.ingest.source.name == "churn.csv.gz" and churn.validate_.schema_file.name == "churn.yaml"
-    assert churn.train.epochs == 10 and cancer.train.epochs == 30  # churn overrides, cancer shares
-    assert churn.privacy == cancer.privacy
+    assert churn.train.epochs == 10 and cancer.train.epochs == 15  # each its own override
+    assert churn.train.max_grad_norm == cancer.train.max_grad_norm == 1.0  # shared
+    digits, activity = load_settings("digits", params), load_settings("activity", params)
+    assert (digits.train.model, digits.train.input_shape) == ("cnn", (1, 8, 8))
+    assert (activity.train.model, activity.train.input_shape) == ("lstm", (32, 1))
+    assert churn.privacy == cancer.privacy == digits.privacy
 
 
 def test_dataset_choice_and_bad_entries_are_named(params):
-    with pytest.raises(PrivflowError, match=r"datasets \['breast_cancer', 'churn'\] are declared; name one"):
+    with pytest.raises(PrivflowError, match=r"datasets \['breast_cancer', 'churn', 'digits', 'activity'\] are declared; name one"):
         load_settings(None, params)
     with pytest.raises(PrivflowError, match="'payroll' is not one of them"):
         load_settings("payroll", params)

@@ -65,6 +65,6 @@ def test_charge_is_what_the_plan_says(project):
     with pytest.raises(pytest.fail.Exception):
         train.main()
     (charge,) = PrivacyLedger(folder / "ledger.sqlite").charges("demo")
-    plan = plan_dp_sgd(rows=1000, batch_size=64, epochs=30, target_epsilon=3.0, target_delta=1e-5, accountant="prv")
+    plan = plan_dp_sgd(rows=1000, batch_size=128, epochs=15, target_epsilon=3.0, target_delta=1e-5, accountant="prv")
     assert (charge.steps, charge.epsilon) == (plan.steps, pytest.approx(plan.epsilon))
     assert len(opened) == 1

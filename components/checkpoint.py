@@ -1,0 +1,78 @@
+"""Sealed training checkpoints: a killed DP-SGD run resumes where it stopped, under its charge.
+
+A checkpoint holds the weights, the optimizer's momentum, the accountant's history (the
+steps already taken, never forgotten), the learning curve and the run id whose ledger
+charge covers the whole plan. It lives outside the stage's DVC outputs (DVC deletes those
+before re-running a stage), sealed by the vault like every artifact derived from private
+rows, and bound by a fingerprint of everything that shapes the run: a checkpoint of
+another snapshot, configuration or plan is discarded, never continued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from components.vault import ArtifactIdentity, Vault
+
+ROOT = Path(".privflow") / "checkpoints"
+_HEADER = 8
+
+
+def fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class CheckpointState:
+    run_id: str
+    plan: dict
+    step: int
+    history: list[list[float]]  # the accountant's [(noise multiplier, sample rate, steps)]
+    curve: list[dict]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    generators: dict[str, torch.Tensor]  # seeded (development) runs only
+
+
+class Checkpoint:
+    def __init__(self, vault: Callable[[], Vault], dataset: str, snapshot_id: str, key: str, root: Path = ROOT):
+        """`vault` is called only when a checkpoint is read or written: a run refused before
+        training never touches the keyring."""
+        self.path = root / dataset / "train.sealed"
+        self._open_vault, self.key = vault, key
+        self._identity = ArtifactIdentity(dataset, "train", "checkpoint", snapshot_id)
+
+    def read(self) -> CheckpointState | None:
+        """The checkpoint of this very configuration, if one was left; another one is removed."""
+        if not self.path.exists():
+            return None
+        blob = self._open_vault().open(self.path, self._identity)
+        size = int.from_bytes(blob[:_HEADER], "big")
+        meta = json.loads(blob[_HEADER:_HEADER + size])
+        if meta.pop("key") != self.key:
+            self.discard()
+            return None
+        tensors = load_tensors(blob[_HEADER + size:])
+        groups = {g: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(g + ".")}
+                  for g in ("model", "optimizer", "generators")}
+        return CheckpointState(**meta, **groups)
+
+    def write(self, state: CheckpointState) -> None:
+        meta = json.dumps({"key": self.key, "run_id": state.run_id, "plan": state.plan, "step": state.step,
+                           "history": state.history, "curve": state.curve}).encode()
+        tensors = {f"{group}.{name}": tensor.detach().cpu().contiguous()
+                   for group in ("model", "optimizer", "generators")
+                   for name, tensor in getattr(state, group).items()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._open_vault().seal(len(meta).to_bytes(_HEADER, "big") + meta + save_tensors(tensors), self._identity, self.path)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
