@@ -42,7 +42,7 @@ system-deps:
 	    echo "not installed: $$missing (the tests that need them will be skipped)"; fi
 
 test: install system-deps
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=20
 
 test-fast: install
 	$(BIN)/pytest -q -ra -m "not slow"
