@@ -37,13 +37,18 @@ def tracked_hashes(workspace) -> dict[str, str]:
             if name.split("@")[0] in DETERMINISTIC for out in stage.get("outs", [])}
 
 
-def kill_at_random(workspace, stage: str, rng: random.Random) -> tuple[float, bool]:
+def kill_at_random(workspace, stage: str, rng: random.Random, longest: float = 4.0,
+                   after=None) -> tuple[float, bool]:
     """Force-run one stage and SIGKILL its process group after a random delay: (delay, whether
-    it was still running when killed)."""
-    delay = rng.uniform(0.3, 4.0)
+    it was still running when killed). `after`: a condition the delay counts from (the run's
+    charge in the ledger, a checkpoint on disk), so the kill lands in training, not imports."""
+    delay = rng.uniform(0.3, longest)
     process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", f"{stage}@breast_cancer"],
                                cwd=workspace.repo, env=workspace.env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while after is not None and not after() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     time.sleep(delay)
     running = process.poll() is None
     if running:
@@ -95,23 +100,39 @@ def test_sigkill_in_the_later_stages_then_rerun_gives_the_same_model(tmp_path):
 
     header, rows = demo_table()
     workspace = make_workspace(tmp_path, header, [r for r in rows if len(r) == len(header)])
-    workspace.edit_params(train={"noise_seed": 99, "epochs": 20, "checkpoint_every_epochs": 2})
+    # several seconds of training after the charge, a checkpoint every few epochs: the first
+    # training kill lands just after a checkpoint (resumed under the same charge), the others
+    # at random after the charge (before the first checkpoint: a new run and a new charge)
+    workspace.edit_params(train={"noise_seed": 99, "epochs": 60, "checkpoint_every_epochs": 5})
+    checkpoint = workspace.repo / ".privflow" / "checkpoints" / "breast_cancer" / "train.sealed"
     workspace.run("dvc", "repro", check=True)
     reference = stable_digests(workspace)
     ledger = PrivacyLedger(workspace.ledger)
     rng = random.Random(20261125)
-    tried = []
+    tried, resumed = [], []
     for stage in LATER:
-        for _ in range(KILLS_PER_STAGE):
-            delay, killed = kill_at_random(workspace, stage, rng)
+        for attempt in range(KILLS_PER_STAGE):
+            charged = len(ledger.charges())
+            if stage != "train":  # these import torch, ~6 s: kills spread over 10 s reach their work
+                after, longest = None, 10.0
+            elif attempt == 0:  # just after a checkpoint: must resume under the same charge
+                after, longest = checkpoint.exists, 0.3
+            else:  # anywhere in training
+                after, longest = (lambda: len(ledger.charges()) > charged), 4.0
+            delay, killed = kill_at_random(workspace, stage, rng, longest, after)
             tried.append((stage, round(delay, 2), killed))
             result = workspace.run("dvc", "repro")
             assert result.returncode == 0, (tried[-1], result.stdout, result.stderr)
             assert stable_digests(workspace) == reference, tried[-1]
             assert (workspace.reports() / "report.html").exists()
+            if stage == "train":
+                resumed.append(json.loads(workspace.metrics("train").read_text())["training"]["resumed_from_step"])
     assert sum(killed for *_, killed in tried) >= len(tried) // 2
+    assert any(resumed), f"no killed training resumed from a checkpoint: {tried}"
     assert [p for p in workspace.repo.rglob("*.partial")] == []
-    assert not (workspace.repo / ".privflow" / "checkpoints" / "breast_cancer" / "train.sealed").exists()
+    # A killed run's checkpoint may remain: when the re-run finds the stage in DVC's run cache
+    # it restores the outputs without running training. It is sealed (searched below) and its
+    # run is charged, so a later run of this configuration resumes it under that charge.
     # every training run charged once, ahead; a resumed run under its first charge, never twice
     charges = ledger.charges()
     final = json.loads(workspace.metrics("train").read_text())["run_id"]
