@@ -265,12 +265,8 @@ def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t:
             if checkpoint is not None and world.rank == 0 and len(curve) % t.checkpoint_every_epochs == 0 \
                     and step + 1 < plan.steps:
                 checkpoint.write(_state(run_id, plan, step + 1, accountant, curve, model, optimizer, noise, sampler))
-    return TrainResult(model.cpu().eval(), curve, _spent(accountant, plan), len(_steps(accountant)),
+    return TrainResult(model.cpu().eval(), curve, _spent(accountant, plan), sum(n for *_, n in accountant.history),
                        first, layout.dropped_rows, [list(h) for h in accountant.history])
-
-
-def _steps(accountant) -> list[int]:
-    return [s for _, _, n in accountant.history for s in range(n)]
 
 
 def _spent(accountant, plan: DpSgdPlan) -> float:

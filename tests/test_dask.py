@@ -9,9 +9,8 @@ import re
 
 import pytest
 
-from components.demo_data import demo_table
 from components.privacy.ledger import PrivacyLedger
-from tests.workspace import make_workspace
+from tests.workspace import demo_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -32,10 +31,8 @@ def outcome(workspace, dataset: str) -> dict:
 
 
 def test_two_datasets_side_by_side_on_two_dask_workers_match_the_sequential_run(tmp_path):
-    header, rows = demo_table()
-    rows = [r for r in rows if len(r) == len(header)]
-    sequential = make_workspace(tmp_path / "sequential", header, rows, churn=True)
-    side_by_side = make_workspace(tmp_path / "dask", header, rows, churn=True)
+    sequential = demo_workspace(tmp_path / "sequential", churn=True)
+    side_by_side = demo_workspace(tmp_path / "dask", churn=True)
     for workspace in (sequential, side_by_side):
         workspace.edit_params(train={"noise_seed": 5})
     sequential.run("privflow", "run", check=True)

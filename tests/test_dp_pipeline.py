@@ -13,15 +13,14 @@ import pytest
 
 from components.demo_data import demo_table
 from components.privacy.ledger import PrivacyLedger
-from tests.workspace import make_workspace
+from tests.workspace import demo_workspace, make_workspace
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def workspace(tmp_path):
-    header, rows = demo_table()
-    return make_workspace(tmp_path, header, [r for r in rows if len(r) == len(header)])
+    return demo_workspace(tmp_path)
 
 
 def test_sigkilled_training_resumes_from_its_checkpoint_under_the_same_charge(workspace):

@@ -9,16 +9,10 @@ import time
 
 import pytest
 
-from components.demo_data import demo_table
 from components.privacy.ledger import PrivacyLedger
-from tests.workspace import make_workspace
+from tests.workspace import demo_workspace
 
 pytestmark = pytest.mark.slow
-
-
-def demo_workspace(base):
-    header, rows = demo_table()
-    return make_workspace(base, header, [r for r in rows if len(r) == len(header)])
 
 
 def completed_scheduled_runs(database_url: str) -> int:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 
 from components.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
-from tests.workspace import make_workspace
+from tests.workspace import demo_workspace
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def workspace(tmp_path):
-    header, rows = demo_table()
-    return make_workspace(tmp_path, header, [r for r in rows if len(r) == len(header)])
+    return demo_workspace(tmp_path)
 
 
 def test_missing_source_names_the_file_and_writes_nothing(workspace):

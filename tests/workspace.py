@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from components.demo_data import churn_table, csv_text, public_churn_table
+from components.demo_data import churn_table, csv_text, demo_table, public_churn_table
 from tests.conftest import ROOT
 
 PROJECT_FILES = ("components", "flows", "schemas", "dvc.yaml", "params.yaml", ".gitignore")
@@ -128,6 +128,12 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
     workspace.run("git", "add", "-A", check=True)
     workspace.run("git", "commit", "-qm", "project", check=True)
     return workspace
+
+
+def demo_workspace(base: Path, *, churn: bool = False) -> Workspace:
+    """A project on the demo's well-formed breast-cancer rows (the stray-delimiter row left out)."""
+    header, rows = demo_table()
+    return make_workspace(base, header, [r for r in rows if len(r) == len(header)], churn=churn)
 
 
 def files_containing(roots: list[Path], needles: list[bytes]) -> dict[str, list[str]]:
