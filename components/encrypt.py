@@ -19,9 +19,11 @@ import pandas as pd
 from safetensors.numpy import save as save_tensors
 
 from components.artifacts import open_vault, stage_paths, write_json
-from components.errors import DatasetError, SchemaError, run_stage
+from components.errors import DatasetError, run_stage
 from components.ingest import SnapshotManifest, open_snapshot, read_manifest
-from components.records import FileSpan, RecordReader, coerce_batch
+from components.coercion import coerce_batch
+from components.features import NO_LABEL, EncodedData, encode_features
+from components.records import FileSpan, RecordReader
 from components.schema import DatasetSchema, load_schema
 from components.settings import Settings, load_settings
 from components.sources import Member
@@ -31,41 +33,6 @@ from components.vault import ArtifactIdentity, Vault
 SPLITS = ("train", "test")
 QUARANTINE = "quarantine.sealed"
 DATASET = "dataset.json"
-
-
-@dataclass(frozen=True)
-class EncodedData:
-    features: np.ndarray  # float32, rows x features, each in [0, 1]
-    labels: np.ndarray    # int64 class index in schema order
-    units: np.ndarray     # privacy-unit ids, kept only to split and to count rows per person
-    feature_names: list[str]
-
-
-def encode_features(typed: pd.DataFrame, schema: DatasetSchema) -> EncodedData:
-    columns: list[np.ndarray] = []
-    names: list[str] = []
-    for name in schema.feature_columns:
-        spec = schema.columns[name]
-        values = typed[name]
-        if spec.type == "string":
-            if not spec.allowed:
-                continue  # free text is never a model input
-            for level in spec.allowed:
-                columns.append((values == str(level)).fillna(False).to_numpy(dtype=np.float32))
-                names.append(f"{name}={level}")
-        elif spec.type == "bool":
-            columns.append(values.fillna(False).to_numpy(dtype=np.float32))
-            names.append(name)
-        else:
-            if spec.min is None or spec.max is None or spec.max <= spec.min:
-                raise SchemaError(f"feature '{name}' needs min < max in the schema: they scale it "
-                                  "without spending privacy budget")
-            scaled = ((values.astype("float64") - spec.min) / (spec.max - spec.min)).clip(0, 1)
-            columns.append(scaled.fillna(0.0).to_numpy(dtype=np.float32))
-            names.append(name)
-    labels = typed[schema.target].map({c: i for i, c in enumerate(schema.classes)}).astype("Int64")
-    return EncodedData(np.stack(columns, axis=1), labels.fillna(-1).to_numpy(dtype=np.int64),  # -1: no label
-                       typed[schema.privacy_unit].astype(str).to_numpy(), names)
 
 
 def in_test_split(units: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -151,12 +118,15 @@ def seal_dataset(members: Iterable[Member], manifest: SnapshotManifest, schema: 
                  outcome: ValidationOutcome, settings: Settings, vault: Vault, out_dir: Path) -> dict:
     """Encode the valid rows, split them by person, seal train/test/quarantine to out_dir."""
     source, dataset, snapshot_id = manifest.source, manifest.dataset, manifest.snapshot_id
-    reader = RecordReader(source, schema, delimiter=settings.ingest.delimiter, encoding=settings.ingest.encoding)
+    reader = RecordReader.of(source, schema, settings.ingest)
     collected = collect_rows(reader, members, schema, outcome)
     if reader.rows_in != outcome.rows_in:
         raise DatasetError(f"{source}: snapshot has {reader.rows_in} rows but the validation "
                            f"decisions cover {outcome.rows_in}; re-run `validate`")
     data = collected.encoded(schema)
+    if (data.labels == NO_LABEL).any():  # validation's `allowed` check quarantines these: a bug if reached
+        raise DatasetError(f"{source}: {int((data.labels == NO_LABEL).sum())} valid row(s) have no class index; "
+                           "re-run `validate`, and report this if it persists")
     if len(data.labels) == 0:
         raise DatasetError(f"{source}: no valid rows to train on; see its metrics/<dataset>/validate.json")
     test_mask = in_test_split(data.units, settings.encrypt.test_fraction, settings.encrypt.split_seed)

@@ -19,6 +19,7 @@ from pathlib import Path
 from components.artifacts import open_vault, read_json, stage_paths, write_json
 from components.errors import run_stage
 from components.records import describe_source
+from components.preflight import check_dataset
 from components.sources import (PIECE, ChunkStream, HashingReader, Member, combine_ids, list_source, pack_stream,
                                 snapshot_members)
 from components.settings import IngestSettings, load_settings
@@ -96,6 +97,7 @@ def open_snapshot(vault: Vault, snapshot_dir: Path) -> Iterator[tuple[SnapshotMa
 def main() -> None:
     args = stage_paths(__doc__, "out")
     settings = load_settings(args.dataset)
+    check_dataset(settings)  # a schema or model-shape mistake is refused before a byte is read
     manifest = ingest_snapshot(settings.dataset.name, settings.ingest, open_vault(), args.out)
     print(f"ingest: {manifest.rows} rows, {len(manifest.columns)} columns, "
           f"snapshot {manifest.snapshot_id[:19]}, sealed under {manifest.key_id}")

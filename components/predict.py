@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from components.compress import load_export, onnx_logits
-from components.encrypt import encode_features
+from components.features import encode_features
 from components.errors import SchemaError
-from components.records import FileSpan, RecordReader, RowFailure, coerce_batch
+from components.coercion import coerce_batch
+from components.records import FileSpan, RecordReader, RowFailure
 from components.schema import DatasetSchema, to_pandera
 from components.settings import IngestSettings
 from components.sources import disk_members, list_source
@@ -48,8 +49,7 @@ def scoring_schema(schema: DatasetSchema) -> DatasetSchema:
 def score(source: Path, schema: DatasetSchema, ingest: IngestSettings, model_dir: Path) -> Scored:
     runtime, card = load_export(model_dir)
     scoring = scoring_schema(schema)
-    reader = RecordReader(str(source), scoring, delimiter=ingest.delimiter, encoding=ingest.encoding,
-                          optional=frozenset({schema.target}))
+    reader = RecordReader.of(str(source), scoring, ingest, optional=frozenset({schema.target}))
     checks = to_pandera(scoring, unique=False)
     rows, probabilities, failures = [], [], []
     for batch in reader.batches(disk_members(list_source(source))):

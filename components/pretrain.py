@@ -23,10 +23,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from components.artifacts import stage_paths, write_json
-from components.encrypt import EncodedData, encode_features
+from components.features import EncodedData, encode_features
 from components.errors import PrivacyError, run_stage
 from components.models import accuracy, build_model, weights_of
-from components.records import RecordReader, coerce_batch
+from components.coercion import coerce_batch
+from components.records import RecordReader
 from components.schema import DatasetSchema, load_schema
 from components.settings import IngestSettings, Settings, load_settings
 from components.sources import SUFFIXES, disk_members, file_digest, list_source, snapshot_id
@@ -54,11 +55,9 @@ def public_files(public: Path, private: Path) -> list[Path]:
 def encoded_rows(files: list[Path], schema: DatasetSchema, ingest: IngestSettings) -> EncodedData:
     """The records of plain (unsealed) files that pass the schema, encoded as `encrypt` does."""
     source = str(files[0].parent)
-    outcome = validate_records(RecordReader(source, schema, delimiter=ingest.delimiter, encoding=ingest.encoding),
-                               disk_members(files), schema)
+    outcome = validate_records(RecordReader.of(source, schema, ingest), disk_members(files), schema)
     parts = []
-    for batch in RecordReader(source, schema, delimiter=ingest.delimiter,
-                              encoding=ingest.encoding).batches(disk_members(files)):
+    for batch in RecordReader.of(source, schema, ingest).batches(disk_members(files)):
         typed, _ = coerce_batch(batch, schema)
         parts.append(encode_features(typed[~np.isin(batch.rows, outcome.rejected)], schema))
     return EncodedData(np.concatenate([p.features for p in parts]), np.concatenate([p.labels for p in parts]),

@@ -23,24 +23,19 @@ from gzip import GzipFile
 from queue import Full, Queue
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from components.errors import DatasetError
-from components.schema import PANDAS_DTYPE, ColumnSpec, DatasetSchema
+from components.schema import DatasetSchema
 from components.sources import PIECE, Member, kind_of
 
 UNPARSEABLE = "*"  # the column of a failure that concerns the whole record
 BLOCK_SIZE = 16 << 20  # bytes pyarrow parses at a time: bounds memory, and the longest record
 PARQUET_BATCH = 65_536
 _PEEK = 1 << 16
-_TRUE = ["true", "t", "yes", "y", "1"]
-_FALSE = ["false", "f", "no", "n", "0"]
-_INTEGERS = ("int8", "int16", "int32", "int64")
-_NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 
 
 @dataclass(frozen=True)
@@ -78,6 +73,7 @@ def locate(row: int, spans: list[FileSpan], source: str) -> tuple[str, int]:
 class StringBatch:
     rows: np.ndarray  # int64 record numbers
     columns: pa.Table  # the wanted columns as strings; null only where a Parquet value is null
+    decimal: str = "."  # the decimal mark of the source's numbers (ingest.decimal)
 
 
 def _label(source: str, name: str) -> str:
@@ -224,12 +220,19 @@ class RecordReader:
     schema: DatasetSchema | None = None
     delimiter: str = ","
     encoding: str = "utf-8"
+    decimal: str = "."
     block_size: int = BLOCK_SIZE
     optional: frozenset[str] = frozenset()
     rows_in: int = 0
     header: list[str] = field(default_factory=list)
     spans: list[FileSpan] = field(default_factory=list)
     unparseable: dict[int, str] = field(default_factory=dict)  # row -> raw text (sensitive)
+
+    @classmethod
+    def of(cls, source: str, schema: DatasetSchema | None, ingest, **options) -> RecordReader:
+        """A reader with the dataset's CSV settings (`ingest:` of params.yaml)."""
+        return cls(source, schema, delimiter=ingest.delimiter, encoding=ingest.encoding, decimal=ingest.decimal,
+                   **options)
 
     @property
     def failures(self) -> list[RowFailure]:
@@ -281,7 +284,7 @@ class RecordReader:
             )
             for batch in reader:
                 table = pa.Table.from_batches([batch]).rename_columns([w.strip() for w in wanted])
-                yield StringBatch(numbering.take(batch.num_rows) + self.rows_in, self._completed(table))
+                yield StringBatch(numbering.take(batch.num_rows) + self.rows_in, self._completed(table), self.decimal)
         except pa.ArrowInvalid as error:  # pyarrow's message may quote the record: never shown
             after = self.rows_in + numbering.rows
             problem = ("a record longer than the parse block (an unclosed quote?)"
@@ -303,7 +306,7 @@ class RecordReader:
             columns = {name: _parquet_strings(batch.column(name), label, name) for name in wanted}
             rows = np.arange(self.rows_in + 1, self.rows_in + batch.num_rows + 1, dtype=np.int64)
             self.rows_in += batch.num_rows
-            yield StringBatch(rows, self._completed(pa.table(columns)))
+            yield StringBatch(rows, self._completed(pa.table(columns)), self.decimal)
         if parquet.metadata.num_rows == 0 and not self.header:
             raise DatasetError(f"{label}: holds no rows")
 
@@ -365,66 +368,3 @@ def describe_source(members: Iterable[Member], source: str, *, delimiter: str = 
     for _ in reader.batches(members):
         pass
     return reader.header, reader.rows_in
-
-
-def _to_float(values: pa.Array) -> pa.Array:
-    """Decimal text -> float64; anything else -> null (the caller marks it a failure)."""
-    try:
-        return pc.cast(values, pa.float64())
-    except pa.ArrowInvalid:
-        numeric = pc.match_substring_regex(values, _NUMBER)
-        return pc.cast(pc.if_else(numeric, values, pa.scalar(None, pa.string())), pa.float64())
-
-
-def _coerce_one(strings: pa.Array, spec: ColumnSpec, index: pd.Index) -> tuple[pd.Series, np.ndarray]:
-    """Typed column and a mask of values that could not be represented in that type."""
-    if spec.type in ("float", *_INTEGERS) and (numbers := _clean_numbers(strings)) is not None:
-        return _numeric(numbers, np.zeros(len(index), bool), spec, index)
-    trimmed = pc.utf8_trim_whitespace(strings)
-    missing = pc.fill_null(pc.equal(trimmed, ""), True).to_numpy(zero_copy_only=False)
-    if spec.type == "string":
-        kept = pc.if_else(missing, pa.scalar(None, pa.string()), strings)
-        return pd.Series(pd.array(kept, dtype=PANDAS_DTYPE["string"]), index=index), np.zeros(len(index), bool)
-    if spec.type == "bool":
-        lowered = pc.utf8_lower(trimmed)
-        true = pc.is_in(lowered, pa.array(_TRUE)).to_numpy(zero_copy_only=False)
-        false = pc.is_in(lowered, pa.array(_FALSE)).to_numpy(zero_copy_only=False)
-        typed = pd.arrays.BooleanArray(true, ~(true | false))
-        return pd.Series(typed, index=index), ~missing & ~(true | false)
-    numbers = _to_float(pc.if_else(missing, pa.scalar(None, pa.string()), trimmed))
-    return _numeric(numbers.to_numpy(zero_copy_only=False).astype("float64"), missing, spec, index)
-
-
-def _clean_numbers(strings: pa.Array) -> np.ndarray | None:
-    """The fast path for the common case, every value plain decimal text: one cast, no copies."""
-    if strings.null_count:
-        return None
-    try:
-        return pc.cast(strings, pa.float64()).to_numpy()
-    except pa.ArrowInvalid:
-        return None
-
-
-def _numeric(numbers: np.ndarray, missing: np.ndarray, spec: ColumnSpec,
-             index: pd.Index) -> tuple[pd.Series, np.ndarray]:
-    """Floats (NaN where missing or unreadable) as the declared numeric type, and the failures."""
-    finite = np.isfinite(numbers)
-    if spec.type == "float":
-        return pd.Series(np.where(finite, numbers, np.nan), index=index), ~missing & ~finite
-    info = np.iinfo(spec.type)
-    with np.errstate(invalid="ignore"):
-        fits = finite & (numbers == np.floor(numbers)) & (numbers >= info.min) & (numbers <= info.max)
-    # 300 into int8 or 2.5 into int is refused, never wrapped or rounded
-    typed = pd.arrays.IntegerArray(np.where(fits, numbers, 0).astype(spec.type), ~fits)
-    return pd.Series(typed, index=index), ~missing & ~fits
-
-
-def coerce_batch(batch: StringBatch, schema: DatasetSchema) -> tuple[pd.DataFrame, list[RowFailure]]:
-    """Convert string columns to declared types; each value that does not fit is a failure."""
-    index = pd.Index(batch.rows, name="row")
-    typed: dict[str, pd.Series] = {}
-    failures: list[RowFailure] = []
-    for name, spec in schema.columns.items():
-        typed[name], bad = _coerce_one(batch.columns.column(name).combine_chunks(), spec, index)
-        failures += [RowFailure(int(r), name, f"coerce_{spec.type}") for r in batch.rows[bad]]
-    return pd.DataFrame(typed, index=index), failures

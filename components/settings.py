@@ -65,7 +65,15 @@ class IngestSettings(_Section):
     source: Path
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     encoding: str = "utf-8"
+    decimal: Literal[".", ","] = "."  # the numbers' decimal mark: "," for exports like 3,14
     log: Path = Path(".privflow/ingest-log.jsonl")  # when each snapshot was taken (outside DVC)
+
+    @model_validator(mode="after")
+    def _distinct_marks(self) -> IngestSettings:
+        if self.decimal == self.delimiter:
+            raise ValueError(f"ingest.decimal and ingest.delimiter are both {self.delimiter!r}: files with "
+                             "decimal commas separate fields with ';' (set ingest.delimiter: ';')")
+        return self
 
 
 class ValidateSettings(_Section):

@@ -32,6 +32,7 @@ from components.artifacts import git_commit, open_vault, read_json, stage_paths,
 from components.encrypt import DATASET, split_identity
 from components.errors import PrivacyError, run_stage
 from components.models import accuracy, build_model, load_weights, weights_of
+from components.preflight import check_model_config
 from components.privacy.accounting import DpSgdPlan, plan_dp_sgd
 from components.privacy.audit import Canaries, audit, draw_canaries
 from components.privacy.dp_sgd import PrivateGradient
@@ -407,7 +408,22 @@ def main() -> None:
     bound = privacy_unit_bound(description, settings)
     # canaries are drawn afresh per run, so an audited run cannot resume
     checkpoint = None if canaries else _checkpoint(settings, description, pretraining, bound)
+    check_model_config(t, len(description["features"]), n_classes, f"dataset {description['dataset']}")
     run_id, plan, budget = resume_or_charge(description, settings, checkpoint, extra_rows)
+    try:
+        train_charged(args, settings, description, canaries, plan, run_id, budget, checkpoint)
+    except Exception as error:
+        error.add_note(f"run {run_id[:12]}'s charge of epsilon {plan.epsilon:.3f} stands: the private data was "
+                       "decrypted before this failure")
+        raise
+
+
+def train_charged(args, settings: Settings, description: dict, canaries: Canaries | None, plan: DpSgdPlan,
+                  run_id: str, budget: dict, checkpoint) -> None:
+    """Everything after the charge: decrypt, train, gate, write the model and its metrics."""
+    t, bound = settings.train, privacy_unit_bound(description, settings)
+    n_classes, extra_rows = len(description["classes"]), int(canaries.included.sum()) if canaries else 0
+    pretraining, _ = read_pretrained(args.pretrained)
     result, real, test = run_training(settings, description, args.data, args.pretrained, canaries, plan, run_id,
                                       checkpoint)
     if result.steps != plan.steps:

@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 from components.artifacts import open_vault, stage_paths, write_json
 from components.errors import RejectRateExceeded, SchemaError, run_stage
 from components.ingest import open_snapshot
-from components.records import UNPARSEABLE, FileSpan, RecordReader, RowFailure, coerce_batch
+from components.coercion import coerce_batch
+from components.records import UNPARSEABLE, FileSpan, RecordReader, RowFailure
 from components.schema import DatasetSchema, load_schema, to_pandera
 from components.settings import IngestSettings, load_settings
 from components.sources import Member
@@ -140,7 +141,7 @@ def one_per_cell(failures: list[RowFailure]) -> list[RowFailure]:
 
 def validate_snapshot(members: Iterable[Member], source: str, schema: DatasetSchema,
                       settings: IngestSettings) -> ValidationOutcome:
-    reader = RecordReader(source, schema, delimiter=settings.delimiter, encoding=settings.encoding)
+    reader = RecordReader.of(source, schema, settings)
     return validate_records(reader, members, schema)
 
 

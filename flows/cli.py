@@ -19,6 +19,8 @@ keys_app = typer.Typer(help="Key-encryption keys of the local keyring.")
 budget_app = typer.Typer(help="The privacy budget ledger.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(budget_app, name="budget")
+schema_app = typer.Typer(help="For the data owner: schema files.")
+app.add_typer(schema_app, name="schema")
 console = Console()
 
 
@@ -41,6 +43,12 @@ def run(root: Path = Path("."),
         workers: int = typer.Option(1, min=1, help="> 1: datasets side by side on a local Dask cluster"),
         dask_address: str = typer.Option(None, help="or on an existing Dask cluster (tcp://host:8786)")) -> None:
     """Run the whole pipeline for every dataset, or the named ones (up-to-date stages are skipped)."""
+    from components.preflight import check_dataset
+
+    chosen = dataset or dataset_names(root / "params.yaml")
+    for name in chosen:  # before Prefect starts: a schema or settings mistake costs seconds, not a run
+        check_dataset(load_settings(name, root / "params.yaml"))
+
     from flows.pipeline import dataset_of, pipeline, reports_dir
     from flows.stages import StageFailed
 
@@ -55,6 +63,8 @@ def run(root: Path = Path("."),
         ran = flow(str(root), dataset or None, side_by_side=workers > 1 or bool(dask_address))
     except StageFailed as failure:
         console.print(f"[red]privflow: {failure}[/red]")
+        console.print(f"next: fix what stage {failure.stage} printed above, then `privflow run -d "
+                      f"{failure.stage.partition('@')[2]}` again; stages that finished are not run again")
         raise typer.Exit(2) from None
     console.print(f"stages run: {[s for s, r in ran.items() if r] or 'none (all up to date)'}")
     for name in dict.fromkeys(dataset_of(s) for s in ran):
@@ -178,6 +188,35 @@ def predict(source: Path = typer.Argument(..., help="records to score: .csv, .cs
     typer.echo(f"{len(scored.rows)} record(s) scored, {len({f.row for f in scored.failures})} not scored", err=True)
 
 
+@schema_app.command("draft")
+def schema_draft(source: Path = typer.Argument(..., help="the export: .csv, .csv.gz, .parquet or a folder of them"),
+                 out: Path = typer.Option(None, help="where to write the draft (default: schemas/<name>.yaml)"),
+                 name: str = typer.Option(None, help="the dataset's name (default: the source's file name)"),
+                 delimiter: str = typer.Option(",", help="the CSV field delimiter"),
+                 encoding: str = typer.Option("utf-8", help="the CSV files' encoding"),
+                 decimal: str = typer.Option(".", help='the decimal mark: "." or ","')) -> None:
+    """Draft a schema from the data (types, missing values, ids, candidate allowed lists); min/max are yours."""
+    from components.schema_draft import draft_schema
+    from components.settings import IngestSettings
+
+    if not source.exists():
+        raise PrivflowError(f"{source}: no such file or folder; give the path of the export to draft from")
+    name = name or source.name.split(".")[0]
+    out = out or Path("schemas") / f"{name}.yaml"
+    if out.exists():
+        raise PrivflowError(f"{out}: exists; privflow never overwrites a schema: choose another --out")
+    try:
+        ingest = IngestSettings(source=source, delimiter=delimiter, encoding=encoding, decimal=decimal)
+    except ValueError as error:
+        raise PrivflowError(f"invalid option: {error}") from None
+    text = draft_schema(source, ingest, name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    console.print(f"draft schema: [bold]{out}[/bold]. Next: declare min/max of each numeric or date feature, check "
+                  f"the privacy_unit and target, then add `{name}: {{source: {source}, schema: {out}}}` under "
+                  "`datasets:` in params.yaml")
+
+
 @keys_app.command("list")
 def keys_list() -> None:
     """Key ids, states and what wraps what (never key material)."""
@@ -267,8 +306,13 @@ def budget_audit(dataset: str = DATASET) -> None:
 
 
 def main() -> None:
+    from components.errors import EXIT_UNEXPECTED, describe_unexpected
+
     try:
         app()
     except PrivflowError as error:
-        console.print(f"[red]privflow: {error}[/red]")
+        console.print(f"[red]privflow: {error}[/red]", highlight=False)
         raise SystemExit(2) from None
+    except Exception as error:  # noqa: BLE001 (never a raw traceback: one line, the frames in a file)
+        console.print(f"[red]privflow: {describe_unexpected(error, 'cli')}[/red]", highlight=False)
+        raise SystemExit(EXIT_UNEXPECTED) from None

@@ -23,6 +23,13 @@ from components.errors import EXIT_TRANSIENT, PrivflowError
 class StageFailed(Exception):
     """A stage refused or failed; its own message (on stderr) says why. Not retried."""
 
+    def __init__(self, message: str, stage: str = ""):
+        super().__init__(message)
+        self.stage = stage
+
+    def __reduce__(self):  # keeps the stage across processes (Dask workers pickle exceptions)
+        return type(self), (str(self), self.stage)
+
 
 class TransientStageFailure(StageFailed):
     """A stage exited with EX_TEMPFAIL: the flow may retry it."""
@@ -82,4 +89,4 @@ def reproduce_stage(root: Path, stage: str) -> bool:
         messages = _causes(error)
         status = _exit_status(messages)
         failure = TransientStageFailure if status == EXIT_TRANSIENT else StageFailed
-        raise failure(f"stage '{stage}' failed: {'; '.join(messages)}") from None
+        raise failure(f"stage '{stage}' failed: {'; '.join(messages)}", stage) from None

@@ -13,12 +13,17 @@ import yaml
 from components import explain, pretrain
 from components.demo_data import churn_table, csv_text, public_churn_table
 from components.errors import PrivacyError
+from components.features import feature_names
 from components.keys import Keyring
 from components.privacy.ledger import PrivacyLedger
+from components.schema import load_schema
 from components.settings import LEDGER_ENV, load_settings
 from components.train import initial_model
 from components.vault import Vault
 from tests.conftest import ROOT
+
+# the churn schema's model inputs: 20 columns one-hot encoded, plus satisfaction's missing-indicator
+CHURN_FEATURES = len(feature_names(load_schema(ROOT / "schemas" / "churn.yaml")))
 
 
 @pytest.fixture
@@ -119,14 +124,14 @@ def run_explain(monkeypatch, folder, public):
 @pytest.mark.parametrize("kind, rows", [("auto", 1500), ("public", 1500), ("synthetic", explain.SYNTHETIC_ROWS)])
 def test_explanations_read_no_private_rows_unless_asked(project, monkeypatch, kind, rows):
     folder, _, public, opened = project
-    save_model(folder, 23, ["yes", "no"])
+    save_model(folder, CHURN_FEATURES, ["yes", "no"])
     params = yaml.safe_load((folder / "params.yaml").read_text())
     params["explain"]["data"] = kind
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     result = run_explain(monkeypatch, folder, public)
     assert opened == [] and not result["private_rows_read"] and result["rows"] == rows
     assert "no private row was read" in result["statement"]
-    assert len(result["importance"]) == 23 and all(0 <= r["importance"] <= 1 for r in result["importance"])
+    assert len(result["importance"]) == CHURN_FEATURES == 24 and all(0 <= r["importance"] <= 1 for r in result["importance"])
 
 
 def test_explanations_on_the_private_test_split_say_so(project, monkeypatch):
@@ -134,7 +139,7 @@ def test_explanations_on_the_private_test_split_say_so(project, monkeypatch):
     from torch.utils.data import TensorDataset
 
     folder, _, public, opened = project
-    save_model(folder, 23, ["yes", "no"])
+    save_model(folder, CHURN_FEATURES, ["yes", "no"])
     params = yaml.safe_load((folder / "params.yaml").read_text())
     params["explain"]["data"] = "private_test"
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
@@ -143,7 +148,7 @@ def test_explanations_on_the_private_test_split_say_so(project, monkeypatch):
     import components.train as train
 
     monkeypatch.setattr(train, "load_split", lambda vault, description, split, data: opened.append(split)
-                        or TensorDataset(torch.rand(40, 23), torch.zeros(40, dtype=torch.long)))
+                        or TensorDataset(torch.rand(40, CHURN_FEATURES), torch.zeros(40, dtype=torch.long)))
     monkeypatch.setattr(explain, "open_vault", lambda: None)
     result = run_explain(monkeypatch, folder, public)
     assert opened == ["test"] and result["private_rows_read"] and result["rows"] == 40
@@ -152,7 +157,7 @@ def test_explanations_on_the_private_test_split_say_so(project, monkeypatch):
 
 def test_public_explanations_need_declared_public_data(project, monkeypatch):
     folder, _, public, _ = project
-    save_model(folder, 23, ["yes", "no"])
+    save_model(folder, CHURN_FEATURES, ["yes", "no"])
     params = yaml.safe_load((folder / "params.yaml").read_text())
     del params["datasets"]["churn"]["pretrain"]
     params["explain"]["data"] = "public"

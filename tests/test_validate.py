@@ -9,7 +9,8 @@ from components.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
 from components.errors import DatasetError, RejectRateExceeded, SchemaError
 from components.schema import DatasetSchema, load_schema
 from components.settings import IngestSettings
-from components.records import RecordReader, coerce_batch
+from components.coercion import coerce_batch
+from components.records import RecordReader
 from components.validate import enforce_reject_rate
 from components.validate import validate_snapshot as validate_members
 
@@ -125,10 +126,10 @@ def test_reject_rate_above_limit_halts_with_summary():
 def test_schema_file_errors_name_the_field(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("dataset: d\nprivacy_unit: who\ntarget: y\ncolumns:\n  y: {type: string, allowed: [a]}\n")
-    with pytest.raises(SchemaError, match="privacy_unit 'who' is not a declared column"):
+    with pytest.raises(SchemaError, match="privacy_unit: 'who' is not a declared column"):
         load_schema(path)
     path.write_text("dataset: d\nprivacy_unit: y\ntarget: y\ncolumns:\n  y: {type: text}\n")
-    with pytest.raises(SchemaError, match=r"columns\.y\.type"):
+    with pytest.raises(SchemaError, match=r"column 'y': type 'text' is unknown; use one of string"):
         load_schema(path)
 
 
