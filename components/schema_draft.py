@@ -135,6 +135,9 @@ def draft_schema(source: Path, ingest, dataset: str) -> str:
     ]
     for name in header:
         spec, comment = _column_line(profiles[name], name in (unit, target))
+        if name in (unit, target) and profiles[name].missing:  # never nullable: such rows are quarantined
+            spec = spec.replace(", nullable: true", "")
+            comment = f"{profiles[name].missing} record(s) have no value: validation will quarantine them"
         lines.append(f"  {name}: {{{spec}}}" + (f"    # {comment}" if comment else ""))
     return "\n".join(lines) + "\n"
 

@@ -133,3 +133,52 @@ def test_quarantine_command_names_file_row_column_and_hides_values(workspace):
     assert "n/a" not in shown and "unknown" not in shown  # values only on request
     revealed = workspace.run("privflow", "quarantine", "--values", check=True).stdout
     assert "column mean_radius: failed coerce_float (value 'n/a')" in revealed
+
+
+def _break_schema(workspace, column: str, **spec) -> None:
+    import yaml
+
+    path = workspace.repo / "schemas" / "breast_cancer.yaml"
+    schema = yaml.safe_load(path.read_text())
+    schema["columns"][column] = spec
+    path.write_text(yaml.safe_dump(schema, sort_keys=False))
+
+
+def test_schema_mistake_is_refused_before_prefect_starts_or_a_byte_is_read(workspace):
+    _break_schema(workspace, "mean_radius", type="float", min=0)  # no max: cannot scale it
+    workspace.source.unlink()  # were the source read first, this would be the error instead
+    result = workspace.run("privflow", "run")
+    assert result.returncode == 2, result.stdout + result.stderr
+    output = " ".join((result.stdout + result.stderr).split())  # rich wraps long lines
+    assert "schemas/breast_cancer.yaml: column 'mean_radius' (float): a model feature needs `min:` and `max:`" \
+        in output
+    assert "Traceback" not in output and str(workspace.source) not in output
+    assert not (workspace.repo / "artifacts").exists()
+    assert not (workspace.repo / ".privflow" / "prefect" / "prefect.db").exists()  # Prefect never started
+
+
+def test_ingest_stage_checks_the_schema_before_it_reads_the_source(workspace):
+    _break_schema(workspace, "diagnosis", type="int8", allowed=["benign", "malignant"])
+    workspace.source.write_text("")  # were the source read first, "file is empty" would be the error
+    result = workspace.run("dvc", "repro", "ingest@breast_cancer")
+    assert result.returncode != 0
+    assert "column 'diagnosis' (int8): allowed value 'benign' is not a number" in result.stderr
+    assert "file is empty" not in result.stderr and "Traceback" not in result.stderr
+    assert not workspace.artifacts("ingest").exists()
+
+
+def test_model_that_cannot_fit_the_schema_is_refused_before_any_stage_runs(workspace):
+    workspace.edit_dataset(train={"model": "cnn", "input_shape": [1, 5, 5]})  # the schema gives 30 inputs
+    result = workspace.run("privflow", "run")
+    assert result.returncode == 2
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "train.input_shape [1, 5, 5] does not fit the 30 model inputs" in output
+    assert not (workspace.repo / "artifacts").exists()
+
+
+def test_unknown_dataset_is_refused_before_prefect_starts(workspace):
+    result = workspace.run("privflow", "run", "-d", "nosuch")
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2 and "'nosuch' is not one of them" in output
+    assert "Traceback" not in output
+    assert not (workspace.repo / ".privflow" / "prefect" / "prefect.db").exists()

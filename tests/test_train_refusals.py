@@ -68,3 +68,31 @@ def test_charge_is_what_the_plan_says(project):
     plan = plan_dp_sgd(rows=1000, batch_size=128, epochs=15, target_epsilon=3.0, target_delta=1e-5, accountant="prv")
     assert (charge.steps, charge.epsilon) == (plan.steps, pytest.approx(plan.epsilon))
     assert len(opened) == 1
+
+
+def test_model_that_cannot_take_the_features_is_refused_before_the_charge(project):
+    folder, opened = project
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["datasets"]["demo"]["train"] = {"model": "cnn", "input_shape": [1, 2, 2]}  # 4 inputs, the data has 1
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    from components.preflight import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"dataset demo: train.input_shape \[1, 2, 2\] does not fit 1"):
+        train.main()
+    assert opened == [] and PrivacyLedger(folder / "ledger.sqlite").charges() == []
+
+
+def test_a_failure_after_decryption_keeps_its_charge_and_says_so(project, monkeypatch):
+    from components.errors import IntegrityError
+
+    folder, _ = project
+
+    def corrupt(self, *args, **kwargs):
+        raise IntegrityError("train.sealed: chunk 0 failed authentication")
+
+    monkeypatch.setattr(Vault, "open", corrupt)
+    with pytest.raises(IntegrityError) as caught:
+        train.main()
+    (charge,) = PrivacyLedger(folder / "ledger.sqlite").charges("demo")
+    assert any(f"charge of epsilon {charge.epsilon:.3f} stands" in note and "decrypted" in note
+               for note in caught.value.__notes__)

@@ -1,0 +1,76 @@
+"""`privflow schema draft`: a draft the data owner completes; bounds are never read from the rows."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.demo_data import churn_table, csv_text
+from components.errors import SchemaError
+from components.schema import load_schema, read_yaml
+from components.schema_draft import draft_schema
+from components.settings import IngestSettings
+
+PRIVFLOW = Path(sys.executable).parent / "privflow"
+
+
+@pytest.fixture
+def export(tmp_path) -> Path:
+    header, rows = churn_table(rows=400)
+    path = tmp_path / "exports" / "customers.csv.gz"
+    path.parent.mkdir()
+    path.write_bytes(gzip.compress(csv_text(header, rows).encode()))
+    return path
+
+
+def test_draft_reads_types_ids_and_categories_but_leaves_bounds_to_the_owner(export, tmp_path):
+    text = draft_schema(export, IngestSettings(source=export), "customers")
+    draft = read_yaml_text(tmp_path, text)
+    columns = draft["columns"]
+    assert draft["privacy_unit"] == "customer_id" and draft["target"] == "churned"
+    assert columns["plan"] == {"type": "string", "allowed": ["basic", "plus", "pro"]}
+    assert columns["age"]["type"].startswith("int") and columns["discount_rate"]["type"] == "float"
+    assert "nullable" not in columns["churned"]  # a row without a label is quarantined, not trained on
+    assert "1 record(s) have no value: validation will quarantine them" in text
+    assert not any("min" in spec or "max" in spec for spec in columns.values())
+    assert "bounds measured on the rows would leak" in text
+    assert "declare min: ..., max: ... from domain knowledge" in text
+
+
+def test_the_draft_is_refused_until_the_owner_declares_bounds(export, tmp_path):
+    path = tmp_path / "draft.yaml"
+    path.write_text(draft_schema(export, IngestSettings(source=export), "customers"))
+    with pytest.raises(SchemaError, match=r"column 'tenure_months' \((float|int\d+)\): a model feature needs `min:`"):
+        load_schema(path)
+
+
+def test_cli_writes_the_draft_and_never_overwrites(export, tmp_path):
+    out = tmp_path / "schemas" / "customers.yaml"
+    first = subprocess.run([PRIVFLOW, "schema", "draft", str(export), "--out", str(out)], capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "declare min/max" in " ".join(first.stdout.split()) and out.exists()
+    before = out.read_bytes()
+    second = subprocess.run([PRIVFLOW, "schema", "draft", str(export), "--out", str(out)], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert second.returncode == 2 and "never overwrites" in second.stdout and out.read_bytes() == before
+
+
+def test_semicolons_and_decimal_commas(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_text("id;amount;code\nA1;3,5;x\nA2;4,25;y\nA3;1;x\n")
+    text = draft_schema(path, IngestSettings(source=path, delimiter=";", decimal=","), "export")
+    columns = read_yaml_text(tmp_path, text)["columns"]
+    assert columns["amount"]["type"] == "float" and columns["id"]["type"] == "string"
+
+
+def read_yaml_text(tmp_path: Path, text: str) -> dict:
+    path = tmp_path / "read.yaml"
+    path.write_text(text)
+    assert yaml.safe_load(text)  # plain YAML for any tool, too
+    return read_yaml(path)
