@@ -28,7 +28,9 @@ def stage_paths(description: str | None, *names: str) -> argparse.Namespace:
 
 
 def open_vault() -> Vault:
-    return Vault(Keyring.open(keyring_path()))
+    """The vault over the existing keyring. Stages never create one: a keyring that vanished
+    must be restored, not silently replaced by an empty one (`privflow run` makes the first)."""
+    return Vault(Keyring.open(keyring_path(), create=False))
 
 
 def write_json(path: Path, document: Any) -> None:

@@ -20,6 +20,7 @@ from components.artifacts import open_vault, read_json, stage_paths, write_json
 from components.errors import run_stage
 from components.records import describe_source
 from components.preflight import check_dataset
+from components.schema import DatasetSchema
 from components.sources import (PIECE, ChunkStream, HashingReader, Member, combine_ids, list_source, pack_stream,
                                 snapshot_members)
 from components.settings import IngestSettings, load_settings
@@ -36,17 +37,28 @@ class SnapshotManifest:
     source: str
     source_bytes: int
     rows: int
-    columns: list[str]
+    columns: list[str]  # the header's names, only when they are the schema's (else it may be a data row)
     key_id: str
     files: list[str]  # the source's files, in name order
     folder: bool
+    header_fields: int = 0
+    header_matches_schema: bool = True
 
 
 def snapshot_identity(dataset: str, snapshot_id: str) -> ArtifactIdentity:
     return ArtifactIdentity(dataset, "ingest", SNAPSHOT, snapshot_id)
 
 
-def ingest_snapshot(dataset: str, settings: IngestSettings, vault: Vault, out_dir: Path) -> SnapshotManifest:
+def declared_header(header: list[str], schema: DatasetSchema | None) -> list[str] | None:
+    """The header when every name in it is one the schema declares; None otherwise: a file
+    without its header line has a data row there, and that must never reach a manifest."""
+    if schema is None or not header or not set(header) <= set(schema.columns):
+        return None
+    return header
+
+
+def ingest_snapshot(dataset: str, settings: IngestSettings, vault: Vault, out_dir: Path,
+                    schema: DatasetSchema | None = None) -> SnapshotManifest:
     """Hash and describe the source in one streaming pass, then seal it in a second."""
     paths, folder = list_source(settings.source), settings.source.is_dir()
     with ExitStack() as stack:
@@ -56,10 +68,11 @@ def ingest_snapshot(dataset: str, settings: IngestSettings, vault: Vault, out_di
         snapshot = combine_ids([(name, reader.hexdigest()) for name, reader in hashed], folder)
     sealed = vault.seal_stream(pack_stream(paths, folder, snapshot), snapshot_identity(dataset, snapshot),
                                out_dir / SNAPSHOT)
+    named = declared_header(header, schema)
     manifest = SnapshotManifest(
         dataset=dataset, snapshot_id=snapshot, source=str(settings.source),
-        source_bytes=sum(p.stat().st_size for p in paths), rows=rows, columns=header, key_id=sealed.key_id,
-        files=[p.name for p in paths], folder=folder,
+        source_bytes=sum(p.stat().st_size for p in paths), rows=rows, columns=named or [], key_id=sealed.key_id,
+        files=[p.name for p in paths], folder=folder, header_fields=len(header), header_matches_schema=bool(named),
     )
     write_json(out_dir / MANIFEST, asdict(manifest))
     log_ingest(settings.log, manifest)
@@ -97,9 +110,10 @@ def open_snapshot(vault: Vault, snapshot_dir: Path) -> Iterator[tuple[SnapshotMa
 def main() -> None:
     args = stage_paths(__doc__, "out")
     settings = load_settings(args.dataset)
-    check_dataset(settings)  # a schema or model-shape mistake is refused before a byte is read
-    manifest = ingest_snapshot(settings.dataset.name, settings.ingest, open_vault(), args.out)
-    print(f"ingest: {manifest.rows} rows, {len(manifest.columns)} columns, "
+    schema = check_dataset(settings)  # a schema or model-shape mistake is refused before a byte is read
+    manifest = ingest_snapshot(settings.dataset.name, settings.ingest, open_vault(), args.out, schema)
+    print(f"ingest: {manifest.rows} rows, {manifest.header_fields} columns"
+          f"{'' if manifest.header_matches_schema else ' (header does not name the schema columns; validate will say how)'}, "
           f"snapshot {manifest.snapshot_id[:19]}, sealed under {manifest.key_id}")
 
 

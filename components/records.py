@@ -154,22 +154,33 @@ def _read_header(text: io.BufferedReader, label: str, delimiter: str) -> list[st
         raise DatasetError(f"{label}: header line cannot be parsed as CSV") from None
 
 
+def _positions(header: list[str], wanted) -> str:
+    return ", ".join(str(i + 1) for i, name in enumerate(header) if wanted(name))
+
+
 def _check_header(header: list[str], schema: DatasetSchema, label: str, delimiter: str) -> None:
+    """The first line must name the declared columns. What it holds instead may be a data
+    row (a file exported without its header line), so names from the file are never
+    repeated in a message: only their positions and count. Declared names are the schema's."""
     declared = set(schema.columns)
     missing = [c for c in schema.columns if c not in header]
     unknown = [c for c in header if c not in declared]
     duplicated = sorted({c for c in header if header.count(c) > 1})
-    if duplicated:
-        raise DatasetError(f"{label}: header repeats column(s) {duplicated}; rename them")
+    if duplicated and not (unknown and schema.strict):
+        raise DatasetError(f"{label}: header repeats column name(s) {[d for d in duplicated if d in declared]}"
+                           f" at fields {_positions(header, lambda n: n in duplicated)}; rename them")
     if len(header) == 1 and len(declared) > 1:
         raise DatasetError(
             f"{label}: header has a single column, the schema declares {len(declared)}; "
             f"is the delimiter really {delimiter!r}? set ingest.delimiter in params.yaml"
         )
     if missing or (unknown and schema.strict):
+        headerless = " (is the header line missing? privflow needs one)" if len(missing) == len(declared) else ""
         raise DatasetError(
-            f"{label}: columns do not match the schema: missing {missing}, unknown {unknown}; "
-            "fix the file or declare the columns in the dataset's schema file"
+            f"{label}: the first line does not name the schema's columns{headerless}: missing {missing}"
+            + (f"; {len(unknown)} field(s) not declared, at position(s) {_positions(header, lambda n: n not in declared)}"
+               " (not shown: the line may be data)" if unknown else "")
+            + "; fix the file or declare the columns in the dataset's schema file"
         )
 
 

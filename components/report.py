@@ -24,10 +24,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
-from components.artifacts import git_commit, read_json, sha256_file, stage_paths, write_json  # noqa: E402
+from components.artifacts import git_commit, open_vault, read_json, sha256_file, stage_paths, write_json  # noqa: E402
+from components.budget import open_ledger  # noqa: E402
 from components.errors import run_stage  # noqa: E402
-from components.privacy.ledger import Charge, PrivacyLedger, budget_of  # noqa: E402
-from components.settings import ledger_location, load_settings  # noqa: E402
+from components.privacy.ledger import Charge, LedgerAnchor, PrivacyLedger, budget_of  # noqa: E402
+from components.settings import load_settings  # noqa: E402
 
 PACKAGES = ("torch", "opacus", "cryptography", "blake3", "pandera", "dvc", "prefect")
 SECTIONS = ("summary", "privacy-statement", "validation", "training", "compression",
@@ -152,7 +153,10 @@ def budget_section(dataset: str, charges: list[Charge], cap: float, problems: li
 
 def build_context(args: argparse.Namespace, title: str, ledger: PrivacyLedger, cap: float) -> dict:
     training, dataset = read_json(args.training), read_json(args.dataset_description)
-    budget = budget_section(dataset["dataset"], ledger.charges(dataset["dataset"]), cap, ledger.verify())
+    name = training["budget"].get("name", dataset["dataset"])
+    anchor = training.get("ledger_anchor")
+    anchors = [(str(args.training), LedgerAnchor(**anchor))] if anchor else []
+    budget = budget_section(name, ledger.charges(name), cap, ledger.verify(anchors))
     return {
         "title": title, "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "run_id": training["run_id"], "manifest": read_json(args.manifest),
@@ -199,7 +203,7 @@ def main() -> None:
     args = stage_paths(__doc__, "manifest", "validation", "dataset-description", "model", "training", "curve",
                        "compression", "explanation", "pretraining", "out")
     settings = load_settings(args.dataset)
-    ledger = PrivacyLedger(ledger_location(settings))
+    ledger = open_ledger(settings, open_vault())
     context = build_context(args, settings.report.title, ledger, settings.privacy.epsilon_cap)
     write_report(context, args.out)
     print(f"report: wrote {args.out}/report.html, report.md, report.json ({json.dumps(context['run_id'])})")

@@ -10,6 +10,7 @@ and privacy budget, all produced by the same code.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -28,8 +29,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # what DVC stage names (`train@<name>`) and command lines accept
+
+
 class DatasetSettings(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME_PATTERN)
+    budget: str | None = Field(default=None, pattern=NAME_PATTERN)  # shared by entries over the same people
 
 
 SECTIONS = ("ingest", "validate", "encrypt", "train", "privacy", "compress", "explain", "report")
@@ -49,6 +54,7 @@ class DatasetEntry(_Section):
 
     source: Path
     schema_file: Path = Field(alias="schema")
+    budget: str | None = None  # the privacy budget's name when entries share one (default: the entry's name)
     pretrain: PretrainSettings | None = None
     overrides: dict[str, dict] = Field(default_factory=dict)
 
@@ -189,6 +195,11 @@ def _read_params(path: Path) -> dict:
     if not isinstance(raw.get("datasets"), dict) or not raw["datasets"]:
         raise PrivflowError(f"{path}: no `datasets:` section; declare at least one dataset "
                             "(its source and schema) as in the bundled params.yaml")
+    bad = [name for name in raw["datasets"] if not re.fullmatch(NAME_PATTERN, str(name))]
+    if bad:
+        raise PrivflowError(f"{path}: dataset name(s) {bad} under `datasets:` would break DVC's stage names and "
+                            "command lines; use letters, digits, '_', '.' and '-' only (e.g. "
+                            f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(bad[0]))!r})")
     return raw
 
 
@@ -220,7 +231,8 @@ def load_settings(dataset: str | None = None, path: Path = PARAMS_FILE) -> Setti
     try:
         if unknown:
             raise PrivflowError(f"{path}: unknown section(s) {unknown}")
-        return Settings.model_validate({"dataset": {"name": dataset}, **sections, "pretrain": entry.pretrain})
+        return Settings.model_validate({"dataset": {"name": dataset, "budget": entry.budget}, **sections,
+                                        "pretrain": entry.pretrain})
     except ValidationError as error:
         raise PrivflowError(f"{path}: invalid settings for dataset '{dataset}': {_problems(error)}") from None
 

@@ -36,9 +36,10 @@ from components.preflight import check_model_config
 from components.privacy.accounting import DpSgdPlan, plan_dp_sgd
 from components.privacy.audit import Canaries, audit, draw_canaries
 from components.privacy.dp_sgd import PrivateGradient
-from components.privacy.ledger import Charge, PrivacyLedger
+from components.budget import budget_name, find_anchors, open_ledger, refuse_unless_intact, write_anchor
+from components.privacy.ledger import Charge
 from components.privacy.noise import NoiseSource, noise_source
-from components.settings import Settings, TrainSettings, ledger_location, load_settings
+from components.settings import Settings, TrainSettings, load_settings
 from components.vault import Vault
 
 MODEL = "model.safetensors"
@@ -66,24 +67,42 @@ def privacy_unit_bound(description: dict, settings: Settings) -> int:
     return bound
 
 
-def plan_and_charge(description: dict, settings: Settings, run_id: str,
-                    extra_rows: int = 0) -> tuple[DpSgdPlan, dict]:
-    """Refuse or charge before any decryption; returns the plan and the budget after it."""
+def plan_and_charge(description: dict, settings: Settings, run_id: str, extra_rows: int = 0, *, vault: Vault,
+                    data_dir: Path, metrics: Path | None = None) -> tuple[DpSgdPlan, dict]:
+    """Refuse or charge before training reads a row; returns the plan and the budget after it.
+
+    In this order, each a refusal that charges nothing: the plan from counts alone; the
+    ledger verified against its anchors; the budget (cap, and the snapshot's own budget);
+    the inputs' identity and authentication tags (plaintext dropped as it is checked).
+    Only then the charge, and the ledger's new head as an anchor."""
     bound = privacy_unit_bound(description, settings)
     train_split = description["splits"]["train"]
     units = (train_split.get("units", train_split["rows"]) if bound > 1 else train_split["rows"]) + extra_rows
     t = settings.train
     plan = plan_dp_sgd(rows=units, batch_size=t.batch_size, epochs=t.epochs, target_epsilon=t.target_epsilon,
                        target_delta=t.target_delta, accountant=t.accountant)
-    charge = Charge(run_id=run_id, dataset=description["dataset"],
+    charge = Charge(run_id=run_id, dataset=budget_name(settings),
                     privacy_unit=description["privacy_unit"], snapshot_id=description["snapshot_id"],
                     stage="train", mechanism="DP-SGD (Poisson-sampled Gaussian)",
                     accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
                     sample_rate=plan.sample_rate, steps=plan.steps, delta=plan.delta,
                     epsilon=plan.epsilon, code_commit=git_commit(),
                     created_at=datetime.now(UTC).isoformat(timespec="seconds"))
-    budget = PrivacyLedger(ledger_location(settings)).charge(charge, settings.privacy.epsilon_cap)
+    ledger = open_ledger(settings, vault)
+    refuse_unless_intact(ledger, find_anchors(vault, charge.dataset, metrics=metrics)[0],
+                         f"dataset {description['dataset']}")
+    ledger.check(charge, settings.privacy.epsilon_cap)
+    authenticate_splits(vault, description, data_dir)
+    budget = ledger.charge(charge, settings.privacy.epsilon_cap)
+    write_anchor(vault, ledger.anchor(run_id))
     return plan, _budget_dict(budget, plan)
+
+
+def authenticate_splits(vault: Vault, description: dict, folder: Path) -> None:
+    """Both splits are what encrypt sealed for this snapshot (identity and every tag)."""
+    for split in ("train", "test"):
+        vault.authenticate(folder / f"{split}.sealed",
+                           split_identity(description["dataset"], description["snapshot_id"], split))
 
 
 def _budget_dict(budget, plan: DpSgdPlan) -> dict:
@@ -359,19 +378,21 @@ def audit_gate(model: nn.Module, canaries: Canaries | None, claimed: float, conf
     return result.as_dict()
 
 
-def resume_or_charge(description: dict, settings: Settings, checkpoint, extra_rows: int):
+def resume_or_charge(description: dict, settings: Settings, checkpoint, extra_rows: int, *, vault: Vault,
+                     data_dir: Path, metrics: Path | None = None):
     """A checkpoint of this configuration whose charge is in the ledger: continue that run
     under its charge. Otherwise a new run, charged (or refused) before any decryption."""
     state = checkpoint.read() if checkpoint is not None and checkpoint.path.exists() else None
-    ledger = PrivacyLedger(ledger_location(settings))
-    if state is not None and any(c.run_id == state.run_id for c in ledger.charges(description["dataset"])):
+    ledger, budget_id = open_ledger(settings, vault), budget_name(settings)
+    if state is not None and any(c.run_id == state.run_id for c in ledger.charges(budget_id)):
         plan = DpSgdPlan(**state.plan)
-        budget = ledger.budget(description["dataset"], settings.privacy.epsilon_cap)
+        budget = ledger.budget(budget_id, settings.privacy.epsilon_cap)
         return state.run_id, plan, _budget_dict(budget, plan)
     if checkpoint is not None:
         checkpoint.discard()
     run_id = uuid.uuid4().hex
-    plan, budget = plan_and_charge(description, settings, run_id, extra_rows)
+    plan, budget = plan_and_charge(description, settings, run_id, extra_rows, vault=vault, data_dir=data_dir,
+                                   metrics=metrics)
     return run_id, plan, budget
 
 
@@ -409,7 +430,9 @@ def main() -> None:
     # canaries are drawn afresh per run, so an audited run cannot resume
     checkpoint = None if canaries else _checkpoint(settings, description, pretraining, bound)
     check_model_config(t, len(description["features"]), n_classes, f"dataset {description['dataset']}")
-    run_id, plan, budget = resume_or_charge(description, settings, checkpoint, extra_rows)
+    vault = open_vault()
+    run_id, plan, budget = resume_or_charge(description, settings, checkpoint, extra_rows, vault=vault,
+                                            data_dir=args.data, metrics=args.metrics)
     try:
         train_charged(args, settings, description, canaries, plan, run_id, budget, checkpoint)
     except Exception as error:
@@ -426,6 +449,8 @@ def train_charged(args, settings: Settings, description: dict, canaries: Canarie
     pretraining, _ = read_pretrained(args.pretrained)
     result, real, test = run_training(settings, description, args.data, args.pretrained, canaries, plan, run_id,
                                       checkpoint)
+    vault = open_vault()
+    anchor = open_ledger(settings, vault).anchor(run_id)
     if result.steps != plan.steps:
         raise PrivacyError(f"training took {result.steps} steps, the charge covers {plan.steps}")
     audited = audit_gate(result.model, canaries, result.epsilon, t.audit_confidence)
@@ -433,6 +458,7 @@ def train_charged(args, settings: Settings, description: dict, canaries: Canarie
         "run_id": run_id, "preset": t.model, "hidden_units": t.hidden_units,
         "input_shape": list(t.input_shape) if t.input_shape else None, "features": description["features"],
         "classes": description["classes"], "snapshot_id": description["snapshot_id"], "dataset": description["dataset"]})
+    write_anchor(vault, anchor, args.out)
     noise = noise_source(settings.privacy.secure_noise, t.noise_seed)
     write_json(args.metrics, {
         "run_id": run_id, "snapshot_id": description["snapshot_id"], "audit": audited,
@@ -444,7 +470,8 @@ def train_charged(args, settings: Settings, description: dict, canaries: Canarie
                     "grad_sample_mode": ENGINE},
         "training": {"model": t.model, "device": str(resolve_device(t.device)), "processes": t.processes,
                      "resumed_from_step": result.resumed_from_step},
-        "budget": budget,
+        "budget": {**budget, "name": budget_name(settings)},
+        "ledger_anchor": asdict(anchor),
         "rows": {"train": len(real), "test": len(test), "canaries": extra_rows,
                  "dropped_by_unit_bound": result.dropped_rows},
         "pretraining": pretraining,

@@ -182,8 +182,20 @@ class Vault:
         os.replace(partial, dest)
         return SealedArtifact(dest, key_id, total)
 
+    @property
+    def keys(self) -> DataKeys:
+        return self._keys
+
     def open(self, src: Path, identity: ArtifactIdentity) -> bytes:
         return b"".join(self.open_stream(src, identity))
+
+    def authenticate(self, src: Path, identity: ArtifactIdentity) -> int:
+        """Check identity and every tag of a sealed file without keeping its plaintext (each
+        chunk is dropped as soon as its tag verifies); returns the plaintext size. Lets a
+        stage refuse a tampered input before it commits to anything, such as a charge."""
+        if not src.is_file():
+            raise IntegrityError(f"{src}: missing; run `dvc checkout` or the stage that writes it again")
+        return sum(len(chunk) for chunk in self.open_stream(src, identity))
 
     def open_stream(self, src: Path, identity: ArtifactIdentity) -> Iterator[bytes]:
         """Yield authenticated plaintext chunks; raise IntegrityError on any tampering."""

@@ -24,12 +24,31 @@ app.add_typer(schema_app, name="schema")
 console = Console()
 
 
-DATASET = typer.Option(None, "--dataset", "-d", help="a dataset of params.yaml (default: the only one)")
+DATASET = typer.Option(None, "--dataset", "-d",
+                       help="a dataset of params.yaml; needed when it declares several")
+EVERY_DATASET = typer.Option(None, "--dataset", "-d", help="only this dataset of params.yaml (default: every one)")
 
 
 def _chosen(dataset: str | None) -> list:
     """Settings of the named dataset, or of every declared dataset."""
     return [load_settings(name) for name in ([dataset] if dataset else dataset_names())]
+
+
+def ensure_keyring(root: Path) -> None:
+    """The project's first run makes the keyring; a later run that finds it gone refuses:
+    sealed artifacts exist that only the lost keyring opens, and the ledger's entries are
+    authenticated under it. Restoring it is the fix, never a new empty one."""
+    path = keyring_path()
+    if path.exists():
+        return
+    sealed = next((p for p in (root / "artifacts").rglob("*.sealed")), None) if (root / "artifacts").exists() else None
+    if sealed is not None:
+        raise PrivflowError(f"{path}: no keyring, but this project holds data sealed under one (e.g. {sealed}); "
+                            "restore the keyring from its backup or set PRIVFLOW_KEYRING to it. `privflow keys "
+                            "init` would make a new, empty one that opens none of it")
+    keyring = Keyring.open(path)
+    console.print(f"created the keyring {path} (primary KEK {keyring.keks.primary().kek_id}); back it up: "
+                  "without it, sealed data cannot be opened", highlight=False)
 
 
 def _one_dataset(dataset: str | None) -> str:
@@ -48,6 +67,7 @@ def run(root: Path = Path("."),
     chosen = dataset or dataset_names(root / "params.yaml")
     for name in chosen:  # before Prefect starts: a schema or settings mistake costs seconds, not a run
         check_dataset(load_settings(name, root / "params.yaml"))
+    ensure_keyring(root)
 
     from flows.pipeline import dataset_of, pipeline, reports_dir
     from flows.stages import StageFailed
@@ -86,6 +106,7 @@ def serve(root: Path = Path("."),
 
     if (cron is None) == (interval is None):
         raise PrivflowError("give exactly one of --cron or --interval")
+    ensure_keyring(root)
     with prefect_api(root / ".privflow" / "prefect-server.log") as url:
         console.print(f"serving {root.resolve()} as deployment '{name}' on {url}: "
                       + (f"cron {cron!r}" if cron else f"every {interval} s"))
@@ -109,7 +130,8 @@ def status(root: Path = Path(".")) -> None:
         stages = [s.split("@")[0] for s in stage_order(root) if dataset_of(s) == name and s in stale]
         report_json = reports_dir(root, name) / "report.json"
         latest = read_json(report_json) if report_json.exists() else None
-        budget = PrivacyLedger(ledger_location(settings)).budget(name, settings.privacy.epsilon_cap)
+        budget = PrivacyLedger(ledger_location(settings)).budget(settings.dataset.budget or name,
+                                                                 settings.privacy.epsilon_cap)
         table.add_row(name, ", ".join(stages) or "none",
                       f"{latest['generated_at']} (run {latest['run_id'][:12]})" if latest else "none yet",
                       f"{budget.spent:.3f} / {budget.cap:g} ({budget.runs} run(s))")
@@ -177,6 +199,9 @@ def predict(source: Path = typer.Argument(..., help="records to score: .csv, .cs
     from components.schema import load_schema
     from flows.stages import stage_outputs
 
+    if not source.exists():
+        raise PrivflowError(f"{source}: no such file or folder; give the records to score (.csv, .csv.gz, "
+                            ".parquet, or a folder of them)")
     settings = load_settings(_one_dataset(dataset))
     model_dir = stage_outputs(Path("."), f"compress@{settings.dataset.name}")[0]
     scored = score(source, load_schema(settings.validate_.schema_file), settings.ingest, model_dir)
@@ -253,10 +278,12 @@ def keys_retire(kek_id: str) -> None:
 
 
 @budget_app.command("show")
-def budget_show(dataset: str = DATASET) -> None:
-    """Charges against each dataset (or the named one) and what is left of its cap."""
+def budget_show(dataset: str = EVERY_DATASET) -> None:
+    """Charges against each dataset's budget (or the named one's) and what is left of its cap."""
+    from components.budget import budget_name
+
     for settings in _chosen(dataset):
-        name = settings.dataset.name
+        name = budget_name(settings)
         ledger = PrivacyLedger(ledger_location(settings))
         table = Table("time", "run", "accountant", "noise", "q", "steps", "delta", "epsilon", title=name)
         for c in ledger.charges(name):
@@ -270,25 +297,51 @@ def budget_show(dataset: str = DATASET) -> None:
 
 
 @budget_app.command("verify")
-def budget_verify(dataset: str = DATASET) -> None:
-    """Check the ledger's hash chain; exit 1 if an entry was edited or deleted."""
-    locations = dict.fromkeys(ledger_location(s) for s in _chosen(dataset))
-    problems = [p for location in locations for p in PrivacyLedger(location).verify()]
+def budget_verify(dataset: str = EVERY_DATASET) -> None:
+    """Check the ledger: its authenticated chain, and every anchor of its head kept outside it
+    (sealed beside each model, in the project, in metrics at HEAD and in archived reports).
+    Exit 1 on any edit, deletion, reset, truncation or rebuild."""
+    from components.artifacts import open_vault
+    from components.budget import budget_name, find_anchors
+    from components.privacy.ledger import ledger_key
+    from flows.pipeline import reports_dir
+    from flows.stages import stage_outputs
+
+    vault = open_vault()
+    by_ledger: dict[str, list] = {}
+    for settings in _chosen(dataset):
+        name, budget = settings.dataset.name, budget_name(settings)
+        model_dir, *rest = stage_outputs(Path("."), f"train@{name}")
+        metrics = next((p for p in rest if p.name == "train.json"), None)
+        anchors, missing = find_anchors(vault, budget, model_dir=model_dir, metrics=metrics,
+                                        reports=reports_dir(Path("."), name))
+        by_ledger.setdefault(ledger_location(settings), []).extend(anchors)
+        console.print(f"{name} (budget {budget}): {len(anchors)} anchor(s) found"
+                      + (f"; none in {', '.join(missing)}" if missing else ""), highlight=False)
+    problems = []
+    for location, anchors in by_ledger.items():
+        ledger = PrivacyLedger(location, key=ledger_key(vault.keys))
+        problems += ledger.verify(anchors)
+        console.print(f"ledger {ledger.engine.url.render_as_string(hide_password=True)}: {ledger.count()} "
+                      f"entries, {len(anchors)} anchor(s) checked", highlight=False)
     for problem in problems:
-        console.print(f"[red]{problem}[/red]")
+        console.print(f"[red]{problem}[/red]", highlight=False)
     if problems:
+        console.print("restore the ledger from its backup; until it verifies, train refuses to charge it")
         raise typer.Exit(1)
     console.print("ledger intact")
 
 
 @budget_app.command("audit")
-def budget_audit(dataset: str = DATASET) -> None:
+def budget_audit(dataset: str = EVERY_DATASET) -> None:
     """Recompute every charge with Google's dp-accounting (PLD and RDP); exit 1 on a mismatch."""
     from components.privacy.crosscheck import RELATIVE_TOLERANCE, recompute
 
     problems, checked = [], 0
     for settings in _chosen(dataset):
-        charges = PrivacyLedger(ledger_location(settings)).charges(settings.dataset.name)
+        from components.budget import budget_name
+
+        charges = PrivacyLedger(ledger_location(settings)).charges(budget_name(settings))
         rows = recompute(charges, settings.privacy.epsilon_cap)
         table = Table("what", "charged (Opacus)", "PLD (dp-accounting)", "gap", "RDP (dp-accounting)",
                       title=f"{settings.dataset.name}: independent recomputation, tolerance {RELATIVE_TOLERANCE:.0%}")

@@ -16,8 +16,11 @@ DEMO_SCHEMA = ROOT / "schemas" / "breast_cancer.yaml"
 
 @pytest.fixture(autouse=True)
 def _private_keyring(tmp_path_factory, monkeypatch):
-    """No test ever touches the user's real keyring or ledger."""
-    monkeypatch.setenv(KEYRING_ENV, str(tmp_path_factory.mktemp("keys") / "keyring.json"))
+    """No test ever touches the user's real keyring or ledger. The keyring exists, as after
+    `privflow keys init` (it also holds the key that authenticates ledger entries)."""
+    path = tmp_path_factory.mktemp("keys") / "keyring.json"
+    Keyring.open(path)
+    monkeypatch.setenv(KEYRING_ENV, str(path))
     monkeypatch.setenv(LEDGER_ENV, str(tmp_path_factory.mktemp("ledger") / "ledger.sqlite"))
 
 

@@ -176,7 +176,7 @@ def test_predict_scores_valid_rows_and_names_the_rest(served, tmp_path):
 def test_predict_refusals_name_file_column_and_fix(served, tmp_path):
     model_dir, schema = served
     source = demo_csv(tmp_path / "new.csv", drop_column="mean_area")
-    with pytest.raises(DatasetError, match=r"new.csv: columns do not match the schema: missing \['mean_area'\]"):
+    with pytest.raises(DatasetError, match=r"new.csv: the first line does not name the schema's columns: missing \['mean_area'\]"):
         score(source, schema, IngestSettings(source=source), model_dir)
     other = schema.model_copy(update={"columns": {k: v for k, v in schema.columns.items() if k != "worst_area"}})
     source = demo_csv(tmp_path / "new.csv", drop_column="worst_area")

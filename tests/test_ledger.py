@@ -16,7 +16,7 @@ from components.privacy.ledger import Charge, PrivacyLedger
 def charge_for(target: float, run: str = "r1", dataset: str = "demo") -> Charge:
     plan = plan_dp_sgd(rows=1000, batch_size=50, epochs=5, target_epsilon=target, target_delta=1e-5,
                        accountant="prv")
-    return Charge(run, dataset, "patient_id", "sha256:s", "train", "DP-SGD", plan.accountant,
+    return Charge(run, dataset, "patient_id", f"sha256:snapshot-of-{dataset}", "train", "DP-SGD", plan.accountant,
                   plan.noise_multiplier, plan.sample_rate, plan.steps, plan.delta, plan.epsilon,
                   "abc", "2026-11-23T00:00:00+00:00")
 
@@ -62,7 +62,7 @@ def test_edited_and_deleted_entries_are_detected(ledger_location):
     assert ledger.verify() == []
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM charges WHERE seq = 2"))
-    assert any("entry 3: previous-hash link broken" in p for p in ledger.verify())
+    assert any("entry 3: link to the previous entry broken" in p for p in ledger.verify())
 
 
 def _try_charge(location: str, run: str, start) -> str:

@@ -55,7 +55,7 @@ def run_case(folder: Path, case: Case) -> dict:
     run = load_settings("generated", params_file)
     schema = check_dataset(run)
     vault = Vault(Keyring.open(folder / "keyring.json"))
-    manifest = ingest_snapshot("generated", run.ingest, vault, folder / "ingest")
+    manifest = ingest_snapshot("generated", run.ingest, vault, folder / "ingest", schema)
     with open_snapshot(vault, folder / "ingest") as (manifest, members):
         outcome = validate_snapshot(members, manifest.source, schema, run.ingest)
     summary = outcome.summary()

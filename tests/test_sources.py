@@ -114,7 +114,7 @@ def test_a_folder_file_with_other_columns_is_named(tmp_path, table, demo_schema)
     folder.mkdir()
     (folder / "part-1.csv").write_bytes(csv_bytes(header, rows[:10]))
     (folder / "part-2.csv").write_bytes(csv_bytes([h.replace("mean_area", "area") for h in header], rows[10:]))
-    with pytest.raises(DatasetError, match=r"export/part-2.csv: columns do not match .*missing \['mean_area'\]"):
+    with pytest.raises(DatasetError, match=r"export/part-2.csv: the first line does not name the schema's columns: missing \['mean_area'\]"):
         outcome_of(folder, demo_schema)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from components.demo_data import churn_table, csv_text, demo_table, public_churn_table
+from components.keys import Keyring
 from tests.conftest import ROOT
 
 PROJECT_FILES = ("components", "flows", "schemas", "dvc.yaml", "params.yaml", ".gitignore")
@@ -99,6 +100,7 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
         "DVC_SITE_CACHE_DIR": str(base / "dvc-site"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",
     })
+    Keyring.open(base / "keys" / "keyring.json")  # as `privflow keys init` (or the first `privflow run`) does
     datasets = {DATASET: {"source": str(source),
                           "schema": "schemas/test.yaml" if schema else "schemas/breast_cancer.yaml"}}
     if churn:

@@ -3,8 +3,17 @@
 A real database: a SQLite file by default (outside DVC outs, so `dvc repro`, `git checkout`
 and crashes leave it alone), PostgreSQL for teams (any SQLAlchemy URL). Keyed by dataset
 and privacy unit (the people), not by file hash, so a new snapshot of the same people
-draws on the same budget. Rows are append-only and hash-chained: each entry stores the hash
-of the previous one, so an edited or deleted row breaks the chain (`verify`).
+draws on the same budget. Rows are append-only and chained: each entry stores the tag of the
+previous one, so an edited or deleted row breaks the chain (`verify`).
+
+The tags are HMAC-SHA-256 under a key the ledger does not hold (derived from the keyring's
+ledger key): whoever can write the database but not read the keyring cannot rebuild a
+valid chain after deleting or editing rows. A chain alone cannot show a reset or a cut tail,
+so the ledger's head after each charge (sequence number and tag, a `LedgerAnchor`) is kept
+where the ledger's writer cannot rewrite it unseen: sealed beside the trained model, in the
+run's DVC-tracked metrics and in every archived report. `verify(anchors)` checks the chain
+and that every anchor's entry is still there, as Certificate Transparency's signed tree
+heads (RFC 6962) let clients detect a log that forgot what it once held.
 
 The cap check and the insert happen in one transaction that holds the table's write lock
 (SQLite `BEGIN IMMEDIATE`, PostgreSQL `LOCK TABLE`), so two concurrent runs cannot both
@@ -15,13 +24,14 @@ charged mechanism (tighter than, and shown beside, the sum of epsilons).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, create_engine, event, func, select, text
 
-from components.errors import BudgetExceeded
+from components.errors import BudgetExceeded, PrivacyError
 from components.privacy.accounting import composed_epsilon
 
 GENESIS = "0" * 64
@@ -57,9 +67,37 @@ CHARGES = Table(
 _COLUMNS = [f.name for f in fields(Charge)]
 
 
-def entry_hash(charge: Charge, prev_hash: str) -> str:
+LEDGER_KEY_NAME = ":ledger"  # the keyring entry whose key authenticates ledger entries (not a dataset name)
+
+
+class LedgerTampered(PrivacyError):
+    """The ledger fails verification: no charge is added to it until it is restored."""
+
+
+def entry_hash(charge: Charge, prev_hash: str, key: bytes) -> str:
+    """The entry's tag: HMAC-SHA-256 of its contents and the previous tag."""
     body = json.dumps({"prev": prev_hash, **asdict(charge)}, sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def ledger_key(keyring) -> bytes:
+    """The MAC key, derived from the keyring's ledger key (created once, rotated with the KEKs)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    _, key = keyring.dataset_key(LEDGER_KEY_NAME)
+    return HKDF(hashes.SHA256(), 32, salt=None, info=b"privflow ledger entry tags v1").derive(key)
+
+
+@dataclass(frozen=True)
+class LedgerAnchor:
+    """The ledger's head right after a charge: enough to show later that it still holds it."""
+
+    seq: int
+    entry_hash: str
+    budget: str
+    budget_entries: int  # the budget's charges up to and including this one
+    run_id: str
 
 
 @dataclass(frozen=True)
@@ -92,7 +130,9 @@ def ledger_url(location: str | Path) -> str:
 
 
 class PrivacyLedger:
-    def __init__(self, location: str | Path):
+    def __init__(self, location: str | Path, key: bytes | None = None):
+        """`key` authenticates entries; None: derived from the keyring at $PRIVFLOW_KEYRING."""
+        self._key = key
         self.url = ledger_url(location)
         self.engine = create_engine(self.url)
         if self.engine.dialect.name == "sqlite":
@@ -103,6 +143,15 @@ class PrivacyLedger:
             event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql(
                 "BEGIN IMMEDIATE" if conn.get_execution_options().get("write_lock") else "BEGIN"))
         _METADATA.create_all(self.engine)
+
+    @property
+    def key(self) -> bytes:
+        if self._key is None:
+            from components.keys import Keyring
+            from components.settings import keyring_path
+
+            self._key = ledger_key(Keyring.open(keyring_path(), create=False))
+        return self._key
 
     def charges(self, dataset: str | None = None) -> list[Charge]:
         with self.engine.connect() as conn:
@@ -116,19 +165,47 @@ class PrivacyLedger:
         with self.engine.connect().execution_options(write_lock=True) as conn, conn.begin():
             if self.engine.dialect.name == "postgresql":
                 conn.execute(text("LOCK TABLE charges IN SHARE ROW EXCLUSIVE MODE"))
-            existing = self._rows(conn, charge.dataset)
-            before = budget_of(charge.dataset, cap, existing)
-            after = budget_of(charge.dataset, cap, [*existing, charge])
-            if after.spent > cap + 1e-9:
-                raise BudgetExceeded(
-                    f"dataset '{charge.dataset}': this run (epsilon {charge.epsilon:.4g}) would bring the "
-                    f"composed epsilon from {before.spent:.4g} to {after.spent:.4g} (sum of epsilons "
-                    f"{after.spent_sum:.4g}), over the cap {cap:.4g}; lower train.target_epsilon, or have "
-                    "the data owner raise privacy.epsilon_cap")
+            after = self._refuse_or_budget(conn, charge, cap)
             last = conn.execute(select(CHARGES.c.entry_hash).order_by(CHARGES.c.seq.desc()).limit(1)).scalar()
             prev = last or GENESIS
-            conn.execute(CHARGES.insert().values(**asdict(charge), prev_hash=prev, entry_hash=entry_hash(charge, prev)))
+            conn.execute(CHARGES.insert().values(**asdict(charge), prev_hash=prev,
+                                                 entry_hash=entry_hash(charge, prev, self.key)))
         return after
+
+    def check(self, charge: Charge, cap: float) -> Budget:
+        """What `charge` would do, without recording it: the budget after it, or the refusal."""
+        with self.engine.connect() as conn:
+            return self._refuse_or_budget(conn, charge, cap)
+
+    def _refuse_or_budget(self, conn, charge: Charge, cap: float) -> Budget:
+        elsewhere = sorted({c.dataset for c in self._rows(conn, None)
+                            if c.snapshot_id == charge.snapshot_id and c.dataset != charge.dataset})
+        if elsewhere:
+            raise BudgetExceeded(
+                f"snapshot {charge.snapshot_id[:19]} was already charged under budget {elsewhere[0]!r}: the same "
+                f"people cannot get a fresh budget '{charge.dataset}' by a new name. If this entry is that data "
+                f"renamed, or another view of the same people, declare `budget: {elsewhere[0]}` in its params.yaml entry")
+        existing = self._rows(conn, charge.dataset)
+        before = budget_of(charge.dataset, cap, existing)
+        after = budget_of(charge.dataset, cap, [*existing, charge])
+        if after.spent > cap + 1e-9:
+            raise BudgetExceeded(
+                f"dataset '{charge.dataset}': this run (epsilon {charge.epsilon:.4g}) would bring the "
+                f"composed epsilon from {before.spent:.4g} to {after.spent:.4g} (sum of epsilons "
+                f"{after.spent_sum:.4g}), over the cap {cap:.4g}; lower train.target_epsilon, or have "
+                "the data owner raise privacy.epsilon_cap")
+        return after
+
+    def anchor(self, run_id: str) -> LedgerAnchor | None:
+        """The head as it stood right after run `run_id`'s charge."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(CHARGES.c.seq, CHARGES.c.entry_hash, CHARGES.c.dataset)
+                               .where(CHARGES.c.run_id == run_id).order_by(CHARGES.c.seq)).first()
+            if row is None:
+                return None
+            count = conn.execute(select(func.count()).select_from(CHARGES).where(
+                CHARGES.c.dataset == row.dataset, CHARGES.c.seq <= row.seq)).scalar_one()
+        return LedgerAnchor(row.seq, row.entry_hash, row.dataset, count, run_id)
 
     @staticmethod
     def _rows(conn, dataset: str | None) -> list[Charge]:
@@ -142,15 +219,32 @@ class PrivacyLedger:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(CHARGES)).scalar_one()
 
-    def verify(self) -> list[str]:
-        """Problems found in the hash chain; empty when every entry is intact and in place."""
+    def verify(self, anchors: list[tuple[str, LedgerAnchor]] = ()) -> list[str]:
+        """Problems found: in the chain of tags, against each (where, anchor) recorded outside
+        the ledger, and snapshots charged under two budgets. Empty when all is intact."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(CHARGES).order_by(CHARGES.c.seq)).mappings().all()
         problems, prev = [], GENESIS
         for row in rows:
             if row["prev_hash"] != prev:
-                problems.append(f"entry {row['seq']}: previous-hash link broken (an entry was deleted or reordered)")
-            if entry_hash(Charge(*(row[n] for n in _COLUMNS)), row["prev_hash"]) != row["entry_hash"]:
-                problems.append(f"entry {row['seq']}: contents do not match its hash (edited)")
+                problems.append(f"entry {row['seq']}: link to the previous entry broken (an entry was deleted "
+                                "or reordered)")
+            if not hmac.compare_digest(entry_hash(Charge(*(row[n] for n in _COLUMNS)), row["prev_hash"], self.key),
+                                       row["entry_hash"]):
+                problems.append(f"entry {row['seq']}: contents do not match its authentication tag (edited, "
+                                "rebuilt without the key, or written under another keyring)")
             prev = row["entry_hash"]
+        held = {row["seq"]: row["entry_hash"] for row in rows}
+        for where, anchor in anchors:
+            if held.get(anchor.seq) != anchor.entry_hash:
+                problems.append(
+                    f"{where} records ledger entry {anchor.seq} (run {anchor.run_id[:12]}, the budget's "
+                    f"charge {anchor.budget_entries}) but the ledger {'holds another entry there' if anchor.seq in held else 'does not hold it'}: "
+                    "it was reset, truncated or rebuilt")
+        budgets_by_snapshot: dict[str, set[str]] = {}
+        for row in rows:
+            budgets_by_snapshot.setdefault(row["snapshot_id"], set()).add(row["dataset"])
+        problems += [f"snapshot {snapshot[:19]} is charged under budgets {sorted(names)}: one population, "
+                     "two budgets (declare one `budget:` for both entries)"
+                     for snapshot, names in budgets_by_snapshot.items() if len(names) > 1]
         return problems

@@ -1,0 +1,108 @@
+"""The budget a stage charges, and the anchors that keep its ledger honest.
+
+A dataset's budget is named by its params.yaml entry, or by `budget:` when several entries
+draw on the same people (a renamed entry, or two views of one population). The ledger's
+head after each charge is an anchor, kept where whoever rewrites the ledger cannot also
+rewrite it unseen:
+- `.privflow/anchors/<budget>.sealed` in the project (sealed: forging one needs the keyring),
+- beside the trained model (`ledger-anchor.sealed`, a DVC out: in the cache and the remote),
+- in the run's metrics (`metrics/<dataset>/train.json`, committed to git) and so in every
+  archived report (`reports/<dataset>/runs/`).
+`train` checks the ledger against the anchors it can find before it charges, and refuses a
+ledger that fails; `privflow budget verify` checks every anchor there is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+from components.errors import IntegrityError, KeyringError
+from components.privacy.ledger import LedgerAnchor, LedgerTampered, PrivacyLedger, ledger_key
+from components.settings import Settings, ledger_location
+from components.vault import ArtifactIdentity, Vault
+
+ANCHOR_FILE = "ledger-anchor.sealed"
+PROJECT_ANCHORS = Path(".privflow") / "anchors"
+
+
+def budget_name(settings: Settings) -> str:
+    """The ledger key of a dataset's budget: its declared `budget:`, else the entry's name."""
+    return settings.dataset.budget or settings.dataset.name
+
+
+def open_ledger(settings: Settings, vault: Vault) -> PrivacyLedger:
+    return PrivacyLedger(ledger_location(settings), key=ledger_key(vault.keys))
+
+
+def _identity(budget: str) -> ArtifactIdentity:
+    return ArtifactIdentity(budget, "train", "ledger-anchor", "ledger")
+
+
+def write_anchor(vault: Vault, anchor: LedgerAnchor, model_dir: Path | None = None) -> None:
+    """Seal the anchor into the project's anchor file and, once there is one, beside the model."""
+    document = json.dumps(asdict(anchor), sort_keys=True).encode()
+    paths = [PROJECT_ANCHORS / f"{anchor.budget}.sealed"] + ([model_dir / ANCHOR_FILE] if model_dir else [])
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vault.seal(document, _identity(anchor.budget), path)
+
+
+def _sealed(vault: Vault, path: Path, budget: str) -> LedgerAnchor | None:
+    if not path.exists():
+        return None
+    try:
+        return LedgerAnchor(**json.loads(vault.open(path, _identity(budget))))
+    except (IntegrityError, KeyringError) as error:
+        raise LedgerTampered(f"{path}: ledger anchor fails authentication ({error}); it was altered or "
+                             "sealed under another keyring") from None
+
+
+def _from_metrics(text: str | None) -> LedgerAnchor | None:
+    if not text:
+        return None
+    try:
+        found = json.loads(text).get("ledger_anchor")
+    except (ValueError, AttributeError):
+        return None
+    return LedgerAnchor(**found) if found else None
+
+
+def _committed(path: Path) -> str | None:
+    """The file as the checked-out commit holds it (None outside git or when untracked)."""
+    result = subprocess.run(["git", "show", f"HEAD:./{path.as_posix()}"], capture_output=True, text=True,
+                            check=False)
+    return result.stdout if result.returncode == 0 else None
+
+
+def find_anchors(vault: Vault, budget: str, *, model_dir: Path | None = None, metrics: Path | None = None,
+                 reports: Path | None = None) -> tuple[list[tuple[str, LedgerAnchor]], list[str]]:
+    """Every anchor of `budget` that can be found, each with where it was found; and the
+    places looked at that held none."""
+    found: list[tuple[str, LedgerAnchor | None]] = [
+        (str(PROJECT_ANCHORS / f"{budget}.sealed"), _sealed(vault, PROJECT_ANCHORS / f"{budget}.sealed", budget))]
+    if model_dir is not None:
+        found.append((str(model_dir / ANCHOR_FILE), _sealed(vault, model_dir / ANCHOR_FILE, budget)))
+    if metrics is not None:
+        found.append((str(metrics), _from_metrics(metrics.read_text() if metrics.exists() else None)))
+        found.append((f"{metrics} at git HEAD", _from_metrics(_committed(metrics))))
+    if reports is not None:
+        for report in sorted(reports.glob("runs/*.json")):
+            training = json.loads(report.read_text()).get("training", {})
+            found.append((str(report), LedgerAnchor(**training["ledger_anchor"])
+                          if training.get("ledger_anchor") else None))
+    anchors = [(where, a) for where, a in found if a is not None and a.budget == budget]
+    return anchors, [where for where, a in found if a is None]
+
+
+def refuse_unless_intact(ledger: PrivacyLedger, anchors: list[tuple[str, LedgerAnchor]], where: str) -> None:
+    """No charge goes onto a ledger that fails verification: it would hide the damage."""
+    problems = ledger.verify(anchors)
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise LedgerTampered(
+            f"{where}: the privacy ledger fails verification, so nothing was charged: {shown}. Restore the "
+            "ledger from its backup (privacy.ledger or $PRIVFLOW_LEDGER), then check that `privflow budget "
+            "verify` says intact before training again")
