@@ -61,7 +61,7 @@ def measure_pipeline(path: Path, work: Path) -> dict:
     validate_snapshot([("warm-up.csv", io.BytesIO(header))], "warm-up", schema, settings)  # one-off set-up
     vault, baseline = open_vault(), peak_rss_mb()
     start = time.perf_counter()
-    manifest = ingest_snapshot("churn", settings, vault, work / "ingest")
+    manifest = ingest_snapshot("churn", settings, vault, work / "ingest", schema)
     ingested = time.perf_counter()
     with open_snapshot(vault, work / "ingest") as (_, members):
         outcome = validate_snapshot(members, str(path), schema, settings)
@@ -84,6 +84,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as base:
         os.environ["PRIVFLOW_KEYRING"] = str(Path(base) / "keyring.json")
+        from components.keys import Keyring
+
+        Keyring.open(Path(base) / "keyring.json")  # as `privflow keys init` does: stages never create one
         for rows in SIZES:
             source = Path(base) / f"churn-{rows}.csv"
             in_fresh_process("--write", str(source), str(rows))

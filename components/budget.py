@@ -6,8 +6,9 @@ head after each charge is an anchor, kept where whoever rewrites the ledger cann
 rewrite it unseen:
 - `.privflow/anchors/<budget>.sealed` in the project (sealed: forging one needs the keyring),
 - beside the trained model (`ledger-anchor.sealed`, a DVC out: in the cache and the remote),
-- in the run's metrics (`metrics/<dataset>/train.json`, committed to git) and so in every
-  archived report (`reports/<dataset>/runs/`).
+- in the run's metrics (`metrics/<dataset>/train.json`: DVC-tracked, so also in the DVC
+  cache under dvc.lock's hash, and at git HEAD where a team commits metrics) and so in
+  every archived report (`reports/<dataset>/runs/`).
 `train` checks the ledger against the anchors it can find before it charges, and refuses a
 ledger that fails; `privflow budget verify` checks every anchor there is.
 """
@@ -70,11 +71,50 @@ def _from_metrics(text: str | None) -> LedgerAnchor | None:
     return LedgerAnchor(**found) if found else None
 
 
+def _relative(path: Path) -> Path:
+    """Project-relative, as dvc.lock and git name files (DVC's API gives absolute paths)."""
+    return path.resolve().relative_to(Path.cwd().resolve()) if path.is_absolute() else path
+
+
 def _committed(path: Path) -> str | None:
     """The file as the checked-out commit holds it (None outside git or when untracked)."""
-    result = subprocess.run(["git", "show", f"HEAD:./{path.as_posix()}"], capture_output=True, text=True,
+    result = subprocess.run(["git", "show", f"HEAD:./{_relative(path).as_posix()}"], capture_output=True, text=True,
                             check=False)
     return result.stdout if result.returncode == 0 else None
+
+
+def project_anchors(vault: Vault, budgets: set[str]) -> list[tuple[str, LedgerAnchor]]:
+    """The project's anchors of these budgets (those kept in one ledger): a ledger shared by
+    several budgets is checked whole before any of them is charged again."""
+    paths = [PROJECT_ANCHORS / f"{budget}.sealed" for budget in sorted(budgets)]
+    return [(str(path), anchor) for path in paths
+            if (anchor := _sealed(vault, path, path.name.removesuffix(".sealed"))) is not None]
+
+
+def budgets_in_ledger(settings: Settings) -> set[str]:
+    """Every budget of this project whose ledger is this dataset's ledger."""
+    from components.settings import dataset_names, load_settings
+
+    location = ledger_location(settings)
+    others = (load_settings(name) for name in dataset_names())
+    return {budget_name(settings)} | {budget_name(o) for o in others if ledger_location(o) == location}
+
+
+def _cached(path: Path, lock: Path = Path("dvc.lock"), cache: Path = Path(".dvc/cache")) -> str | None:
+    """`path` as dvc.lock last recorded it, read from the DVC cache: DVC removes a stage's
+    outputs before it runs, but the previous run's metrics stay in the cache."""
+    import yaml
+
+    if not lock.exists():
+        return None
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    wanted = _relative(path).as_posix()
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if out.get("path") == wanted and "md5" in out:
+                cached = cache / "files" / "md5" / out["md5"][:2] / out["md5"][2:]
+                return cached.read_text(encoding="utf-8") if cached.exists() else None
+    return None
 
 
 def find_anchors(vault: Vault, budget: str, *, model_dir: Path | None = None, metrics: Path | None = None,
@@ -87,6 +127,7 @@ def find_anchors(vault: Vault, budget: str, *, model_dir: Path | None = None, me
         found.append((str(model_dir / ANCHOR_FILE), _sealed(vault, model_dir / ANCHOR_FILE, budget)))
     if metrics is not None:
         found.append((str(metrics), _from_metrics(metrics.read_text() if metrics.exists() else None)))
+        found.append((f"{metrics} in the DVC cache (dvc.lock)", _from_metrics(_cached(metrics))))
         found.append((f"{metrics} at git HEAD", _from_metrics(_committed(metrics))))
     if reports is not None:
         for report in sorted(reports.glob("runs/*.json")):

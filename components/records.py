@@ -158,7 +158,8 @@ def _positions(header: list[str], wanted) -> str:
     return ", ".join(str(i + 1) for i, name in enumerate(header) if wanted(name))
 
 
-def _check_header(header: list[str], schema: DatasetSchema, label: str, delimiter: str) -> None:
+def _check_header(header: list[str], schema: DatasetSchema, label: str, delimiter: str,
+                  extras: tuple[str, ...] = ()) -> None:
     """The first line must name the declared columns. What it holds instead may be a data
     row (a file exported without its header line), so names from the file are never
     repeated in a message: only their positions and count. Declared names are the schema's."""
@@ -175,9 +176,11 @@ def _check_header(header: list[str], schema: DatasetSchema, label: str, delimite
             f"is the delimiter really {delimiter!r}? set ingest.delimiter in params.yaml"
         )
     if missing or (unknown and schema.strict):
-        headerless = " (is the header line missing? privflow needs one)" if len(missing) == len(declared) else ""
+        own = [name for name in header if name not in extras]  # the file's own first line
+        headerless = " (is the header line missing? privflow needs one)" if not set(own) & declared else ""
+        listed = f"{missing[:8]}" + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise DatasetError(
-            f"{label}: the first line does not name the schema's columns{headerless}: missing {missing}"
+            f"{label}: the first line does not name the schema's columns{headerless}: missing {listed}"
             + (f"; {len(unknown)} field(s) not declared, at position(s) {_positions(header, lambda n: n not in declared)}"
                " (not shown: the line may be data)" if unknown else "")
             + "; fix the file or declare the columns in the dataset's schema file"
@@ -268,7 +271,8 @@ class RecordReader:
         if self.schema is None:
             return header[:1]
         present = [h.strip() for h in header]
-        _check_header(present + [c for c in self.optional if c not in present], self.schema, label, self.delimiter)
+        extras = tuple(c for c in self.optional if c not in present)
+        _check_header(present + list(extras), self.schema, label, self.delimiter, extras)
         return [h for h in header if h.strip() in self.schema.columns]
 
     def _completed(self, table: pa.Table) -> pa.Table:

@@ -36,7 +36,8 @@ from components.preflight import check_model_config
 from components.privacy.accounting import DpSgdPlan, plan_dp_sgd
 from components.privacy.audit import Canaries, audit, draw_canaries
 from components.privacy.dp_sgd import PrivateGradient
-from components.budget import budget_name, find_anchors, open_ledger, refuse_unless_intact, write_anchor
+from components.budget import (budget_name, budgets_in_ledger, find_anchors, open_ledger, project_anchors,
+                               refuse_unless_intact, write_anchor)
 from components.privacy.ledger import Charge
 from components.privacy.noise import NoiseSource, noise_source
 from components.settings import Settings, TrainSettings, load_settings
@@ -89,8 +90,9 @@ def plan_and_charge(description: dict, settings: Settings, run_id: str, extra_ro
                     epsilon=plan.epsilon, code_commit=git_commit(),
                     created_at=datetime.now(UTC).isoformat(timespec="seconds"))
     ledger = open_ledger(settings, vault)
-    refuse_unless_intact(ledger, find_anchors(vault, charge.dataset, metrics=metrics)[0],
-                         f"dataset {description['dataset']}")
+    anchors = find_anchors(vault, charge.dataset, metrics=metrics)[0]
+    anchors += [a for a in project_anchors(vault, budgets_in_ledger(settings)) if a not in anchors]
+    refuse_unless_intact(ledger, anchors, f"dataset {description['dataset']}")
     ledger.check(charge, settings.privacy.epsilon_cap)
     authenticate_splits(vault, description, data_dir)
     budget = ledger.charge(charge, settings.privacy.epsilon_cap)

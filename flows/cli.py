@@ -299,16 +299,17 @@ def budget_show(dataset: str = EVERY_DATASET) -> None:
 @budget_app.command("verify")
 def budget_verify(dataset: str = EVERY_DATASET) -> None:
     """Check the ledger: its authenticated chain, and every anchor of its head kept outside it
-    (sealed beside each model, in the project, in metrics at HEAD and in archived reports).
+    (sealed beside each model and in the project, in the metrics, in the DVC cache and in archived reports).
     Exit 1 on any edit, deletion, reset, truncation or rebuild."""
     from components.artifacts import open_vault
-    from components.budget import budget_name, find_anchors
+    from components.budget import budget_name, find_anchors, project_anchors
     from components.privacy.ledger import ledger_key
     from flows.pipeline import reports_dir
     from flows.stages import stage_outputs
 
     vault = open_vault()
     by_ledger: dict[str, list] = {}
+    budgets: dict[str, set[str]] = {}
     for settings in _chosen(dataset):
         name, budget = settings.dataset.name, budget_name(settings)
         model_dir, *rest = stage_outputs(Path("."), f"train@{name}")
@@ -316,10 +317,12 @@ def budget_verify(dataset: str = EVERY_DATASET) -> None:
         anchors, missing = find_anchors(vault, budget, model_dir=model_dir, metrics=metrics,
                                         reports=reports_dir(Path("."), name))
         by_ledger.setdefault(ledger_location(settings), []).extend(anchors)
+        budgets.setdefault(ledger_location(settings), set()).add(budget)
         console.print(f"{name} (budget {budget}): {len(anchors)} anchor(s) found"
                       + (f"; none in {', '.join(missing)}" if missing else ""), highlight=False)
     problems = []
     for location, anchors in by_ledger.items():
+        anchors = anchors + [a for a in project_anchors(vault, budgets[location]) if a not in anchors]
         ledger = PrivacyLedger(location, key=ledger_key(vault.keys))
         problems += ledger.verify(anchors)
         console.print(f"ledger {ledger.engine.url.render_as_string(hide_password=True)}: {ledger.count()} "

@@ -189,6 +189,16 @@ def test_predict_refusals_name_file_column_and_fix(served, tmp_path):
         load_export(model_dir)
 
 
+def test_predict_on_a_headerless_file_shows_no_value_of_its_first_row(served, tmp_path):
+    model_dir, schema = served
+    source = demo_csv(tmp_path / "new.csv")
+    lines = source.read_text().splitlines()
+    source.write_text("\n".join(lines[1:]) + "\n")  # the header line lost: row 1 takes its place
+    with pytest.raises(DatasetError, match=r"is the header line missing\?") as caught:
+        score(source, schema, IngestSettings(source=source), model_dir)
+    assert not any(value in str(caught.value) for value in lines[1].split(",") if len(value) > 2)
+
+
 def test_exported_file_holds_no_pickle(served):
     model_dir, _ = served
     raw = gzip.decompress((model_dir / compress.EXPORT).read_bytes())

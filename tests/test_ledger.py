@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from components.errors import BudgetExceeded
 from components.privacy.accounting import composed_epsilon, plan_dp_sgd
-from components.privacy.ledger import Charge, PrivacyLedger
+from components.privacy.ledger import CHARGES, GENESIS, Charge, PrivacyLedger, entry_hash
 
 
 def charge_for(target: float, run: str = "r1", dataset: str = "demo") -> Charge:
@@ -114,3 +114,90 @@ def test_cross_check_flags_a_tampered_epsilon_and_checks_the_composition():
     assert len(rows) == 3 and all(not r.problems for r in rows)  # two runs and their composition
     understated = [replace(honest[0], epsilon=honest[0].epsilon * 0.9)]
     assert "apart" in recompute(understated, cap=10.0)[0].problems[0]
+
+
+def test_entries_are_authenticated_under_a_key_the_ledger_does_not_hold(ledger_location):
+    """Deleting a row and rebuilding the chain with the published recipe no longer verifies."""
+    ledger = PrivacyLedger(ledger_location, key=b"k" * 32)
+    for i in range(3):
+        ledger.charge(charge_for(1.0, f"r{i}"), cap=10.0)
+    assert ledger.verify() == []
+    engine = create_engine(ledger.url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM charges WHERE seq = 2"))
+        rows = conn.execute(text("SELECT * FROM charges ORDER BY seq")).mappings().all()
+        prev = GENESIS
+        for row in rows:  # an attacker's rebuild: every tag recomputed, with a key of their own
+            rebuilt = entry_hash(Charge(*(row[f.name] for f in fields(Charge))), prev, b"guess" * 8)
+            conn.execute(text("UPDATE charges SET prev_hash = :p, entry_hash = :h WHERE seq = :s"),
+                         {"p": prev, "h": rebuilt, "s": row["seq"]})
+            prev = rebuilt
+    problems = ledger.verify()
+    assert problems and all("do not match its authentication tag" in p for p in problems)
+    assert PrivacyLedger(ledger_location, key=b"other" * 8).verify() != []  # another keyring's key fails too
+
+
+def test_anchors_catch_a_cut_tail_and_a_reset_that_the_chain_cannot(ledger_location, tmp_path):
+    ledger = PrivacyLedger(ledger_location, key=b"k" * 32)
+    for i in range(2):
+        ledger.charge(charge_for(1.0, f"r{i}"), cap=10.0)
+    anchors = [("metrics/demo/train.json", ledger.anchor("r1")), ("reports/demo/runs/r0.json", ledger.anchor("r0"))]
+    assert anchors[0][1].seq == 2 and anchors[0][1].budget_entries == 2
+    assert ledger.verify(anchors) == []
+    with create_engine(ledger.url).begin() as conn:
+        conn.execute(text("DELETE FROM charges WHERE seq = 2"))
+    assert ledger.verify() == []  # a cut tail leaves a valid chain
+    (problem,) = ledger.verify(anchors)
+    assert problem.startswith("metrics/demo/train.json records ledger entry 2") and "does not hold it" in problem
+    reset = PrivacyLedger(str(tmp_path / "fresh.sqlite"), key=b"k" * 32)  # a deleted ledger file comes back empty
+    assert len(reset.verify(anchors)) == 2
+
+
+def test_a_snapshot_cannot_get_a_second_budget_under_a_new_name(ledger_location):
+    ledger = PrivacyLedger(ledger_location)
+    ledger.charge(charge_for(1.0, "r1", dataset="payroll"), cap=10.0)
+    renamed = replace(charge_for(1.0, "r2", dataset="payroll_2026"), snapshot_id="sha256:snapshot-of-payroll")
+    with pytest.raises(BudgetExceeded, match=r"already charged under budget 'payroll'.*declare `budget: payroll`"):
+        ledger.charge(renamed, cap=10.0)
+    with pytest.raises(BudgetExceeded, match="already charged under budget 'payroll'"):
+        ledger.check(renamed, cap=10.0)
+    assert ledger.count() == 1
+    ledger.charge(replace(renamed, dataset="payroll"), cap=10.0)  # declared as the same budget: it shares it
+    assert ledger.budget("payroll", cap=10.0).runs == 2 and ledger.verify() == []
+
+
+def test_verify_names_a_snapshot_charged_under_two_budgets(ledger_location):
+    ledger = PrivacyLedger(ledger_location)
+    ledger.charge(charge_for(1.0, "r1", dataset="a"), cap=10.0)
+    with create_engine(ledger.url).begin() as conn:  # as an older privflow could have written it
+        row = conn.execute(text("SELECT entry_hash FROM charges")).scalar_one()
+        second = replace(charge_for(1.0, "r2", dataset="b"), snapshot_id="sha256:snapshot-of-a")
+        conn.execute(CHARGES.insert().values(**asdict(second), prev_hash=row, entry_hash=entry_hash(second, row, ledger.key)))
+    assert ledger.verify() == [f"snapshot {'sha256:snapshot-of-a'[:19]} is charged under budgets ['a', 'b']: one "
+                               "population, two budgets (declare one `budget:` for both entries)"]
+
+
+def test_a_postgresql_role_with_insert_and_select_only_can_charge_but_never_edit(postgres_server):
+    import uuid
+
+    from sqlalchemy.exc import ProgrammingError
+
+    name = f"ledger_{uuid.uuid4().hex[:12]}"
+    with create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin = PrivacyLedger(f"{postgres_server}/{name}")  # the owner creates the table
+    role = f"runs_{uuid.uuid4().hex[:8]}"
+    with admin.engine.begin() as conn:  # as infra/README.md grants it
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text("REVOKE ALL ON charges FROM PUBLIC"))
+        conn.execute(text(f"GRANT SELECT, INSERT ON charges TO {role}"))
+        conn.execute(text(f"GRANT USAGE ON SEQUENCE charges_seq_seq TO {role}"))
+    host = postgres_server.split("@", 1)[1]
+    runs = PrivacyLedger(f"postgresql+psycopg://{role}@{host}/{name}")
+    runs.charge(charge_for(1.0, "r1"), cap=10.0)
+    runs.charge(charge_for(1.0, "r2"), cap=10.0)
+    assert runs.count() == 2 and runs.verify([("test", runs.anchor("r2"))]) == []
+    for statement in ("UPDATE charges SET epsilon = 0.01", "DELETE FROM charges"):
+        with pytest.raises(ProgrammingError, match="permission denied"), runs.engine.begin() as conn:
+            conn.execute(text(statement))
+    assert runs.count() == 2

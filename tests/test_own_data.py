@@ -31,15 +31,21 @@ def _rows(rng: np.random.Generator, n_features: int, labels: list[str]):
     return features, [labels[c] for c in classes]
 
 
+def _numeric_table(rng, name: str, unit: str, target: str, target_spec: str, labels: list[str], n_features: int):
+    """A person id, a target and `n_features` float features in [0, 10] declared with bounds."""
+    features, values = _rows(rng, n_features, labels)
+    header = [unit, target, *[f"x{i}" for i in range(n_features)]]
+    rows = [[f"{unit[0].upper()}-{i:05d}", label, *(f"{v:.3f}" for v in row)]
+            for i, (row, label) in enumerate(zip(features, values))]
+    schema = (f"dataset: {name}\nprivacy_unit: {unit}\ntarget: {target}\ncolumns:\n"
+              f"  {unit}: {{type: string, unique: true}}\n  {target}: {target_spec}\n"
+              + "".join(f"  x{i}: {{type: float, min: 0, max: 10}}\n" for i in range(n_features)))
+    return header, rows, ",", schema, {}
+
+
 def survey(rng):
     """The issue's survey table: string person id, eight numeric features, int8 0/1 target."""
-    features, labels = _rows(rng, 8, ["0", "1"])
-    header = ["respondent", "smoker", *[f"q{i}" for i in range(8)]]
-    rows = [[f"R-{i:05d}", label, *(f"{v:.3f}" for v in row)] for i, (row, label) in enumerate(zip(features, labels))]
-    schema = ("dataset: survey\nprivacy_unit: respondent\ntarget: smoker\ncolumns:\n"
-              "  respondent: {type: string, unique: true}\n  smoker: {type: int8, allowed: [0, 1]}\n"
-              + "".join(f"  q{i}: {{type: float, min: 0, max: 10}}\n" for i in range(8)))
-    return header, rows, ",", schema, {}
+    return _numeric_table(rng, "survey", "respondent", "smoker", "{type: int8, allowed: [0, 1]}", ["0", "1"], 8)
 
 
 def screening(rng):
@@ -86,13 +92,8 @@ def grades(rng):
 
 def ten_classes(rng):
     """Ten classes, an int16 code 1..10."""
-    features, labels = _rows(rng, 4, [str(c) for c in range(1, 11)])
-    header = ["case_id", "category", *[f"x{i}" for i in range(4)]]
-    rows = [[f"K{i}", label, *(f"{v:.3f}" for v in row)] for i, (row, label) in enumerate(zip(features, labels))]
-    schema = ("dataset: ten\nprivacy_unit: case_id\ntarget: category\ncolumns:\n"
-              "  case_id: {type: string}\n  category: {type: int16, allowed: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}\n"
-              + "".join(f"  x{i}: {{type: float, min: 0, max: 10}}\n" for i in range(4)))
-    return header, rows, ",", schema, {}
+    return _numeric_table(rng, "ten", "case_id", "category", "{type: int16, allowed: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}",
+                          [str(c) for c in range(1, 11)], 4)
 
 
 DATASETS = {"survey": survey, "screening": screening, "tickets": tickets, "grades": grades, "ten": ten_classes}

@@ -21,6 +21,9 @@ def test_missing_source_names_the_file_and_writes_nothing(workspace):
     assert result.returncode != 0
     assert str(workspace.source) in result.stdout + result.stderr
     assert not (workspace.repo / "artifacts").exists()
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "next: fix what stage ingest@breast_cancer printed above, then `privflow run -d breast_cancer`" in output
+    assert "Traceback" not in output
 
 
 def test_wrong_columns_stop_validate_with_file_and_columns(workspace):

@@ -16,7 +16,7 @@ and that every anchor's entry is still there, as Certificate Transparency's sign
 heads (RFC 6962) let clients detect a log that forgot what it once held.
 
 The cap check and the insert happen in one transaction that holds the table's write lock
-(SQLite `BEGIN IMMEDIATE`, PostgreSQL `LOCK TABLE`), so two concurrent runs cannot both
+(SQLite `BEGIN IMMEDIATE`, a PostgreSQL advisory lock), so two concurrent runs cannot both
 spend the last of a budget. The cap applies to the PRV accountant's composition of every
 charged mechanism (tighter than, and shown beside, the sum of epsilons).
 """
@@ -35,6 +35,7 @@ from components.errors import BudgetExceeded, PrivacyError
 from components.privacy.accounting import composed_epsilon
 
 GENESIS = "0" * 64
+ADVISORY_LOCK = 0x70726976666C6F77 & 0x7FFFFFFFFFFFFFFF  # "privflow": serialises charges on PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,9 @@ class PrivacyLedger:
         """Record the charge if the composition still fits under the cap; else refuse with the numbers."""
         with self.engine.connect().execution_options(write_lock=True) as conn, conn.begin():
             if self.engine.dialect.name == "postgresql":
-                conn.execute(text("LOCK TABLE charges IN SHARE ROW EXCLUSIVE MODE"))
+                # a transaction-scoped advisory lock, not LOCK TABLE: it needs no UPDATE or DELETE
+                # privilege, so the ledger's role may hold INSERT and SELECT only (infra/README.md)
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK})
             after = self._refuse_or_budget(conn, charge, cap)
             last = conn.execute(select(CHARGES.c.entry_hash).order_by(CHARGES.c.seq.desc()).limit(1)).scalar()
             prev = last or GENESIS

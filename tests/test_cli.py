@@ -1,0 +1,63 @@
+"""The command line's refusals and help: what a user reads, checked as written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from components.errors import KeyringError, PrivflowError
+from components.settings import KEYRING_ENV
+
+PRIVFLOW = Path(sys.executable).parent / "privflow"
+
+
+def test_a_stage_never_creates_a_keyring(tmp_path, monkeypatch):
+    from components.artifacts import open_vault
+
+    missing = tmp_path / "gone" / "keyring.json"
+    monkeypatch.setenv(KEYRING_ENV, str(missing))
+    with pytest.raises(KeyringError, match="no keyring; create one with `privflow keys init`"):
+        open_vault()
+    assert not missing.exists()
+
+
+def test_the_first_run_makes_the_keyring_and_a_later_run_never_replaces_a_lost_one(tmp_path, monkeypatch):
+    from flows.cli import ensure_keyring
+
+    path = tmp_path / "keys" / "keyring.json"
+    monkeypatch.setenv(KEYRING_ENV, str(path))
+    ensure_keyring(tmp_path)  # a fresh project: the keyring is made
+    assert path.exists()
+    path.unlink()
+    (tmp_path / "artifacts" / "d" / "ingest").mkdir(parents=True)
+    (tmp_path / "artifacts" / "d" / "ingest" / "snapshot.sealed").write_bytes(b"sealed")
+    with pytest.raises(PrivflowError, match="restore the keyring from its backup"):
+        ensure_keyring(tmp_path)
+    assert not path.exists()
+
+
+def test_predict_names_a_missing_input_file_not_the_source_setting(tmp_path):
+    result = subprocess.run([PRIVFLOW, "predict", "new-records.csv"], cwd=tmp_path, capture_output=True, text=True)
+    output = " ".join(result.stdout.split())
+    assert result.returncode == 2 and "new-records.csv: no such file or folder; give the records to score" in output
+    assert "datasets" not in output
+
+
+@pytest.mark.parametrize("command, says", [
+    (["budget", "show"], "default: every one"),
+    (["budget", "verify"], "default: every one"),
+    (["budget", "audit"], "default: every one"),
+    (["report"], "needed when it declares several"),
+    (["quarantine"], "needed when it declares several"),
+    (["predict"], "needed when it declares several"),
+])
+def test_help_says_what_happens_with_several_datasets(command, says):
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and says in " ".join(result.output.split())
+    assert "the only one" not in result.output
