@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -32,6 +33,24 @@ EVERY_DATASET = typer.Option(None, "--dataset", "-d", help="only this dataset of
 def _chosen(dataset: str | None) -> list:
     """Settings of the named dataset, or of every declared dataset."""
     return [load_settings(name) for name in ([dataset] if dataset else dataset_names())]
+
+
+class _WithoutTraceback(logging.Filter):
+    """Prefect logs a failed task's and flow's traceback with the error; the user needs the
+    error (the stage said why) and the next step, not the orchestrator's frames."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def quiet_tracebacks() -> None:
+    """Every logging handler set up so far (Prefect's, after its import) drops tracebacks."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if not any(isinstance(f, _WithoutTraceback) for f in handler.filters):
+                handler.addFilter(_WithoutTraceback())
 
 
 def ensure_keyring(root: Path) -> None:
@@ -72,6 +91,7 @@ def run(root: Path = Path("."),
     from flows.pipeline import dataset_of, pipeline, reports_dir
     from flows.stages import StageFailed
 
+    quiet_tracebacks()
     flow = pipeline
     if workers > 1 or dask_address:
         from prefect_dask import DaskTaskRunner

@@ -9,7 +9,6 @@ import re
 
 import pytest
 
-from components.privacy.ledger import PrivacyLedger
 from tests.workspace import demo_workspace
 
 pytestmark = pytest.mark.slow
@@ -43,6 +42,6 @@ def test_two_datasets_side_by_side_on_two_dask_workers_match_the_sequential_run(
         assert outcome(side_by_side, dataset) == outcome(sequential, dataset), dataset
         assert (side_by_side.reports(dataset) / "report.html").exists()
     for workspace in (sequential, side_by_side):
-        ledger = PrivacyLedger(workspace.ledger)
+        ledger = workspace.open_ledger()
         assert sorted(c.dataset for c in ledger.charges()) == sorted(DATASETS) and ledger.verify() == []
     assert side_by_side.run("dvc", "status", check=True).stdout.strip() == "Data and pipelines are up to date."

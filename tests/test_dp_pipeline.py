@@ -12,7 +12,6 @@ import time
 import pytest
 
 from components.demo_data import demo_table
-from components.privacy.ledger import PrivacyLedger
 from tests.workspace import demo_workspace, make_workspace
 
 pytestmark = pytest.mark.slow
@@ -34,7 +33,7 @@ def test_sigkilled_training_resumes_from_its_checkpoint_under_the_same_charge(wo
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "training ended before its first checkpoint could be killed"
-    ledger = PrivacyLedger(workspace.ledger)
+    ledger = workspace.open_ledger()
     (charge,) = ledger.charges()
     workspace.run("dvc", "repro", "train@breast_cancer", check=True)
     metrics = json.loads(workspace.metrics("train").read_text())
@@ -55,7 +54,7 @@ def test_dpddp_on_two_gloo_processes_gives_the_epsilon_of_one(workspace):
     for key in ("noise_multiplier", "sample_rate", "steps", "epsilon_spent", "accountant_history"):
         assert double["privacy"][key] == single["privacy"][key], key
     assert double["accuracy"]["private"] > 0.85 and single["accuracy"]["private"] > 0.85
-    assert len(PrivacyLedger(workspace.ledger).charges()) == 2
+    assert len(workspace.open_ledger().charges()) == 2
 
 
 def test_several_rows_per_person_train_with_user_level_dp_when_bounded(tmp_path):

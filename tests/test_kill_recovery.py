@@ -22,7 +22,6 @@ import pytest
 import yaml
 
 from components.demo_data import demo_table
-from components.privacy.ledger import PrivacyLedger
 from tests.workspace import demo_workspace, files_containing
 
 pytestmark = pytest.mark.slow
@@ -62,7 +61,7 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(tmp_
     workspace = demo_workspace(tmp_path)
     workspace.run("dvc", "repro", check=True)
     reference = tracked_hashes(workspace)
-    charges = len(PrivacyLedger(workspace.ledger).charges())
+    charges = len(workspace.open_ledger().charges())
     rng = random.Random(20261124)
     tried = []
     for stage in DETERMINISTIC:
@@ -79,7 +78,7 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(tmp_
     secrets = [rows[0][0].encode(), rows[5][0].encode()]  # patient ids of valid rows
     roots = [workspace.base / "tmp", workspace.repo / "artifacts", workspace.repo / ".dvc"]
     assert files_containing(roots, secrets) == {}
-    ledger = PrivacyLedger(workspace.ledger)
+    ledger = workspace.open_ledger()
     assert len(ledger.charges()) == charges and ledger.verify() == []  # killed stages charge nothing
     (tmp_path / "logs" / "kill-points.txt").write_text("\n".join(f"{s} {d} {k}" for s, d, k in tried))
 
@@ -107,7 +106,7 @@ def test_sigkill_in_the_later_stages_then_rerun_gives_the_same_model(tmp_path):
     checkpoint = workspace.repo / ".privflow" / "checkpoints" / "breast_cancer" / "train.sealed"
     workspace.run("dvc", "repro", check=True)
     reference = stable_digests(workspace)
-    ledger = PrivacyLedger(workspace.ledger)
+    ledger = workspace.open_ledger()
     rng = random.Random(20261125)
     tried, resumed = [], []
     for stage in LATER:

@@ -69,7 +69,7 @@ def test_a_scheduled_flow_fires_and_completes(tmp_path, prefect_database):
             server.kill()
         log.close()
     assert (workspace.reports() / "report.html").exists()
-    assert len(PrivacyLedger(workspace.ledger).charges()) == 1  # later runs found everything up to date
+    assert len(workspace.open_ledger().charges()) == 1  # later runs found everything up to date
 
 
 def test_sigkilled_serve_leaves_no_prefect_server_behind(tmp_path):
@@ -104,7 +104,7 @@ def test_two_runs_at_once_in_one_project_train_once(tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
     outputs = [run.communicate(timeout=600)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
-    assert len(PrivacyLedger(workspace.ledger).charges()) == 1
+    assert len(workspace.open_ledger().charges()) == 1
     assert sum("waiting for it" in output for output in outputs) == 1
     assert sum("none (all up to date)" in output for output in outputs) == 1
 
@@ -117,14 +117,17 @@ def test_two_clones_sharing_a_budget_that_fits_one_run_train_once(tmp_path):
     for workspace in (first, second):
         workspace.edit_params(privacy={"epsilon_cap": 3.5})
         workspace.env["PRIVFLOW_LEDGER"] = str(ledger)
+        # one team, one keyring: it holds the key that authenticates the shared ledger's entries
+        workspace.env["PRIVFLOW_KEYRING"] = first.env["PRIVFLOW_KEYRING"]
     runs = [subprocess.Popen(["privflow", "run"], cwd=w.repo, env=w.env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for w in (first, second)]
     outputs = [run.communicate(timeout=600)[0] for run in runs]
     assert sorted(run.returncode for run in runs) == [0, 2], outputs
     refused = outputs[[run.returncode for run in runs].index(2)]
     assert "BudgetExceeded" in refused and "over the cap 3.5" in refused
-    charges = PrivacyLedger(ledger).charges("breast_cancer")
-    assert len(charges) == 1 and PrivacyLedger(ledger).verify() == []
+    shared = PrivacyLedger(ledger, key=first.open_ledger().key)
+    charges = shared.charges("breast_cancer")
+    assert len(charges) == 1 and shared.verify() == []
 
 
 def test_infra_deployments_point_at_the_pipeline_with_valid_schedules():

@@ -78,7 +78,6 @@ def test_flow_runs_every_stage_and_writes_the_report(pipeline_run):
 
 def test_two_datasets_side_by_side_through_the_same_code(pipeline_run):
     """The demo table and the churn export: different schemas, files, budgets; one pipeline."""
-    from components.privacy.ledger import PrivacyLedger
 
     workspace, result = pipeline_run
     churn = json.loads(workspace.metrics("validate", "churn").read_text())
@@ -88,7 +87,7 @@ def test_two_datasets_side_by_side_through_the_same_code(pipeline_run):
     manifests = {d: json.loads((workspace.artifacts("ingest", d) / "manifest.json").read_text()) for d in DATASETS}
     assert manifests["churn"]["files"] == ["churn.csv.gz"] and len(manifests["churn"]["columns"]) == 20
     assert manifests["breast_cancer"]["snapshot_id"] != manifests["churn"]["snapshot_id"]
-    ledger = PrivacyLedger(workspace.ledger)
+    ledger = workspace.open_ledger()
     assert [len(ledger.charges(d)) for d in DATASETS] == [1, 1]  # one budget per dataset
     for dataset in DATASETS:
         training = json.loads(workspace.metrics("train", dataset).read_text())
@@ -263,10 +262,9 @@ def test_metrics_diff_shows_a_change_of_epsilon(pipeline_run):
 
 def test_sweep_runs_in_temporary_workspaces_are_charged(pipeline_run):
     """`dvc exp run --temp` trains in a copy of the repo: the charge must reach the same ledger."""
-    from components.privacy.ledger import PrivacyLedger
 
     workspace, _ = pipeline_run
-    before = len(PrivacyLedger(workspace.ledger).charges())
+    before = len(workspace.open_ledger().charges())
     workspace.run("dvc", "exp", "run", "--temp", "-S", "train.target_epsilon=0.8", check=True)
-    charges = PrivacyLedger(workspace.ledger).charges()
+    charges = workspace.open_ledger().charges()
     assert len(charges) == before + len(DATASETS) and charges[-1].epsilon <= 0.8

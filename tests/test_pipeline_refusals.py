@@ -72,14 +72,13 @@ def test_sigkill_during_training_keeps_the_charge_and_restart_completes(workspac
     import subprocess
     import time
 
-    from components.privacy.ledger import PrivacyLedger
 
     workspace.run("dvc", "repro", "encrypt", "pretrain", check=True)
     workspace.edit_params(train={"epochs": 2000})  # minutes of training: killed long before the end
     command = workspace.stage_command("train")
     process = subprocess.Popen(shlex.split(command), cwd=workspace.repo, env=workspace.env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ledger = PrivacyLedger(workspace.ledger)
+    ledger = workspace.open_ledger()
     deadline = time.monotonic() + 120
     while not ledger.charges() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)

@@ -57,6 +57,13 @@ class Workspace:
     def ledger(self) -> Path:
         return self.base / "home" / ".local" / "share" / "privflow" / "ledger.sqlite"
 
+    def open_ledger(self):
+        """The project's ledger, its entries authenticated under the project's keyring."""
+        from components.privacy.ledger import PrivacyLedger, ledger_key
+
+        return PrivacyLedger(self.ledger, key=ledger_key(Keyring.open(self.base / "keys" / "keyring.json",
+                                                                        create=False)))
+
     def edit_params(self, **sections: dict) -> None:
         path = self.repo / "params.yaml"
         params = yaml.safe_load(path.read_text())
