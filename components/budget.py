@@ -91,6 +91,12 @@ def project_anchors(vault: Vault, budgets: set[str]) -> list[tuple[str, LedgerAn
             if (anchor := _sealed(vault, path, path.name.removesuffix(".sealed"))) is not None]
 
 
+def with_project_anchors(vault: Vault, anchors: list[tuple[str, LedgerAnchor]],
+                         budgets: set[str]) -> list[tuple[str, LedgerAnchor]]:
+    """`anchors`, and the project's anchors of `budgets` not already among them."""
+    return anchors + [a for a in project_anchors(vault, budgets) if a not in anchors]
+
+
 def budgets_in_ledger(settings: Settings) -> set[str]:
     """Every budget of this project whose ledger is this dataset's ledger."""
     from components.settings import dataset_names, load_settings

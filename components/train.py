@@ -36,8 +36,8 @@ from components.preflight import check_model_config
 from components.privacy.accounting import DpSgdPlan, plan_dp_sgd
 from components.privacy.audit import Canaries, audit, draw_canaries
 from components.privacy.dp_sgd import PrivateGradient
-from components.budget import (budget_name, budgets_in_ledger, find_anchors, open_ledger, project_anchors,
-                               refuse_unless_intact, write_anchor)
+from components.budget import (budget_name, budgets_in_ledger, find_anchors, open_ledger, refuse_unless_intact,
+                               with_project_anchors, write_anchor)
 from components.privacy.ledger import Charge
 from components.privacy.noise import NoiseSource, noise_source
 from components.settings import Settings, TrainSettings, load_settings
@@ -90,8 +90,8 @@ def plan_and_charge(description: dict, settings: Settings, run_id: str, extra_ro
                     epsilon=plan.epsilon, code_commit=git_commit(),
                     created_at=datetime.now(UTC).isoformat(timespec="seconds"))
     ledger = open_ledger(settings, vault)
-    anchors = find_anchors(vault, charge.dataset, metrics=metrics)[0]
-    anchors += [a for a in project_anchors(vault, budgets_in_ledger(settings)) if a not in anchors]
+    anchors = with_project_anchors(vault, find_anchors(vault, charge.dataset, metrics=metrics)[0],
+                                   budgets_in_ledger(settings))
     refuse_unless_intact(ledger, anchors, f"dataset {description['dataset']}")
     ledger.check(charge, settings.privacy.epsilon_cap)
     authenticate_splits(vault, description, data_dir)
@@ -436,14 +436,14 @@ def main() -> None:
     run_id, plan, budget = resume_or_charge(description, settings, checkpoint, extra_rows, vault=vault,
                                             data_dir=args.data, metrics=args.metrics)
     try:
-        train_charged(args, settings, description, canaries, plan, run_id, budget, checkpoint)
+        train_charged(args, settings, vault, description, canaries, plan, run_id, budget, checkpoint)
     except Exception as error:
         error.add_note(f"run {run_id[:12]}'s charge of epsilon {plan.epsilon:.3f} stands: the private data was "
                        "decrypted before this failure")
         raise
 
 
-def train_charged(args, settings: Settings, description: dict, canaries: Canaries | None, plan: DpSgdPlan,
+def train_charged(args, settings: Settings, vault: Vault, description: dict, canaries: Canaries | None, plan: DpSgdPlan,
                   run_id: str, budget: dict, checkpoint) -> None:
     """Everything after the charge: decrypt, train, gate, write the model and its metrics."""
     t, bound = settings.train, privacy_unit_bound(description, settings)
@@ -451,7 +451,6 @@ def train_charged(args, settings: Settings, description: dict, canaries: Canarie
     pretraining, _ = read_pretrained(args.pretrained)
     result, real, test = run_training(settings, description, args.data, args.pretrained, canaries, plan, run_id,
                                       checkpoint)
-    vault = open_vault()
     anchor = open_ledger(settings, vault).anchor(run_id)
     if result.steps != plan.steps:
         raise PrivacyError(f"training took {result.steps} steps, the charge covers {plan.steps}")

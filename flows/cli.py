@@ -142,6 +142,7 @@ def status(root: Path = Path(".")) -> None:
     from dvc.repo import Repo
 
     from components.artifacts import read_json
+    from components.budget import budget_name
     from flows.pipeline import dataset_of, reports_dir
     from flows.stages import stage_order
 
@@ -153,8 +154,7 @@ def status(root: Path = Path(".")) -> None:
         stages = [s.split("@")[0] for s in stage_order(root) if dataset_of(s) == name and s in stale]
         report_json = reports_dir(root, name) / "report.json"
         latest = read_json(report_json) if report_json.exists() else None
-        budget = PrivacyLedger(ledger_location(settings)).budget(settings.dataset.budget or name,
-                                                                 settings.privacy.epsilon_cap)
+        budget = PrivacyLedger(ledger_location(settings)).budget(budget_name(settings), settings.privacy.epsilon_cap)
         table.add_row(name, ", ".join(stages) or "none",
                       f"{latest['generated_at']} (run {latest['run_id'][:12]})" if latest else "none yet",
                       f"{budget.spent:.3f} / {budget.cap:g} ({budget.runs} run(s))")
@@ -325,7 +325,7 @@ def budget_verify(dataset: str = EVERY_DATASET) -> None:
     (sealed beside each model and in the project, in the metrics, in the DVC cache and in archived reports).
     Exit 1 on any edit, deletion, reset, truncation or rebuild."""
     from components.artifacts import open_vault
-    from components.budget import budget_name, find_anchors, project_anchors
+    from components.budget import budget_name, find_anchors, with_project_anchors
     from components.privacy.ledger import ledger_key
     from flows.pipeline import reports_dir
     from flows.stages import stage_outputs
@@ -345,7 +345,7 @@ def budget_verify(dataset: str = EVERY_DATASET) -> None:
                       + (f"; none in {', '.join(missing)}" if missing else ""), highlight=False)
     problems = []
     for location, anchors in by_ledger.items():
-        anchors = anchors + [a for a in project_anchors(vault, budgets[location]) if a not in anchors]
+        anchors = with_project_anchors(vault, anchors, budgets[location])
         ledger = PrivacyLedger(location, key=ledger_key(vault.keys))
         problems += ledger.verify(anchors)
         console.print(f"ledger {ledger.engine.url.render_as_string(hide_password=True)}: {ledger.count()} "
