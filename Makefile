@@ -27,7 +27,7 @@ DEMO_SOURCES := data/source/breast_cancer.csv data/source/churn.csv.gz data/publ
 run: install
 	@test -d .git || git init -q
 	@test -d .dvc || $(BIN)/dvc init -q
-	@for f in $(DEMO_SOURCES); do test -f $$f || { $(BIN)/python -m components.demo_data data/source; break; }; done
+	@for f in $(DEMO_SOURCES); do test -f $$f || { $(BIN)/python -m privflow.demo_data data/source; break; }; done
 	@# public data is versioned like code: DVC tracks it, so `dvc exp run --temp` copies find it
 	@$(BIN)/dvc add -q data/public/churn
 	$(BIN)/privflow run

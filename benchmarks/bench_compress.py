@@ -27,14 +27,14 @@ from torch.utils.data import TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.compress import compress_model, onnx_logits, session  # noqa: E402
-from components.encrypt import in_test_split  # noqa: E402
-from components.models import accuracy  # noqa: E402
-from components.privacy.accounting import plan_dp_sgd  # noqa: E402
-from components.pretrain import encoded_rows  # noqa: E402
-from components.schema import load_schema  # noqa: E402
-from components.settings import CompressSettings, IngestSettings, TrainSettings  # noqa: E402
-from components.train import train_private  # noqa: E402
+from privflow.stages.compress import compress_model, onnx_logits, session  # noqa: E402
+from privflow.stages.encrypt import in_test_split  # noqa: E402
+from privflow.modeling.models import accuracy  # noqa: E402
+from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
+from privflow.stages.pretrain import encoded_rows  # noqa: E402
+from privflow.data.schema import load_schema  # noqa: E402
+from privflow.settings import CompressSettings, IngestSettings, TrainSettings  # noqa: E402
+from privflow.stages.train import train_private  # noqa: E402
 
 OUT = ROOT / "bench-results" / "compress.json"
 INT8_ONLY = CompressSettings(structured_amount=0.0, prune_amount=0.0, latency_repeats=200)
@@ -43,7 +43,7 @@ PRUNED = [CompressSettings(structured_amount=0.0, prune_amount=amount, latency_r
 
 def demo_splits(name: str, folder: Path) -> tuple[TensorDataset, TensorDataset]:
     """A demo dataset's valid rows, encoded and split by person as the encrypt stage does."""
-    from components.demo_data import write_demo_data
+    from privflow.demo_data import write_demo_data
 
     write_demo_data(folder)
     source = folder / ("breast_cancer.csv" if name == "breast_cancer" else "churn.csv.gz")

@@ -32,15 +32,15 @@ from torch.utils.data import TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.encrypt import in_test_split  # noqa: E402
-from components.models import build_model, weights_of  # noqa: E402
-from components.pretrain import encoded_rows  # noqa: E402
-from components.privacy.accounting import plan_dp_sgd  # noqa: E402
-from components.privacy.dp_sgd import PrivateGradient  # noqa: E402
-from components.privacy.noise import SecureNoise, TorchNoise  # noqa: E402
-from components.schema import load_schema  # noqa: E402
-from components.settings import load_settings  # noqa: E402
-from components.train import train_baseline, train_private  # noqa: E402
+from privflow.stages.encrypt import in_test_split  # noqa: E402
+from privflow.modeling.models import build_model, weights_of  # noqa: E402
+from privflow.stages.pretrain import encoded_rows  # noqa: E402
+from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
+from privflow.privacy.dp_sgd import PrivateGradient  # noqa: E402
+from privflow.privacy.noise import SecureNoise, TorchNoise  # noqa: E402
+from privflow.data.schema import load_schema  # noqa: E402
+from privflow.settings import load_settings  # noqa: E402
+from privflow.stages.train import train_baseline, train_private  # noqa: E402
 
 OUT = ROOT / "bench-results" / "dp.json"
 STEPS = 200
@@ -154,7 +154,7 @@ ACCURACY_ROWS = [("breast_cancer", None), ("churn", None), ("churn", PRETRAINED)
 
 
 def public_start(settings, folder: Path, n_classes: int) -> dict:
-    from components.pretrain import pretrain, read_public
+    from privflow.stages.pretrain import pretrain, read_public
 
     public = read_public([folder.parent / "public" / "churn" / "churn_public.csv.gz"],
                          load_schema(ROOT / settings.validate_.schema_file), settings)
@@ -183,7 +183,7 @@ def accuracies(folder: Path) -> list[dict]:
 
 def main() -> None:
     warnings.filterwarnings("ignore")
-    from components.demo_data import write_demo_data
+    from privflow.demo_data import write_demo_data
 
     steps = step_times()
     table = Table("model", "batch", "plain ms", "privflow DP", "Opacus hooks", "Opacus ghost", "secure noise ms",

@@ -32,7 +32,7 @@ def write_source(path: Path, rows: int) -> None:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    from components.demo_data import churn_columns
+    from privflow.demo_data import churn_columns
 
     pcsv.write_csv(pa.table(churn_columns(rows, seed=1)), path)
 
@@ -49,11 +49,11 @@ def measure_read(path: Path) -> dict:
 def measure_pipeline(path: Path, work: Path) -> dict:
     import io
 
-    from components.artifacts import open_vault
-    from components.ingest import ingest_snapshot, open_snapshot
-    from components.schema import load_schema
-    from components.settings import IngestSettings
-    from components.validate import validate_snapshot
+    from privflow.artifacts import open_vault
+    from privflow.stages.ingest import ingest_snapshot, open_snapshot
+    from privflow.data.schema import load_schema
+    from privflow.settings import IngestSettings
+    from privflow.stages.validate import validate_snapshot
 
     schema = load_schema(ROOT / "schemas" / "churn.yaml")
     settings = IngestSettings(source=path, log=work / "ingest-log.jsonl")
@@ -84,7 +84,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as base:
         os.environ["PRIVFLOW_KEYRING"] = str(Path(base) / "keyring.json")
-        from components.keys import Keyring
+        from privflow.crypto.keys import Keyring
 
         Keyring.open(Path(base) / "keyring.json")  # as `privflow keys init` does: stages never create one
         for rows in SIZES:

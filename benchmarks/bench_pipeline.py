@@ -21,7 +21,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.demo_data import demo_table  # noqa: E402
+from privflow.demo_data import demo_table  # noqa: E402
 from tests.workspace import make_workspace  # noqa: E402
 
 OUT = ROOT / "bench-results" / "pipeline.json"

@@ -23,8 +23,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.keys import Keyring  # noqa: E402
-from components.vault import ArtifactIdentity, Vault, _ChunkCipher  # noqa: E402
+from privflow.crypto.keys import Keyring  # noqa: E402
+from privflow.crypto.vault import ArtifactIdentity, Vault, _ChunkCipher  # noqa: E402
 
 GiB = 1 << 30
 OUT = ROOT / "bench-results" / "vault.json"
@@ -74,8 +74,8 @@ def peak_rss_child(keyring: Path, plain: Path, sealed: Path) -> dict[str, float]
 import resource, sys, json
 sys.path.insert(0, {str(ROOT)!r})
 from pathlib import Path
-from components.keys import Keyring
-from components.vault import Vault
+from privflow.crypto.keys import Keyring
+from privflow.crypto.vault import Vault
 from benchmarks.bench_vault import IDENTITY, drain
 vault = Vault(Keyring.open(Path({str(keyring)!r})))
 vault.seal_file(Path({str(plain)!r}), IDENTITY, Path({str(sealed)!r}))

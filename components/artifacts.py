@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from components.keys import Keyring
-from components.settings import keyring_path
-from components.vault import Vault
+from privflow.crypto.keys import Keyring
+from privflow.settings import keyring_path
+from privflow.crypto.vault import Vault
 
 
 def stage_paths(description: str | None, *names: str) -> argparse.Namespace:

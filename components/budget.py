@@ -20,10 +20,10 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-from components.errors import IntegrityError, KeyringError
-from components.privacy.ledger import LedgerAnchor, LedgerTampered, PrivacyLedger, ledger_key
-from components.settings import Settings, ledger_location
-from components.vault import ArtifactIdentity, Vault
+from privflow.errors import IntegrityError, KeyringError
+from privflow.privacy.ledger import LedgerAnchor, LedgerTampered, PrivacyLedger, ledger_key
+from privflow.settings import Settings, ledger_location
+from privflow.crypto.vault import ArtifactIdentity, Vault
 
 ANCHOR_FILE = "ledger-anchor.sealed"
 PROJECT_ANCHORS = Path(".privflow") / "anchors"
@@ -99,7 +99,7 @@ def with_project_anchors(vault: Vault, anchors: list[tuple[str, LedgerAnchor]],
 
 def budgets_in_ledger(settings: Settings) -> set[str]:
     """Every budget of this project whose ledger is this dataset's ledger."""
-    from components.settings import dataset_names, load_settings
+    from privflow.settings import dataset_names, load_settings
 
     location = ledger_location(settings)
     others = (load_settings(name) for name in dataset_names())

@@ -58,7 +58,7 @@ LOG_DIR = Path(".privflow") / "logs"
 
 
 def _stage_and_dataset() -> tuple[str, str]:
-    """`python -m components.train --dataset churn ...` -> ("train", "churn")."""
+    """`python -m privflow.stages.train --dataset churn ...` -> ("train", "churn")."""
     stage = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "stage"
     dataset = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--dataset"), "?")
     return stage, dataset

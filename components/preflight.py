@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 
-from components.errors import PrivacyError, PrivflowError
-from components.features import feature_names
-from components.schema import DatasetSchema, load_schema
-from components.settings import Settings, TrainSettings
+from privflow.errors import PrivacyError, PrivflowError
+from privflow.data.features import feature_names
+from privflow.data.schema import DatasetSchema, load_schema
+from privflow.settings import Settings, TrainSettings
 
 SHAPED_PRESETS = {"cnn": 3, "lstm": 2, "transformer": 2}  # input_shape sizes each preset takes
 
@@ -27,8 +27,8 @@ def check_model_config(t: TrainSettings, n_features: int, n_classes: int, where:
     classes, naming the setting to change (`where` names the dataset)."""
     import torch
 
-    from components.models import build_model
-    from components.privacy.dp_sgd import PrivateGradient
+    from privflow.modeling.models import build_model
+    from privflow.privacy.dp_sgd import PrivateGradient
 
     if n_classes < 2:
         raise ConfigurationError(f"{where}: the target has {n_classes} class(es); list at least two in its `allowed:`")

@@ -17,7 +17,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.errors import PrivflowError
+from privflow.errors import PrivflowError
 
 PARAMS_FILE = Path("params.yaml")
 KEYRING_ENV = "PRIVFLOW_KEYRING"

@@ -9,11 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import flows  # noqa: F401  (sets Prefect's embedded defaults before Prefect loads)
-from components.errors import PrivflowError
-from components.keys import Keyring
-from components.privacy.ledger import PrivacyLedger
-from components.settings import dataset_names, keyring_path, ledger_location, load_settings
+import privflow.flows  # noqa: F401  (sets Prefect's embedded defaults before Prefect loads)
+from privflow.errors import PrivflowError
+from privflow.crypto.keys import Keyring
+from privflow.privacy.ledger import PrivacyLedger
+from privflow.settings import dataset_names, keyring_path, ledger_location, load_settings
 
 app = typer.Typer(help="Train models on sensitive data under differential privacy, with an audit trail.")
 keys_app = typer.Typer(help="Key-encryption keys of the local keyring.")
@@ -81,15 +81,15 @@ def run(root: Path = Path("."),
         workers: int = typer.Option(1, min=1, help="> 1: datasets side by side on a local Dask cluster"),
         dask_address: str = typer.Option(None, help="or on an existing Dask cluster (tcp://host:8786)")) -> None:
     """Run the whole pipeline for every dataset, or the named ones (up-to-date stages are skipped)."""
-    from components.preflight import check_dataset
+    from privflow.preflight import check_dataset
 
     chosen = dataset or dataset_names(root / "params.yaml")
     for name in chosen:  # before Prefect starts: a schema or settings mistake costs seconds, not a run
         check_dataset(load_settings(name, root / "params.yaml"))
     ensure_keyring(root)
 
-    from flows.pipeline import dataset_of, pipeline, reports_dir
-    from flows.stages import StageFailed
+    from privflow.flows.pipeline import dataset_of, pipeline, reports_dir
+    from privflow.flows.stages import StageFailed
 
     quiet_tracebacks()
     flow = pipeline
@@ -121,8 +121,8 @@ def serve(root: Path = Path("."),
     Each scheduled run is an ordinary run: stages that are up to date are skipped and charge
     nothing; a run that finds another in progress waits for it.
     """
-    from flows.pipeline import pipeline
-    from flows.server import prefect_api
+    from privflow.flows.pipeline import pipeline
+    from privflow.flows.server import prefect_api
 
     if (cron is None) == (interval is None):
         raise PrivflowError("give exactly one of --cron or --interval")
@@ -141,10 +141,10 @@ def status(root: Path = Path(".")) -> None:
     """Per dataset: which stages are out of date, the latest report, and the privacy budget."""
     from dvc.repo import Repo
 
-    from components.artifacts import read_json
-    from components.budget import budget_name
-    from flows.pipeline import dataset_of, reports_dir
-    from flows.stages import stage_order
+    from privflow.artifacts import read_json
+    from privflow.budget import budget_name
+    from privflow.flows.pipeline import dataset_of, reports_dir
+    from privflow.flows.stages import stage_order
 
     with Repo(str(root)) as repo:
         stale = {name.split(":")[-1] for name in repo.status()}
@@ -169,8 +169,8 @@ def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown,
     import shutil
     import webbrowser
 
-    from components.report import archive_run
-    from flows.pipeline import reports_dir
+    from privflow.stages.report import archive_run
+    from privflow.flows.pipeline import reports_dir
 
     reports = reports_dir(Path("."), _one_dataset(dataset))
     if not (reports / "report.json").exists():
@@ -191,10 +191,10 @@ def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown,
 def quarantine(values: bool = typer.Option(False, "--values", help="also show the rejected values (sensitive)"),
                dataset: str = DATASET) -> None:
     """For the data owner: every quarantined row with file, row, column and failed check."""
-    from components.artifacts import open_vault
-    from components.encrypt import read_quarantine
-    from components.records import RowFailure
-    from flows.stages import stage_outputs
+    from privflow.artifacts import open_vault
+    from privflow.stages.encrypt import read_quarantine
+    from privflow.data.records import RowFailure
+    from privflow.flows.stages import stage_outputs
 
     name = _one_dataset(dataset)
     snapshot_dir, data_dir = (stage_outputs(Path("."), f"{stage}@{name}")[0] for stage in ("ingest", "encrypt"))
@@ -218,9 +218,9 @@ def predict(source: Path = typer.Argument(..., help="records to score: .csv, .cs
     import csv
     import sys
 
-    from components.predict import score
-    from components.schema import load_schema
-    from flows.stages import stage_outputs
+    from privflow.modeling.predict import score
+    from privflow.data.schema import load_schema
+    from privflow.flows.stages import stage_outputs
 
     if not source.exists():
         raise PrivflowError(f"{source}: no such file or folder; give the records to score (.csv, .csv.gz, "
@@ -244,8 +244,8 @@ def schema_draft(source: Path = typer.Argument(..., help="the export: .csv, .csv
                  encoding: str = typer.Option("utf-8", help="the CSV files' encoding"),
                  decimal: str = typer.Option(".", help='the decimal mark: "." or ","')) -> None:
     """Draft a schema from the data (types, missing values, ids, candidate allowed lists); min/max are yours."""
-    from components.schema_draft import draft_schema
-    from components.settings import IngestSettings
+    from privflow.data.schema_draft import draft_schema
+    from privflow.settings import IngestSettings
 
     if not source.exists():
         raise PrivflowError(f"{source}: no such file or folder; give the path of the export to draft from")
@@ -303,7 +303,7 @@ def keys_retire(kek_id: str) -> None:
 @budget_app.command("show")
 def budget_show(dataset: str = EVERY_DATASET) -> None:
     """Charges against each dataset's budget (or the named one's) and what is left of its cap."""
-    from components.budget import budget_name
+    from privflow.budget import budget_name
 
     for settings in _chosen(dataset):
         name = budget_name(settings)
@@ -324,11 +324,11 @@ def budget_verify(dataset: str = EVERY_DATASET) -> None:
     """Check the ledger: its authenticated chain, and every anchor of its head kept outside it
     (sealed beside each model and in the project, in the metrics, in the DVC cache and in archived reports).
     Exit 1 on any edit, deletion, reset, truncation or rebuild."""
-    from components.artifacts import open_vault
-    from components.budget import budget_name, find_anchors, with_project_anchors
-    from components.privacy.ledger import ledger_key
-    from flows.pipeline import reports_dir
-    from flows.stages import stage_outputs
+    from privflow.artifacts import open_vault
+    from privflow.budget import budget_name, find_anchors, with_project_anchors
+    from privflow.privacy.ledger import ledger_key
+    from privflow.flows.pipeline import reports_dir
+    from privflow.flows.stages import stage_outputs
 
     vault = open_vault()
     by_ledger: dict[str, list] = {}
@@ -361,11 +361,11 @@ def budget_verify(dataset: str = EVERY_DATASET) -> None:
 @budget_app.command("audit")
 def budget_audit(dataset: str = EVERY_DATASET) -> None:
     """Recompute every charge with Google's dp-accounting (PLD and RDP); exit 1 on a mismatch."""
-    from components.privacy.crosscheck import RELATIVE_TOLERANCE, recompute
+    from privflow.privacy.crosscheck import RELATIVE_TOLERANCE, recompute
 
     problems, checked = [], 0
     for settings in _chosen(dataset):
-        from components.budget import budget_name
+        from privflow.budget import budget_name
 
         charges = PrivacyLedger(ledger_location(settings)).charges(budget_name(settings))
         rows = recompute(charges, settings.privacy.epsilon_cap)
@@ -385,7 +385,7 @@ def budget_audit(dataset: str = EVERY_DATASET) -> None:
 
 
 def main() -> None:
-    from components.errors import EXIT_UNEXPECTED, describe_unexpected
+    from privflow.errors import EXIT_UNEXPECTED, describe_unexpected
 
     try:
         app()

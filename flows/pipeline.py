@@ -13,10 +13,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from components.artifacts import read_json
-from components.errors import PrivflowError
-from components.report import archive_run
-from flows.stages import TransientStageFailure, reproduce_stage, stage_order, stage_outputs
+from privflow.artifacts import read_json
+from privflow.errors import PrivflowError
+from privflow.stages.report import archive_run
+from privflow.flows.stages import TransientStageFailure, reproduce_stage, stage_order, stage_outputs
 
 LEDGER_COLUMNS = ("created_at", "run_id", "snapshot_id", "accountant", "noise_multiplier",
                   "sample_rate", "steps", "delta", "epsilon")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from components.errors import PrivflowError
+from privflow.errors import PrivflowError
 
 START_TIMEOUT = 180
 

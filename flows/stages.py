@@ -17,7 +17,7 @@ from dvc.exceptions import NotDvcRepoError, ReproductionError
 from dvc.repo import Repo
 from dvc.stage import PipelineStage
 
-from components.errors import EXIT_TRANSIENT, PrivflowError
+from privflow.errors import EXIT_TRANSIENT, PrivflowError
 
 
 class StageFailed(Exception):

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from components.keys import Keyring
-from components.schema import load_schema
-from components.settings import KEYRING_ENV, LEDGER_ENV
-from components.vault import ArtifactIdentity, Vault
+from privflow.crypto.keys import Keyring
+from privflow.data.schema import load_schema
+from privflow.settings import KEYRING_ENV, LEDGER_ENV
+from privflow.crypto.vault import ArtifactIdentity, Vault
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SCHEMA = ROOT / "schemas" / "breast_cancer.yaml"

@@ -10,7 +10,7 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from components.vault import NONCE_SIZE, TAG_SIZE, gcm_open, gcm_seal_into
+from privflow.crypto.vault import NONCE_SIZE, TAG_SIZE, gcm_open, gcm_seal_into
 
 VECTORS = Path(__file__).parent / "data" / "nist_aes256_gcm_iv96_tag128.rsp"
 

@@ -10,10 +10,10 @@ import torch
 from sklearn.datasets import load_breast_cancer
 from torch.utils.data import TensorDataset
 
-from components.privacy.accounting import DpSgdPlan, plan_dp_sgd
-from components.privacy.audit import audit, draw_canaries, epsilon_lower_bound
-from components.settings import TrainSettings
-from components.train import train_private
+from privflow.privacy.accounting import DpSgdPlan, plan_dp_sgd
+from privflow.privacy.audit import audit, draw_canaries, epsilon_lower_bound
+from privflow.settings import TrainSettings
+from privflow.stages.train import train_private
 
 
 def test_bound_is_exact_when_every_guess_is_right():

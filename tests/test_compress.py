@@ -13,16 +13,16 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from components import compress
-from components.artifacts import write_json
-from components.compress import (compress_model, export_onnx, load_export, onnx_logits, prune_magnitude,
+from privflow.stages import compress
+from privflow.artifacts import write_json
+from privflow.stages.compress import (compress_model, export_onnx, load_export, onnx_logits, prune_magnitude,
                                  prune_neurons, session, synthetic_inputs)
-from components.errors import DatasetError, PrivflowError, SchemaError
-from components.keys import Keyring
-from components.predict import score
-from components.schema import load_schema
-from components.settings import CompressSettings, IngestSettings
-from components.vault import Vault
+from privflow.errors import DatasetError, PrivflowError, SchemaError
+from privflow.crypto.keys import Keyring
+from privflow.modeling.predict import score
+from privflow.data.schema import load_schema
+from privflow.settings import CompressSettings, IngestSettings
+from privflow.crypto.vault import Vault
 from tests.conftest import DEMO_SCHEMA, ROOT
 
 SETTINGS = CompressSettings(structured_amount=0.0, prune_amount=0.2, latency_repeats=3)
@@ -147,7 +147,7 @@ def served(tmp_path):
 
 
 def demo_csv(path, drop_column=None, bad_row=None):
-    from components.demo_data import csv_text, demo_table
+    from privflow.demo_data import csv_text, demo_table
 
     header, rows = demo_table()
     rows = [r for r in rows if len(r) == len(header)][:50]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from components.demo_data import demo_table
+from privflow.demo_data import demo_table
 from tests.workspace import demo_workspace, make_workspace
 
 pytestmark = pytest.mark.slow

@@ -16,14 +16,14 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional
 from torch.utils.data import TensorDataset
 
-from components.checkpoint import Checkpoint
-from components.errors import PrivacyError, PrivflowError
-from components.models import PRESETS, build_model
-from components.privacy.accounting import epsilon_for, plan_dp_sgd
-from components.privacy.dp_sgd import PrivateGradient, unsupported_parameters
-from components.privacy.noise import SecureNoise, TorchNoise
-from components.settings import Settings, TrainSettings
-from components.train import UnitLayout, train_private
+from privflow.training.checkpoint import Checkpoint
+from privflow.errors import PrivacyError, PrivflowError
+from privflow.modeling.models import PRESETS, build_model
+from privflow.privacy.accounting import epsilon_for, plan_dp_sgd
+from privflow.privacy.dp_sgd import PrivateGradient, unsupported_parameters
+from privflow.privacy.noise import SecureNoise, TorchNoise
+from privflow.settings import Settings, TrainSettings
+from privflow.stages.train import UnitLayout, train_private
 from tests.conftest import ROOT
 
 SHAPES = {"mlp": (12, None), "cnn": (64, (1, 8, 8)), "lstm": (24, (12, 2)), "transformer": (16, None)}

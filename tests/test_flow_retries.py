@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from components.errors import EXIT_REFUSED, EXIT_TRANSIENT
-from flows.pipeline import run_stage
-from flows.stages import StageFailed, stage_order
+from privflow.errors import EXIT_REFUSED, EXIT_TRANSIENT
+from privflow.flows.pipeline import run_stage
+from privflow.flows.stages import StageFailed, stage_order
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from components.demo_data import demo_table
+from privflow.demo_data import demo_table
 from tests.workspace import demo_workspace, files_containing
 
 pytestmark = pytest.mark.slow

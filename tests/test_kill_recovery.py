@@ -21,7 +21,7 @@ import time
 import pytest
 import yaml
 
-from components.demo_data import demo_table
+from privflow.demo_data import demo_table
 from tests.workspace import demo_workspace, files_containing
 
 pytestmark = pytest.mark.slow

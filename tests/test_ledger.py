@@ -8,9 +8,9 @@ from dataclasses import asdict, fields, replace
 import pytest
 from sqlalchemy import create_engine, text
 
-from components.errors import BudgetExceeded
-from components.privacy.accounting import composed_epsilon, plan_dp_sgd
-from components.privacy.ledger import CHARGES, GENESIS, Charge, PrivacyLedger, entry_hash
+from privflow.errors import BudgetExceeded
+from privflow.privacy.accounting import composed_epsilon, plan_dp_sgd
+from privflow.privacy.ledger import CHARGES, GENESIS, Charge, PrivacyLedger, entry_hash
 
 
 def charge_for(target: float, run: str = "r1", dataset: str = "demo") -> Charge:
@@ -94,7 +94,7 @@ def test_a_new_snapshot_of_the_same_people_draws_on_the_same_budget(ledger_locat
 
 @pytest.mark.parametrize("target, accountant", [(0.5, "prv"), (3.0, "prv"), (8.0, "prv"), (3.0, "rdp")])
 def test_independent_accountant_agrees(target, accountant):
-    from components.privacy.crosscheck import recompute
+    from privflow.privacy.crosscheck import recompute
 
     plan = plan_dp_sgd(rows=432, batch_size=64, epochs=30, target_epsilon=target, target_delta=1e-5,
                        accountant=accountant)
@@ -107,7 +107,7 @@ def test_independent_accountant_agrees(target, accountant):
 
 
 def test_cross_check_flags_a_tampered_epsilon_and_checks_the_composition():
-    from components.privacy.crosscheck import recompute
+    from privflow.privacy.crosscheck import recompute
 
     honest = [charge_for(2.0, "r1"), charge_for(1.0, "r2")]
     rows = recompute(honest, cap=10.0)

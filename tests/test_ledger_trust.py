@@ -11,8 +11,8 @@ from dataclasses import fields
 import pytest
 import yaml
 
-from components.keys import Keyring
-from components.privacy.ledger import GENESIS, Charge, entry_hash, ledger_key
+from privflow.crypto.keys import Keyring
+from privflow.privacy.ledger import GENESIS, Charge, entry_hash, ledger_key
 from tests.workspace import demo_workspace
 
 pytestmark = pytest.mark.slow

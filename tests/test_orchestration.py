@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from components.privacy.ledger import PrivacyLedger
+from privflow.privacy.ledger import PrivacyLedger
 from tests.workspace import demo_workspace
 
 pytestmark = pytest.mark.slow

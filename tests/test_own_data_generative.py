@@ -17,19 +17,19 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 
-from components.compress import SERVING_CARD, compress_model
-from components.encrypt import seal_dataset
-from components.errors import PrivflowError
-from components.ingest import ingest_snapshot, open_snapshot
-from components.keys import Keyring
-from components.predict import score
-from components.preflight import check_dataset, check_model_config
-from components.privacy.accounting import plan_dp_sgd
-from components.artifacts import write_json
-from components.settings import load_settings
-from components.train import load_split, privacy_unit_bound, save_model, train_private
-from components.validate import enforce_reject_rate, validate_snapshot
-from components.vault import Vault
+from privflow.stages.compress import SERVING_CARD, compress_model
+from privflow.stages.encrypt import seal_dataset
+from privflow.errors import PrivflowError
+from privflow.stages.ingest import ingest_snapshot, open_snapshot
+from privflow.crypto.keys import Keyring
+from privflow.modeling.predict import score
+from privflow.preflight import check_dataset, check_model_config
+from privflow.privacy.accounting import plan_dp_sgd
+from privflow.artifacts import write_json
+from privflow.settings import load_settings
+from privflow.stages.train import load_split, privacy_unit_bound, save_model, train_private
+from privflow.stages.validate import enforce_reject_rate, validate_snapshot
+from privflow.crypto.vault import Vault
 from tests.conftest import ROOT
 from tests.owndata import Case, cases
 

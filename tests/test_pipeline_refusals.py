@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
+from privflow.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
 from tests.workspace import demo_workspace
 
 pytestmark = pytest.mark.slow

@@ -10,16 +10,16 @@ import sys
 import pytest
 import yaml
 
-from components import explain, pretrain
-from components.demo_data import churn_table, csv_text, public_churn_table
-from components.errors import PrivacyError
-from components.features import feature_names
-from components.keys import Keyring
-from components.privacy.ledger import PrivacyLedger
-from components.schema import load_schema
-from components.settings import LEDGER_ENV, load_settings
-from components.train import initial_model
-from components.vault import Vault
+from privflow.stages import explain, pretrain
+from privflow.demo_data import churn_table, csv_text, public_churn_table
+from privflow.errors import PrivacyError
+from privflow.data.features import feature_names
+from privflow.crypto.keys import Keyring
+from privflow.privacy.ledger import PrivacyLedger
+from privflow.data.schema import load_schema
+from privflow.settings import LEDGER_ENV, load_settings
+from privflow.stages.train import initial_model
+from privflow.crypto.vault import Vault
 from tests.conftest import ROOT
 
 # the churn schema's model inputs: 20 columns one-hot encoded, plus satisfaction's missing-indicator
@@ -102,7 +102,7 @@ def test_last_layer_fine_tuning_trains_only_the_output_layer(project):
 def save_model(folder, n_features, classes):
     from safetensors.torch import save_file
 
-    from components.artifacts import write_json
+    from privflow.artifacts import write_json
 
     t = load_settings("churn").train
     model = initial_model(t, n_features, len(classes))
@@ -145,7 +145,7 @@ def test_explanations_on_the_private_test_split_say_so(project, monkeypatch):
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     (folder / "encrypt").mkdir()
     (folder / "encrypt" / "dataset.json").write_text("{}")
-    import components.train as train
+    import privflow.stages.train as train
 
     monkeypatch.setattr(train, "load_split", lambda vault, description, split, data: opened.append(split)
                         or TensorDataset(torch.rand(40, CHURN_FEATURES), torch.zeros(40, dtype=torch.long)))

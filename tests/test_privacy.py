@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.errors import PrivacyError
-from components.privacy.accounting import epsilon_for, plan_dp_sgd
+from privflow.errors import PrivacyError
+from privflow.privacy.accounting import epsilon_for, plan_dp_sgd
 
 
 def test_plan_matches_the_accountant_and_meets_target():

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.coercion import coerce_batch
-from components.errors import SchemaError
-from components.features import class_indices, encode_features, feature_names
-from components.records import RecordReader
-from components.schema import DatasetSchema, load_schema
-from components.settings import IngestSettings
+from privflow.data.coercion import coerce_batch
+from privflow.errors import SchemaError
+from privflow.data.features import class_indices, encode_features, feature_names
+from privflow.data.records import RecordReader
+from privflow.data.schema import DatasetSchema, load_schema
+from privflow.settings import IngestSettings
 from tests.conftest import ROOT
 
 GOOD = {"dataset": "d", "privacy_unit": "id", "target": "y",
@@ -159,7 +159,7 @@ def test_dates_and_datetimes_are_checked_against_declared_bounds_and_scaled_by_t
 
 
 def test_a_date_outside_its_bounds_is_quarantined_by_validation(tmp_path):
-    from components.validate import validate_snapshot
+    from privflow.stages.validate import validate_snapshot
 
     schema = _schema(d={"type": "date", "min": "2020-01-01", "max": "2020-12-31"})
     raw = b"id,y,d\np1,a,2020-05-01\np2,b,2021-01-01\n"
@@ -177,7 +177,7 @@ def test_nullable_numbers_get_a_declared_fill_and_a_missing_indicator():
 
 
 def test_feature_names_are_known_before_any_row_is_read():
-    from components.demo_data import churn_table
+    from privflow.demo_data import churn_table
 
     schema = load_schema(ROOT / "schemas" / "churn.yaml")
     header, rows = churn_table(rows=20)
@@ -201,8 +201,8 @@ def test_decimal_commas_are_read_and_a_point_is_refused_never_guessed():
 
 
 def test_decimal_comma_needs_another_delimiter(tmp_path):
-    from components.errors import PrivflowError
-    from components.settings import load_settings
+    from privflow.errors import PrivflowError
+    from privflow.settings import load_settings
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["ingest"]["decimal"] = ","
@@ -214,8 +214,8 @@ def test_decimal_comma_needs_another_delimiter(tmp_path):
 # --- no traceback reaches a user ---
 
 def test_an_unexpected_failure_in_a_stage_prints_one_line_and_logs_frames_without_values(tmp_path):
-    script = ("import sys; sys.argv = ['/x/components/train.py', '--dataset', 'payroll']\n"
-              "from components.errors import run_stage\n"
+    script = ("import sys; sys.argv = ['/x/components/stages/train.py', '--dataset', 'payroll']\n"
+              "from privflow.errors import run_stage\n"
               "def main():\n    row = {'salary': 'SECRET-4711'}\n    raise KeyError(row['salary'])\n"
               "run_stage(main)\n")
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.demo_data import churn_table, csv_text
-from components.errors import SchemaError
-from components.schema import load_schema, read_yaml
-from components.schema_draft import draft_schema
-from components.settings import IngestSettings
+from privflow.demo_data import churn_table, csv_text
+from privflow.errors import SchemaError
+from privflow.data.schema import load_schema, read_yaml
+from privflow.data.schema_draft import draft_schema
+from privflow.settings import IngestSettings
 
 PRIVFLOW = Path(sys.executable).parent / "privflow"
 

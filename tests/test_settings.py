@@ -3,8 +3,8 @@ import shutil
 import pytest
 import yaml
 
-from components.errors import PrivflowError
-from components.settings import load_settings
+from privflow.errors import PrivflowError
+from privflow.settings import load_settings
 from tests.conftest import ROOT
 
 
@@ -78,7 +78,7 @@ def test_dataset_choice_and_bad_entries_are_named(params):
 
 def test_a_dataset_name_dvc_cannot_take_is_refused_for_every_command(params):
     edit(params, lambda d: d["datasets"].update({"pay roll": d["datasets"]["breast_cancer"]}))
-    from components.settings import dataset_names
+    from privflow.settings import dataset_names
 
     for call in (lambda: dataset_names(params), lambda: load_settings("breast_cancer", params)):
         with pytest.raises(PrivflowError, match=r"dataset name\(s\) \['pay roll'\].*e\.g\. 'pay_roll'"):
@@ -87,7 +87,7 @@ def test_a_dataset_name_dvc_cannot_take_is_refused_for_every_command(params):
 
 def test_a_shared_budget_is_declared_per_entry(params):
     edit(params, lambda d: d["datasets"]["breast_cancer"].update({"budget": "hospital_patients"}))
-    from components.budget import budget_name
+    from privflow.budget import budget_name
 
     assert budget_name(load_settings("breast_cancer", params)) == "hospital_patients"
     assert budget_name(load_settings("churn", params)) == "churn"

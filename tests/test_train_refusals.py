@@ -8,13 +8,13 @@ import sys
 import pytest
 import yaml
 
-from components import train
-from components.artifacts import write_json
-from components.errors import BudgetExceeded, PrivacyError
-from components.privacy.accounting import plan_dp_sgd
-from components.privacy.ledger import PrivacyLedger
-from components.settings import LEDGER_ENV
-from components.vault import Vault
+from privflow.stages import train
+from privflow.artifacts import write_json
+from privflow.errors import BudgetExceeded, PrivacyError
+from privflow.privacy.accounting import plan_dp_sgd
+from privflow.privacy.ledger import PrivacyLedger
+from privflow.settings import LEDGER_ENV
+from privflow.crypto.vault import Vault
 from tests.conftest import ROOT
 from tests.test_ledger import charge_for
 
@@ -77,7 +77,7 @@ def test_model_that_cannot_take_the_features_is_refused_before_the_charge(projec
     params = yaml.safe_load((folder / "params.yaml").read_text())
     params["datasets"]["demo"]["train"] = {"model": "cnn", "input_shape": [1, 2, 2]}  # 4 inputs, the data has 1
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    from components.preflight import ConfigurationError
+    from privflow.preflight import ConfigurationError
 
     with pytest.raises(ConfigurationError, match=r"dataset demo: train.input_shape \[1, 2, 2\] does not fit 1"):
         train.main()
@@ -85,7 +85,7 @@ def test_model_that_cannot_take_the_features_is_refused_before_the_charge(projec
 
 
 def test_a_failure_after_decryption_keeps_its_charge_and_says_so(project, monkeypatch):
-    from components.errors import IntegrityError
+    from privflow.errors import IntegrityError
 
     folder, _ = project
 

@@ -5,14 +5,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from components.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
-from components.errors import DatasetError, RejectRateExceeded, SchemaError
-from components.schema import DatasetSchema, load_schema
-from components.settings import IngestSettings
-from components.coercion import coerce_batch
-from components.records import RecordReader
-from components.validate import enforce_reject_rate
-from components.validate import validate_snapshot as validate_members
+from privflow.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
+from privflow.errors import DatasetError, RejectRateExceeded, SchemaError
+from privflow.data.schema import DatasetSchema, load_schema
+from privflow.settings import IngestSettings
+from privflow.data.coercion import coerce_batch
+from privflow.data.records import RecordReader
+from privflow.stages.validate import enforce_reject_rate
+from privflow.stages.validate import validate_snapshot as validate_members
 
 SOURCE = "/data/export.csv"
 
@@ -165,7 +165,7 @@ def test_conservation_on_arbitrary_input(rows, junk):
 
 
 def stream_outcome(raw: bytes, schema, **reader):
-    from components.validate import validate_records
+    from privflow.stages.validate import validate_records
 
     return validate_records(RecordReader(SOURCE, schema, **reader), [("export.csv", io.BytesIO(raw))], schema)
 
@@ -205,7 +205,7 @@ def test_a_consumer_that_stops_early_never_hangs_the_parse_thread():
     """Validation can stop at the first batch (an error downstream): the reader thread ends."""
     import threading
 
-    from components.records import _ahead
+    from privflow.data.records import _ahead
 
     produced = []
 

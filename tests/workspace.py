@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from components.demo_data import churn_table, csv_text, demo_table, public_churn_table
-from components.keys import Keyring
+from privflow.demo_data import churn_table, csv_text, demo_table, public_churn_table
+from privflow.crypto.keys import Keyring
 from tests.conftest import ROOT
 
 PROJECT_FILES = ("components", "flows", "schemas", "dvc.yaml", "params.yaml", ".gitignore")
@@ -59,7 +59,7 @@ class Workspace:
 
     def open_ledger(self):
         """The project's ledger, its entries authenticated under the project's keyring."""
-        from components.privacy.ledger import PrivacyLedger, ledger_key
+        from privflow.privacy.ledger import PrivacyLedger, ledger_key
 
         return PrivacyLedger(self.ledger, key=ledger_key(Keyring.open(self.base / "keys" / "keyring.json",
                                                                         create=False)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from components.errors import PrivacyError
+from privflow.errors import PrivacyError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from components.privacy.ledger import Charge, budget_of
+from privflow.privacy.ledger import Charge, budget_of
 
 RELATIVE_TOLERANCE = 0.03
 _PLD_GRID = 1e-4  # dp-accounting's value_discretization_interval (its own default)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from components.privacy.noise import NoiseSource
+from privflow.privacy.noise import NoiseSource
 
 _MATERIALISE_LIMIT = 1 << 25  # floats: above this, per-sample gradients are never formed
 

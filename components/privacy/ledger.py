@@ -31,8 +31,8 @@ from pathlib import Path
 
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, create_engine, event, func, select, text
 
-from components.errors import BudgetExceeded, PrivacyError
-from components.privacy.accounting import composed_epsilon
+from privflow.errors import BudgetExceeded, PrivacyError
+from privflow.privacy.accounting import composed_epsilon
 
 GENESIS = "0" * 64
 ADVISORY_LOCK = 0x70726976666C6F77 & 0x7FFFFFFFFFFFFFFF  # "privflow": serialises charges on PostgreSQL
@@ -148,8 +148,8 @@ class PrivacyLedger:
     @property
     def key(self) -> bytes:
         if self._key is None:
-            from components.keys import Keyring
-            from components.settings import keyring_path
+            from privflow.crypto.keys import Keyring
+            from privflow.settings import keyring_path
 
             self._key = ledger_key(Keyring.open(keyring_path(), create=False))
         return self._key

@@ -23,7 +23,7 @@ import pandera.pandas as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from components.errors import SchemaError
+from privflow.errors import SchemaError
 
 ColumnType = Literal["string", "float", "int8", "int16", "int32", "int64", "bool", "date", "datetime"]
 INTEGER_TYPES = ("int8", "int16", "int32", "int64")

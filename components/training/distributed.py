@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from components.artifacts import open_vault, read_json
-from components.encrypt import DATASET
-from components.errors import PrivflowError
-from components.privacy.accounting import DpSgdPlan
-from components.settings import Settings, load_settings
-from components.models import build_model, load_weights, weights_of
-from components.train import (TrainResult, World, load_split, privacy_unit_bound, read_pretrained,
+from privflow.artifacts import open_vault, read_json
+from privflow.stages.encrypt import DATASET
+from privflow.errors import PrivflowError
+from privflow.privacy.accounting import DpSgdPlan
+from privflow.settings import Settings, load_settings
+from privflow.modeling.models import build_model, load_weights, weights_of
+from privflow.stages.train import (TrainResult, World, load_split, privacy_unit_bound, read_pretrained,
                               resolve_device, train_private)
 
 RESULT, WEIGHTS = "result.json", "model.safetensors"
@@ -47,8 +47,8 @@ def train_distributed(settings: Settings, description: dict, data_dir: Path, pre
             "dataset": settings.dataset.name, "data": str(data_dir.resolve()), "pretrained": str(pretrained_dir.resolve()),
             "plan": asdict(plan), "run_id": run_id, "cwd": os.getcwd()}))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={t.processes}",
-                   "-m", "components.distributed", str(job)]
-        completed = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], check=False)
+                   "-m", "privflow.training.distributed", str(job)]
+        completed = subprocess.run(command, check=False)
         if completed.returncode != 0:
             raise PrivflowError(f"DPDDP training over {t.processes} processes failed (torchrun exit "
                                 f"{completed.returncode}); the run's charge stands, its checkpoint is kept")
@@ -85,7 +85,7 @@ def worker(job: Path) -> None:
         description = read_json(data / DATASET)
         vault = open_vault()
         train, test = (load_split(vault, description, split, data) for split in ("train", "test"))
-        from components.train import _checkpoint
+        from privflow.stages.train import _checkpoint
 
         pretraining, start = read_pretrained(Path(spec["pretrained"]))
         bound = privacy_unit_bound(description, settings)

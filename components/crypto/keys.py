@@ -26,7 +26,7 @@ from typing import Literal, Protocol
 
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from components.errors import KeyringError
+from privflow.errors import KeyringError
 
 KeyState = Literal["primary", "decrypt-only", "retired"]
 

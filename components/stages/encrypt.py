@@ -18,17 +18,17 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import save as save_tensors
 
-from components.artifacts import open_vault, stage_paths, write_json
-from components.errors import DatasetError, run_stage
-from components.ingest import SnapshotManifest, open_snapshot, read_manifest
-from components.coercion import coerce_batch
-from components.features import NO_LABEL, EncodedData, encode_features
-from components.records import FileSpan, RecordReader
-from components.schema import DatasetSchema, load_schema
-from components.settings import Settings, load_settings
-from components.sources import Member
-from components.validate import ValidationOutcome, decisions_identity, read_decisions
-from components.vault import ArtifactIdentity, Vault
+from privflow.artifacts import open_vault, stage_paths, write_json
+from privflow.errors import DatasetError, run_stage
+from privflow.stages.ingest import SnapshotManifest, open_snapshot, read_manifest
+from privflow.data.coercion import coerce_batch
+from privflow.data.features import NO_LABEL, EncodedData, encode_features
+from privflow.data.records import FileSpan, RecordReader
+from privflow.data.schema import DatasetSchema, load_schema
+from privflow.settings import Settings, load_settings
+from privflow.data.sources import Member
+from privflow.stages.validate import ValidationOutcome, decisions_identity, read_decisions
+from privflow.crypto.vault import ArtifactIdentity, Vault
 
 SPLITS = ("train", "test")
 QUARANTINE = "quarantine.sealed"

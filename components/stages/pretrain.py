@@ -22,17 +22,17 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from components.artifacts import stage_paths, write_json
-from components.features import EncodedData, encode_features
-from components.errors import PrivacyError, run_stage
-from components.models import accuracy, build_model, weights_of
-from components.coercion import coerce_batch
-from components.records import RecordReader
-from components.schema import DatasetSchema, load_schema
-from components.settings import IngestSettings, Settings, load_settings
-from components.sources import SUFFIXES, disk_members, file_digest, list_source, snapshot_id
-from components.train import PRETRAIN_DESCRIPTION, PRETRAINED, run_epoch
-from components.validate import validate_records
+from privflow.artifacts import stage_paths, write_json
+from privflow.data.features import EncodedData, encode_features
+from privflow.errors import PrivacyError, run_stage
+from privflow.modeling.models import accuracy, build_model, weights_of
+from privflow.data.coercion import coerce_batch
+from privflow.data.records import RecordReader
+from privflow.data.schema import DatasetSchema, load_schema
+from privflow.settings import IngestSettings, Settings, load_settings
+from privflow.data.sources import SUFFIXES, disk_members, file_digest, list_source, snapshot_id
+from privflow.stages.train import PRETRAIN_DESCRIPTION, PRETRAINED, run_epoch
+from privflow.stages.validate import validate_records
 
 DESCRIPTION = PRETRAIN_DESCRIPTION
 

@@ -31,11 +31,11 @@ from safetensors.torch import load_file, save
 from torch import nn
 from torch.nn.utils import prune
 
-from components.artifacts import read_json, stage_paths, write_json
-from components.errors import PrivflowError, run_stage
-from components.models import build_model, load_weights, weights_of
-from components.settings import load_settings
-from components.train import MODEL, MODEL_CARD
+from privflow.artifacts import read_json, stage_paths, write_json
+from privflow.errors import PrivflowError, run_stage
+from privflow.modeling.models import build_model, load_weights, weights_of
+from privflow.settings import load_settings
+from privflow.stages.train import MODEL, MODEL_CARD
 
 EXPORT = "model.int8.onnx.gz"  # gzip: magnitude pruning's zeros only shrink a file once compressed
 SERVING_CARD = "serving.json"
@@ -223,7 +223,7 @@ def load_export(model_dir: Path) -> tuple[ort.InferenceSession, dict]:
 
 
 def write_model_card(out_dir: Path, card: dict, training: dict, compression: dict) -> None:
-    env = Environment(loader=PackageLoader("components", "templates"), trim_blocks=True, lstrip_blocks=True)
+    env = Environment(loader=PackageLoader("privflow.reporting", "templates"), trim_blocks=True, lstrip_blocks=True)
     text = env.get_template("model_card.md.j2").render(card=card, training=training, compression=compression)
     (out_dir / MODEL_CARD_MD).write_text(text, encoding="utf-8")
 

@@ -24,16 +24,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
-from components.artifacts import git_commit, open_vault, read_json, sha256_file, stage_paths, write_json  # noqa: E402
-from components.budget import open_ledger  # noqa: E402
-from components.errors import run_stage  # noqa: E402
-from components.privacy.ledger import Charge, LedgerAnchor, PrivacyLedger, budget_of  # noqa: E402
-from components.settings import load_settings  # noqa: E402
+from privflow.artifacts import git_commit, open_vault, read_json, sha256_file, stage_paths, write_json  # noqa: E402
+from privflow.budget import open_ledger  # noqa: E402
+from privflow.errors import run_stage  # noqa: E402
+from privflow.privacy.ledger import Charge, LedgerAnchor, PrivacyLedger, budget_of  # noqa: E402
+from privflow.settings import load_settings  # noqa: E402
 
 PACKAGES = ("torch", "opacus", "cryptography", "blake3", "pandera", "dvc", "prefect")
 SECTIONS = ("summary", "privacy-statement", "validation", "training", "compression",
             "explanations", "budget", "audit", "lineage")
-_ENV = Environment(loader=PackageLoader("components", "templates"),
+_ENV = Environment(loader=PackageLoader("privflow.reporting", "templates"),
                    autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
 
 

@@ -28,24 +28,24 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from components.artifacts import git_commit, open_vault, read_json, stage_paths, write_json
-from components.encrypt import DATASET, split_identity
-from components.errors import PrivacyError, run_stage
-from components.models import accuracy, build_model, load_weights, weights_of
-from components.preflight import check_model_config
-from components.privacy.accounting import DpSgdPlan, plan_dp_sgd
-from components.privacy.audit import Canaries, audit, draw_canaries
-from components.privacy.dp_sgd import PrivateGradient
-from components.budget import (budget_name, budgets_in_ledger, find_anchors, open_ledger, refuse_unless_intact,
+from privflow.artifacts import git_commit, open_vault, read_json, stage_paths, write_json
+from privflow.stages.encrypt import DATASET, split_identity
+from privflow.errors import PrivacyError, run_stage
+from privflow.modeling.models import accuracy, build_model, load_weights, weights_of
+from privflow.preflight import check_model_config
+from privflow.privacy.accounting import DpSgdPlan, plan_dp_sgd
+from privflow.privacy.audit import Canaries, audit, draw_canaries
+from privflow.privacy.dp_sgd import PrivateGradient
+from privflow.budget import (budget_name, budgets_in_ledger, find_anchors, open_ledger, refuse_unless_intact,
                                with_project_anchors, write_anchor)
-from components.privacy.ledger import Charge
-from components.privacy.noise import NoiseSource, noise_source
-from components.settings import Settings, TrainSettings, load_settings
-from components.vault import Vault
+from privflow.privacy.ledger import Charge
+from privflow.privacy.noise import NoiseSource, noise_source
+from privflow.settings import Settings, TrainSettings, load_settings
+from privflow.crypto.vault import Vault
 
 MODEL = "model.safetensors"
 MODEL_CARD = "model.json"
-PRETRAINED = "pretrained.safetensors"  # written by components.pretrain (not imported: it imports us)
+PRETRAINED = "pretrained.safetensors"  # written by privflow.stages.pretrain (not imported: it imports us)
 PRETRAIN_DESCRIPTION = "pretrain.json"
 BASELINE_LEARNING_RATE = 1e-2
 ENGINE = ("privflow DP step: per-layer norms from activations and output gradients (outer-product "
@@ -299,7 +299,7 @@ def _spent(accountant, plan: DpSgdPlan) -> float:
 
 def _state(run_id: str, plan: DpSgdPlan, step: int, accountant, curve: list[dict], model: nn.Module,
            optimizer: torch.optim.Optimizer, noise: NoiseSource | None, sampler: NoiseSource):
-    from components.checkpoint import CheckpointState
+    from privflow.training.checkpoint import CheckpointState
 
     momentum = {str(i): optimizer.state[p]["momentum_buffer"] for i, p in enumerate(optimizer.param_groups[0]["params"])
                 if "momentum_buffer" in optimizer.state[p]}
@@ -406,7 +406,7 @@ def run_training(settings: Settings, description: dict, data_dir: Path, pretrain
     vault = open_vault()
     real, test = (load_split(vault, description, split, data_dir) for split in ("train", "test"))
     if t.processes > 1:
-        from components.distributed import train_distributed
+        from privflow.training.distributed import train_distributed
 
         if canaries is not None:
             raise PrivacyError("train.audit_canaries needs train.processes: 1 (the canaries live in one process)")
@@ -488,7 +488,7 @@ def train_charged(args, settings: Settings, vault: Vault, description: dict, can
 
 
 def _checkpoint(settings: Settings, description: dict, pretraining: dict, bound: int):
-    from components.checkpoint import Checkpoint, fingerprint
+    from privflow.training.checkpoint import Checkpoint, fingerprint
 
     key = fingerprint(description["snapshot_id"], settings.train.model_dump(mode="json"), bound,
                       settings.privacy.secure_noise, pretraining)

@@ -25,7 +25,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.nn import functional
 
-from components.errors import PrivacyError
+from privflow.errors import PrivacyError
 
 Preset = Literal["mlp", "cnn", "lstm", "transformer"]
 PRESETS: tuple[str, ...] = get_args(Preset)

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from components.errors import IntegrityError
+from privflow.errors import IntegrityError
 
 MAGIC = b"PFVAULT2"
 ALGORITHM = "AES-256-GCM/BLAKE3-SIV-STREAM"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from components.records import RecordReader
-from components.schema import DEFAULT_FALSE, DEFAULT_TRUE, INTEGER_TYPES, ColumnSpec, DatasetSchema
-from components.sources import disk_members, list_source
+from privflow.data.records import RecordReader
+from privflow.data.schema import DEFAULT_FALSE, DEFAULT_TRUE, INTEGER_TYPES, ColumnSpec, DatasetSchema
+from privflow.data.sources import disk_members, list_source
 
 MAX_ALLOWED = 20        # a column with at most this many distinct values gets a candidate `allowed:`
 _ID_NAME = re.compile(r"(^|_)(id|key|number|no)$|^(patient|customer|person|user|employee|member)", re.I)
@@ -102,7 +102,7 @@ def profile_source(source: Path, ingest) -> tuple[list[str], dict[str, _ColumnPr
 
 
 def _header(source: Path, ingest) -> tuple[list[str], int]:
-    from components.records import describe_source
+    from privflow.data.records import describe_source
 
     return describe_source(disk_members(list_source(source)), str(source), delimiter=ingest.delimiter,
                            encoding=ingest.encoding)

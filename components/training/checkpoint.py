@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from components.vault import ArtifactIdentity, Vault
+from privflow.crypto.vault import ArtifactIdentity, Vault
 
 ROOT = Path(".privflow") / "checkpoints"
 _HEADER = 8

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from components.compress import load_export, onnx_logits
-from components.features import encode_features
-from components.errors import SchemaError
-from components.coercion import coerce_batch
-from components.records import FileSpan, RecordReader, RowFailure
-from components.schema import DatasetSchema, to_pandera
-from components.settings import IngestSettings
-from components.sources import disk_members, list_source
-from components.validate import one_per_cell, schema_failures
+from privflow.stages.compress import load_export, onnx_logits
+from privflow.data.features import encode_features
+from privflow.errors import SchemaError
+from privflow.data.coercion import coerce_batch
+from privflow.data.records import FileSpan, RecordReader, RowFailure
+from privflow.data.schema import DatasetSchema, to_pandera
+from privflow.settings import IngestSettings
+from privflow.data.sources import disk_members, list_source
+from privflow.stages.validate import one_per_cell, schema_failures
 
 
 @dataclass

@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components.records import RowFailure, StringBatch
-from components.schema import INTEGER_TYPES, PANDAS_DTYPE, TIME_TYPES, ColumnSpec, DatasetSchema, parse_time
+from privflow.data.records import RowFailure, StringBatch
+from privflow.data.schema import INTEGER_TYPES, PANDAS_DTYPE, TIME_TYPES, ColumnSpec, DatasetSchema, parse_time
 
 _NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 # what datetime64[ns] can hold (pandas' own range), in microseconds since the epoch

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from components.errors import DatasetError
+from privflow.errors import DatasetError
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
 PIECE = 1 << 20

@@ -20,15 +20,15 @@ import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components.artifacts import open_vault, stage_paths, write_json
-from components.errors import RejectRateExceeded, SchemaError, run_stage
-from components.ingest import open_snapshot
-from components.coercion import coerce_batch
-from components.records import UNPARSEABLE, FileSpan, RecordReader, RowFailure
-from components.schema import DatasetSchema, load_schema, to_pandera
-from components.settings import IngestSettings, load_settings
-from components.sources import Member
-from components.vault import ArtifactIdentity, Vault
+from privflow.artifacts import open_vault, stage_paths, write_json
+from privflow.errors import RejectRateExceeded, SchemaError, run_stage
+from privflow.stages.ingest import open_snapshot
+from privflow.data.coercion import coerce_batch
+from privflow.data.records import UNPARSEABLE, FileSpan, RecordReader, RowFailure
+from privflow.data.schema import DatasetSchema, load_schema, to_pandera
+from privflow.settings import IngestSettings, load_settings
+from privflow.data.sources import Member
+from privflow.crypto.vault import ArtifactIdentity, Vault
 
 DECISIONS = "decisions.sealed"
 

@@ -16,15 +16,15 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from components.artifacts import open_vault, read_json, stage_paths, write_json
-from components.errors import run_stage
-from components.records import describe_source
-from components.preflight import check_dataset
-from components.schema import DatasetSchema
-from components.sources import (PIECE, ChunkStream, HashingReader, Member, combine_ids, list_source, pack_stream,
+from privflow.artifacts import open_vault, read_json, stage_paths, write_json
+from privflow.errors import run_stage
+from privflow.data.records import describe_source
+from privflow.preflight import check_dataset
+from privflow.data.schema import DatasetSchema
+from privflow.data.sources import (PIECE, ChunkStream, HashingReader, Member, combine_ids, list_source, pack_stream,
                                 snapshot_members)
-from components.settings import IngestSettings, load_settings
-from components.vault import ArtifactIdentity, Vault
+from privflow.settings import IngestSettings, load_settings
+from privflow.crypto.vault import ArtifactIdentity, Vault
 
 SNAPSHOT = "snapshot.sealed"
 MANIFEST = "manifest.json"
