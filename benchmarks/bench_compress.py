@@ -27,14 +27,15 @@ from torch.utils.data import TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from privflow.stages.compress import compress_model, onnx_logits, session  # noqa: E402
-from privflow.stages.encrypt import in_test_split  # noqa: E402
+from privflow.modeling.compress import compress_model
+from privflow.modeling.export import onnx_logits, session
+from privflow.data.dataset import in_test_split
 from privflow.modeling.models import accuracy  # noqa: E402
 from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
-from privflow.stages.pretrain import encoded_rows  # noqa: E402
+from privflow.training.public import encoded_rows
 from privflow.data.schema import load_schema  # noqa: E402
 from privflow.settings import CompressSettings, IngestSettings, TrainSettings  # noqa: E402
-from privflow.stages.train import train_private  # noqa: E402
+from privflow.training.loop import train_private
 
 OUT = ROOT / "bench-results" / "compress.json"
 INT8_ONLY = CompressSettings(structured_amount=0.0, prune_amount=0.0, latency_repeats=200)

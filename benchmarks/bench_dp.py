@@ -32,15 +32,16 @@ from torch.utils.data import TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from privflow.stages.encrypt import in_test_split  # noqa: E402
+from privflow.data.dataset import in_test_split
 from privflow.modeling.models import build_model, weights_of  # noqa: E402
-from privflow.stages.pretrain import encoded_rows  # noqa: E402
+from privflow.training.public import encoded_rows
 from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
 from privflow.privacy.dp_sgd import PrivateGradient  # noqa: E402
 from privflow.privacy.noise import SecureNoise, TorchNoise  # noqa: E402
 from privflow.data.schema import load_schema  # noqa: E402
 from privflow.settings import load_settings  # noqa: E402
-from privflow.stages.train import train_baseline, train_private  # noqa: E402
+from privflow.training.loop import train_private
+from privflow.training.baseline import train_baseline
 
 OUT = ROOT / "bench-results" / "dp.json"
 STEPS = 200
@@ -154,7 +155,7 @@ ACCURACY_ROWS = [("breast_cancer", None), ("churn", None), ("churn", PRETRAINED)
 
 
 def public_start(settings, folder: Path, n_classes: int) -> dict:
-    from privflow.stages.pretrain import pretrain, read_public
+    from privflow.training.public import pretrain, read_public
 
     public = read_public([folder.parent / "public" / "churn" / "churn_public.csv.gz"],
                          load_schema(ROOT / settings.validate_.schema_file), settings)

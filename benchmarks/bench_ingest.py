@@ -50,10 +50,10 @@ def measure_pipeline(path: Path, work: Path) -> dict:
     import io
 
     from privflow.artifacts import open_vault
-    from privflow.stages.ingest import ingest_snapshot, open_snapshot
+    from privflow.data.snapshot import ingest_snapshot, open_snapshot
     from privflow.data.schema import load_schema
     from privflow.settings import IngestSettings
-    from privflow.stages.validate import validate_snapshot
+    from privflow.data.validation import validate_snapshot
 
     schema = load_schema(ROOT / "schemas" / "churn.yaml")
     settings = IngestSettings(source=path, log=work / "ingest-log.jsonl")

@@ -25,11 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_compress import demo_splits  # noqa: E402
 from privflow.modeling.models import accuracy  # noqa: E402
-from privflow.stages.pretrain import pretrain, read_public  # noqa: E402
+from privflow.training.public import pretrain, read_public
 from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
 from privflow.data.schema import load_schema  # noqa: E402
 from privflow.settings import load_settings  # noqa: E402
-from privflow.stages.train import train_baseline, train_private  # noqa: E402
+from privflow.training.loop import train_private
+from privflow.training.baseline import train_baseline
 
 OUT = ROOT / "bench-results" / "pretrain.json"
 REPEATS = 3

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from privflow.crypto.keys import Keyring
-from privflow.settings import keyring_path
 from privflow.crypto.vault import Vault
+from privflow.settings import keyring_path
 
 
 def stage_paths(description: str | None, *names: str) -> argparse.Namespace:

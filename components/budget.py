@@ -20,10 +20,10 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
+from privflow.crypto.vault import ArtifactIdentity, Vault
 from privflow.errors import IntegrityError, KeyringError
 from privflow.privacy.ledger import LedgerAnchor, LedgerTampered, PrivacyLedger, ledger_key
 from privflow.settings import Settings, ledger_location
-from privflow.crypto.vault import ArtifactIdentity, Vault
 
 ANCHOR_FILE = "ledger-anchor.sealed"
 PROJECT_ANCHORS = Path(".privflow") / "anchors"

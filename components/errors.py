@@ -7,6 +7,8 @@ to do; they never contain row values, keys or plaintext.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -97,12 +99,24 @@ def describe_unexpected(error: BaseException, label: str) -> str:
             f"{write_traceback(error, label)}: please report it with that file")
 
 
+def _record_loaded_modules(stage: str) -> None:
+    """With $PRIVFLOW_TRACE_IMPORTS set (the code-deps test), append the privflow files this
+    stage really loaded: the ground truth its dvc.yaml deps must cover."""
+    trace = os.environ.get("PRIVFLOW_TRACE_IMPORTS")
+    if trace:
+        files = sorted({m.__file__ for name, m in list(sys.modules.items())
+                        if name.split(".")[0] == "privflow" and getattr(m, "__file__", None)})
+        with open(trace, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"stage": stage, "files": files}) + "\n")
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(), turning every failure into one line and an exit code: a
     user never sees a raw traceback, and never a row value."""
     stage, dataset = _stage_and_dataset()
     try:
         main()
+        _record_loaded_modules(stage)
     except PrivflowError as error:
         notes = "".join(f" ({note})" for note in getattr(error, "__notes__", []))
         print(f"privflow: {type(error).__name__}: {error}{notes}", file=sys.stderr)

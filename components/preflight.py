@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 
-from privflow.errors import PrivacyError, PrivflowError
 from privflow.data.features import feature_names
 from privflow.data.schema import DatasetSchema, load_schema
+from privflow.errors import PrivacyError, PrivflowError
 from privflow.settings import Settings, TrainSettings
 
 SHAPED_PRESETS = {"cnn": 3, "lstm": 2, "transformer": 2}  # input_shape sizes each preset takes

@@ -192,9 +192,13 @@ def _read_params(path: Path) -> dict:
     if not path.is_file():
         raise PrivflowError(f"{path}: settings file not found (run from the project root)")
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(raw.get("datasets"), dict) or not raw["datasets"]:
+    if raw.get("datasets") == {}:
+        raise PrivflowError(f"{path}: no dataset declared under `datasets:` yet; add yours (its source and a schema: "
+                            "copy schemas/example.yaml or run `privflow schema draft SOURCE`), or run "
+                            "`privflow init --demo` for the demo datasets")
+    if not isinstance(raw.get("datasets"), dict):
         raise PrivflowError(f"{path}: no `datasets:` section; declare at least one dataset "
-                            "(its source and schema) as in the bundled params.yaml")
+                            "(its source and schema) as `privflow init` writes it")
     bad = [name for name in raw["datasets"] if not re.fullmatch(NAME_PATTERN, str(name))]
     if bad:
         raise PrivflowError(f"{path}: dataset name(s) {bad} under `datasets:` would break DVC's stage names and "

@@ -15,8 +15,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from privflow.artifacts import read_json
 from privflow.errors import PrivflowError
-from privflow.stages.report import archive_run
 from privflow.flows.stages import TransientStageFailure, reproduce_stage, stage_order, stage_outputs
+from privflow.reporting.archive import archive_run
 
 LEDGER_COLUMNS = ("created_at", "run_id", "snapshot_id", "accountant", "noise_multiplier",
                   "sample_rate", "steps", "delta", "epsilon")

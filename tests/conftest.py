@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from privflow.crypto.keys import Keyring
+from privflow.crypto.vault import ArtifactIdentity, Vault
 from privflow.data.schema import load_schema
 from privflow.settings import KEYRING_ENV, LEDGER_ENV
-from privflow.crypto.vault import ArtifactIdentity, Vault
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SCHEMA = ROOT / "schemas" / "breast_cancer.yaml"

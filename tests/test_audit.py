@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from privflow.privacy.accounting import DpSgdPlan, plan_dp_sgd
 from privflow.privacy.audit import audit, draw_canaries, epsilon_lower_bound
 from privflow.settings import TrainSettings
-from privflow.stages.train import train_private
+from privflow.training.loop import train_private
 
 
 def test_bound_is_exact_when_every_guess_is_right():

@@ -26,7 +26,7 @@ def test_a_stage_never_creates_a_keyring(tmp_path, monkeypatch):
 
 
 def test_the_first_run_makes_the_keyring_and_a_later_run_never_replaces_a_lost_one(tmp_path, monkeypatch):
-    from privflow.flows.cli import ensure_keyring
+    from privflow.flows.cli.common import ensure_keyring
 
     path = tmp_path / "keys" / "keyring.json"
     monkeypatch.setenv(KEYRING_ENV, str(path))
@@ -56,7 +56,7 @@ def test_predict_names_a_missing_input_file_not_the_source_setting(tmp_path):
     (["predict"], "needed when it declares several"),
 ])
 def test_help_says_what_happens_with_several_datasets(command, says):
-    from privflow.flows.cli import app
+    from privflow.flows.cli.common import app
 
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and says in " ".join(result.output.split())

@@ -9,21 +9,20 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from scipy import stats
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional
 from torch.utils.data import TensorDataset
 
-from privflow.training.checkpoint import Checkpoint
 from privflow.errors import PrivacyError, PrivflowError
 from privflow.modeling.models import PRESETS, build_model
 from privflow.privacy.accounting import epsilon_for, plan_dp_sgd
 from privflow.privacy.dp_sgd import PrivateGradient, unsupported_parameters
 from privflow.privacy.noise import SecureNoise, TorchNoise
 from privflow.settings import Settings, TrainSettings
-from privflow.stages.train import UnitLayout, train_private
+from privflow.training.checkpoint import Checkpoint
+from privflow.training.loop import UnitLayout, train_private
 from tests.conftest import ROOT
 
 SHAPES = {"mlp": (12, None), "cnn": (64, (1, 8, 8)), "lstm": (24, (12, 2)), "transformer": (16, None)}

@@ -4,9 +4,9 @@ import stat
 
 import pytest
 
-from privflow.errors import KeyringError
 from privflow.crypto.keys import Keyring, WrappedKey
 from privflow.crypto.vault import ArtifactIdentity, Vault
+from privflow.errors import KeyringError
 
 
 def test_keyring_is_created_private(tmp_path):

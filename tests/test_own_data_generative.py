@@ -17,19 +17,22 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 
-from privflow.stages.compress import SERVING_CARD, compress_model
-from privflow.stages.encrypt import seal_dataset
-from privflow.errors import PrivflowError
-from privflow.stages.ingest import ingest_snapshot, open_snapshot
+from privflow.artifacts import write_json
+from privflow.catalog import SERVING_CARD
 from privflow.crypto.keys import Keyring
+from privflow.crypto.vault import Vault
+from privflow.data.dataset import seal_dataset
+from privflow.data.snapshot import ingest_snapshot, open_snapshot
+from privflow.data.validation import enforce_reject_rate, validate_snapshot
+from privflow.errors import PrivflowError
+from privflow.modeling.compress import compress_model
 from privflow.modeling.predict import score
 from privflow.preflight import check_dataset, check_model_config
 from privflow.privacy.accounting import plan_dp_sgd
-from privflow.artifacts import write_json
 from privflow.settings import load_settings
-from privflow.stages.train import load_split, privacy_unit_bound, save_model, train_private
-from privflow.stages.validate import enforce_reject_rate, validate_snapshot
-from privflow.crypto.vault import Vault
+from privflow.training.charge import privacy_unit_bound
+from privflow.training.io import load_split, save_model
+from privflow.training.loop import train_private
 from tests.conftest import ROOT
 from tests.owndata import Case, cases
 

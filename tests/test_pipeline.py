@@ -10,10 +10,11 @@ import subprocess
 import pytest
 import yaml
 
-from privflow.demo_data import demo_table
-from privflow.stages.ingest import read_manifest, snapshot_identity
+from privflow.catalog import snapshot_identity
 from privflow.crypto.keys import Keyring
 from privflow.crypto.vault import Vault
+from privflow.data.snapshot import read_manifest
+from privflow.demo_data import demo_table
 from privflow.flows.stages import stage_order
 from tests.conftest import DEMO_SCHEMA, ROOT
 from tests.workspace import files_containing, make_workspace
@@ -190,7 +191,7 @@ def test_report_renders_in_chromium_without_errors(pipeline_run):
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    from privflow.stages.report import SECTIONS
+    from privflow.reporting.render import SECTIONS
 
     workspace, _ = pipeline_run
     options = webdriver.ChromeOptions()

@@ -10,16 +10,16 @@ import sys
 import pytest
 import yaml
 
-from privflow.stages import explain, pretrain
+from privflow.crypto.keys import Keyring
+from privflow.crypto.vault import Vault
+from privflow.data.features import feature_names
+from privflow.data.schema import load_schema
 from privflow.demo_data import churn_table, csv_text, public_churn_table
 from privflow.errors import PrivacyError
-from privflow.data.features import feature_names
-from privflow.crypto.keys import Keyring
 from privflow.privacy.ledger import PrivacyLedger
-from privflow.data.schema import load_schema
 from privflow.settings import LEDGER_ENV, load_settings
-from privflow.stages.train import initial_model
-from privflow.crypto.vault import Vault
+from privflow.stages import explain, pretrain
+from privflow.training.loop import initial_model
 from tests.conftest import ROOT
 
 # the churn schema's model inputs: 20 columns one-hot encoded, plus satisfaction's missing-indicator
@@ -145,9 +145,9 @@ def test_explanations_on_the_private_test_split_say_so(project, monkeypatch):
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     (folder / "encrypt").mkdir()
     (folder / "encrypt" / "dataset.json").write_text("{}")
-    import privflow.stages.train as train
+    import privflow.training.io as training_io
 
-    monkeypatch.setattr(train, "load_split", lambda vault, description, split, data: opened.append(split)
+    monkeypatch.setattr(training_io, "load_split", lambda vault, description, split, data: opened.append(split)
                         or TensorDataset(torch.rand(40, CHURN_FEATURES), torch.zeros(40, dtype=torch.long)))
     monkeypatch.setattr(explain, "open_vault", lambda: None)
     result = run_explain(monkeypatch, folder, public)

@@ -1,6 +1,5 @@
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from privflow.errors import PrivacyError
 from privflow.privacy.accounting import epsilon_for, plan_dp_sgd

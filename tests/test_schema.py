@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from privflow.data.coercion import coerce_batch
-from privflow.errors import SchemaError
 from privflow.data.features import class_indices, encode_features, feature_names
 from privflow.data.records import RecordReader
 from privflow.data.schema import DatasetSchema, load_schema
+from privflow.errors import SchemaError
 from privflow.settings import IngestSettings
 from tests.conftest import ROOT
 
@@ -159,7 +159,7 @@ def test_dates_and_datetimes_are_checked_against_declared_bounds_and_scaled_by_t
 
 
 def test_a_date_outside_its_bounds_is_quarantined_by_validation(tmp_path):
-    from privflow.stages.validate import validate_snapshot
+    from privflow.data.validation import validate_snapshot
 
     schema = _schema(d={"type": "date", "min": "2020-01-01", "max": "2020-12-31"})
     raw = b"id,y,d\np1,a,2020-05-01\np2,b,2021-01-01\n"

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from privflow.data.sources import disk_members, list_source, pack_stream, snapshot_id, snapshot_members
+from privflow.data.validation import validate_snapshot
 from privflow.demo_data import demo_table
 from privflow.errors import DatasetError
 from privflow.settings import IngestSettings
-from privflow.data.sources import disk_members, list_source, pack_stream, snapshot_id, snapshot_members
-from privflow.stages.validate import validate_snapshot
 from tests.test_validate import csv_bytes
 
 

@@ -8,13 +8,13 @@ import sys
 import pytest
 import yaml
 
-from privflow.stages import train
 from privflow.artifacts import write_json
+from privflow.crypto.vault import Vault
 from privflow.errors import BudgetExceeded, PrivacyError
 from privflow.privacy.accounting import plan_dp_sgd
 from privflow.privacy.ledger import PrivacyLedger
 from privflow.settings import LEDGER_ENV
-from privflow.crypto.vault import Vault
+from privflow.stages import train
 from tests.conftest import ROOT
 from tests.test_ledger import charge_for
 

@@ -2,17 +2,15 @@ import csv
 import io
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from privflow.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
-from privflow.errors import DatasetError, RejectRateExceeded, SchemaError
-from privflow.data.schema import DatasetSchema, load_schema
-from privflow.settings import IngestSettings
 from privflow.data.coercion import coerce_batch
 from privflow.data.records import RecordReader
-from privflow.stages.validate import enforce_reject_rate
-from privflow.stages.validate import validate_snapshot as validate_members
+from privflow.data.schema import DatasetSchema, load_schema
+from privflow.data.validation import enforce_reject_rate, validate_snapshot as validate_members
+from privflow.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
+from privflow.errors import DatasetError, RejectRateExceeded, SchemaError
+from privflow.settings import IngestSettings
 
 SOURCE = "/data/export.csv"
 
@@ -165,7 +163,7 @@ def test_conservation_on_arbitrary_input(rows, junk):
 
 
 def stream_outcome(raw: bytes, schema, **reader):
-    from privflow.stages.validate import validate_records
+    from privflow.data.validation import validate_records
 
     return validate_records(RecordReader(SOURCE, schema, **reader), [("export.csv", io.BytesIO(raw))], schema)
 

@@ -3,9 +3,9 @@ import struct
 
 import pytest
 
-from privflow.errors import IntegrityError, KeyringError
 from privflow.crypto.keys import Keyring
 from privflow.crypto.vault import MAGIC, NONCE_SIZE, TAG_SIZE, ArtifactIdentity, Vault, _ChunkCipher
+from privflow.errors import IntegrityError, KeyringError
 
 CHUNK = 64
 BLOCK = NONCE_SIZE + CHUNK + TAG_SIZE

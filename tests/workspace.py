@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from privflow.demo_data import churn_table, csv_text, demo_table, public_churn_table
 from privflow.crypto.keys import Keyring
+from privflow.demo_data import churn_table, csv_text, demo_table, public_churn_table
 from tests.conftest import ROOT
 
 PROJECT_FILES = ("components", "flows", "schemas", "dvc.yaml", "params.yaml", ".gitignore")

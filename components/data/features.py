@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from privflow.errors import SchemaError
 from privflow.data.schema import TIME_TYPES, ColumnSpec, DatasetSchema
+from privflow.errors import SchemaError
 
 MISSING_SUFFIX = ":missing"
 NO_LABEL = -1

@@ -28,9 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from privflow.errors import DatasetError
 from privflow.data.schema import DatasetSchema
 from privflow.data.sources import PIECE, Member, kind_of
+from privflow.errors import DatasetError
 
 UNPARSEABLE = "*"  # the column of a failure that concerns the whole record
 BLOCK_SIZE = 16 << 20  # bytes pyarrow parses at a time: bounds memory, and the longest record

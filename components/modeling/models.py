@@ -17,7 +17,7 @@ sequences: an image is its pixels in row-major order, a sequence its steps in ti
 from __future__ import annotations
 
 import math
-from typing import get_args, Literal
+from typing import Literal, get_args
 
 import torch
 from opacus.layers import DPLSTM

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from privflow.stages.compress import load_export, onnx_logits
-from privflow.data.features import encode_features
-from privflow.errors import SchemaError
 from privflow.data.coercion import coerce_batch
+from privflow.data.features import encode_features
 from privflow.data.records import FileSpan, RecordReader, RowFailure
 from privflow.data.schema import DatasetSchema, to_pandera
-from privflow.settings import IngestSettings
 from privflow.data.sources import disk_members, list_source
-from privflow.stages.validate import one_per_cell, schema_failures
+from privflow.data.validation import one_per_cell, schema_failures
+from privflow.errors import SchemaError
+from privflow.modeling.export import load_export, onnx_logits
+from privflow.settings import IngestSettings
 
 
 @dataclass

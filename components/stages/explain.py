@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from privflow.artifacts import open_vault, read_json, stage_paths, write_json
-from privflow.stages.compress import load_model, synthetic_inputs
-from privflow.stages.encrypt import DATASET
-from privflow.errors import PrivacyError, run_stage
-from privflow.stages.pretrain import public_files, read_public
+from privflow.catalog import DATASET
 from privflow.data.schema import load_schema
+from privflow.errors import PrivacyError, run_stage
+from privflow.modeling.pruning import synthetic_inputs
 from privflow.settings import Settings, load_settings
+from privflow.training.io import load_model
+from privflow.training.public import public_files, read_public
 
 REPEATS = 5
 SYNTHETIC_ROWS = 2000
@@ -65,7 +66,7 @@ def reference_rows(kind: str, settings: Settings, public: Path, data: Path, n_fe
         return read_public(public_files(public, settings.ingest.source), schema, settings).tensors[0].numpy()
     if kind == "synthetic":
         return synthetic_inputs(n_features, SYNTHETIC_ROWS, seed=11).numpy()
-    from privflow.stages.train import load_split  # private rows: imported and decrypted only here
+    from privflow.training.io import load_split
 
     return load_split(open_vault(), read_json(data / DATASET), "test", data).tensors[0].numpy()
 

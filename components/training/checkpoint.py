@@ -13,14 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
+from safetensors.torch import load as load_tensors, save as save_tensors
+from torch import nn
 
+from privflow.artifacts import open_vault
 from privflow.crypto.vault import ArtifactIdentity, Vault
+from privflow.modeling.models import load_weights, weights_of
+from privflow.privacy.accounting import DpSgdPlan
+from privflow.privacy.noise import NoiseSource
+from privflow.settings import Settings
 
 ROOT = Path(".privflow") / "checkpoints"
 _HEADER = 8
@@ -76,3 +81,37 @@ class Checkpoint:
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def capture_state(run_id: str, plan: DpSgdPlan, step: int, accountant, curve: list[dict], model: nn.Module,
+           optimizer: torch.optim.Optimizer, noise: NoiseSource | None, sampler: NoiseSource):
+    from privflow.training.checkpoint import CheckpointState
+
+    momentum = {str(i): optimizer.state[p]["momentum_buffer"] for i, p in enumerate(optimizer.param_groups[0]["params"])
+                if "momentum_buffer" in optimizer.state[p]}
+    generators = {f"{name}.{k}": v for name, source in (("noise", noise), ("sampler", sampler))
+                  if source is not None for k, v in source.state().items()}
+    return CheckpointState(run_id, asdict(plan), step, [list(h) for h in accountant.history], curve,
+                           weights_of(model), momentum, generators)
+
+
+def restore_state(state, model: nn.Module, optimizer: torch.optim.Optimizer, accountant,
+             noise: NoiseSource | None, sampler: NoiseSource) -> tuple[int, list[dict]]:
+    device = next(model.parameters()).device
+    load_weights(model, state.model)
+    parameters = optimizer.param_groups[0]["params"]
+    for index, buffer in state.optimizer.items():
+        optimizer.state[parameters[int(index)]]["momentum_buffer"] = buffer.to(device)
+    accountant.history = [tuple(h) for h in state.history]
+    for name, source in (("noise", noise), ("sampler", sampler)):
+        if source is not None and hasattr(source, "restore"):
+            source.restore({k.split(".", 1)[1]: v for k, v in state.generators.items() if k.startswith(name + ".")})
+    return state.step, list(state.curve)
+
+
+def checkpoint_for(settings: Settings, description: dict, pretraining: dict, bound: int):
+    from privflow.training.checkpoint import Checkpoint, fingerprint
+
+    key = fingerprint(description["snapshot_id"], settings.train.model_dump(mode="json"), bound,
+                      settings.privacy.secure_noise, pretraining)
+    return Checkpoint(open_vault, description["dataset"], description["snapshot_id"], key)

@@ -27,13 +27,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from privflow.artifacts import open_vault, read_json
-from privflow.stages.encrypt import DATASET
+from privflow.catalog import DATASET
 from privflow.errors import PrivflowError
+from privflow.modeling.models import build_model, load_weights, weights_of
 from privflow.privacy.accounting import DpSgdPlan
 from privflow.settings import Settings, load_settings
-from privflow.modeling.models import build_model, load_weights, weights_of
-from privflow.stages.train import (TrainResult, World, load_split, privacy_unit_bound, read_pretrained,
-                              resolve_device, train_private)
+from privflow.training.charge import privacy_unit_bound
+from privflow.training.io import load_split, read_pretrained
+from privflow.training.loop import TrainResult, World, resolve_device, train_private
 
 RESULT, WEIGHTS = "result.json", "model.safetensors"
 
@@ -85,13 +86,13 @@ def worker(job: Path) -> None:
         description = read_json(data / DATASET)
         vault = open_vault()
         train, test = (load_split(vault, description, split, data) for split in ("train", "test"))
-        from privflow.stages.train import _checkpoint
+        from privflow.training.checkpoint import checkpoint_for
 
         pretraining, start = read_pretrained(Path(spec["pretrained"]))
         bound = privacy_unit_bound(description, settings)
         result = train_private(train, test, DpSgdPlan(**spec["plan"]), settings.train, len(description["classes"]),
                                start, secure=settings.privacy.secure_noise, rows_per_unit=bound,
-                               checkpoint=_checkpoint(settings, description, pretraining, bound),
+                               checkpoint=checkpoint_for(settings, description, pretraining, bound),
                                run_id=spec["run_id"], world=world)
         (job / f"rank{world.rank}.sha256").write_text(weights_digest(result.model))
         if world.rank == 0:

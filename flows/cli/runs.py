@@ -1,0 +1,184 @@
+"""Commands for whoever runs the pipeline: run, serve, status, report, predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from privflow.errors import PrivflowError
+from privflow.flows.cli.common import ONE_DATASET, console, ensure_keyring, one_dataset, quiet_tracebacks
+from privflow.privacy.ledger import PrivacyLedger
+from privflow.settings import dataset_names, ledger_location, load_settings
+
+
+def init(folder: Path = typer.Argument(Path("."), help="the project folder: empty, new, or an existing repository"),
+         demo: bool = typer.Option(False, "--demo", help="add the demo datasets (no network needed)")) -> None:
+    """Make a privflow project here: dvc.yaml, params.yaml, schemas/, git and DVC; never overwrites a file."""
+    from privflow.scaffold import init_project
+
+    for line in init_project(folder, demo):
+        console.print(line, highlight=False)
+    console.print(f"next: {'cd ' + str(folder) + ' && ' if folder != Path('.') else ''}"
+                  + ("privflow run" if demo else "add your dataset under `datasets:` in params.yaml (its source "
+                     "and a schema: copy schemas/example.yaml or `privflow schema draft SOURCE`), then privflow run"),
+                  highlight=False)
+
+
+def run(root: Path = Path("."),
+        dataset: list[str] = typer.Option(None, "--dataset", "-d", help="only this dataset (repeatable)"),
+        workers: int = typer.Option(1, min=1, help="> 1: datasets side by side on a local Dask cluster"),
+        dask_address: str = typer.Option(None, help="or on an existing Dask cluster (tcp://host:8786)")) -> None:
+    """Run the whole pipeline for every dataset, or the named ones (up-to-date stages are skipped)."""
+    from privflow.preflight import check_dataset
+    from privflow.project import refresh_dvc_yaml
+
+    chosen = dataset or dataset_names(root / "params.yaml")
+    refreshed = refresh_dvc_yaml(root)
+    if refreshed:
+        console.print(f"dvc.yaml: code deps of {', '.join(refreshed)} rewritten for the installed privflow", highlight=False)
+    for name in chosen:  # before Prefect starts: a schema or settings mistake costs seconds, not a run
+        check_dataset(load_settings(name, root / "params.yaml"))
+    ensure_keyring(root)
+    announce_code_spending(root, chosen)
+
+    from privflow.flows.pipeline import dataset_of, pipeline, reports_dir
+    from privflow.flows.stages import StageFailed
+
+    quiet_tracebacks()
+    flow = pipeline
+    if workers > 1 or dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+        flow = pipeline.with_options(task_runner=runner)
+    try:
+        ran = flow(str(root), dataset or None, side_by_side=workers > 1 or bool(dask_address))
+    except StageFailed as failure:
+        console.print(f"[red]privflow: {failure}[/red]")
+        console.print(f"next: fix what stage {failure.stage} printed above, then `privflow run -d "
+                      f"{failure.stage.partition('@')[2]}` again; stages that finished are not run again")
+        raise typer.Exit(2) from None
+    console.print(f"stages run: {[s for s, r in ran.items() if r] or 'none (all up to date)'}")
+    for name in dict.fromkeys(dataset_of(s) for s in ran):
+        console.print(f"report of {name}: [bold]{reports_dir(root, name) / 'report.html'}[/bold]")
+
+
+def announce_code_spending(root: Path, chosen: list[str]) -> None:
+    """Before anything runs: a train stage that re-runs because privflow's code changed spends
+    budget though no data or setting changed; say so, and how much it may spend."""
+    from privflow.budget import budget_name
+    from privflow.flows.pipeline import dataset_of
+    from privflow.flows.stages import code_changes
+
+    for stage, files in code_changes(root).items():
+        if stage.split("@")[0] != "train" or dataset_of(stage) not in chosen:
+            continue
+        settings = load_settings(dataset_of(stage), root / "params.yaml")
+        name = budget_name(settings)
+        left = PrivacyLedger(ledger_location(settings)).budget(name, settings.privacy.epsilon_cap).remaining
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        console.print(f"[yellow]{stage} will re-run because privflow's code changed ({shown}): it will spend up "
+                      f"to epsilon {settings.train.target_epsilon:g} of budget {name} ({left:.3f} left)[/yellow]",
+                      highlight=False)
+
+
+def serve(root: Path = Path("."),
+          cron: str = typer.Option(None, help='cron schedule, e.g. "0 3 * * *" (03:00 every day)'),
+          interval: int = typer.Option(None, min=1, help="or: every N seconds"),
+          name: str = typer.Option("privflow-scheduled", help="deployment name")) -> None:
+    """Serve the pipeline on a schedule (Prefect `flow.serve`); runs until stopped (Ctrl-C).
+
+    Each scheduled run is an ordinary run: stages that are up to date are skipped and charge
+    nothing; a run that finds another in progress waits for it.
+    """
+    from privflow.flows.pipeline import pipeline
+    from privflow.flows.server import prefect_api
+
+    if (cron is None) == (interval is None):
+        raise PrivflowError("give exactly one of --cron or --interval")
+    ensure_keyring(root)
+    with prefect_api(root / ".privflow" / "prefect-server.log") as url:
+        console.print(f"serving {root.resolve()} as deployment '{name}' on {url}: "
+                      + (f"cron {cron!r}" if cron else f"every {interval} s"))
+        # one run at a time: a schedule that fires while a run is in progress waits in Prefect's
+        # queue, not as a started process (about 360 MB each) blocked on the project lock; with a
+        # short interval and a slow run those piled up until the machine ran out of memory
+        pipeline.serve(name=name, cron=cron, interval=interval, parameters={"root": str(root.resolve())}, limit=1)
+
+
+def status(root: Path = Path(".")) -> None:
+    """Per dataset: which stages are out of date, the latest report, and the privacy budget."""
+    from dvc.repo import Repo
+
+    from privflow.artifacts import read_json
+    from privflow.budget import budget_name
+    from privflow.flows.pipeline import dataset_of, reports_dir
+    from privflow.flows.stages import stage_order
+
+    with Repo(str(root)) as repo:
+        stale = {name.split(":")[-1] for name in repo.status()}
+    table = Table("dataset", "stages with changed inputs", "latest report", "ε spent / cap", title=str(root.resolve()))
+    for name in dataset_names(root / "params.yaml"):
+        settings = load_settings(name, root / "params.yaml")
+        stages = [s.split("@")[0] for s in stage_order(root) if dataset_of(s) == name and s in stale]
+        report_json = reports_dir(root, name) / "report.json"
+        latest = read_json(report_json) if report_json.exists() else None
+        budget = PrivacyLedger(ledger_location(settings)).budget(budget_name(settings), settings.privacy.epsilon_cap)
+        table.add_row(name, ", ".join(stages) or "none",
+                      f"{latest['generated_at']} (run {latest['run_id'][:12]})" if latest else "none yet",
+                      f"{budget.spent:.3f} / {budget.cap:g} ({budget.runs} run(s))")
+    console.print(table)
+
+
+def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown, JSON) here"),
+           open_browser: bool = typer.Option(False, "--open", help="open it in the browser"),
+           dataset: str = ONE_DATASET) -> None:
+    """Rebuild the run index and show where the latest report is; optionally copy or open it."""
+    import shutil
+    import webbrowser
+
+    from privflow.reporting.archive import archive_run
+    from privflow.flows.pipeline import reports_dir
+
+    reports = reports_dir(Path("."), one_dataset(dataset))
+    if not (reports / "report.json").exists():
+        raise PrivflowError(f"{reports}/report.json: no report yet; run `privflow run` first")
+    index = archive_run(reports)
+    target = reports
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("report.html", "report.md", "report.json"):
+            shutil.copyfile(reports / name, out / name)
+        target = out
+    console.print(f"report: [bold]{(target / 'report.html').resolve()}[/bold]; all runs: {index.resolve()}")
+    if open_browser:
+        webbrowser.open((target / "report.html").resolve().as_uri())
+
+
+def predict(source: Path = typer.Argument(..., help="records to score: .csv, .csv.gz, .parquet or a folder"),
+            dataset: str = ONE_DATASET,
+            out: Path = typer.Option(None, help="write the predictions here (CSV); default: standard output")) -> None:
+    """Score records with the dataset's compressed model; records failing its schema are named, not scored."""
+    import contextlib
+    import csv
+    import sys
+
+    from privflow.modeling.predict import score
+    from privflow.data.schema import load_schema
+    from privflow.flows.stages import stage_outputs
+
+    if not source.exists():
+        raise PrivflowError(f"{source}: no such file or folder; give the records to score (.csv, .csv.gz, "
+                            ".parquet, or a folder of them)")
+    settings = load_settings(one_dataset(dataset))
+    model_dir = stage_outputs(Path("."), f"compress@{settings.dataset.name}")[0]
+    scored = score(source, load_schema(settings.validate_.schema_file), settings.ingest, model_dir)
+    for failure in scored.failures:
+        typer.echo(f"not scored: {failure.describe(scored.spans, str(source))}", err=True)
+    target = open(out, "w", newline="", encoding="utf-8") if out else contextlib.nullcontext(sys.stdout)
+    with target as handle:
+        csv.writer(handle, lineterminator="\n").writerows(scored.lines())
+    typer.echo(f"{len(scored.rows)} record(s) scored, {len({f.row for f in scored.failures})} not scored", err=True)
