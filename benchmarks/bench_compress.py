@@ -33,7 +33,7 @@ from privflow.data.dataset import in_test_split
 from privflow.modeling.models import accuracy  # noqa: E402
 from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
 from privflow.training.public import encoded_rows
-from privflow.data.schema import load_schema  # noqa: E402
+from privflow.data.schema_file import load_schema
 from privflow.settings import CompressSettings, IngestSettings, TrainSettings  # noqa: E402
 from privflow.training.loop import train_private
 

@@ -38,7 +38,7 @@ from privflow.training.public import encoded_rows
 from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
 from privflow.privacy.dp_sgd import PrivateGradient  # noqa: E402
 from privflow.privacy.noise import SecureNoise, TorchNoise  # noqa: E402
-from privflow.data.schema import load_schema  # noqa: E402
+from privflow.data.schema_file import load_schema
 from privflow.settings import load_settings  # noqa: E402
 from privflow.training.loop import train_private
 from privflow.training.baseline import train_baseline

@@ -51,7 +51,7 @@ def measure_pipeline(path: Path, work: Path) -> dict:
 
     from privflow.artifacts import open_vault
     from privflow.data.snapshot import ingest_snapshot, open_snapshot
-    from privflow.data.schema import load_schema
+    from privflow.data.schema_file import load_schema
     from privflow.settings import IngestSettings
     from privflow.data.validation import validate_snapshot
 

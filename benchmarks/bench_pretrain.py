@@ -27,7 +27,7 @@ from benchmarks.bench_compress import demo_splits  # noqa: E402
 from privflow.modeling.models import accuracy  # noqa: E402
 from privflow.training.public import pretrain, read_public
 from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
-from privflow.data.schema import load_schema  # noqa: E402
+from privflow.data.schema_file import load_schema
 from privflow.settings import load_settings  # noqa: E402
 from privflow.training.loop import train_private
 from privflow.training.baseline import train_baseline

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 
 from privflow.data.features import feature_names
-from privflow.data.schema import DatasetSchema, load_schema
+from privflow.data.schema import DatasetSchema
+from privflow.data.schema_file import load_schema
 from privflow.errors import PrivacyError, PrivflowError
 from privflow.settings import Settings, TrainSettings
 

@@ -155,3 +155,7 @@ def refresh_dvc_yaml(project: Path) -> list[str]:
         partial.write_text(current, encoding="utf-8")
         os.replace(partial, path)
     return changed
+
+
+if __name__ == "__main__":  # `python -m privflow.project`: bring this project's dvc.yaml up to date
+    print(f"dvc.yaml: code deps of {refresh_dvc_yaml(Path('.')) or 'no stage'} rewritten")

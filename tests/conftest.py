@@ -7,7 +7,7 @@ import pytest
 
 from privflow.crypto.keys import Keyring
 from privflow.crypto.vault import ArtifactIdentity, Vault
-from privflow.data.schema import load_schema
+from privflow.data.schema_file import load_schema
 from privflow.settings import KEYRING_ENV, LEDGER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Random schemas a data owner could write, random rows for them, random defects.
 
-Used by the generative test (tests/test_own_data_generative.py): every case must end with a
+Used by the generative test (tests/integration/test_own_data_generative.py): every case must end with a
 model whose predictions lie in the class set, or with a privflow error that names the file,
 the column or the setting to change. Never a traceback.
 """

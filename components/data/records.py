@@ -12,15 +12,9 @@ before pyarrow, to name the exact line and byte of a wrong encoding.
 
 from __future__ import annotations
 
-import codecs
-import csv
 import io
-import threading
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from gzip import GzipFile
-from queue import Full, Queue
 
 import numpy as np
 import pyarrow as pa
@@ -28,14 +22,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from privflow.data.decoding import PEEK, CheckedText, check_header, file_label, read_header
+from privflow.data.prefetch import read_ahead
 from privflow.data.schema import DatasetSchema
-from privflow.data.sources import PIECE, Member, kind_of
+from privflow.data.sources import Member, kind_of
 from privflow.errors import DatasetError
 
 UNPARSEABLE = "*"  # the column of a failure that concerns the whole record
 BLOCK_SIZE = 16 << 20  # bytes pyarrow parses at a time: bounds memory, and the longest record
 PARQUET_BATCH = 65_536
-_PEEK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -74,117 +69,6 @@ class StringBatch:
     rows: np.ndarray  # int64 record numbers
     columns: pa.Table  # the wanted columns as strings; null only where a Parquet value is null
     decimal: str = "."  # the decimal mark of the source's numbers (ingest.decimal)
-
-
-def _label(source: str, name: str) -> str:
-    """How messages name a file: the source itself, or the file inside a source folder."""
-    return source if source.endswith(name) else f"{source}/{name}"
-
-
-class _CheckedText(io.RawIOBase):
-    """UTF-8 bytes of a stream in `encoding`; a wrong byte is reported with its line and offset.
-
-    Also turns a truncated or corrupt gzip stream into a clear error.
-    """
-
-    def __init__(self, raw: Iterable[bytes] | io.RawIOBase, label: str, encoding: str, gzipped: bool):
-        try:
-            self._utf8 = codecs.lookup(encoding).name == "utf-8"
-            self._decoder = codecs.getincrementaldecoder(encoding)("strict")
-        except LookupError:
-            raise DatasetError(f"{label}: unknown encoding '{encoding}' in ingest.encoding") from None
-        self._raw = GzipFile(fileobj=raw, mode="rb") if gzipped else raw
-        self._label, self._encoding, self._gzipped = label, encoding, gzipped
-        self._offset = self._lines = 0
-        self._out = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def _next_piece(self) -> bytes:
-        try:
-            return self._raw.read(PIECE)
-        except (OSError, EOFError, zlib.error):
-            if not self._gzipped:
-                raise
-            raise DatasetError(f"{self._label}: not a complete gzip file; re-export or re-compress it") from None
-
-    def _decode(self, piece: bytes) -> bytes:
-        pending = self._decoder.getstate()[0]
-        try:
-            text = self._decoder.decode(piece, final=not piece)
-        except UnicodeDecodeError as error:
-            position = self._offset - len(pending) + error.start
-            line = self._lines + piece[: max(0, error.start - len(pending))].count(b"\n") + 1
-            raise DatasetError(
-                f"{self._label}: line {line}, byte {position} is not valid {self._encoding}; set "
-                "ingest.encoding in params.yaml to the file's encoding (e.g. latin-1, cp1252)") from None
-        self._offset += len(piece)
-        self._lines += piece.count(b"\n")
-        return piece if self._utf8 else text.encode()
-
-    def readinto(self, buffer) -> int:
-        while not self._out:
-            piece = self._next_piece()
-            self._out = memoryview(self._decode(piece))
-            if not piece:
-                break
-        count = min(len(buffer), len(self._out))
-        buffer[:count] = self._out[:count]
-        self._out = self._out[count:]
-        return count
-
-
-def _read_header(text: io.BufferedReader, label: str, delimiter: str) -> list[str]:
-    """The header record (names as written); leading blank lines and a BOM are consumed."""
-    peek = text.peek(_PEEK)[:_PEEK]
-    if not peek.strip().removeprefix(b"\xef\xbb\xbf").strip():
-        raise DatasetError(f"{label}: file is empty; expected a header line and data rows")
-    blank = len(peek) - len(peek.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n"))
-    blank = peek.rfind(b"\n", 0, blank) + 1  # keep the header line's own leading spaces
-    text.read(blank)
-    peek = text.peek(_PEEK)[:_PEEK]
-    head = peek.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
-    if len(peek) == _PEEK and "\n" not in head:
-        raise DatasetError(f"{label}: no end of the header line in the first {_PEEK} bytes; "
-                           "is this a CSV file?")
-    try:
-        return next(csv.reader(io.StringIO(head, newline=""), delimiter=delimiter, strict=True))
-    except (csv.Error, StopIteration):
-        raise DatasetError(f"{label}: header line cannot be parsed as CSV") from None
-
-
-def _positions(header: list[str], wanted) -> str:
-    return ", ".join(str(i + 1) for i, name in enumerate(header) if wanted(name))
-
-
-def _check_header(header: list[str], schema: DatasetSchema, label: str, delimiter: str,
-                  extras: tuple[str, ...] = ()) -> None:
-    """The first line must name the declared columns. What it holds instead may be a data
-    row (a file exported without its header line), so names from the file are never
-    repeated in a message: only their positions and count. Declared names are the schema's."""
-    declared = set(schema.columns)
-    missing = [c for c in schema.columns if c not in header]
-    unknown = [c for c in header if c not in declared]
-    duplicated = sorted({c for c in header if header.count(c) > 1})
-    if duplicated and not (unknown and schema.strict):
-        raise DatasetError(f"{label}: header repeats column name(s) {[d for d in duplicated if d in declared]}"
-                           f" at fields {_positions(header, lambda n: n in duplicated)}; rename them")
-    if len(header) == 1 and len(declared) > 1:
-        raise DatasetError(
-            f"{label}: header has a single column, the schema declares {len(declared)}; "
-            f"is the delimiter really {delimiter!r}? set ingest.delimiter in params.yaml"
-        )
-    if missing or (unknown and schema.strict):
-        own = [name for name in header if name not in extras]  # the file's own first line
-        headerless = " (is the header line missing? privflow needs one)" if not set(own) & declared else ""
-        listed = f"{missing[:8]}" + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        raise DatasetError(
-            f"{label}: the first line does not name the schema's columns{headerless}: missing {listed}"
-            + (f"; {len(unknown)} field(s) not declared, at position(s) {_positions(header, lambda n: n not in declared)}"
-               " (not shown: the line may be data)" if unknown else "")
-            + "; fix the file or declare the columns in the dataset's schema file"
-        )
 
 
 class _Numbering:
@@ -255,11 +139,11 @@ class RecordReader:
     def batches(self, members: Iterable[Member], *, prefetch: int = 2) -> Iterator[StringBatch]:
         """The source's batches in order. Parsing runs `prefetch` batches ahead in a thread of
         its own (pyarrow releases the GIL), so it overlaps the caller's checks on 2 cores."""
-        return _ahead(self._batches(members), prefetch) if prefetch else self._batches(members)
+        return read_ahead(self._batches(members), prefetch) if prefetch else self._batches(members)
 
     def _batches(self, members: Iterable[Member]) -> Iterator[StringBatch]:
         for name, stream in members:
-            label, before = _label(self.source, name), self.rows_in
+            label, before = file_label(self.source, name), self.rows_in
             if kind_of(name) == ".parquet":
                 yield from self._parquet(stream, label)
             else:
@@ -272,7 +156,7 @@ class RecordReader:
             return header[:1]
         present = [h.strip() for h in header]
         extras = tuple(c for c in self.optional if c not in present)
-        _check_header(present + list(extras), self.schema, label, self.delimiter, extras)
+        check_header(present + list(extras), self.schema, label, self.delimiter, extras)
         return [h for h in header if h.strip() in self.schema.columns]
 
     def _completed(self, table: pa.Table) -> pa.Table:
@@ -283,8 +167,8 @@ class RecordReader:
         return table
 
     def _csv(self, stream, label: str, gzipped: bool) -> Iterator[StringBatch]:
-        text = io.BufferedReader(_CheckedText(stream, label, self.encoding, gzipped), buffer_size=_PEEK)
-        header = _read_header(text, label, self.delimiter)
+        text = io.BufferedReader(CheckedText(stream, label, self.encoding, gzipped), buffer_size=PEEK)
+        header = read_header(text, label, self.delimiter)
         wanted = self._wanted(header, label)
         numbering = _Numbering(label)
         try:
@@ -324,45 +208,6 @@ class RecordReader:
             yield StringBatch(rows, self._completed(pa.table(columns)), self.decimal)
         if parquet.metadata.num_rows == 0 and not self.header:
             raise DatasetError(f"{label}: holds no rows")
-
-
-_DONE = object()
-
-
-def _ahead(items: Iterator, depth: int) -> Iterator:
-    """Iterate `items` in a background thread, at most `depth` ahead; errors re-raised here."""
-    queue: Queue = Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        """Hand one item over unless the consumer has gone; never blocks forever."""
-        while not stop.is_set():
-            try:
-                queue.put(item, timeout=0.1)
-                return True
-            except Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as error:  # handed to the consumer, raised there
-            put(error)
-
-    worker = threading.Thread(target=produce, name="privflow-parse", daemon=True)
-    worker.start()
-    try:
-        while (item := queue.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 def _parquet_strings(column: pa.Array, label: str, name: str) -> pa.Array:

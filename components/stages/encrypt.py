@@ -11,7 +11,7 @@ from __future__ import annotations
 from privflow.artifacts import open_vault, stage_paths, write_json
 from privflow.catalog import DATASET, decisions_identity
 from privflow.data.dataset import seal_dataset
-from privflow.data.schema import load_schema
+from privflow.data.schema_file import load_schema
 from privflow.data.snapshot import open_snapshot
 from privflow.data.validation import read_decisions
 from privflow.errors import run_stage

@@ -20,7 +20,7 @@ import torch
 
 from privflow.artifacts import open_vault, read_json, stage_paths, write_json
 from privflow.catalog import DATASET
-from privflow.data.schema import load_schema
+from privflow.data.schema_file import load_schema
 from privflow.errors import PrivacyError, run_stage
 from privflow.modeling.pruning import synthetic_inputs
 from privflow.settings import Settings, load_settings

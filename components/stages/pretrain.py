@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from privflow.artifacts import stage_paths, write_json
 from privflow.catalog import PRETRAINED, PRETRAIN_DESCRIPTION
-from privflow.data.schema import load_schema
+from privflow.data.schema_file import load_schema
 from privflow.data.sources import SUFFIXES, snapshot_id
 from privflow.errors import PrivacyError, run_stage
 from privflow.modeling.models import weights_of

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from privflow.artifacts import open_vault, stage_paths, write_json
 from privflow.catalog import decisions_identity
-from privflow.data.schema import load_schema
+from privflow.data.schema_file import load_schema
 from privflow.data.snapshot import open_snapshot
 from privflow.data.validation import enforce_reject_rate, validate_snapshot, write_decisions
 from privflow.errors import run_stage

@@ -167,7 +167,7 @@ def predict(source: Path = typer.Argument(..., help="records to score: .csv, .cs
     import sys
 
     from privflow.modeling.predict import score
-    from privflow.data.schema import load_schema
+    from privflow.data.schema_file import load_schema
     from privflow.flows.stages import stage_outputs
 
     if not source.exists():

@@ -17,7 +17,7 @@ from privflow.data.validation import validate_snapshot
 from privflow.demo_data import demo_table
 from privflow.errors import DatasetError
 from privflow.settings import IngestSettings
-from tests.test_validate import csv_bytes
+from tests.unit.test_validate import csv_bytes
 
 
 @pytest.fixture

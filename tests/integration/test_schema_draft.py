@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from privflow.data.schema import load_schema, read_yaml
 from privflow.data.schema_draft import draft_schema
+from privflow.data.schema_file import load_schema, read_yaml
 from privflow.demo_data import churn_table, csv_text
 from privflow.errors import SchemaError
 from privflow.settings import IngestSettings

@@ -17,7 +17,7 @@ from privflow.artifacts import write_json
 from privflow.catalog import EXPORT
 from privflow.crypto.keys import Keyring
 from privflow.crypto.vault import Vault
-from privflow.data.schema import load_schema
+from privflow.data.schema_file import load_schema
 from privflow.errors import DatasetError, PrivflowError, SchemaError
 from privflow.modeling.compress import compress_model
 from privflow.modeling.export import export_onnx, load_export, onnx_logits, session

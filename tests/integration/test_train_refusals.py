@@ -16,7 +16,7 @@ from privflow.privacy.ledger import PrivacyLedger
 from privflow.settings import LEDGER_ENV
 from privflow.stages import train
 from tests.conftest import ROOT
-from tests.test_ledger import charge_for
+from tests.integration.test_ledger import charge_for
 
 DESCRIPTION = {"dataset": "demo", "snapshot_id": "sha256:s", "privacy_unit": "patient_id",
                "max_rows_per_unit": 1, "classes": ["a", "b"], "features": ["x"],

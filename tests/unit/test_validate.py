@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from privflow.data.coercion import coerce_batch
 from privflow.data.records import RecordReader
-from privflow.data.schema import DatasetSchema, load_schema
+from privflow.data.schema import DatasetSchema
+from privflow.data.schema_file import load_schema
 from privflow.data.validation import enforce_reject_rate, validate_snapshot as validate_members
 from privflow.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
 from privflow.errors import DatasetError, RejectRateExceeded, SchemaError
@@ -203,7 +204,7 @@ def test_a_consumer_that_stops_early_never_hangs_the_parse_thread():
     """Validation can stop at the first batch (an error downstream): the reader thread ends."""
     import threading
 
-    from privflow.data.records import _ahead
+    from privflow.data.prefetch import read_ahead
 
     produced = []
 
@@ -213,9 +214,9 @@ def test_a_consumer_that_stops_early_never_hangs_the_parse_thread():
             yield i
 
     before = threading.active_count()
-    batches = _ahead(items(), 2)
+    batches = read_ahead(items(), 2)
     assert next(batches) == 0
     batches.close()  # the consumer leaves with the queue full
     assert threading.active_count() == before and len(produced) < 10
     with pytest.raises(ZeroDivisionError):
-        list(_ahead((1 // x for x in (1, 0, 1)), 2))  # a producer error reaches the consumer
+        list(read_ahead((1 // x for x in (1, 0, 1)), 2))  # a producer error reaches the consumer

@@ -109,8 +109,8 @@ def test_a_folder_of_gzip_csv_and_parquet_runs_through_dvc(workspace):
     import gzip
     import json
 
-    from tests.test_sources import write_parquet
-    from tests.test_validate import csv_bytes
+    from tests.unit.test_sources import write_parquet
+    from tests.unit.test_validate import csv_bytes
 
     header, rows = demo_table()
     rows = [r for r in rows if len(r) == len(header)]

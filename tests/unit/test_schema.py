@@ -14,7 +14,8 @@ import yaml
 from privflow.data.coercion import coerce_batch
 from privflow.data.features import class_indices, encode_features, feature_names
 from privflow.data.records import RecordReader
-from privflow.data.schema import DatasetSchema, load_schema
+from privflow.data.schema import DatasetSchema
+from privflow.data.schema_file import load_schema
 from privflow.errors import SchemaError
 from privflow.settings import IngestSettings
 from tests.conftest import ROOT

@@ -55,5 +55,5 @@ def test_a_first_line_that_is_not_the_header_is_never_shown(tmp_path, shape):
         assert manifest["columns"] == header and manifest["files"] == ["part-1.csv", "part-2.csv"]
     else:
         assert manifest["columns"] == [] and manifest["header_matches_schema"] is False
-    assert _search(workspace, printed) == {}  # predict's message: tests/test_compress.py
+    assert _search(workspace, printed) == {}  # predict's message: tests/unit/test_compress.py
     assert files_containing([workspace.source.parent], [FIRST_ROW_CANARY.encode()])  # the canary is real

@@ -1,0 +1,1 @@
+"""End-to-end tests: a project run as a user runs it (`privflow run`, `dvc repro`, an installed wheel)."""

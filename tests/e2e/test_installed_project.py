@@ -1,0 +1,144 @@
+"""privflow as a user gets it: the built wheel installed into a fresh venv outside the checkout,
+a project made by `privflow init` in its own folder, a full run, a no-op `dvc repro`, and DVC
+seeing every edit of the code a stage loads (and no other).
+
+The fresh venv holds privflow from the wheel alone; its third-party dependencies are this
+checkout's (a .pth line), so the test needs no network and takes seconds to set up. The
+checkout's editable privflow is not visible there: `privflow.__file__` is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+
+from privflow.codedeps import STAGES, stage_code
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+TOUCHED = {".py": "\n# touched by the code-deps test\n", ".j2": "\n{# touched by the code-deps test #}\n"}
+
+
+def _sh(command: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A fresh venv with the wheel built from this checkout, and an environment that uses it."""
+    base = tmp_path_factory.mktemp("installed")
+    source = base / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("components", "flows"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    _sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(base / "dist"),
+         str(source)], base, os.environ.copy())
+    (wheel,) = (base / "dist").glob("privflow-*.whl")
+    venv = base / "venv"
+    _sh([sys.executable, "-m", "venv", str(venv)], base, os.environ.copy())
+    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    (site / "_privflow_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "PYTHON"))}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", DO_NOT_TRACK="1",
+               PRIVFLOW_KEYRING=str(base / "keyring.json"), PRIVFLOW_LEDGER=str(base / "ledger.sqlite"))
+    _sh([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], base, env)
+    located = _sh([str(venv / "bin" / "python"), "-c", "import privflow; print(privflow.__file__)"], base, env)
+    assert Path(located.stdout.strip()).parent == site / "privflow", located.stdout
+    return {"base": base, "site": site / "privflow", "env": env, "venv": venv}
+
+
+@pytest.fixture(scope="module")
+def project(installed):
+    """`privflow init payroll`, then `privflow init --demo` inside it, one demo dataset kept, and a full run."""
+    base, env = installed["base"], installed["env"]
+    made = _sh(["privflow", "init", "payroll"], base, env)
+    assert "wrote dvc.yaml" in made.stdout and "next:" in made.stdout
+    project = base / "payroll"
+    _sh(["privflow", "init", "--demo"], project, env)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["datasets"] = {"breast_cancer": {**params["datasets"]["breast_cancer"],
+                                            "train": {"epochs": 3, "batch_size": 128, "learning_rate": 1.0}}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    trace = base / "loaded.jsonl"
+    run = _sh(["privflow", "run"], project, {**env, "PRIVFLOW_TRACE_IMPORTS": str(trace)})
+    loaded = [json.loads(line) for line in trace.read_text().splitlines()]
+    return {"path": project, "run": run, "loaded": loaded, **installed}
+
+
+def test_the_wheel_carries_templates_and_project_files(installed):
+    files = {p.relative_to(installed["site"]).as_posix() for p in installed["site"].rglob("*") if p.is_file()}
+    assert {"reporting/templates/report.html.j2", "reporting/templates/model_card.md.j2",
+            "project_files/params.yaml", "project_files/schemas/example.yaml", "flows/cli/__init__.py"} <= files
+
+
+def test_a_full_run_then_a_noop_dvc_repro(project):
+    root, env = project["path"], project["env"]
+    assert (root / "reports" / "breast_cancer" / "report.html").is_file()
+    code = yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["privflow_code"]
+    assert Path(code) == project["site"]  # the venv is outside the project: an absolute path
+    repro = _sh(["dvc", "repro"], root, env)
+    assert "Running stage" not in repro.stdout, repro.stdout
+    assert "up to date" in _sh(["dvc", "status"], root, env).stdout
+    assert "ingest@breast_cancer" in _sh(["dvc", "dag"], root, env).stdout
+    status = _sh(["privflow", "status"], root, env).stdout
+    assert "breast_cancer" in status and "none" in status
+    assert "remaining" in _sh(["privflow", "budget", "show"], root, env).stdout
+
+
+def test_every_file_a_stage_loaded_is_one_of_its_deps(project):
+    """The ground truth: the privflow files each stage process had loaded when it finished."""
+    site = project["site"]
+    assert {entry["stage"] for entry in project["loaded"]} == set(STAGES)
+    for entry in project["loaded"]:
+        loaded = {Path(f).relative_to(site).as_posix() for f in entry["files"]}
+        missed = loaded - set(stage_code(entry["stage"]))
+        assert not missed, (entry["stage"], missed)
+
+
+def stale_stages(root: Path, env: dict) -> set[str]:
+    status = json.loads(_sh(["dvc", "status", "--json"], root, env).stdout or "{}")
+    return {name.split(":")[-1].split("@")[0] for name in status}
+
+
+def test_dvc_sees_every_code_edit_in_exactly_the_stages_that_load_it(project):
+    root, env, site = project["path"], project["env"], project["site"]
+    checked, missed, needless = 0, [], []
+    for path in sorted(p for p in site.rglob("*") if p.suffix in TOUCHED and "__pycache__" not in p.parts):
+        relative = path.relative_to(site).as_posix()
+        expected = {stage for stage in STAGES if relative in stage_code(stage)}
+        original = path.read_bytes()
+        path.write_bytes(original + TOUCHED[path.suffix].encode())
+        try:
+            stale = stale_stages(root, env)
+        finally:
+            path.write_bytes(original)
+        missed += [(relative, stage) for stage in expected - stale]
+        needless += [(relative, stage) for stage in stale - expected]
+        checked += 1
+    assert checked > 60 and not missed and not needless, (missed, needless)
+    assert stale_stages(root, env) == set()
+
+
+def test_an_upgrade_reruns_what_changed_and_says_train_will_spend_first(project):
+    root, env, site = project["path"], project["env"], project["site"]
+    loop = site / "training" / "loop.py"
+    loop.write_text(loop.read_text() + "\n# privflow 0.1.1: a changed training loop\n")
+    run = _sh(["privflow", "run"], root, env)
+    warning = run.stdout.index("train@breast_cancer will re-run because privflow's code changed (training/loop.py)")
+    assert "it will spend up to epsilon 3 of budget breast_cancer" in " ".join(run.stdout.split())
+    assert warning < run.stdout.index("train: epsilon")
+    ran = run.stdout[run.stdout.index("stages run:"):]
+    assert "train@breast_cancer" in ran and "ingest@breast_cancer" not in ran

@@ -1,0 +1,1 @@
+"""Unit tests: one module's behaviour, in process, no server and no pipeline run."""
