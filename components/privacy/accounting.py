@@ -10,10 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
-
 from privflow.errors import PrivacyError
+
+
+def create_accountant(mechanism: str):
+    """Opacus' accountant, imported when first needed: opacus' package init loads torch and its
+    privacy engine (seconds), which `privflow budget show` and `--help` must not pay for."""
+    from opacus.accountants import create_accountant as create
+
+    return create(mechanism=mechanism)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ def plan_dp_sgd(*, rows: int, batch_size: int, epochs: int, target_epsilon: floa
     steps_per_epoch = math.ceil(rows / batch_size)
     sample_rate = 1 / steps_per_epoch
     steps = epochs * steps_per_epoch
+    from opacus.accountants.utils import get_noise_multiplier
+
     try:
         noise = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
                                      sample_rate=sample_rate, steps=steps, accountant=accountant)

@@ -8,9 +8,6 @@ import typer
 from rich.table import Table
 
 from privflow.flows.cli.common import EVERY_DATASET, chosen_settings, console
-from privflow.privacy.ledger import PrivacyLedger
-from privflow.settings import ledger_location
-
 
 app = typer.Typer(help="The privacy budget ledger.")
 
@@ -19,6 +16,8 @@ app = typer.Typer(help="The privacy budget ledger.")
 def budget_show(dataset: str = EVERY_DATASET) -> None:
     """Charges against each dataset's budget (or the named one's) and what is left of its cap."""
     from privflow.budget import budget_name
+    from privflow.privacy.ledger import PrivacyLedger
+    from privflow.settings import ledger_location
 
     for settings in chosen_settings(dataset):
         name = budget_name(settings)
@@ -41,9 +40,10 @@ def budget_verify(dataset: str = EVERY_DATASET) -> None:
     Exit 1 on any edit, deletion, reset, truncation or rebuild."""
     from privflow.artifacts import open_vault
     from privflow.budget import budget_name, find_anchors, with_project_anchors
-    from privflow.privacy.ledger import ledger_key
     from privflow.flows.pipeline import reports_dir
     from privflow.flows.stages import stage_outputs
+    from privflow.privacy.ledger import PrivacyLedger, ledger_key
+    from privflow.settings import ledger_location
 
     vault = open_vault()
     by_ledger: dict[str, list] = {}
@@ -77,6 +77,8 @@ def budget_verify(dataset: str = EVERY_DATASET) -> None:
 def budget_audit(dataset: str = EVERY_DATASET) -> None:
     """Recompute every charge with Google's dp-accounting (PLD and RDP); exit 1 on a mismatch."""
     from privflow.privacy.crosscheck import RELATIVE_TOLERANCE, recompute
+    from privflow.privacy.ledger import PrivacyLedger
+    from privflow.settings import ledger_location
 
     problems, checked = [], 0
     for settings in chosen_settings(dataset):

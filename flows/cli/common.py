@@ -12,13 +12,10 @@ import typer
 from rich.console import Console
 
 import privflow.flows  # noqa: F401  (sets Prefect's embedded defaults before Prefect loads)
-from privflow.crypto.keys import Keyring
 from privflow.errors import PrivflowError
-from privflow.settings import dataset_names, keyring_path, load_settings
-
 
 app = typer.Typer(help="Train models on sensitive data under differential privacy, with an audit trail.")
-console = Console()
+console = Console(soft_wrap=True)  # long lines stay whole: greppable in logs and CI
 ONE_DATASET = typer.Option(None, "--dataset", "-d",
                           help="a dataset of params.yaml; needed when it declares several")
 EVERY_DATASET = typer.Option(None, "--dataset", "-d", help="only this dataset of params.yaml (default: every one)")
@@ -26,6 +23,8 @@ EVERY_DATASET = typer.Option(None, "--dataset", "-d", help="only this dataset of
 
 def chosen_settings(dataset: str | None) -> list:
     """Settings of the named dataset, or of every declared dataset."""
+    from privflow.settings import dataset_names, load_settings
+
     return [load_settings(name) for name in ([dataset] if dataset else dataset_names())]
 
 
@@ -51,6 +50,9 @@ def ensure_keyring(root: Path) -> None:
     """The project's first run makes the keyring; a later run that finds it gone refuses:
     sealed artifacts exist that only the lost keyring opens, and the ledger's entries are
     authenticated under it. Restoring it is the fix, never a new empty one."""
+    from privflow.crypto.keys import Keyring
+    from privflow.settings import keyring_path
+
     path = keyring_path()
     if path.exists():
         return
@@ -66,4 +68,6 @@ def ensure_keyring(root: Path) -> None:
 
 def one_dataset(dataset: str | None) -> str:
     """The named dataset, or the only one declared; several and none named is a clear error."""
+    from privflow.settings import load_settings
+
     return load_settings(dataset).dataset.name

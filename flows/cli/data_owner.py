@@ -9,7 +9,6 @@ import typer
 from privflow.errors import PrivflowError
 from privflow.flows.cli.common import ONE_DATASET, console, one_dataset
 
-
 schema_app = typer.Typer(help="For the data owner: schema files.")
 
 

@@ -9,8 +9,6 @@ from rich.table import Table
 
 from privflow.errors import PrivflowError
 from privflow.flows.cli.common import ONE_DATASET, console, ensure_keyring, one_dataset, quiet_tracebacks
-from privflow.privacy.ledger import PrivacyLedger
-from privflow.settings import dataset_names, ledger_location, load_settings
 
 
 def init(folder: Path = typer.Argument(Path("."), help="the project folder: empty, new, or an existing repository"),
@@ -33,6 +31,7 @@ def run(root: Path = Path("."),
     """Run the whole pipeline for every dataset, or the named ones (up-to-date stages are skipped)."""
     from privflow.preflight import check_dataset
     from privflow.project import refresh_dvc_yaml
+    from privflow.settings import dataset_names, load_settings
 
     chosen = dataset or dataset_names(root / "params.yaml")
     refreshed = refresh_dvc_yaml(root)
@@ -72,6 +71,8 @@ def announce_code_spending(root: Path, chosen: list[str]) -> None:
     from privflow.budget import budget_name
     from privflow.flows.pipeline import dataset_of
     from privflow.flows.stages import code_changes
+    from privflow.privacy.ledger import PrivacyLedger
+    from privflow.settings import ledger_location, load_settings
 
     for stage, files in code_changes(root).items():
         if stage.split("@")[0] != "train" or dataset_of(stage) not in chosen:
@@ -117,6 +118,8 @@ def status(root: Path = Path(".")) -> None:
     from privflow.budget import budget_name
     from privflow.flows.pipeline import dataset_of, reports_dir
     from privflow.flows.stages import stage_order
+    from privflow.privacy.ledger import PrivacyLedger
+    from privflow.settings import dataset_names, ledger_location, load_settings
 
     with Repo(str(root)) as repo:
         stale = {name.split(":")[-1] for name in repo.status()}
@@ -140,8 +143,8 @@ def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown,
     import shutil
     import webbrowser
 
-    from privflow.reporting.archive import archive_run
     from privflow.flows.pipeline import reports_dir
+    from privflow.reporting.archive import archive_run
 
     reports = reports_dir(Path("."), one_dataset(dataset))
     if not (reports / "report.json").exists():
@@ -166,9 +169,10 @@ def predict(source: Path = typer.Argument(..., help="records to score: .csv, .cs
     import csv
     import sys
 
-    from privflow.modeling.predict import score
     from privflow.data.schema_file import load_schema
     from privflow.flows.stages import stage_outputs
+    from privflow.modeling.predict import score
+    from privflow.settings import load_settings
 
     if not source.exists():
         raise PrivflowError(f"{source}: no such file or folder; give the records to score (.csv, .csv.gz, "

@@ -28,6 +28,8 @@ TOUCHED = {".py": "\n# touched by the code-deps test\n", ".j2": "\n{# touched by
 
 
 def _sh(command: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    if command[0] == "dvc":  # dvc's own console script is not in the test venv (its deps come by .pth)
+        command = [str(Path(env["PATH"].split(os.pathsep)[0]) / "python"), "-m", *command]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -136,9 +138,9 @@ def test_an_upgrade_reruns_what_changed_and_says_train_will_spend_first(project)
     root, env, site = project["path"], project["env"], project["site"]
     loop = site / "training" / "loop.py"
     loop.write_text(loop.read_text() + "\n# privflow 0.1.1: a changed training loop\n")
-    run = _sh(["privflow", "run"], root, env)
-    warning = run.stdout.index("train@breast_cancer will re-run because privflow's code changed (training/loop.py)")
-    assert "it will spend up to epsilon 3 of budget breast_cancer" in " ".join(run.stdout.split())
-    assert warning < run.stdout.index("train: epsilon")
-    ran = run.stdout[run.stdout.index("stages run:"):]
+    printed = " ".join(_sh(["privflow", "run"], root, env).stdout.split())
+    warning = printed.index("train@breast_cancer will re-run because privflow's code changed (training/loop.py): "
+                            "it will spend up to epsilon 3 of budget breast_cancer")
+    assert warning < printed.index("train: epsilon"), printed
+    ran = printed[printed.index("stages run:"):]
     assert "train@breast_cancer" in ran and "ingest@breast_cancer" not in ran
