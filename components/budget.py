@@ -20,12 +20,12 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-from privflow.crypto.vault import ArtifactIdentity, Vault
+from privflow.catalog import LEDGER_ANCHOR, anchor_identity
+from privflow.crypto.vault import Vault
 from privflow.errors import IntegrityError, KeyringError
 from privflow.privacy.ledger import LedgerAnchor, LedgerTampered, PrivacyLedger, ledger_key
 from privflow.settings import Settings, ledger_location
 
-ANCHOR_FILE = "ledger-anchor.sealed"
 PROJECT_ANCHORS = Path(".privflow") / "anchors"
 
 
@@ -38,24 +38,20 @@ def open_ledger(settings: Settings, vault: Vault) -> PrivacyLedger:
     return PrivacyLedger(ledger_location(settings), key=ledger_key(vault.keys))
 
 
-def _identity(budget: str) -> ArtifactIdentity:
-    return ArtifactIdentity(budget, "train", "ledger-anchor", "ledger")
-
-
 def write_anchor(vault: Vault, anchor: LedgerAnchor, model_dir: Path | None = None) -> None:
     """Seal the anchor into the project's anchor file and, once there is one, beside the model."""
     document = json.dumps(asdict(anchor), sort_keys=True).encode()
-    paths = [PROJECT_ANCHORS / f"{anchor.budget}.sealed"] + ([model_dir / ANCHOR_FILE] if model_dir else [])
+    paths = [PROJECT_ANCHORS / f"{anchor.budget}.sealed"] + ([model_dir / LEDGER_ANCHOR] if model_dir else [])
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
-        vault.seal(document, _identity(anchor.budget), path)
+        vault.seal(document, anchor_identity(anchor.budget), path)
 
 
 def _sealed(vault: Vault, path: Path, budget: str) -> LedgerAnchor | None:
     if not path.exists():
         return None
     try:
-        return LedgerAnchor(**json.loads(vault.open(path, _identity(budget))))
+        return LedgerAnchor(**json.loads(vault.open(path, anchor_identity(budget))))
     except (IntegrityError, KeyringError) as error:
         raise LedgerTampered(f"{path}: ledger anchor fails authentication ({error}); it was altered or "
                              "sealed under another keyring") from None
@@ -130,7 +126,7 @@ def find_anchors(vault: Vault, budget: str, *, model_dir: Path | None = None, me
     found: list[tuple[str, LedgerAnchor | None]] = [
         (str(PROJECT_ANCHORS / f"{budget}.sealed"), _sealed(vault, PROJECT_ANCHORS / f"{budget}.sealed", budget))]
     if model_dir is not None:
-        found.append((str(model_dir / ANCHOR_FILE), _sealed(vault, model_dir / ANCHOR_FILE, budget)))
+        found.append((str(model_dir / LEDGER_ANCHOR), _sealed(vault, model_dir / LEDGER_ANCHOR, budget)))
     if metrics is not None:
         found.append((str(metrics), _from_metrics(metrics.read_text() if metrics.exists() else None)))
         found.append((f"{metrics} in the DVC cache (dvc.lock)", _from_metrics(_cached(metrics))))

@@ -24,6 +24,8 @@ NO_DATASETS = "datasets: {}\n"
 DEMO_SCHEMAS = ("breast_cancer.yaml", "churn.yaml", "digits.yaml", "activity.yaml")
 GITIGNORE = ("# privflow: runtime state, private sources and DVC outputs never go to git",
              ".privflow/", "/data/source/", "/artifacts/", "/reports/", "/metrics/", ".venv/")
+# DVC need not walk runtime state; never .venv/: an installed privflow's code deps may live there
+DVCIGNORE = ("# privflow: runtime state (Prefect's database, checkpoints, logs)", ".privflow/", "__pycache__/")
 
 
 @dataclass(frozen=True)
@@ -87,14 +89,17 @@ def _version_control(project: Path) -> list[str]:
 
 
 def _ignore(project: Path) -> list[str]:
-    path = project / ".gitignore"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    missing = [line for line in GITIGNORE if line not in lines]
-    if missing and missing != [GITIGNORE[0]]:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(("\n" if lines and lines[-1] else "") + "\n".join(missing) + "\n")
-        return [f".gitignore: added {', '.join(m for m in missing if not m.startswith('#'))}"]
-    return []
+    """Entries appended to .gitignore and .dvcignore when missing (the user's lines stay)."""
+    done = []
+    for name, entries in ((".gitignore", GITIGNORE), (".dvcignore", DVCIGNORE)):
+        path = project / name
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        missing = [line for line in entries if line not in lines]
+        if [m for m in missing if not m.startswith("#")]:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(("\n" if lines and lines[-1] else "") + "\n".join(missing) + "\n")
+            done.append(f"{name}: added {', '.join(m for m in missing if not m.startswith('#'))}")
+    return done
 
 
 def _demo_data(project: Path) -> list[str]:

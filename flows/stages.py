@@ -44,14 +44,18 @@ def stage_order(root: Path) -> list[str]:
         return [stage.name for stage in ordered if isinstance(stage, PipelineStage)]
 
 
-def stage_outputs(root: Path, stage: str) -> list[Path]:
-    """Where dvc.yaml says a stage writes (the paths live there and nowhere else)."""
+def open_repo(root: Path) -> Repo:
+    """The project's DVC repository, or a clear refusal outside one."""
     try:
-        repo = Repo(str(root))
+        return Repo(str(root))
     except NotDvcRepoError:
         raise PrivflowError(f"{root.resolve()}: not a privflow project (no DVC repository); "
-                            "run privflow from the project's root") from None
-    with repo:
+                            "run privflow from the project's root, or make one with `privflow init`") from None
+
+
+def stage_outputs(root: Path, stage: str) -> list[Path]:
+    """Where dvc.yaml says a stage writes (the paths live there and nowhere else)."""
+    with open_repo(root) as repo:
         (found,) = [s for s in repo.index.stages if getattr(s, "name", None) == stage]
         return [Path(out.fs_path) for out in found.outs]
 
@@ -100,7 +104,7 @@ def code_changes(root: Path) -> dict[str, list[str]]:
     if code is None:
         return {}
     prefix = str(Path(code)) + "/"
-    with Repo(str(root)) as repo:
+    with open_repo(root) as repo:
         status = repo.status()
     changes = {}
     for name, entries in status.items():

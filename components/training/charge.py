@@ -39,6 +39,16 @@ def privacy_unit_bound(description: dict, settings: Settings) -> int:
     return bound
 
 
+def plan_from_counts(description: dict, settings: Settings, extra_rows: int = 0) -> DpSgdPlan:
+    """The run's plan (noise, sample rate, steps, epsilon) from the dataset's counts alone."""
+    bound = privacy_unit_bound(description, settings)
+    train_split = description["splits"]["train"]
+    units = (train_split.get("units", train_split["rows"]) if bound > 1 else train_split["rows"]) + extra_rows
+    t = settings.train
+    return plan_dp_sgd(rows=units, batch_size=t.batch_size, epochs=t.epochs, target_epsilon=t.target_epsilon,
+                       target_delta=t.target_delta, accountant=t.accountant)
+
+
 def plan_and_charge(description: dict, settings: Settings, run_id: str, extra_rows: int = 0, *, vault: Vault,
                     data_dir: Path, metrics: Path | None = None) -> tuple[DpSgdPlan, dict]:
     """Refuse or charge before training reads a row; returns the plan and the budget after it.
@@ -47,12 +57,7 @@ def plan_and_charge(description: dict, settings: Settings, run_id: str, extra_ro
     ledger verified against its anchors; the budget (cap, and the snapshot's own budget);
     the inputs' identity and authentication tags (plaintext dropped as it is checked).
     Only then the charge, and the ledger's new head as an anchor."""
-    bound = privacy_unit_bound(description, settings)
-    train_split = description["splits"]["train"]
-    units = (train_split.get("units", train_split["rows"]) if bound > 1 else train_split["rows"]) + extra_rows
-    t = settings.train
-    plan = plan_dp_sgd(rows=units, batch_size=t.batch_size, epochs=t.epochs, target_epsilon=t.target_epsilon,
-                       target_delta=t.target_delta, accountant=t.accountant)
+    plan = plan_from_counts(description, settings, extra_rows)
     charge = Charge(run_id=run_id, dataset=budget_name(settings),
                     privacy_unit=description["privacy_unit"], snapshot_id=description["snapshot_id"],
                     stage="train", mechanism="DP-SGD (Poisson-sampled Gaussian)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -27,8 +28,13 @@ def init(folder: Path = typer.Argument(Path("."), help="the project folder: empt
 def run(root: Path = Path("."),
         dataset: list[str] = typer.Option(None, "--dataset", "-d", help="only this dataset (repeatable)"),
         workers: int = typer.Option(1, min=1, help="> 1: datasets side by side on a local Dask cluster"),
-        dask_address: str = typer.Option(None, help="or on an existing Dask cluster (tcp://host:8786)")) -> None:
-    """Run the whole pipeline for every dataset, or the named ones (up-to-date stages are skipped)."""
+        dask_address: str = typer.Option(None, help="or on an existing Dask cluster (tcp://host:8786)"),
+        plan: bool = typer.Option(False, "--plan", help="only say what would run, why, and what it would spend"),
+        yes: bool = typer.Option(False, "--yes", "-y", help="spend privacy budget without asking (schedules, CI)")) -> None:
+    """Run the whole pipeline for every dataset, or the named ones (up-to-date stages are skipped).
+
+    First it says which stages will run and why, and what each train will spend of its budget;
+    on a terminal a run that spends budget asks once, unless --yes."""
     from privflow.preflight import check_dataset
     from privflow.project import refresh_dvc_yaml
     from privflow.settings import dataset_names, load_settings
@@ -39,8 +45,15 @@ def run(root: Path = Path("."),
         console.print(f"dvc.yaml: code deps of {', '.join(refreshed)} rewritten for the installed privflow", highlight=False)
     for name in chosen:  # before Prefect starts: a schema or settings mistake costs seconds, not a run
         check_dataset(load_settings(name, root / "params.yaml"))
+    planned = show_plan(root, chosen)
+    if plan:
+        return
     ensure_keyring(root)
     announce_code_spending(root, chosen)
+    spends = [p for p in planned if p.epsilon is not None]
+    if spends and not yes and sys.stdin.isatty() and not typer.confirm(
+            f"spend privacy budget in {len(spends)} train stage(s)?", default=True):
+        raise typer.Exit(1)
 
     from privflow.flows.pipeline import dataset_of, pipeline, reports_dir
     from privflow.flows.stages import StageFailed
@@ -63,6 +76,22 @@ def run(root: Path = Path("."),
     console.print(f"stages run: {[s for s, r in ran.items() if r] or 'none (all up to date)'}")
     for name in dict.fromkeys(dataset_of(s) for s in ran):
         console.print(f"report of {name}: [bold]{reports_dir(root, name) / 'report.html'}[/bold]")
+
+
+def show_plan(root: Path, chosen: list[str]) -> list:
+    """Print what the run will do (privflow.flows.plan) and return it."""
+    from privflow.flows.plan import stale_stages, with_spending
+
+    planned = with_spending(root, stale_stages(root, chosen))
+    if not planned:
+        console.print("plan: every stage is up to date; nothing runs, nothing is spent", highlight=False)
+    for item in planned:
+        spend = ""
+        if item.epsilon is not None:
+            spend = (f"; spends {'' if item.certain else 'up to '}epsilon {item.epsilon:.3f} of budget {item.budget}, "
+                     f"{item.left_after:.3f} left after")
+        console.print(f"plan: {item.stage} {'runs' if item.certain else 'may run'}: {item.why}{spend}", highlight=False)
+    return planned
 
 
 def announce_code_spending(root: Path, chosen: list[str]) -> None:

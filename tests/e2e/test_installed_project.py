@@ -134,6 +134,27 @@ def test_dvc_sees_every_code_edit_in_exactly_the_stages_that_load_it(project):
     assert stale_stages(root, env) == set()
 
 
+def test_the_plan_says_what_would_run_and_spend_and_runs_nothing(project):
+    root, env = project["path"], project["env"]
+    assert "every stage is up to date; nothing runs, nothing is spent" in _sh(["privflow", "run", "--plan"], root, env).stdout
+    params = root / "params.yaml"
+    original = params.read_text()
+    edited = yaml.safe_load(original)
+    edited["train"]["max_grad_norm"] = 1.5  # only train reads the `train` section
+    params.write_text(yaml.safe_dump(edited, sort_keys=False))
+    try:
+        printed = " ".join(_sh(["privflow", "run", "--plan"], root, env).stdout.split())
+        assert stale_stages(root, env) == {"train"}  # the plan ran nothing
+    finally:
+        params.write_text(original)
+    assert "plan: train@breast_cancer runs: param train" in printed, printed
+    assert "modified; spends epsilon " in printed and "plan: ingest" not in printed
+    _, tail = printed.split("spends epsilon ", 1)
+    epsilon, rest = tail.split(" of budget breast_cancer, ", 1)
+    assert 0 < float(epsilon) <= 3.0 and 0 < float(rest.split(" left after")[0]) < 30.0
+    assert "compress@breast_cancer may run: if the outputs of train@breast_cancer change" in printed
+
+
 def test_an_upgrade_reruns_what_changed_and_says_train_will_spend_first(project):
     root, env, site = project["path"], project["env"], project["site"]
     loop = site / "training" / "loop.py"

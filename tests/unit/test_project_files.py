@@ -52,6 +52,7 @@ def test_init_makes_a_project_with_git_dvc_and_ignores(tmp_path):
     assert {"wrote params.yaml", "wrote dvc.yaml", "wrote schemas/example.yaml"} <= set(done)
     ignored = (project / ".gitignore").read_text().splitlines()
     assert {"/data/source/", "/artifacts/", ".privflow/"} <= set(ignored)
+    assert ".privflow/" in (project / ".dvcignore").read_text().splitlines()
     with pytest.raises(PrivflowError, match="no dataset declared under `datasets:` yet"):
         load_settings(path=project / "params.yaml")
     assert init_project(project) == []  # a second init finds everything in place

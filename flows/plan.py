@@ -1,0 +1,119 @@
+"""What a run will do, before it does anything: which stages DVC finds stale and why, and what
+each `train` among them will spend of its dataset's privacy budget, from the accountant.
+
+DVC reports a stage stale when its own deps, params, command or outputs changed; a stage
+downstream of a stale one runs only if that one's outputs change (identical bytes re-use
+the lock), so it is listed as "may run" and its spend as an upper bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+from dvc.repo import Repo
+
+from privflow.catalog import DATASET
+from privflow.errors import PrivflowError
+from privflow.flows.stages import open_repo, stage_outputs
+from privflow.project import declared_code
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: str  # e.g. train@churn
+    why: str  # what changed, or the upstream stage it waits on
+    certain: bool  # stale now; False: runs only if an upstream stage's outputs change
+    epsilon: float | None = None  # train only: what it will charge (an upper bound when not certain)
+    budget: str | None = None
+    left_after: float | None = None
+
+
+def _reasons(entries: list, code: str | None) -> list[str]:
+    """DVC's status of one stage, in words: which deps, params, outputs or command changed."""
+    prefix = f"{Path(code)}/" if code else None
+    said = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            said.append(str(entry))
+            continue
+        for path, change in entry.get("changed deps", {}).items():
+            if isinstance(change, dict):  # a params file: {param: modified}
+                said += [f"param {name} {what}" for name, what in change.items()]
+            elif prefix and path.startswith(prefix):
+                said.append(f"privflow code {path.removeprefix(prefix)} {change}")
+            else:
+                said.append(f"{path} {change}")
+        said += [f"output {path} {change}" for path, change in entry.get("changed outs", {}).items()]
+        if "changed command" in entry:
+            said.append("command changed")
+    code_changes = [s for s in said if s.startswith("privflow code ")]
+    if len(code_changes) > 3:  # an upgrade changes many files: count them
+        said = [s for s in said if not s.startswith("privflow code ")] + [f"privflow code: {len(code_changes)} files changed"]
+    return said or ["never run"]
+
+
+def _graph(repo: Repo) -> nx.DiGraph:
+    """stage name -> the stages that read its outputs."""
+    graph = nx.DiGraph()
+    for stage, upstream in repo.index.graph.edges:  # edges point from a stage to what it depends on
+        if getattr(stage, "name", None) and getattr(upstream, "name", None):
+            graph.add_edge(upstream.name, stage.name)
+    return graph
+
+
+def stale_stages(root: Path, datasets: list[str]) -> list[PlannedStage]:
+    """Stale stages (certain) and the stages downstream of them (may run), in DAG order."""
+    code, _ = declared_code(root / "dvc.yaml")
+    with open_repo(root) as repo:
+        status = {name.split(":")[-1]: entries for name, entries in repo.status().items()}
+        graph = _graph(repo)
+    wanted = [s for s in nx.lexicographical_topological_sort(graph) if s.partition("@")[2] in datasets] \
+        if graph.number_of_nodes() else []
+    planned, running = [], set()
+    for stage in wanted:
+        if stage in status:
+            planned.append(PlannedStage(stage, "; ".join(_reasons(status[stage], code)), True))
+            running.add(stage)
+        elif upstream := sorted(set(graph.predecessors(stage)) & running):
+            planned.append(PlannedStage(stage, f"if the outputs of {', '.join(upstream)} change", False))
+            running.add(stage)
+    return planned
+
+
+def with_spending(root: Path, planned: list[PlannedStage]) -> list[PlannedStage]:
+    """Each train stage with the epsilon it will charge and the budget left after it."""
+    from privflow.artifacts import read_json
+    from privflow.budget import budget_name
+    from privflow.privacy.accounting import composed_epsilon
+    from privflow.privacy.ledger import PrivacyLedger
+    from privflow.settings import ledger_location, load_settings
+    from privflow.training.charge import plan_from_counts
+
+    done, running = [], {p.stage for p in planned}
+    for item in planned:
+        if not item.stage.startswith("train@"):
+            done.append(item)
+            continue
+        settings = load_settings(item.stage.partition("@")[2], root / "params.yaml")
+        name, t = budget_name(settings), settings.train
+        description = stage_outputs(root, f"encrypt@{settings.dataset.name}")[0] / DATASET
+        charges = PrivacyLedger(ledger_location(settings)).charges(name)
+        history = [(c.noise_multiplier, c.sample_rate, c.steps) for c in charges]
+        epsilon, after = t.target_epsilon, None
+        dataset = settings.dataset.name
+        rows_known = not any(f"{stage}@{dataset}" in running for stage in ("ingest", "validate", "encrypt"))
+        if description.exists() and item.certain and rows_known:  # the rows are known: the exact plan
+            try:
+                plan = plan_from_counts(read_json(description), settings)
+            except PrivflowError:  # train will refuse and say why; the plan shows the bound
+                plan = None
+            if plan is not None:
+                epsilon = plan.epsilon
+                after = composed_epsilon([*history, (plan.noise_multiplier, plan.sample_rate, plan.steps)],
+                                         sum(c.delta for c in charges) + plan.delta)
+        left = settings.privacy.epsilon_cap - (after if after is not None else
+                                               composed_epsilon(history, sum(c.delta for c in charges)) + epsilon)
+        done.append(PlannedStage(item.stage, item.why, item.certain, epsilon, name, left))
+    return done

@@ -1,0 +1,21 @@
+"""The run plan's words for DVC's status of a stage."""
+
+from privflow.flows.plan import _reasons
+
+
+def test_params_code_data_and_outputs_are_each_said():
+    status = [{"changed deps": {"params.yaml": {"train.epochs": "modified"}, "data/source/x.csv": "modified",
+                                "/venv/privflow/training/loop.py": "modified"}},
+              {"changed outs": {"artifacts/x/train": "deleted"}}, "always changed"]
+    assert _reasons(status, "/venv/privflow") == [
+        "param train.epochs modified", "data/source/x.csv modified", "privflow code training/loop.py modified",
+        "output artifacts/x/train deleted", "always changed"]
+
+
+def test_an_upgrade_is_counted_not_listed():
+    status = [{"changed deps": {f"components/m{i}.py": "modified" for i in range(9)}}]
+    assert _reasons(status, "components") == ["privflow code: 9 files changed"]
+
+
+def test_a_stage_never_run_says_so():
+    assert _reasons([], "components") == ["never run"]
