@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
+import yaml
 from dvc.repo import Repo
 
 from privflow.catalog import DATASET
@@ -25,7 +26,8 @@ class PlannedStage:
     stage: str  # e.g. train@churn
     why: str  # what changed, or the upstream stage it waits on
     certain: bool  # stale now; False: runs only if an upstream stage's outputs change
-    epsilon: float | None = None  # train only: what it will charge (an upper bound when not certain)
+    epsilon: float | None = None  # train only: what it will charge, from the accountant
+    exact: bool = False  # the plan from the dataset's counts; False: train.target_epsilon, an upper bound
     budget: str | None = None
     left_after: float | None = None
 
@@ -54,6 +56,12 @@ def _reasons(entries: list, code: str | None) -> list[str]:
     return said or ["never run"]
 
 
+def _locked(root: Path) -> set[str]:
+    """The stages dvc.lock has a record of (a stage without one has never run here)."""
+    lock = root / "dvc.lock"
+    return set((yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})) if lock.exists() else set()
+
+
 def _graph(repo: Repo) -> nx.DiGraph:
     """stage name -> the stages that read its outputs."""
     graph = nx.DiGraph()
@@ -69,12 +77,15 @@ def stale_stages(root: Path, datasets: list[str]) -> list[PlannedStage]:
     with open_repo(root) as repo:
         status = {name.split(":")[-1]: entries for name, entries in repo.status().items()}
         graph = _graph(repo)
-    wanted = [s for s in nx.lexicographical_topological_sort(graph) if s.partition("@")[2] in datasets] \
-        if graph.number_of_nodes() else []
+    order = list(nx.lexicographical_topological_sort(graph)) if graph.number_of_nodes() else []
+    wanted = sorted((s for s in order if s.partition("@")[2] in datasets),
+                    key=lambda s: (datasets.index(s.partition("@")[2]), order.index(s)))
+    locked = _locked(root)
     planned, running = [], set()
     for stage in wanted:
         if stage in status:
-            planned.append(PlannedStage(stage, "; ".join(_reasons(status[stage], code)), True))
+            why = "; ".join(_reasons(status[stage], code)) if stage in locked else "never run"
+            planned.append(PlannedStage(stage, why, True))
             running.add(stage)
         elif upstream := sorted(set(graph.predecessors(stage)) & running):
             planned.append(PlannedStage(stage, f"if the outputs of {', '.join(upstream)} change", False))
@@ -101,7 +112,7 @@ def with_spending(root: Path, planned: list[PlannedStage]) -> list[PlannedStage]
         description = stage_outputs(root, f"encrypt@{settings.dataset.name}")[0] / DATASET
         charges = PrivacyLedger(ledger_location(settings)).charges(name)
         history = [(c.noise_multiplier, c.sample_rate, c.steps) for c in charges]
-        epsilon, after = t.target_epsilon, None
+        epsilon, after, exact = t.target_epsilon, None, False
         dataset = settings.dataset.name
         rows_known = not any(f"{stage}@{dataset}" in running for stage in ("ingest", "validate", "encrypt"))
         if description.exists() and item.certain and rows_known:  # the rows are known: the exact plan
@@ -110,10 +121,10 @@ def with_spending(root: Path, planned: list[PlannedStage]) -> list[PlannedStage]
             except PrivflowError:  # train will refuse and say why; the plan shows the bound
                 plan = None
             if plan is not None:
-                epsilon = plan.epsilon
+                epsilon, exact = plan.epsilon, True
                 after = composed_epsilon([*history, (plan.noise_multiplier, plan.sample_rate, plan.steps)],
                                          sum(c.delta for c in charges) + plan.delta)
         left = settings.privacy.epsilon_cap - (after if after is not None else
                                                composed_epsilon(history, sum(c.delta for c in charges)) + epsilon)
-        done.append(PlannedStage(item.stage, item.why, item.certain, epsilon, name, left))
+        done.append(PlannedStage(item.stage, item.why, item.certain, epsilon, exact, name, left))
     return done

@@ -88,8 +88,8 @@ def show_plan(root: Path, chosen: list[str]) -> list:
     for item in planned:
         spend = ""
         if item.epsilon is not None:
-            spend = (f"; spends {'' if item.certain else 'up to '}epsilon {item.epsilon:.3f} of budget {item.budget}, "
-                     f"{item.left_after:.3f} left after")
+            spend = (f"; spends {'' if item.exact else 'up to '}epsilon {item.epsilon:.3f} of budget {item.budget}, "
+                     f"{'' if item.exact else 'at least '}{item.left_after:.3f} left after")
         console.print(f"plan: {item.stage} {'runs' if item.certain else 'may run'}: {item.why}{spend}", highlight=False)
     return planned
 
