@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_compress.py
 	$(BIN)/python benchmarks/bench_pretrain.py
 	$(BIN)/python benchmarks/bench_dp.py
+	$(BIN)/python benchmarks/bench_cli.py
 
 constraints: install
 	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt.new
