@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from privflow.artifacts import read_json
+from privflow.catalog import REPORT_FILES
 from privflow.errors import PrivflowError
 from privflow.flows.stages import TransientStageFailure, reproduce_stage, stage_order, stage_outputs
 from privflow.reporting.archive import archive_run
@@ -72,9 +73,10 @@ def publish_report(root: str, dataset: str) -> str:
     """Archive the run's report, rebuild the run index, attach the report to the flow run."""
     reports = reports_dir(Path(root), dataset)
     index = archive_run(reports)
-    context = read_json(reports / "report.json")
+    _, report_md, document = REPORT_FILES
+    context = read_json(reports / document)
     key = dataset.lower().replace("_", "-").replace(".", "-")  # Prefect keys: a-z, 0-9, dashes
-    create_markdown_artifact(key=f"privflow-report-{key}", markdown=(reports / "report.md").read_text(),
+    create_markdown_artifact(key=f"privflow-report-{key}", markdown=(reports / report_md).read_text(),
                              description=f"{dataset}, run {context['run_id']}: aggregates only")
     create_table_artifact(key=f"privflow-budget-{key}", description=f"privacy ledger of {dataset}",
                           table=[{k: c[k] for k in LEDGER_COLUMNS} for c in context["budget"]["charges"]])

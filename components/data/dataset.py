@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import save as save_tensors
 
-from privflow.catalog import QUARANTINE, SPLITS, quarantine_identity, split_identity
+from privflow.catalog import QUARANTINE, SPLITS, quarantine_identity, split_file, split_identity
 from privflow.crypto.vault import Vault
 from privflow.data.coercion import coerce_batch
 from privflow.data.features import NO_LABEL, EncodedData, encode_features
@@ -125,7 +125,7 @@ def seal_dataset(members: Iterable[Member], manifest: SnapshotManifest, schema: 
         units, _ = pd.factorize(data.units[mask])
         payload = save_tensors({"features": data.features[mask], "labels": data.labels[mask],
                                 "units": units.astype(np.int64)})
-        artifact = vault.seal(payload, split_identity(dataset, snapshot_id, split), out_dir / f"{split}.sealed")
+        artifact = vault.seal(payload, split_identity(dataset, snapshot_id, split), out_dir / split_file(split))
         sealed[split] = {"rows": int(mask.sum()), "units": int(units.max(initial=-1) + 1), "key_id": artifact.key_id}
     quarantine = vault.seal(quarantine_document(collected, reader, outcome),
                             quarantine_identity(dataset, snapshot_id), out_dir / QUARANTINE)

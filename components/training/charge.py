@@ -15,7 +15,7 @@ from pathlib import Path
 from privflow.artifacts import git_commit
 from privflow.budget import (budget_name, budgets_in_ledger, find_anchors, open_ledger, refuse_unless_intact,
                              with_project_anchors, write_anchor)
-from privflow.catalog import split_identity
+from privflow.catalog import split_file, split_identity
 from privflow.crypto.vault import Vault
 from privflow.errors import PrivacyError
 from privflow.privacy.accounting import DpSgdPlan, plan_dp_sgd
@@ -79,7 +79,7 @@ def plan_and_charge(description: dict, settings: Settings, run_id: str, extra_ro
 def authenticate_splits(vault: Vault, description: dict, folder: Path) -> None:
     """Both splits are what encrypt sealed for this snapshot (identity and every tag)."""
     for split in ("train", "test"):
-        vault.authenticate(folder / f"{split}.sealed",
+        vault.authenticate(folder / split_file(split),
                            split_identity(description["dataset"], description["snapshot_id"], split))
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from privflow.artifacts import read_json, write_json
-from privflow.catalog import MODEL, MODEL_CARD, PRETRAINED, PRETRAIN_DESCRIPTION, split_identity
+from privflow.catalog import MODEL, MODEL_CARD, PRETRAINED, PRETRAIN_DESCRIPTION, split_file, split_identity
 from privflow.crypto.vault import Vault
 from privflow.modeling.models import build_model, load_weights, weights_of
 
@@ -19,7 +19,7 @@ from privflow.modeling.models import build_model, load_weights, weights_of
 def load_split(vault: Vault, description: dict, split: str, folder: Path) -> TensorDataset:
     """(features, labels, unit index) of one sealed split."""
     identity = split_identity(description["dataset"], description["snapshot_id"], split)
-    tensors = load_tensors(vault.open(folder / f"{split}.sealed", identity))
+    tensors = load_tensors(vault.open(folder / split_file(split), identity))
     labels = torch.from_numpy(tensors["labels"])
     units = torch.from_numpy(tensors["units"]) if "units" in tensors else torch.arange(len(labels))
     return TensorDataset(torch.from_numpy(tensors["features"]), labels, units)

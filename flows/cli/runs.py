@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from privflow.catalog import REPORT_FILES, REPORT_JSON
 from privflow.errors import PrivflowError
 from privflow.flows.cli.common import ONE_DATASET, console, ensure_keyring, one_dataset, quiet_tracebacks
 
@@ -141,22 +142,21 @@ def serve(root: Path = Path("."),
 
 def status(root: Path = Path(".")) -> None:
     """Per dataset: which stages are out of date, the latest report, and the privacy budget."""
-    from dvc.repo import Repo
-
     from privflow.artifacts import read_json
     from privflow.budget import budget_name
     from privflow.flows.pipeline import dataset_of, reports_dir
-    from privflow.flows.stages import stage_order
+    from privflow.flows.stages import open_repo, stage_order
     from privflow.privacy.ledger import PrivacyLedger
     from privflow.settings import dataset_names, ledger_location, load_settings
 
-    with Repo(str(root)) as repo:
+    with open_repo(root) as repo:
         stale = {name.split(":")[-1] for name in repo.status()}
+    order = stage_order(root)
     table = Table("dataset", "stages with changed inputs", "latest report", "ε spent / cap", title=str(root.resolve()))
     for name in dataset_names(root / "params.yaml"):
         settings = load_settings(name, root / "params.yaml")
-        stages = [s.split("@")[0] for s in stage_order(root) if dataset_of(s) == name and s in stale]
-        report_json = reports_dir(root, name) / "report.json"
+        stages = [s.split("@")[0] for s in order if dataset_of(s) == name and s in stale]
+        report_json = reports_dir(root, name) / REPORT_JSON
         latest = read_json(report_json) if report_json.exists() else None
         budget = PrivacyLedger(ledger_location(settings)).budget(budget_name(settings), settings.privacy.epsilon_cap)
         table.add_row(name, ", ".join(stages) or "none",
@@ -176,18 +176,19 @@ def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown,
     from privflow.reporting.archive import archive_run
 
     reports = reports_dir(Path("."), one_dataset(dataset))
-    if not (reports / "report.json").exists():
-        raise PrivflowError(f"{reports}/report.json: no report yet; run `privflow run` first")
+    html, _, document = REPORT_FILES
+    if not (reports / document).exists():
+        raise PrivflowError(f"{reports / document}: no report yet; run `privflow run` first")
     index = archive_run(reports)
     target = reports
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("report.html", "report.md", "report.json"):
+        for name in REPORT_FILES:
             shutil.copyfile(reports / name, out / name)
         target = out
-    console.print(f"report: [bold]{(target / 'report.html').resolve()}[/bold]; all runs: {index.resolve()}")
+    console.print(f"report: [bold]{(target / html).resolve()}[/bold]; all runs: {index.resolve()}")
     if open_browser:
-        webbrowser.open((target / "report.html").resolve().as_uri())
+        webbrowser.open((target / html).resolve().as_uri())
 
 
 def predict(source: Path = typer.Argument(..., help="records to score: .csv, .csv.gz, .parquet or a folder"),
