@@ -8,7 +8,7 @@ the lock), so it is listed as "may run" and its spend as an upper bound.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import networkx as nx
@@ -30,6 +30,14 @@ class PlannedStage:
     exact: bool = False  # the plan from the dataset's counts; False: train.target_epsilon, an upper bound
     budget: str | None = None
     left_after: float | None = None
+    code_files: tuple[str, ...] = ()  # files of privflow's own code among its changed deps
+
+
+def _changed_code(entries: list, code: str | None) -> tuple[str, ...]:
+    """The files of privflow's code among a stage's changed deps, relative to the code folder."""
+    prefix = f"{Path(code)}/" if code else None
+    return tuple(sorted(path.removeprefix(prefix) for entry in entries if isinstance(entry, dict) and prefix
+                        for path in entry.get("changed deps", {}) if path.startswith(prefix)))
 
 
 def _reasons(entries: list, code: str | None) -> list[str]:
@@ -85,7 +93,7 @@ def stale_stages(root: Path, datasets: list[str]) -> list[PlannedStage]:
     for stage in wanted:
         if stage in status:
             why = "; ".join(_reasons(status[stage], code)) if stage in locked else "never run"
-            planned.append(PlannedStage(stage, why, True))
+            planned.append(PlannedStage(stage, why, True, code_files=_changed_code(status[stage], code)))
             running.add(stage)
         elif upstream := sorted(set(graph.predecessors(stage)) & running):
             planned.append(PlannedStage(stage, f"if the outputs of {', '.join(upstream)} change", False))
@@ -126,5 +134,5 @@ def with_spending(root: Path, planned: list[PlannedStage]) -> list[PlannedStage]
                                          sum(c.delta for c in charges) + plan.delta)
         left = settings.privacy.epsilon_cap - (after if after is not None else
                                                composed_epsilon(history, sum(c.delta for c in charges)) + epsilon)
-        done.append(PlannedStage(item.stage, item.why, item.certain, epsilon, exact, name, left))
+        done.append(replace(item, epsilon=epsilon, exact=exact, budget=name, left_after=left))
     return done

@@ -18,7 +18,6 @@ from dvc.repo import Repo
 from dvc.stage import PipelineStage
 
 from privflow.errors import EXIT_TRANSIENT, PrivflowError
-from privflow.project import declared_code
 
 
 class StageFailed(Exception):
@@ -95,21 +94,3 @@ def reproduce_stage(root: Path, stage: str) -> bool:
         status = _exit_status(messages)
         failure = TransientStageFailure if status == EXIT_TRANSIENT else StageFailed
         raise failure(f"stage '{stage}' failed: {'; '.join(messages)}", stage) from None
-
-
-def code_changes(root: Path) -> dict[str, list[str]]:
-    """The stages DVC will re-run because a file of privflow's own code changed (an upgrade, an
-    edit), each with those files, relative to privflow's code folder."""
-    code, _ = declared_code(root / "dvc.yaml")
-    if code is None:
-        return {}
-    prefix = str(Path(code)) + "/"
-    with open_repo(root) as repo:
-        status = repo.status()
-    changes = {}
-    for name, entries in status.items():
-        changed = [path.removeprefix(prefix) for entry in entries if isinstance(entry, dict)
-                   for path in entry.get("changed deps", {}) if path.startswith(prefix)]
-        if changed:
-            changes[name.split(":")[-1]] = sorted(changed)
-    return changes

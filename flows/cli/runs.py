@@ -50,7 +50,7 @@ def run(root: Path = Path("."),
     if plan:
         return
     ensure_keyring(root)
-    announce_code_spending(root, chosen)
+    announce_code_spending(root, planned)
     spends = [p for p in planned if p.epsilon is not None]
     if spends and not yes and sys.stdin.isatty() and not typer.confirm(
             f"spend privacy budget in {len(spends)} train stage(s)?", default=True):
@@ -95,17 +95,16 @@ def show_plan(root: Path, chosen: list[str]) -> list:
     return planned
 
 
-def announce_code_spending(root: Path, chosen: list[str]) -> None:
+def announce_code_spending(root: Path, planned: list) -> None:
     """Before anything runs: a train stage that re-runs because privflow's code changed spends
     budget though no data or setting changed; say so, and how much it may spend."""
     from privflow.budget import budget_name
     from privflow.flows.pipeline import dataset_of
-    from privflow.flows.stages import code_changes
     from privflow.privacy.ledger import PrivacyLedger
     from privflow.settings import ledger_location, load_settings
 
-    for stage, files in code_changes(root).items():
-        if stage.split("@")[0] != "train" or dataset_of(stage) not in chosen:
+    for stage, files in ((p.stage, p.code_files) for p in planned if p.code_files):
+        if stage.split("@")[0] != "train":
             continue
         settings = load_settings(dataset_of(stage), root / "params.yaml")
         name = budget_name(settings)
