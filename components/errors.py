@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
+from privflow.progress import PROGRESS_DIR_ENV
 
 EXIT_REFUSED = 2
 EXIT_TRANSIENT = 75
@@ -114,9 +117,12 @@ def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(), turning every failure into one line and an exit code: a
     user never sees a raw traceback, and never a row value."""
     stage, dataset = _stage_and_dataset()
+    started = time.perf_counter()
     try:
         main()
         _record_loaded_modules(stage)
+        if os.environ.get(PROGRESS_DIR_ENV):  # under `privflow run`: into its log, for the start-up figure
+            print(f"privflow timing: {stage}@{dataset} worked {time.perf_counter() - started:.3f} s", file=sys.stderr)
     except PrivflowError as error:
         notes = "".join(f" ({note})" for note in getattr(error, "__notes__", []))
         print(f"privflow: {type(error).__name__}: {error}{notes}", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from privflow.data.features import feature_names
+from privflow.data.feature_names import feature_names
 from privflow.data.schema import DatasetSchema
 from privflow.data.schema_file import load_schema
 from privflow.errors import PrivacyError, PrivflowError

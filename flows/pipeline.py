@@ -16,7 +16,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from privflow.artifacts import read_json
 from privflow.catalog import REPORT_FILES
 from privflow.errors import PrivflowError
-from privflow.flows.stages import TransientStageFailure, reproduce_stage, stage_order, stage_outputs
+from privflow.flows.board import FAILED, RAN, RUNNING, UP_TO_DATE, announce, say
+from privflow.flows.stages import (
+    StageFailed,
+    TransientStageFailure,
+    dataset_of,
+    reports_dir,
+    reproduce_stage,
+    stage_order,
+)
 from privflow.reporting.archive import archive_run
 
 LEDGER_COLUMNS = ("created_at", "run_id", "snapshot_id", "accountant", "noise_multiplier",
@@ -28,11 +36,21 @@ def _only_transient(task, task_run, state) -> bool:
     return isinstance(state.result(raise_on_failure=False), TransientStageFailure)
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_only_transient)
-def run_stage(root: str, stage: str) -> bool:
-    ran = reproduce_stage(Path(root), stage)
+def _reproduce_announced(root: str, stage: str) -> bool:
+    announce(stage, RUNNING)
+    try:
+        ran = reproduce_stage(Path(root), stage)
+    except StageFailed:
+        announce(stage, FAILED)
+        raise
+    announce(stage, RAN if ran else UP_TO_DATE)
     get_run_logger().info("stage %s: %s", stage, "ran" if ran else "up to date, skipped")
     return ran
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_only_transient)
+def run_stage(root: str, stage: str) -> bool:
+    return _reproduce_announced(root, stage)
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_only_transient)
@@ -41,21 +59,8 @@ def run_dataset_stages(root: str, stages: list[str]) -> tuple[str, dict[str, boo
     by side on the cluster's workers. DVC releases its repository lock while a stage's
     command runs and guards each path with its own read/write lock, so stages of different
     datasets (disjoint outputs) run at once; each waits its turn only to check and record."""
-    ran = {}
-    for stage in stages:
-        ran[stage] = reproduce_stage(Path(root), stage)
-        get_run_logger().info("stage %s: %s", stage, "ran" if ran[stage] else "up to date, skipped")
+    ran = {stage: _reproduce_announced(root, stage) for stage in stages}
     return f"{socket.gethostname()}:{os.getpid()}", ran
-
-
-def dataset_of(stage: str) -> str:
-    """`train@churn` -> `churn`: dvc.yaml runs every stage once per dataset."""
-    return stage.partition("@")[2]
-
-
-def reports_dir(root: Path, dataset: str) -> Path:
-    """The folder of a dataset's report outputs, as dvc.yaml declares them."""
-    return stage_outputs(root, f"report@{dataset}")[0].parent
 
 
 def ensure_public_folder(root: Path, dataset: str) -> None:
@@ -104,6 +109,7 @@ def project_lock(root: Path, wait_seconds: float) -> Iterator[None]:
                                         f"{wait_seconds:.0f} s; see `privflow status`") from None
                 if not logged:
                     get_run_logger().info("another privflow run is in progress here; waiting for it")
+                    say("another privflow run is in progress here; waiting for it")
                     logged = True
                 time.sleep(1)
         handle.seek(0)
@@ -136,7 +142,11 @@ def _run_stages(root: str, datasets: list[str] | None, side_by_side: bool = Fals
         ran = {}
         for chain in chains:
             worker, done = chain.result()
-            get_run_logger().info("dataset %s: stages ran in worker %s", dataset_of(next(iter(done))), worker)
+            for stage, did in done.items():  # the worker's own announcements stayed in its process
+                announce(stage, RAN if did else UP_TO_DATE)
+            said = f"dataset {dataset_of(next(iter(done)))}: stages ran in worker {worker}"
+            get_run_logger().info(said)
+            say(said)
             ran.update(done)
     else:
         ran = {stage: run_stage(root, stage) for stage in stages}

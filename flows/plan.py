@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import networkx as nx
 import yaml
-from dvc.repo import Repo
 
 from privflow.catalog import DATASET
 from privflow.errors import PrivflowError
-from privflow.flows.stages import open_repo, stage_outputs
+from privflow.flows.stages import Dag, read_dag
 from privflow.project import declared_code
 
 
@@ -70,38 +68,30 @@ def _locked(root: Path) -> set[str]:
     return set((yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})) if lock.exists() else set()
 
 
-def _graph(repo: Repo) -> nx.DiGraph:
-    """stage name -> the stages that read its outputs."""
-    graph = nx.DiGraph()
-    for stage, upstream in repo.index.graph.edges:  # edges point from a stage to what it depends on
-        if getattr(stage, "name", None) and getattr(upstream, "name", None):
-            graph.add_edge(upstream.name, stage.name)
-    return graph
-
-
-def stale_stages(root: Path, datasets: list[str]) -> list[PlannedStage]:
+def stale_stages(root: Path, datasets: list[str], dag: Dag | None = None) -> list[PlannedStage]:
     """Stale stages (certain) and the stages downstream of them (may run), in DAG order."""
     code, _ = declared_code(root / "dvc.yaml")
-    with open_repo(root) as repo:
-        status = {name.split(":")[-1]: entries for name, entries in repo.status().items()}
-        graph = _graph(repo)
-    order = list(nx.lexicographical_topological_sort(graph)) if graph.number_of_nodes() else []
+    dag = dag or read_dag(root, with_status=True)
+    order = dag.order
     wanted = sorted((s for s in order if s.partition("@")[2] in datasets),
                     key=lambda s: (datasets.index(s.partition("@")[2]), order.index(s)))
     locked = _locked(root)
     planned, running = [], set()
     for stage in wanted:
-        if stage in status:
-            why = "; ".join(_reasons(status[stage], code)) if stage in locked else "never run"
-            planned.append(PlannedStage(stage, why, True, code_files=_changed_code(status[stage], code)))
+        if stage in dag.stale:
+            if stage in locked:
+                planned.append(PlannedStage(stage, "; ".join(_reasons(dag.stale[stage], code)), True,
+                                            code_files=_changed_code(dag.stale[stage], code)))
+            else:  # every dep of a stage that never ran counts as changed: none is news
+                planned.append(PlannedStage(stage, "never run", True))
             running.add(stage)
-        elif upstream := sorted(set(graph.predecessors(stage)) & running):
+        elif upstream := sorted(set(dag.readers.predecessors(stage)) & running):
             planned.append(PlannedStage(stage, f"if the outputs of {', '.join(upstream)} change", False))
             running.add(stage)
     return planned
 
 
-def with_spending(root: Path, planned: list[PlannedStage]) -> list[PlannedStage]:
+def with_spending(root: Path, planned: list[PlannedStage], dag: Dag) -> list[PlannedStage]:
     """Each train stage with the epsilon it will charge and the budget left after it."""
     from privflow.artifacts import read_json
     from privflow.budget import budget_name
@@ -117,7 +107,7 @@ def with_spending(root: Path, planned: list[PlannedStage]) -> list[PlannedStage]
             continue
         settings = load_settings(item.stage.partition("@")[2], root / "params.yaml")
         name, t = budget_name(settings), settings.train
-        description = stage_outputs(root, f"encrypt@{settings.dataset.name}")[0] / DATASET
+        description = dag.outputs[f"encrypt@{settings.dataset.name}"][0] / DATASET
         charges = PrivacyLedger(ledger_location(settings)).charges(name)
         history = [(c.noise_multiplier, c.sample_rate, c.steps) for c in charges]
         epsilon, after, exact = t.target_epsilon, None, False
@@ -131,8 +121,8 @@ def with_spending(root: Path, planned: list[PlannedStage]) -> list[PlannedStage]
             if plan is not None:
                 epsilon, exact = plan.epsilon, True
                 after = composed_epsilon([*history, (plan.noise_multiplier, plan.sample_rate, plan.steps)],
-                                         sum(c.delta for c in charges) + plan.delta)
+                                         sum(c.delta for c in charges) + plan.delta, from_memo=True)
         left = settings.privacy.epsilon_cap - (after if after is not None else
-                                               composed_epsilon(history, sum(c.delta for c in charges)) + epsilon)
+                                               composed_epsilon(history, sum(c.delta for c in charges), from_memo=True) + epsilon)
         done.append(replace(item, epsilon=epsilon, exact=exact, budget=name, left_after=left))
     return done

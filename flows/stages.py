@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
@@ -35,12 +36,40 @@ class TransientStageFailure(StageFailed):
     """A stage exited with EX_TEMPFAIL: the flow may retry it."""
 
 
-def stage_order(root: Path) -> list[str]:
-    """dvc.yaml's stages, each after every stage it depends on."""
-    with Repo(str(root)) as repo:
+@dataclass(frozen=True)
+class Dag:
+    """dvc.yaml as DVC resolves it, read once: loading DVC's index costs about a second here,
+    so a command reads it once and asks this, never DVC again per stage."""
+
+    order: list[str]  # every stage after every stage it depends on
+    outputs: dict[str, list[Path]]  # where each stage writes (the paths live in dvc.yaml only)
+    readers: nx.DiGraph  # stage -> the stages that read its outputs
+    stale: dict[str, list]  # DVC's status entries of each out-of-date stage (empty unless asked)
+
+    def reports_dir(self, dataset: str) -> Path:
+        """The folder of a dataset's report outputs."""
+        return self.outputs[f"report@{dataset}"][0].parent
+
+
+def read_dag(root: Path, with_status: bool = False) -> Dag:
+    """The project's stages, their order and outputs; with DVC's status when asked (one index load)."""
+    with open_repo(root) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         ordered = reversed(list(nx.lexicographical_topological_sort(graph, key=str)))
-        return [stage.name for stage in ordered if isinstance(stage, PipelineStage)]
+        order = [stage.name for stage in ordered if isinstance(stage, PipelineStage)]
+        outputs = {stage.name: [Path(out.fs_path) for out in stage.outs]
+                   for stage in repo.index.stages if isinstance(stage, PipelineStage)}
+        readers = nx.DiGraph()
+        readers.add_nodes_from(order)
+        readers.add_edges_from((upstream.name, stage.name) for stage, upstream in graph.edges
+                               if isinstance(stage, PipelineStage) and isinstance(upstream, PipelineStage))
+        stale = {name.split(":")[-1]: entries for name, entries in repo.status().items()} if with_status else {}
+    return Dag(order, outputs, readers, stale)
+
+
+def stage_order(root: Path) -> list[str]:
+    """dvc.yaml's stages, each after every stage it depends on."""
+    return read_dag(root).order
 
 
 def open_repo(root: Path) -> Repo:
@@ -53,10 +82,18 @@ def open_repo(root: Path) -> Repo:
 
 
 def stage_outputs(root: Path, stage: str) -> list[Path]:
-    """Where dvc.yaml says a stage writes (the paths live there and nowhere else)."""
-    with open_repo(root) as repo:
-        (found,) = [s for s in repo.index.stages if getattr(s, "name", None) == stage]
-        return [Path(out.fs_path) for out in found.outs]
+    """Where dvc.yaml says one stage writes."""
+    return read_dag(root).outputs[stage]
+
+
+def dataset_of(stage: str) -> str:
+    """`train@churn` -> `churn`: dvc.yaml runs every stage once per dataset."""
+    return stage.partition("@")[2]
+
+
+def reports_dir(root: Path, dataset: str) -> Path:
+    """The folder of a dataset's report outputs, as dvc.yaml declares them."""
+    return read_dag(root).reports_dir(dataset)
 
 
 def _causes(error: BaseException | None) -> list[str]:

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from privflow.data.feature_names import feature_names
 from privflow.data.schema import TIME_TYPES, ColumnSpec, DatasetSchema
 from privflow.errors import SchemaError
 
-MISSING_SUFFIX = ":missing"
 NO_LABEL = -1
 
 
@@ -35,20 +35,6 @@ class EncodedData:
     labels: np.ndarray    # int64 class index in schema order; NO_LABEL where the target is missing
     units: np.ndarray     # privacy-unit ids, kept only to split and to count rows per person
     feature_names: list[str]
-
-
-def feature_names(schema: DatasetSchema) -> list[str]:
-    """The model's input columns, in order: known before any row is read."""
-    names = []
-    for name in schema.feature_columns:
-        spec = schema.columns[name]
-        if spec.type == "string":
-            names += [f"{name}={level}" for level in spec.allowed_values]
-            continue
-        names.append(name)
-        if spec.nullable:
-            names.append(name + MISSING_SUFFIX)
-    return names
 
 
 def _as_float(values: pd.Series, spec: ColumnSpec) -> np.ndarray:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
-import pandera.pandas as pa
 from pydantic import BaseModel, ConfigDict, model_validator
+
+if TYPE_CHECKING:
+    import pandera.pandas as pa
 
 
 ColumnType = Literal["string", "float", "int8", "int16", "int32", "int64", "bool", "date", "datetime"]
@@ -254,6 +255,9 @@ def column_problems(name: str, spec: ColumnSpec) -> list[str]:
 
 
 def _checks(spec: ColumnSpec) -> list[pa.Check]:
+    import pandas as pd
+    import pandera.pandas as pa
+
     checks = []
     low = None if spec.min is None else spec.typed(spec.min, "min")
     high = None if spec.max is None else spec.typed(spec.max, "max")
@@ -272,8 +276,11 @@ def _checks(spec: ColumnSpec) -> list[pa.Check]:
 def to_pandera(schema: DatasetSchema, *, unique: bool = True) -> pa.DataFrameSchema:
     """The pandera schema for a frame already coerced by `records.coerce_batch`.
 
-    `unique=False` leaves uniqueness out, for callers that check it across batches.
+    `unique=False` leaves uniqueness out, for callers that check it across batches. pandera
+    (and pandas) load here, not with the module: ingest and encrypt read schemas, never check rows.
     """
+    import pandera.pandas as pa
+
     return pa.DataFrameSchema(
         {
             name: pa.Column(PANDAS_DTYPE[spec.type], _checks(spec),
@@ -283,4 +290,3 @@ def to_pandera(schema: DatasetSchema, *, unique: bool = True) -> pa.DataFrameSch
         strict=schema.strict,
         coerce=False,
     )
-

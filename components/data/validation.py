@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -28,6 +28,9 @@ from privflow.data.schema import DatasetSchema, to_pandera
 from privflow.data.sources import Member
 from privflow.errors import RejectRateExceeded, SchemaError
 from privflow.settings import IngestSettings
+
+if TYPE_CHECKING:
+    import pandera.pandas as pandera
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class ValidationOutcome:
 
 
 def schema_failures(typed: pd.DataFrame, schema: pandera.DataFrameSchema) -> list[RowFailure]:
+    import pandera.pandas as pandera  # only validate checks rows: encrypt reads decisions without it
+
     try:
         schema.validate(typed, lazy=True)
     except pandera.errors.SchemaErrors as errors:  # its message quotes values: only the cases are read

@@ -20,8 +20,6 @@ import math
 from typing import Literal, get_args
 
 import torch
-from opacus.layers import DPLSTM
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.nn import functional
 
@@ -37,6 +35,9 @@ def build_model(preset: str, n_features: int, n_classes: int, hidden_units: int,
         raise PrivacyError(f"unknown model preset '{preset}' (train.model); available: {', '.join(PRESETS)}")
     shape = _input_shape(preset, n_features, input_shape)
     model = _BUILDERS[preset](shape, n_classes, hidden_units)
+    # opacus' package init costs seconds: loaded here, not with the module
+    from opacus.validators import ModuleValidator
+
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise PrivacyError(f"model preset '{preset}' is not DP-compatible: {errors}")
@@ -76,6 +77,8 @@ class SequenceLSTM(nn.Module):
     def __init__(self, shape: tuple[int, ...], n_classes: int, hidden: int):
         super().__init__()
         self.shape = shape
+        from opacus.layers import DPLSTM
+
         self.lstm = DPLSTM(shape[1], hidden, batch_first=True)
         self.head = nn.Linear(hidden, n_classes)
 

@@ -7,8 +7,15 @@ epsilon Opacus' accountant reports after it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from privflow.errors import PrivacyError
 
@@ -19,6 +26,15 @@ def create_accountant(mechanism: str):
     from opacus.accountants import create_accountant as create
 
     return create(mechanism=mechanism)
+
+
+@contextmanager
+def quiet_rdp_bound() -> Iterator[None]:
+    """Opacus warns when the RDP bound's best order is its largest one (PRV sizes its domain with
+    that bound): a remark on Opacus' order grid, nothing a privflow user could change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        yield
 
 
 @dataclass(frozen=True)
@@ -34,7 +50,8 @@ class DpSgdPlan:
 def epsilon_for(accountant: str, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     counter = create_accountant(mechanism=accountant)
     counter.history = [(noise_multiplier, sample_rate, steps)]
-    return float(counter.get_epsilon(delta=delta))
+    with quiet_rdp_bound():
+        return float(counter.get_epsilon(delta=delta))
 
 
 def plan_dp_sgd(*, rows: int, batch_size: int, epochs: int, target_epsilon: float,
@@ -52,8 +69,9 @@ def plan_dp_sgd(*, rows: int, batch_size: int, epochs: int, target_epsilon: floa
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
-        noise = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
-                                     sample_rate=sample_rate, steps=steps, accountant=accountant)
+        with quiet_rdp_bound():
+            noise = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
+                                         sample_rate=sample_rate, steps=steps, accountant=accountant)
     except ValueError as error:
         # e.g. GDP's central-limit approximation has no root for a few large steps
         raise PrivacyError(
@@ -65,11 +83,49 @@ def plan_dp_sgd(*, rows: int, batch_size: int, epochs: int, target_epsilon: floa
     return DpSgdPlan(accountant, noise, sample_rate, steps, target_delta, epsilon)
 
 
-def composed_epsilon(mechanisms: list[tuple[float, float, int]], delta: float) -> float:
+# Earlier results of composed_epsilon, a pure function of its inputs: read by commands that only
+# display a budget (status, budget show, the plan), so they need not load Opacus (seconds) to
+# repeat a composition the charge already did. A charge never reads it: it composes afresh
+# inside the ledger's transaction, so an edited memo can mislead a display, never the cap.
+EPSILON_MEMO = Path(".privflow") / "composed-epsilon.json"
+
+
+def _memo_key(mechanisms: list[tuple[float, float, int]], delta: float) -> str:
+    exact = json.dumps([[float(n).hex(), float(q).hex(), int(t)] for n, q, t in mechanisms] + [float(delta).hex()])
+    return hashlib.sha256(exact.encode()).hexdigest()
+
+
+def _read_memo() -> dict:
+    try:
+        return json.loads(EPSILON_MEMO.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(key: str, epsilon: float) -> None:
+    memo = _read_memo()
+    memo[key] = epsilon
+    try:
+        EPSILON_MEMO.parent.mkdir(parents=True, exist_ok=True)
+        partial = EPSILON_MEMO.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(memo), encoding="utf-8")
+        os.replace(partial, EPSILON_MEMO)
+    except OSError:  # a read-only project still gets its answer, only slower next time
+        pass
+
+
+def composed_epsilon(mechanisms: list[tuple[float, float, int]], delta: float, *, from_memo: bool = False) -> float:
     """Epsilon of running every (noise, sample rate, steps) mechanism on the same people,
-    composed by the PRV accountant at the given delta (0 when nothing has run)."""
+    composed by the PRV accountant at the given delta (0 when nothing has run). `from_memo`:
+    a display may take an earlier identical composition's result (EPSILON_MEMO)."""
     if not mechanisms:
         return 0.0
+    key = _memo_key(mechanisms, delta)
+    if from_memo and (known := _read_memo().get(key)) is not None:
+        return float(known)
     counter = create_accountant(mechanism="prv")
     counter.history = list(mechanisms)
-    return float(counter.get_epsilon(delta=delta))
+    with quiet_rdp_bound():
+        epsilon = float(counter.get_epsilon(delta=delta))
+    _remember(key, epsilon)
+    return epsilon

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy.stats import binom
 from torch import nn
 
 GUESS_SIZES = (25, 50, 100, 200)  # k: tried together, paid for with a Bonferroni correction
@@ -58,6 +57,9 @@ def draw_canaries(count: int, n_features: int, n_classes: int, rng: np.random.Ge
 
 def epsilon_lower_bound(correct: int, guesses: int, alpha: float) -> float:
     """Largest ε with P[Binomial(guesses, e^ε/(1+e^ε)) >= correct] < alpha (0 if none)."""
+    # scipy.stats costs ~0.7 s: only an audited run loads it
+    from scipy.stats import binom
+
     def tail(epsilon: float) -> float:
         return binom.sf(correct - 1, guesses, 1 / (1 + math.exp(-epsilon)))
     if guesses == 0 or tail(0.0) >= alpha:

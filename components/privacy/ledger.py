@@ -29,7 +29,19 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, create_engine, event, func, select, text
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
 
 from privflow.errors import BudgetExceeded, PrivacyError
 from privflow.privacy.accounting import composed_epsilon
@@ -115,9 +127,11 @@ class Budget:
         return self.cap - self.spent
 
 
-def budget_of(dataset: str, cap: float, charges: list[Charge]) -> Budget:
+def budget_of(dataset: str, cap: float, charges: list[Charge], *, from_memo: bool = False) -> Budget:
+    """`from_memo`: for a display only (privflow.privacy.accounting.EPSILON_MEMO)."""
     delta = sum(c.delta for c in charges)
-    spent = composed_epsilon([(c.noise_multiplier, c.sample_rate, c.steps) for c in charges], delta)
+    spent = composed_epsilon([(c.noise_multiplier, c.sample_rate, c.steps) for c in charges], delta,
+                             from_memo=from_memo)
     return Budget(dataset, cap, spent, sum(c.epsilon for c in charges), delta, len(charges))
 
 
@@ -158,8 +172,9 @@ class PrivacyLedger:
         with self.engine.connect() as conn:
             return self._rows(conn, dataset)
 
-    def budget(self, dataset: str, cap: float) -> Budget:
-        return budget_of(dataset, cap, self.charges(dataset))
+    def budget(self, dataset: str, cap: float, *, from_memo: bool = False) -> Budget:
+        """`from_memo`: for a display only; a charge composes afresh (see charge)."""
+        return budget_of(dataset, cap, self.charges(dataset), from_memo=from_memo)
 
     def charge(self, charge: Charge, cap: float) -> Budget:
         """Record the charge if the composition still fits under the cap; else refuse with the numbers."""

@@ -8,16 +8,16 @@ rows (user-level DP, bounded by privacy.max_rows_per_unit) is clipped as one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from opacus.accountants import create_accountant
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from privflow.errors import PrivacyError
 from privflow.modeling.models import accuracy, build_model, load_weights
-from privflow.privacy.accounting import DpSgdPlan
+from privflow.privacy.accounting import DpSgdPlan, create_accountant, quiet_rdp_bound
 from privflow.privacy.dp_sgd import PrivateGradient
 from privflow.privacy.noise import NoiseSource, noise_source
 from privflow.settings import TrainSettings
@@ -122,7 +122,8 @@ def _randomness(t: TrainSettings, secure: bool, world: World, device: torch.devi
 
 def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t: TrainSettings, n_classes: int,
                   start: dict | None = None, *, secure: bool = False, rows_per_unit: int = 1,
-                  checkpoint=None, run_id: str = "", world: World = World()) -> TrainResult:
+                  checkpoint=None, run_id: str = "", world: World = World(),
+                  on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """DP-SGD for plan.steps steps: Poisson sampling of units at plan.sample_rate, clipping per
     unit, Gaussian noise of std sigma*C, averaged over the expected batch (q x units)."""
     device = resolve_device(t.device)
@@ -160,6 +161,9 @@ def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t:
                           "test_accuracy": accuracy(model, test.tensors[0].to(device), test.tensors[1].to(device))})
             model.train()
             epoch_loss, epoch_units = 0.0, 0
+            if on_epoch is not None:
+                on_epoch({"epoch": len(curve), "epochs": -(-plan.steps // steps_per_epoch),
+                          "epsilon": curve[-1]["epsilon"]})
             if checkpoint is not None and world.rank == 0 and len(curve) % t.checkpoint_every_epochs == 0 \
                     and step + 1 < plan.steps:
                 checkpoint.write(capture_state(run_id, plan, step + 1, accountant, curve, model, optimizer, noise, sampler))
@@ -170,4 +174,7 @@ def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t:
 def _spent(accountant, plan: DpSgdPlan) -> float:
     # Only a deliberately broken trainer (the audit's negative control) runs without noise;
     # its privacy loss is unbounded, which the accountant cannot represent.
-    return float(accountant.get_epsilon(delta=plan.delta)) if plan.noise_multiplier > 0 else float("inf")
+    if plan.noise_multiplier <= 0:
+        return float("inf")
+    with quiet_rdp_bound():
+        return float(accountant.get_epsilon(delta=plan.delta))

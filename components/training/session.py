@@ -14,13 +14,13 @@ from privflow.errors import PrivacyError
 from privflow.privacy.accounting import DpSgdPlan
 from privflow.privacy.audit import Canaries
 from privflow.privacy.noise import noise_source
+from privflow.progress import report_progress
 from privflow.settings import Settings
 from privflow.training.baseline import train_baseline
 from privflow.training.canaries import audit_gate, with_canaries
 from privflow.training.charge import privacy_unit_bound
 from privflow.training.io import load_split, read_pretrained, save_model
 from privflow.training.loop import TrainResult, resolve_device, train_private
-
 
 ENGINE = ("privflow DP step: per-layer norms from activations and output gradients (outer-product "
           "identity, Gram form or grouped convolution, whichever is cheaper), one clipped matmul per layer")
@@ -42,7 +42,8 @@ def run_training(settings: Settings, description: dict, data_dir: Path, pretrain
     train = with_canaries(real, canaries) if canaries else real
     result = train_private(train, test, plan, t, len(description["classes"]), read_pretrained(pretrained_dir)[1],
                            secure=settings.privacy.secure_noise, rows_per_unit=privacy_unit_bound(description, settings),
-                           checkpoint=checkpoint, run_id=run_id)
+                           checkpoint=checkpoint, run_id=run_id,
+                           on_epoch=lambda done: report_progress(f"train@{settings.dataset.name}", **done))
     return result, real, test
 
 

@@ -40,8 +40,7 @@ def budget_verify(dataset: str = EVERY_DATASET) -> None:
     Exit 1 on any edit, deletion, reset, truncation or rebuild."""
     from privflow.artifacts import open_vault
     from privflow.budget import budget_name, find_anchors, with_project_anchors
-    from privflow.flows.pipeline import reports_dir
-    from privflow.flows.stages import stage_outputs
+    from privflow.flows.stages import reports_dir, stage_outputs
     from privflow.privacy.ledger import PrivacyLedger, ledger_key
     from privflow.settings import ledger_location
 

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from privflow.catalog import REPORT_FILES, REPORT_JSON
 from privflow.errors import PrivflowError
-from privflow.flows.cli.common import ONE_DATASET, console, ensure_keyring, one_dataset, quiet_tracebacks
+from privflow.flows.cli.common import (
+    ONE_DATASET,
+    console,
+    ensure_keyring,
+    one_dataset,
+    quiet_tracebacks,
+)
 
 
 def init(folder: Path = typer.Argument(Path("."), help="the project folder: empty, new, or an existing repository"),
@@ -31,11 +41,15 @@ def run(root: Path = Path("."),
         workers: int = typer.Option(1, min=1, help="> 1: datasets side by side on a local Dask cluster"),
         dask_address: str = typer.Option(None, help="or on an existing Dask cluster (tcp://host:8786)"),
         plan: bool = typer.Option(False, "--plan", help="only say what would run, why, and what it would spend"),
-        yes: bool = typer.Option(False, "--yes", "-y", help="spend privacy budget without asking (schedules, CI)")) -> None:
+        yes: bool = typer.Option(False, "--yes", "-y", help="spend privacy budget without asking (schedules, CI)"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="show DVC's, Prefect's and the stages' output live")) -> None:
     """Run the whole pipeline for every dataset, or the named ones (up-to-date stages are skipped).
 
     First it says which stages will run and why, and what each train will spend of its budget;
-    on a terminal a run that spends budget asks once, unless --yes."""
+    on a terminal a run that spends budget asks once, unless --yes. While it runs: a live table
+    on a terminal, one line per stage elsewhere; the full output goes to .privflow/logs/."""
+    from privflow.flows.run_output import summary
+    from privflow.flows.stages import read_dag
     from privflow.preflight import check_dataset
     from privflow.project import refresh_dvc_yaml
     from privflow.settings import dataset_names, load_settings
@@ -46,18 +60,38 @@ def run(root: Path = Path("."),
         console.print(f"dvc.yaml: code deps of {', '.join(refreshed)} rewritten for the installed privflow", highlight=False)
     for name in chosen:  # before Prefect starts: a schema or settings mistake costs seconds, not a run
         check_dataset(load_settings(name, root / "params.yaml"))
-    planned = show_plan(root, chosen)
+    dag = read_dag(root, with_status=True)
+    planned = show_plan(root, chosen, dag)
     if plan:
         return
     ensure_keyring(root)
-    announce_code_spending(root, planned)
-    spends = [p for p in planned if p.epsilon is not None]
-    if spends and not yes and sys.stdin.isatty() and not typer.confirm(
-            f"spend privacy budget in {len(spends)} train stage(s)?", default=True):
-        raise typer.Exit(1)
+    if planned:
+        announce_code_spending(root, planned)
+        spends = [p for p in planned if p.epsilon is not None]
+        if spends and not yes and sys.stdin.isatty() and not typer.confirm(
+                f"spend privacy budget in {len(spends)} train stage(s)?", default=True):
+            raise typer.Exit(1)
+        ran = run_flow(root, dataset or None, [s for s in dag.order if s.partition("@")[2] in chosen],
+                       workers, dask_address, verbose)
+    else:  # nothing stale: like a build tool's no-op, no flow run (Prefect is not even started)
+        ran = set()
+    if not ran:
+        console.print("stages run: none (all up to date)", highlight=False)
+    for line in summary(root, dag, chosen, ran):
+        console.print(line, highlight=False)
 
-    from privflow.flows.pipeline import dataset_of, pipeline, reports_dir
+
+def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers: int, dask_address: str | None,
+             verbose: bool) -> set[str]:
+    """The Prefect flow, its output in the run's log (unless verbose), a board on the terminal;
+    the stages that ran. A failed stage's own words are shown, then the next step."""
+    from contextlib import nullcontext
+
+    from privflow.flows.board import StageBoard
+    from privflow.flows.pipeline import pipeline
+    from privflow.flows.run_output import new_log_path, output_to_log, stage_said
     from privflow.flows.stages import StageFailed
+    from privflow.progress import PROGRESS_DIR_ENV
 
     quiet_tracebacks()
     flow = pipeline
@@ -67,26 +101,45 @@ def run(root: Path = Path("."),
         runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
             cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
         flow = pipeline.with_options(task_runner=runner)
+    log = new_log_path(root)
+    progress = log.with_suffix(".progress")
+    progress.mkdir()
+    os.environ[PROGRESS_DIR_ENV] = str(progress.resolve())
+    live = sys.stdout.isatty() and not verbose
+    console.print(f"log: {log}", highlight=False)
     try:
-        ran = flow(str(root), dataset or None, side_by_side=workers > 1 or bool(dask_address))
+        with (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
+                StageBoard(stages, terminal, live, progress):
+            ran = flow(str(root), datasets, side_by_side=workers > 1 or bool(dask_address))
     except StageFailed as failure:
-        console.print(f"[red]privflow: {failure}[/red]")
-        console.print(f"next: fix what stage {failure.stage} printed above, then `privflow run -d "
+        errors = Console(stderr=True, soft_wrap=True, highlight=False)
+        for line in ([] if verbose else stage_said(log, failure.stage)):
+            errors.print(line, style="red", markup=False)
+        errors.print(f"[red]privflow: {failure}[/red]")
+        errors.print(f"next: fix what stage {failure.stage} said above (full output: {log}), then `privflow run -d "
                       f"{failure.stage.partition('@')[2]}` again; stages that finished are not run again")
         raise typer.Exit(2) from None
-    console.print(f"stages run: {[s for s, r in ran.items() if r] or 'none (all up to date)'}")
-    for name in dict.fromkeys(dataset_of(s) for s in ran):
-        console.print(f"report of {name}: [bold]{reports_dir(root, name) / 'report.html'}[/bold]")
+    finally:
+        shutil.rmtree(progress, ignore_errors=True)
+        logging.getLogger("prefect").setLevel(logging.WARNING)  # its exit lines ("Stopping temporary server")
+    return {stage for stage, did in ran.items() if did}
 
 
-def show_plan(root: Path, chosen: list[str]) -> list:
+def show_plan(root: Path, chosen: list[str], dag) -> list:
     """Print what the run will do (privflow.flows.plan) and return it."""
     from privflow.flows.plan import stale_stages, with_spending
 
-    planned = with_spending(root, stale_stages(root, chosen))
+    planned = with_spending(root, stale_stages(root, chosen, dag), dag)
     if not planned:
         console.print("plan: every stage is up to date; nothing runs, nothing is spent", highlight=False)
+    # a first run: one line per dataset for the stages that never ran and spend nothing
+    never = {}
     for item in planned:
+        if item.why == "never run" and item.epsilon is None:
+            never.setdefault(item.stage.partition("@")[2], []).append(item.stage.partition("@")[0])
+    for name, stages in never.items():
+        console.print(f"plan: {', '.join(stages)} of {name} run: never run", highlight=False)
+    for item in (p for p in planned if p.why != "never run" or p.epsilon is not None):
         spend = ""
         if item.epsilon is not None:
             spend = (f"; spends {'' if item.exact else 'up to '}epsilon {item.epsilon:.3f} of budget {item.budget}, "
@@ -99,7 +152,7 @@ def announce_code_spending(root: Path, planned: list) -> None:
     """Before anything runs: a train stage that re-runs because privflow's code changed spends
     budget though no data or setting changed; say so, and how much it may spend."""
     from privflow.budget import budget_name
-    from privflow.flows.pipeline import dataset_of
+    from privflow.flows.stages import dataset_of
     from privflow.privacy.ledger import PrivacyLedger
     from privflow.settings import ledger_location, load_settings
 
@@ -108,7 +161,8 @@ def announce_code_spending(root: Path, planned: list) -> None:
             continue
         settings = load_settings(dataset_of(stage), root / "params.yaml")
         name = budget_name(settings)
-        left = PrivacyLedger(ledger_location(settings)).budget(name, settings.privacy.epsilon_cap).remaining
+        left = PrivacyLedger(ledger_location(settings)).budget(name, settings.privacy.epsilon_cap,
+                                                                 from_memo=True).remaining
         shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
         console.print(f"[yellow]{stage} will re-run because privflow's code changed ({shown}): it will spend up "
                       f"to epsilon {settings.train.target_epsilon:g} of budget {name} ({left:.3f} left)[/yellow]",
@@ -143,21 +197,20 @@ def status(root: Path = Path(".")) -> None:
     """Per dataset: which stages are out of date, the latest report, and the privacy budget."""
     from privflow.artifacts import read_json
     from privflow.budget import budget_name
-    from privflow.flows.pipeline import dataset_of, reports_dir
-    from privflow.flows.stages import open_repo, stage_order
+    from privflow.flows.stages import dataset_of, read_dag
     from privflow.privacy.ledger import PrivacyLedger
     from privflow.settings import dataset_names, ledger_location, load_settings
 
-    with open_repo(root) as repo:
-        stale = {name.split(":")[-1] for name in repo.status()}
-    order = stage_order(root)
+    dag = read_dag(root, with_status=True)
+    stale, order = dag.stale, dag.order
     table = Table("dataset", "stages with changed inputs", "latest report", "ε spent / cap", title=str(root.resolve()))
     for name in dataset_names(root / "params.yaml"):
         settings = load_settings(name, root / "params.yaml")
         stages = [s.split("@")[0] for s in order if dataset_of(s) == name and s in stale]
-        report_json = reports_dir(root, name) / REPORT_JSON
+        report_json = dag.reports_dir(name) / REPORT_JSON
         latest = read_json(report_json) if report_json.exists() else None
-        budget = PrivacyLedger(ledger_location(settings)).budget(budget_name(settings), settings.privacy.epsilon_cap)
+        budget = PrivacyLedger(ledger_location(settings)).budget(budget_name(settings), settings.privacy.epsilon_cap,
+                                                                 from_memo=True)
         table.add_row(name, ", ".join(stages) or "none",
                       f"{latest['generated_at']} (run {latest['run_id'][:12]})" if latest else "none yet",
                       f"{budget.spent:.3f} / {budget.cap:g} ({budget.runs} run(s))")
@@ -171,7 +224,7 @@ def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown,
     import shutil
     import webbrowser
 
-    from privflow.flows.pipeline import reports_dir
+    from privflow.flows.stages import reports_dir
     from privflow.reporting.archive import archive_run
 
     reports = reports_dir(Path("."), one_dataset(dataset))

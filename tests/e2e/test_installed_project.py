@@ -162,6 +162,7 @@ def test_an_upgrade_reruns_what_changed_and_says_train_will_spend_first(project)
     printed = " ".join(_sh(["privflow", "run"], root, env).stdout.split())
     warning = printed.index("train@breast_cancer will re-run because privflow's code changed (training/loop.py): "
                             "it will spend up to epsilon 3 of budget breast_cancer")
-    assert warning < printed.index("train: epsilon"), printed
-    ran = printed[printed.index("stages run:"):]
-    assert "train@breast_cancer" in ran and "ingest@breast_cancer" not in ran
+    assert warning < printed.index("train@breast_cancer: ran in"), printed
+    assert "ingest@breast_cancer: up to date" in printed
+    ran = printed[printed.index("breast_cancer: ran "):].split(";")[0].removeprefix("breast_cancer: ran ").split(", ")
+    assert "train" in ran and "ingest" not in ran, printed

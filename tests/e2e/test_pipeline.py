@@ -72,7 +72,12 @@ def test_flow_runs_every_stage_and_writes_the_report(pipeline_run):
     training = json.loads(workspace.metrics("train").read_text())
     assert 0 < training["privacy"]["epsilon_spent"] <= 3.0
     assert f"{training['privacy']['epsilon_spent']:.3f}" in report
-    assert "report:" in result.stdout and "report.html" in result.stdout
+    # the person sees one line per stage and a summary; DVC's and the stages' own output is in the log
+    logs = list((workspace.repo / ".privflow" / "logs").glob("*.log"))
+    assert len(logs) == 1 and f"log: .privflow/logs/{logs[0].name}" in result.stdout
+    assert "report: wrote" in logs[0].read_text() and "Running stage" in logs[0].read_text()
+    assert "Running stage" not in result.stdout + result.stderr
+    assert all(f"{stage}: ran in " in result.stdout for stage in order)
     lock = yaml.safe_load((workspace.repo / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(order)
 
@@ -94,7 +99,10 @@ def test_two_datasets_side_by_side_through_the_same_code(pipeline_run):
         training = json.loads(workspace.metrics("train", dataset).read_text())
         assert training["privacy"]["epsilon_spent"] <= 3.0
         context = json.loads((workspace.reports(dataset) / "report.json").read_text())
-        assert context["dataset"]["dataset"] == dataset and f"report of {dataset}" in result.stdout
+        assert context["dataset"]["dataset"] == dataset
+        summary = next(line for line in result.stdout.splitlines() if line.startswith(f"{dataset}: ran "))
+        assert f"epsilon spent {training['privacy']['epsilon_spent']:.3f}" in summary
+        assert f"reports/{dataset}/report.html" in summary
     index = (workspace.repo / "reports" / "index.html").read_text()
     assert "breast_cancer/runs/" in index and "churn/runs/" in index
 

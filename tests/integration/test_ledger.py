@@ -201,3 +201,24 @@ def test_a_postgresql_role_with_insert_and_select_only_can_charge_but_never_edit
         with pytest.raises(ProgrammingError, match="permission denied"), runs.engine.begin() as conn:
             conn.execute(text(statement))
     assert runs.count() == 2
+
+
+def test_displays_may_read_the_epsilon_memo_but_a_charge_never_does(ledger_location, tmp_path, monkeypatch):
+    """status and the plan read earlier compositions from EPSILON_MEMO (no Opacus import); the
+    charge composes afresh, so an edited memo cannot let a run overspend."""
+    import json
+
+    from privflow.privacy.accounting import EPSILON_MEMO
+
+    monkeypatch.chdir(tmp_path)
+    ledger = PrivacyLedger(ledger_location)
+    first = ledger.charge(charge_for(2.0, "r1"), cap=2.5)  # a second one would compose to 2.65
+    memo = json.loads(EPSILON_MEMO.read_text())
+    assert list(memo.values()) == [pytest.approx(first.spent)]  # the charge left its composition
+    assert ledger.budget("demo", 2.5, from_memo=True).spent == pytest.approx(first.spent)
+    EPSILON_MEMO.write_text(json.dumps({key: 0.001 for key in memo}))  # someone edits the memo
+    assert ledger.budget("demo", 2.5, from_memo=True).spent == 0.001  # a display may be misled...
+    assert ledger.budget("demo", 2.5).spent == pytest.approx(first.spent)  # ...the budget is not
+    with pytest.raises(BudgetExceeded):
+        ledger.charge(charge_for(2.0, "r2"), cap=2.5)
+    assert [c.run_id for c in ledger.charges("demo")] == ["r1"]

@@ -12,7 +12,7 @@ import yaml
 
 from privflow.crypto.keys import Keyring
 from privflow.crypto.vault import Vault
-from privflow.data.features import feature_names
+from privflow.data.feature_names import feature_names
 from privflow.data.schema_file import load_schema
 from privflow.demo_data import churn_table, csv_text, public_churn_table
 from privflow.errors import PrivacyError

@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from privflow.data.coercion import coerce_batch
-from privflow.data.features import class_indices, encode_features, feature_names
+from privflow.data.features import class_indices, encode_features
 from privflow.data.records import RecordReader
+from privflow.data.feature_names import feature_names
 from privflow.data.schema import DatasetSchema
 from privflow.data.schema_file import load_schema
 from privflow.errors import SchemaError

@@ -1,0 +1,98 @@
+"""What `privflow run` shows and where its output goes: the board, the run's log, the summary
+of a failed stage's own words (privflow.flows.board, privflow.flows.run_output)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+
+from privflow.flows.board import (
+    FAILED,
+    RAN,
+    RUNNING,
+    UP_TO_DATE,
+    StageBoard,
+    announce,
+    say,
+)
+from privflow.flows.run_output import stage_said
+from privflow.progress import PROGRESS_DIR_ENV, read_progress, report_progress
+
+STAGES = ["ingest@churn", "train@churn", "ingest@digits", "train@digits"]
+
+
+def test_off_a_terminal_each_stage_prints_one_line_when_it_ends():
+    out = io.StringIO()
+    with StageBoard(STAGES, out, live=False):
+        announce("ingest@churn", RUNNING)
+        announce("ingest@churn", RAN)
+        announce("ingest@digits", UP_TO_DATE)
+        announce("train@churn", RUNNING)
+        say("another privflow run is in progress here; waiting for it")
+        announce("train@churn", FAILED)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("ingest@churn: ran in ") and lines[0].endswith(" s")
+    assert lines[1:] == ["ingest@digits: up to date", "another privflow run is in progress here; waiting for it",
+                         lines[3]] and lines[3].startswith("train@churn: failed in ")
+    announce("train@digits", RAN)  # the board has stopped watching: nothing more is printed
+    assert out.getvalue().splitlines() == lines
+
+
+def test_the_live_table_shows_a_running_train_with_its_epoch_and_epsilon(tmp_path, monkeypatch):
+    monkeypatch.setenv(PROGRESS_DIR_ENV, str(tmp_path))
+    board = StageBoard(STAGES, io.StringIO(), live=False, progress_dir=tmp_path)
+    board.update("ingest@churn", RAN)
+    board.update("train@churn", RUNNING)
+    assert board.cell("train@churn").startswith("[yellow]running ") and "epoch" not in board.cell("train@churn")
+    report_progress("train@churn", epoch=2, epochs=5, epsilon=1.234)
+    assert read_progress(tmp_path, "train@churn") == {"epoch": 2, "epochs": 5, "epsilon": 1.234}
+    assert "epoch 2/5, ε 1.23" in board.cell("train@churn")
+    assert board.cell("ingest@digits") == "[dim]queued[/dim]" and "ran" in board.cell("ingest@churn")
+    table = board.table()
+    assert [c.header for c in table.columns] == ["stage", "churn", "digits"] and table.row_count == 2
+
+
+def test_progress_is_written_only_when_a_run_asks_for_it(tmp_path, monkeypatch):
+    monkeypatch.delenv(PROGRESS_DIR_ENV, raising=False)
+    report_progress("train@churn", epoch=1, epochs=5, epsilon=0.5)  # plain `dvc repro`: nowhere
+    assert read_progress(tmp_path, "train@churn") == {} and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_stage_is_summed_up_by_its_own_words(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text(textwrap.dedent("""\
+        Running stage 'train@churn':
+        > python -m privflow.stages.train --dataset churn
+        privflow: BudgetExceeded: an older refusal of the same stage
+        Running stage 'validate@digits':
+        Running stage 'train@churn':
+        > python -m privflow.stages.train --dataset churn
+        12:00:00.000 | INFO    | prefect - something
+        privflow: BudgetExceeded: composed epsilon from 2.99 to 5.98, over the cap 3.5
+        ERROR: failed to reproduce 'train@churn'
+        """))
+    assert stage_said(log, "train@churn") == ["privflow: BudgetExceeded: composed epsilon from 2.99 to 5.98, "
+                                              "over the cap 3.5"]
+    log.write_text("Running stage 'encrypt@churn':\nKilled\n")  # died before it could say anything
+    assert stage_said(log, "encrypt@churn") == ["Running stage 'encrypt@churn':", "Killed"]
+
+
+def test_the_log_takes_every_process_output_and_the_board_keeps_the_terminal(tmp_path):
+    """fds 1 and 2 go to the log, so a child process (a stage, DVC) writes there too."""
+    script = textwrap.dedent(f"""
+        import subprocess, sys
+        from pathlib import Path
+        from privflow.flows.run_output import output_to_log
+        with output_to_log(Path({str(tmp_path / 'run.log')!r})) as terminal:
+            print("from python")
+            print("python's stderr", file=sys.stderr)
+            subprocess.run(["sh", "-c", "echo from a child; echo child stderr >&2"], check=True)
+            terminal.write("board line\\n")
+        print("after the run")
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout == "board line\nafter the run\n" and done.stderr == ""
+    logged = (tmp_path / "run.log").read_text().splitlines()
+    assert sorted(logged) == sorted(["from python", "python's stderr", "from a child", "child stderr"])
