@@ -41,11 +41,12 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } || \
 	    echo "not installed: $$missing (the tests that need them will be skipped)"; fi
 
+# Both cores; a test file's tests stay on one worker, so a module's shared pipeline run is made once.
 test: install system-deps
-	$(BIN)/pytest -q -ra --durations=20
+	$(BIN)/pytest -q -ra --durations=20 -n 2 --dist loadfile
 
 test-fast: install
-	$(BIN)/pytest -q -ra -m "not slow"
+	$(BIN)/pytest -q -ra -m "not slow" -n 2 --dist loadfile
 
 bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py

@@ -30,6 +30,7 @@ OUT = ROOT / "bench-results" / "cli.json"
 BIN = Path(sys.executable).parent
 PROJECT = Path(tempfile.mkdtemp(prefix="privflow-bench-")) / "demo"
 ENV = {**os.environ, "PRIVFLOW_KEYRING": str(PROJECT.parent / "keyring.json"),
+       "PRIVFLOW_LEDGER": str(PROJECT.parent / "ledger.sqlite"),
        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
@@ -50,18 +51,19 @@ def import_floor(module: str, repeats: int = 3) -> float:
     return best([sys.executable, "-c", f"import {module}"], repeats)[0]
 
 
-def full_run(privflow: str) -> tuple[float, float, int]:
-    """A demo run from scratch: its wall time, the stages' own work (from its log), stages run."""
+def full_run(privflow: str) -> tuple[float, float, int, int]:
+    """A demo run from scratch: its wall time, the stages' own work (from its log), stages run,
+    lines printed."""
     subprocess.run([privflow, "init", str(PROJECT), "--demo"], env=ENV, capture_output=True, check=True)
-    wall, _ = best([privflow, "run", "--yes"], 1)
+    wall, lines = best([privflow, "run", "--yes"], 1)
     (log,) = (PROJECT / ".privflow" / "logs").glob("*.log")
     worked = [float(s) for s in re.findall(r"^privflow timing: \S+ worked ([\d.]+) s$", log.read_text(), re.M)]
-    return wall, sum(worked), len(worked)
+    return wall, sum(worked), len(worked), lines
 
 
 def main() -> None:
     privflow, dvc = str(BIN / "privflow"), [sys.executable, "-m", "dvc"]
-    wall, worked, stages = full_run(privflow)
+    wall, worked, stages, full_lines = full_run(privflow)
     run, run_lines = best([privflow, "run", "--yes"], 2)
     repro, _ = best([*dvc, "repro"], 2)
     status, _ = best([privflow, "status"], 3)
@@ -72,6 +74,7 @@ def main() -> None:
     rows = [
         (f"start-up overhead of a full demo run ({stages} stages)", (wall - worked) / wall, 0.2,
          f"{wall:.0f} s wall, {worked:.0f} s in the stages' own work"),
+        ("lines printed by that full run", full_lines, 60, ""),
         ("no-op privflow run / no-op dvc repro", run / repro, 3.0, f"{run:.1f} s / {repro:.1f} s"),
         ("lines printed by a no-op privflow run", run_lines, 60, ""),
         ("privflow --help (s)", help_time, 0.5, ""),

@@ -106,7 +106,8 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     progress.mkdir()
     os.environ[PROGRESS_DIR_ENV] = str(progress.resolve())
     live = sys.stdout.isatty() and not verbose
-    console.print(f"log: {log}", highlight=False)
+    if not verbose:
+        console.print(f"log: {log}", highlight=False)
     try:
         with (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
                 StageBoard(stages, terminal, live, progress):
