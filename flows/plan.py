@@ -108,7 +108,9 @@ def with_spending(root: Path, planned: list[PlannedStage], dag: Dag) -> list[Pla
         settings = load_settings(item.stage.partition("@")[2], root / "params.yaml")
         name, t = budget_name(settings), settings.train
         description = dag.outputs[f"encrypt@{settings.dataset.name}"][0] / DATASET
-        charges = PrivacyLedger(ledger_location(settings)).charges(name)
+        ledger = PrivacyLedger(ledger_location(settings))
+        charges = ledger.charges(name)
+        mac_key = ledger.memo_key() if charges else None  # remembered compositions exist only after a charge
         history = [(c.noise_multiplier, c.sample_rate, c.steps) for c in charges]
         epsilon, after, exact = t.target_epsilon, None, False
         dataset = settings.dataset.name
@@ -121,8 +123,9 @@ def with_spending(root: Path, planned: list[PlannedStage], dag: Dag) -> list[Pla
             if plan is not None:
                 epsilon, exact = plan.epsilon, True
                 after = composed_epsilon([*history, (plan.noise_multiplier, plan.sample_rate, plan.steps)],
-                                         sum(c.delta for c in charges) + plan.delta, from_memo=True)
+                                         sum(c.delta for c in charges) + plan.delta, mac_key=mac_key, from_memo=True)
         left = settings.privacy.epsilon_cap - (after if after is not None else
-                                               composed_epsilon(history, sum(c.delta for c in charges), from_memo=True) + epsilon)
+                                               composed_epsilon(history, sum(c.delta for c in charges), mac_key=mac_key,
+                                                                from_memo=True) + epsilon)
         done.append(replace(item, epsilon=epsilon, exact=exact, budget=name, left_after=left))
     return done

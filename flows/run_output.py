@@ -48,13 +48,16 @@ def output_to_log(path: Path) -> Iterator[TextIO]:
 
 
 def stage_said(log: Path, stage: str) -> list[str]:
-    """What a failed stage told its user (its `privflow:` lines), from its part of the log;
-    the log's last lines when it said nothing (it died before it could)."""
+    """What a failed stage told its user (its `privflow:` lines), from its part of the log; the
+    end of that part when it said nothing (it died before it could); nothing when its command
+    never started (DVC refused first, and the failure's own message says why)."""
     lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
     marker = f"Running stage '{stage}'"
-    start = max((i for i, line in enumerate(lines) if marker in line), default=0)
-    said = [line for line in lines[start:] if line.startswith("privflow: ")]
-    return said or lines[-15:]
+    starts = [i for i, line in enumerate(lines) if marker in line]
+    if not starts:
+        return []
+    part = lines[starts[-1]:]
+    return [line for line in part if line.startswith("privflow: ")] or part[-15:]
 
 
 def summary(root: Path, dag: Dag, datasets: list[str], ran: set[str]) -> list[str]:

@@ -8,6 +8,7 @@ epsilon Opacus' accountant reports after it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -83,16 +84,22 @@ def plan_dp_sgd(*, rows: int, batch_size: int, epochs: int, target_epsilon: floa
     return DpSgdPlan(accountant, noise, sample_rate, steps, target_delta, epsilon)
 
 
-# Earlier results of composed_epsilon, a pure function of its inputs: read by commands that only
-# display a budget (status, budget show, the plan), so they need not load Opacus (seconds) to
-# repeat a composition the charge already did. A charge never reads it: it composes afresh
-# inside the ledger's transaction, so an edited memo can mislead a display, never the cap.
+# Earlier results of composed_epsilon, a pure function of its inputs, each tagged with the
+# ledger's MAC key: read by commands that only display a budget (status, budget show, the
+# plan), so they need not load Opacus (seconds) to repeat a composition a charge already did.
+# An entry whose tag fails (edited, or written under another keyring) is ignored and composed
+# afresh. A charge never reads it: it composes inside the ledger's transaction.
 EPSILON_MEMO = Path(".privflow") / "composed-epsilon.json"
 
 
 def _memo_key(mechanisms: list[tuple[float, float, int]], delta: float) -> str:
     exact = json.dumps([[float(n).hex(), float(q).hex(), int(t)] for n, q, t in mechanisms] + [float(delta).hex()])
     return hashlib.sha256(exact.encode()).hexdigest()
+
+
+def _tag(mac_key: bytes, key: str, epsilon: float) -> str:
+    return hmac.new(mac_key, f"privflow composed epsilon v1|{key}|{float(epsilon).hex()}".encode(),
+                    hashlib.sha256).hexdigest()
 
 
 def _read_memo() -> dict:
@@ -102,9 +109,18 @@ def _read_memo() -> dict:
         return {}
 
 
-def _remember(key: str, epsilon: float) -> None:
+def _recalled(mac_key: bytes, key: str) -> float | None:
+    entry = _read_memo().get(key)
+    try:
+        epsilon = float(entry["epsilon"])
+        return epsilon if hmac.compare_digest(entry["tag"], _tag(mac_key, key, epsilon)) else None
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _remember(mac_key: bytes, key: str, epsilon: float) -> None:
     memo = _read_memo()
-    memo[key] = epsilon
+    memo[key] = {"epsilon": epsilon, "tag": _tag(mac_key, key, epsilon)}
     try:
         EPSILON_MEMO.parent.mkdir(parents=True, exist_ok=True)
         partial = EPSILON_MEMO.with_suffix(f".{os.getpid()}.tmp")
@@ -114,18 +130,21 @@ def _remember(key: str, epsilon: float) -> None:
         pass
 
 
-def composed_epsilon(mechanisms: list[tuple[float, float, int]], delta: float, *, from_memo: bool = False) -> float:
+def composed_epsilon(mechanisms: list[tuple[float, float, int]], delta: float, *,
+                     mac_key: bytes | None = None, from_memo: bool = False) -> float:
     """Epsilon of running every (noise, sample rate, steps) mechanism on the same people,
-    composed by the PRV accountant at the given delta (0 when nothing has run). `from_memo`:
-    a display may take an earlier identical composition's result (EPSILON_MEMO)."""
+    composed by the PRV accountant at the given delta (0 when nothing has run). With the
+    ledger's `mac_key` the result is recorded in EPSILON_MEMO; `from_memo` (displays only) takes
+    an earlier identical composition from it when its tag verifies."""
     if not mechanisms:
         return 0.0
     key = _memo_key(mechanisms, delta)
-    if from_memo and (known := _read_memo().get(key)) is not None:
-        return float(known)
+    if from_memo and mac_key is not None and (known := _recalled(mac_key, key)) is not None:
+        return known
     counter = create_accountant(mechanism="prv")
     counter.history = list(mechanisms)
     with quiet_rdp_bound():
         epsilon = float(counter.get_epsilon(delta=delta))
-    _remember(key, epsilon)
+    if mac_key is not None:
+        _remember(mac_key, key, epsilon)
     return epsilon

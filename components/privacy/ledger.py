@@ -43,7 +43,7 @@ from sqlalchemy import (
     text,
 )
 
-from privflow.errors import BudgetExceeded, PrivacyError
+from privflow.errors import BudgetExceeded, PrivacyError, PrivflowError
 from privflow.privacy.accounting import composed_epsilon
 
 GENESIS = "0" * 64
@@ -127,11 +127,13 @@ class Budget:
         return self.cap - self.spent
 
 
-def budget_of(dataset: str, cap: float, charges: list[Charge], *, from_memo: bool = False) -> Budget:
-    """`from_memo`: for a display only (privflow.privacy.accounting.EPSILON_MEMO)."""
+def budget_of(dataset: str, cap: float, charges: list[Charge], *, mac_key: bytes | None = None,
+              from_memo: bool = False) -> Budget:
+    """`mac_key` records the composition in privflow.privacy.accounting.EPSILON_MEMO; `from_memo`
+    (a display only) reads it from there when its tag verifies."""
     delta = sum(c.delta for c in charges)
     spent = composed_epsilon([(c.noise_multiplier, c.sample_rate, c.steps) for c in charges], delta,
-                             from_memo=from_memo)
+                             mac_key=mac_key, from_memo=from_memo)
     return Budget(dataset, cap, spent, sum(c.epsilon for c in charges), delta, len(charges))
 
 
@@ -174,7 +176,15 @@ class PrivacyLedger:
 
     def budget(self, dataset: str, cap: float, *, from_memo: bool = False) -> Budget:
         """`from_memo`: for a display only; a charge composes afresh (see charge)."""
-        return budget_of(dataset, cap, self.charges(dataset), from_memo=from_memo)
+        charges = self.charges(dataset)
+        return budget_of(dataset, cap, charges, mac_key=self.memo_key() if charges else None, from_memo=from_memo)
+
+    def memo_key(self) -> bytes | None:
+        """The key that tags remembered compositions: the ledger's, or None before the keyring exists."""
+        try:
+            return self.key
+        except PrivflowError:
+            return None
 
     def charge(self, charge: Charge, cap: float) -> Budget:
         """Record the charge if the composition still fits under the cap; else refuse with the numbers."""
@@ -204,8 +214,9 @@ class PrivacyLedger:
                 f"people cannot get a fresh budget '{charge.dataset}' by a new name. If this entry is that data "
                 f"renamed, or another view of the same people, declare `budget: {elsewhere[0]}` in its params.yaml entry")
         existing = self._rows(conn, charge.dataset)
-        before = budget_of(charge.dataset, cap, existing)
-        after = budget_of(charge.dataset, cap, [*existing, charge])
+        # composed afresh, never read from the memo; recorded there for the displays that follow
+        before = budget_of(charge.dataset, cap, existing, mac_key=self.memo_key())
+        after = budget_of(charge.dataset, cap, [*existing, charge], mac_key=self.memo_key())
         if after.spent > cap + 1e-9:
             raise BudgetExceeded(
                 f"dataset '{charge.dataset}': this run (epsilon {charge.epsilon:.4g}) would bring the "

@@ -27,7 +27,7 @@ def budget_show(dataset: str = EVERY_DATASET) -> None:
             table.add_row(c.created_at, c.run_id[:12], c.accountant, f"{c.noise_multiplier:.3f}",
                           f"{c.sample_rate:.4f}", str(c.steps), f"{c.delta:g}", f"{c.epsilon:.3f}")
         console.print(table)
-        budget = ledger.budget(name, settings.privacy.epsilon_cap)
+        budget = ledger.budget(name, settings.privacy.epsilon_cap, from_memo=True)
         console.print(f"{name}: {budget.runs} run(s), composed epsilon {budget.spent:.3f} at delta "
                       f"{budget.delta_total:g} (sum of epsilons {budget.spent_sum:.3f}) of cap {budget.cap:g}; "
                       f"remaining {budget.remaining:.3f}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -164,5 +165,5 @@ def test_an_upgrade_reruns_what_changed_and_says_train_will_spend_first(project)
                             "it will spend up to epsilon 3 of budget breast_cancer")
     assert warning < printed.index("train@breast_cancer: ran in"), printed
     assert "ingest@breast_cancer: up to date" in printed
-    ran = printed[printed.index("breast_cancer: ran "):].split(";")[0].removeprefix("breast_cancer: ran ").split(", ")
+    ran = re.search(r"(?<![@\w])breast_cancer: ran ([^;]+);", printed).group(1).split(", ")  # the summary line
     assert "train" in ran and "ingest" not in ran, printed

@@ -22,7 +22,10 @@ def test_missing_source_names_the_file_and_writes_nothing(workspace):
     assert str(workspace.source) in result.stdout + result.stderr
     assert not (workspace.repo / "artifacts").exists()
     output = " ".join((result.stdout + result.stderr).split())
-    assert "next: fix what stage ingest@breast_cancer printed above, then `privflow run -d breast_cancer`" in output
+    assert "next: fix what stage ingest@breast_cancer said above (full output: .privflow/logs/" in output
+    assert "then `privflow run -d breast_cancer` again" in output
+    said = result.stderr.splitlines()[0]  # the stage's own words first, from the run's log
+    assert said.startswith("privflow: ") and str(workspace.source) in said, result.stderr
     assert "Traceback" not in output
 
 

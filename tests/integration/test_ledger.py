@@ -203,22 +203,26 @@ def test_a_postgresql_role_with_insert_and_select_only_can_charge_but_never_edit
     assert runs.count() == 2
 
 
-def test_displays_may_read_the_epsilon_memo_but_a_charge_never_does(ledger_location, tmp_path, monkeypatch):
-    """status and the plan read earlier compositions from EPSILON_MEMO (no Opacus import); the
-    charge composes afresh, so an edited memo cannot let a run overspend."""
+def test_displays_read_only_authentic_memo_entries_and_a_charge_never_does(ledger_location, tmp_path, monkeypatch):
+    """status, budget show and the plan read earlier compositions from EPSILON_MEMO (no Opacus
+    import), each entry tagged with the ledger's key: an edited entry is ignored. The charge
+    composes afresh, so even an entry tagged under the right key cannot let a run overspend."""
     import json
 
-    from privflow.privacy.accounting import EPSILON_MEMO
+    from privflow.privacy.accounting import EPSILON_MEMO, _tag
 
     monkeypatch.chdir(tmp_path)
     ledger = PrivacyLedger(ledger_location)
     first = ledger.charge(charge_for(2.0, "r1"), cap=2.5)  # a second one would compose to 2.65
     memo = json.loads(EPSILON_MEMO.read_text())
-    assert list(memo.values()) == [pytest.approx(first.spent)]  # the charge left its composition
+    (key, entry), = memo.items()  # the charge recorded its composition
+    assert entry["epsilon"] == pytest.approx(first.spent)
     assert ledger.budget("demo", 2.5, from_memo=True).spent == pytest.approx(first.spent)
-    EPSILON_MEMO.write_text(json.dumps({key: 0.001 for key in memo}))  # someone edits the memo
-    assert ledger.budget("demo", 2.5, from_memo=True).spent == 0.001  # a display may be misled...
-    assert ledger.budget("demo", 2.5).spent == pytest.approx(first.spent)  # ...the budget is not
+    EPSILON_MEMO.write_text(json.dumps({key: {**entry, "epsilon": 0.001}}))  # edited without the key
+    assert ledger.budget("demo", 2.5, from_memo=True).spent == pytest.approx(first.spent)  # ignored
+    EPSILON_MEMO.write_text(json.dumps({key: {"epsilon": 0.001, "tag": _tag(ledger.key, key, 0.001)}}))
+    assert ledger.budget("demo", 2.5, from_memo=True).spent == 0.001  # read: the display loads no Opacus
+    assert ledger.budget("demo", 2.5).spent == pytest.approx(first.spent)  # the budget itself composes
     with pytest.raises(BudgetExceeded):
         ledger.charge(charge_for(2.0, "r2"), cap=2.5)
     assert [c.run_id for c in ledger.charges("demo")] == ["r1"]

@@ -77,6 +77,8 @@ def test_a_failed_stage_is_summed_up_by_its_own_words(tmp_path):
                                               "over the cap 3.5"]
     log.write_text("Running stage 'encrypt@churn':\nKilled\n")  # died before it could say anything
     assert stage_said(log, "encrypt@churn") == ["Running stage 'encrypt@churn':", "Killed"]
+    log.write_text("12:00:00 | INFO | prefect - Starting temporary server\n")  # DVC refused before the command
+    assert stage_said(log, "ingest@churn") == []
 
 
 def test_the_log_takes_every_process_output_and_the_board_keeps_the_terminal(tmp_path):
