@@ -116,9 +116,12 @@ def _record_loaded_modules(stage: str) -> None:
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(), turning every failure into one line and an exit code: a
     user never sees a raw traceback, and never a row value."""
+    from privflow.lockfile import remember_lock
+
     stage, dataset = _stage_and_dataset()
     started = time.perf_counter()
     try:
+        remember_lock()  # before any work: DVC recorded every stage before this one
         main()
         _record_loaded_modules(stage)
         if os.environ.get(PROGRESS_DIR_ENV):  # under `privflow run`: into its log, for the start-up figure

@@ -7,6 +7,7 @@ not, and records every hash in dvc.lock.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
@@ -19,6 +20,7 @@ from dvc.repo import Repo
 from dvc.stage import PipelineStage
 
 from privflow.errors import EXIT_TRANSIENT, PrivflowError
+from privflow.lockfile import LOCK, looks_complete, restore_lock, write_atomically
 
 
 class StageFailed(Exception):
@@ -72,13 +74,80 @@ def stage_order(root: Path) -> list[str]:
     return read_dag(root).order
 
 
-def open_repo(root: Path) -> Repo:
-    """The project's DVC repository, or a clear refusal outside one."""
+def open_repo(root: Path, mend: bool = True, **options) -> Repo:
+    """The project's DVC repository, its dvc.lock mended if a killed run cut it (unless not
+    `mend`); or a clear refusal outside one."""
     try:
-        return Repo(str(root))
+        repo = Repo(str(root), **options)
     except NotDvcRepoError:
         raise PrivflowError(f"{root.resolve()}: not a privflow project (no DVC repository); "
                             "run privflow from the project's root, or make one with `privflow init`") from None
+    mended = repair_lock(repo) if mend else None
+    if mended:
+        print(f"privflow: {mended}", file=sys.stderr)
+    return repo
+
+
+def lock_problem(repo: Repo) -> str | None:
+    """Why the project's dvc.lock cannot be trusted as it stands, or None: DVC refuses it, or
+    DVC would load it but did not finish writing it (privflow.lockfile.looks_complete). Those
+    cuts are the dangerous ones: an empty lock reads as "nothing recorded", an out cut before
+    its hash as "changed", and taking them at their word runs stages again (train spending
+    anew)."""
+    from dvc.dvcfile import Lockfile
+    from dvc.exceptions import DvcException
+
+    root = Path(repo.root_dir)
+    lock = root / LOCK
+    if not lock.exists():
+        return None
+    try:
+        Lockfile(repo, str(lock), verify=False).load()
+    except DvcException as error:
+        return " ".join(str(error).split())
+    if not looks_complete(lock.read_text(encoding="utf-8", errors="replace")):
+        return "it ends part-way through what DVC was writing" if lock.stat().st_size else "it is empty"
+    return None
+
+
+def repair_lock(repo: Repo) -> str | None:
+    """Put back the last complete dvc.lock if DVC cannot use this one; what was done, or None."""
+    problem = lock_problem(repo)
+    if not problem:
+        return None
+    mended = restore_lock(Path(repo.root_dir), problem)
+    if mended is None:
+        raise PrivflowError(
+            f"{Path(repo.root_dir) / LOCK}: {problem}, and privflow holds no complete copy of it; put back the "
+            f"committed one (`git checkout {LOCK}`), then run again: stages recorded since then run again")
+    return mended
+
+
+def _write_dvc_files_atomically() -> None:
+    """DVC writes dvc.lock (and dvc.yaml edits) with `open(path, "w+")` and then the YAML, in
+    dvc.utils.serialize._common._dump_data: a kill in between cuts the file. In privflow's own
+    process the same text goes to a file beside it, then `os.replace`, so a killed
+    `privflow run` leaves the old lock or the new one. Local files only; a DVC without that
+    function is left as it is (the copy privflow.lockfile keeps still mends a cut lock)."""
+    from dvc.utils.serialize import _common, _yaml
+
+    original = getattr(_common, "_dump_data", None)
+    if original is None or getattr(original, "privflow_atomic", False):
+        return
+
+    def dump_data(path, data, dumper, fs=None, **dumper_args):
+        if fs is not None and getattr(fs, "protocol", None) != "local":
+            return original(path, data, dumper, fs=fs, **dumper_args)
+        text = io.StringIO()
+        dumper(data, text, **dumper_args)
+        write_atomically(Path(path), text.getvalue())
+        return None
+
+    dump_data.privflow_atomic = True
+    _common._dump_data = _yaml._dump_data = dump_data  # _yaml imported the name itself
+
+
+_write_dvc_files_atomically()
 
 
 def stage_outputs(root: Path, stage: str) -> list[Path]:
@@ -121,7 +190,7 @@ def reproduce_stage(root: Path, stage: str) -> bool:
     try:
         # wait for DVC's repository lock rather than fail: with datasets side by side, another
         # process may be recording its stage (DVC holds the lock only to check and record)
-        with Repo(str(root), _wait_for_lock=True) as repo:
+        with open_repo(root, _wait_for_lock=True) as repo:
             # a bare stage name resolves against the current directory, not against `root`
             target = f"{Path(repo.root_dir) / 'dvc.yaml'}:{stage}"
             return bool(repo.reproduce(targets=[target], single_item=True))

@@ -218,6 +218,16 @@ def status(root: Path = Path(".")) -> None:
     console.print(table)
 
 
+def repair(root: Path = Path(".")) -> None:
+    """Mend a dvc.lock that a killed `dvc repro` cut short (DVC then refuses every run with
+    "'./dvc.lock' validation failed"): the copy taken as the last stage started goes back."""
+    from privflow.flows.stages import open_repo, repair_lock
+
+    with open_repo(root, mend=False) as repo:
+        mended = repair_lock(repo)
+    console.print(mended or f"{root / 'dvc.lock'}: DVC loads it; nothing to mend", highlight=False)
+
+
 def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown, JSON) here"),
            open_browser: bool = typer.Option(False, "--open", help="open it in the browser"),
            dataset: str = ONE_DATASET) -> None:

@@ -53,8 +53,8 @@ def kill_at_random(workspace, stage: str, rng: random.Random, longest: float = 4
     it was still running when killed). `after`: a condition the delay counts from (the run's
     charge in the ledger, a checkpoint on disk), so the kill lands in training, not imports.
     `in_command`: the delay counts from the stage command's start, and the kill lands only
-    while that command runs: DVC itself rewrites dvc.lock in place (open "w+", then the YAML),
-    so a kill in that instant truncates the lock file, which no stage can prevent."""
+    while that command runs: in its work, not in DVC's bookkeeping around it (which the first
+    test's kills reach, the lock's rewrite included)."""
     delay = rng.uniform(0.3, longest)
     process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", f"{stage}@breast_cancer"],
                                cwd=workspace.repo, env=workspace.env, start_new_session=True,
@@ -72,6 +72,18 @@ def kill_at_random(workspace, stage: str, rng: random.Random, longest: float = 4
     return delay, running
 
 
+def rerun(workspace, cut: list) -> subprocess.CompletedProcess:
+    """`dvc repro` after a kill. A kill while DVC rewrote dvc.lock (in place, so no stage can
+    prevent it) cuts the lock; `privflow repair` must then put back the copy the stages keep."""
+    from privflow.lockfile import looks_complete
+
+    if not looks_complete((workspace.repo / "dvc.lock").read_text()):
+        mended = workspace.run("privflow", "repair")
+        assert mended.returncode == 0 and "cut short" in " ".join(mended.stdout.split()), mended
+        cut.append(True)
+    return workspace.run("dvc", "repro")
+
+
 def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(tmp_path):
     _, rows = demo_table()  # the ids searched for as plaintext below
     workspace = demo_workspace(tmp_path)
@@ -79,12 +91,12 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(tmp_
     reference = tracked_hashes(workspace)
     charges = len(workspace.open_ledger().charges())
     rng = random.Random(20261124)
-    tried = []
+    tried, cut = [], []
     for stage in DETERMINISTIC:
         for _ in range(KILLS_PER_STAGE):
             delay, killed = kill_at_random(workspace, stage, rng)
             tried.append((stage, round(delay, 2), killed))
-            result = workspace.run("dvc", "repro")
+            result = rerun(workspace, cut)
             assert result.returncode == 0, (tried[-1], result.stdout, result.stderr)
             assert tracked_hashes(workspace) == reference, tried[-1]
     assert sum(killed for *_, killed in tried) >= len(tried) // 2  # most kills hit a running stage
@@ -96,7 +108,8 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(tmp_
     assert files_containing(roots, secrets) == {}
     ledger = workspace.open_ledger()
     assert len(ledger.charges()) == charges and ledger.verify() == []  # killed stages charge nothing
-    (tmp_path / "logs" / "kill-points.txt").write_text("\n".join(f"{s} {d} {k}" for s, d, k in tried))
+    (tmp_path / "logs" / "kill-points.txt").write_text("\n".join(f"{s} {d} {k}" for s, d, k in tried)
+                                                        + f"\ncut locks mended: {len(cut)}\n")
 
 
 LATER = ("pretrain", "train", "compress", "report")
@@ -136,7 +149,7 @@ def test_sigkill_in_the_later_stages_then_rerun_gives_the_same_model(tmp_path):
                 after, longest = (lambda: len(ledger.charges()) > charged), 4.0
             delay, killed = kill_at_random(workspace, stage, rng, longest, after, in_command=stage != "train")
             tried.append((stage, round(delay, 2), killed))
-            result = workspace.run("dvc", "repro")
+            result = rerun(workspace, [])
             assert result.returncode == 0, (tried[-1], result.stdout, result.stderr)
             assert stable_digests(workspace) == reference, tried[-1]
             assert (workspace.reports() / "report.html").exists()
