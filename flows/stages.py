@@ -82,9 +82,9 @@ def open_repo(root: Path, mend: bool = True, **options) -> Repo:
     except NotDvcRepoError:
         raise PrivflowError(f"{root.resolve()}: not a privflow project (no DVC repository); "
                             "run privflow from the project's root, or make one with `privflow init`") from None
-    mended = repair_lock(repo) if mend else None
-    if mended:
-        print(f"privflow: {mended}", file=sys.stderr)
+    for mended in ([repair_lock(repo), repair_rwlock(repo)] if mend else []):
+        if mended:
+            print(f"privflow: {mended}", file=sys.stderr)
     return repo
 
 
@@ -123,6 +123,44 @@ def repair_lock(repo: Repo) -> str | None:
     return mended
 
 
+def repair_rwlock(repo: Repo) -> str | None:
+    """DVC records which process reads or writes which path in .dvc/tmp/rwlock, rewriting it
+    in place (`open(path, "w")`, then the JSON) as every stage starts and ends; a run killed
+    in that instant leaves it cut, and DVC then refuses every stage ("Unable to read
+    RWLock-file ... JSON structure is corrupted"). Its entries only matter while their
+    processes live, and DVC already ignores those of dead ones; so a cut one is replaced by
+    an empty one, under DVC's own guard for that file (the cut file kept for an audit)."""
+    import json
+    import shutil
+
+    from dvc.lock import make_lock
+    from dvc.rwlock import RWLOCK_FILE, RWLOCK_LOCK
+
+    path = Path(repo.tmp_dir) / RWLOCK_FILE
+
+    def readable() -> bool:
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return True
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return True
+
+    if readable():
+        return None
+    with make_lock(str(path.with_name(RWLOCK_LOCK)), tmp_dir=repo.tmp_dir,
+                   hardlink_lock=repo.config["core"].get("hardlink_lock", False)):
+        if readable():  # another process mended it first
+            return None
+        kept = Path(repo.root_dir) / ".privflow" / "dvc-rwlock.cut"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, kept)
+        write_atomically(path, "{}")
+    return (f"{path} was cut short (a run was killed while DVC recorded its path locks); replaced by an empty "
+            f"one, as no killed process holds a lock. The cut file is kept as {kept}")
+
+
 def _write_dvc_files_atomically() -> None:
     """DVC writes dvc.lock (and dvc.yaml edits) with `open(path, "w+")` and then the YAML, in
     dvc.utils.serialize._common._dump_data: a kill in between cuts the file. In privflow's own
@@ -145,6 +183,41 @@ def _write_dvc_files_atomically() -> None:
 
     dump_data.privflow_atomic = True
     _common._dump_data = _yaml._dump_data = dump_data  # _yaml imported the name itself
+    _write_rwlock_atomically()
+
+
+def _write_rwlock_atomically() -> None:
+    """The same for DVC's path-lock file (dvc.rwlock._edit_rwlock, rewritten in place as every
+    stage starts and ends): the same guard, parse and errors as DVC's, then a rename."""
+    import json
+    from collections import defaultdict
+    from contextlib import contextmanager
+
+    from dvc import rwlock
+
+    if getattr(rwlock._edit_rwlock, "privflow_atomic", False) or not hasattr(rwlock, "SCHEMA"):
+        return
+
+    @contextmanager
+    def edit_rwlock(lock_dir, fs, hardlink):
+        path = fs.join(lock_dir, rwlock.RWLOCK_FILE)
+        with rwlock.make_lock(fs.join(lock_dir, rwlock.RWLOCK_LOCK), tmp_dir=lock_dir, hardlink_lock=hardlink):
+            try:
+                with fs.open(path, encoding="utf-8") as handle:
+                    lock = rwlock.SCHEMA(json.load(handle))
+            except FileNotFoundError:
+                lock = rwlock.SCHEMA({})
+            except json.JSONDecodeError as error:
+                raise rwlock.RWLockFileCorruptedError(path) from error
+            except rwlock.Invalid as error:
+                raise rwlock.RWLockFileFormatError(path) from error
+            lock["read"] = defaultdict(list, lock["read"])
+            lock["write"] = defaultdict(dict, lock["write"])
+            yield lock
+            write_atomically(Path(path), json.dumps(lock))
+
+    edit_rwlock.privflow_atomic = True
+    rwlock._edit_rwlock = edit_rwlock
 
 
 _write_dvc_files_atomically()

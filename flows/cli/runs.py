@@ -219,13 +219,15 @@ def status(root: Path = Path(".")) -> None:
 
 
 def repair(root: Path = Path(".")) -> None:
-    """Mend a dvc.lock that a killed `dvc repro` cut short (DVC then refuses every run with
-    "'./dvc.lock' validation failed"): the copy taken as the last stage started goes back."""
-    from privflow.flows.stages import open_repo, repair_lock
+    """Mend what a killed `dvc repro` can leave cut short: dvc.lock (DVC then refuses every run
+    with "'./dvc.lock' validation failed", or misreads it) gets back the copy taken as the
+    last stage started; DVC's path-lock file (.dvc/tmp/rwlock) an empty one."""
+    from privflow.flows.stages import open_repo, repair_lock, repair_rwlock
 
     with open_repo(root, mend=False) as repo:
-        mended = repair_lock(repo)
-    console.print(mended or f"{root / 'dvc.lock'}: DVC loads it; nothing to mend", highlight=False)
+        mended = [m for m in (repair_lock(repo), repair_rwlock(repo)) if m]
+    for line in mended or [f"{root / 'dvc.lock'} and DVC's path locks load; nothing to mend"]:
+        console.print(line, highlight=False)
 
 
 def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown, JSON) here"),

@@ -12,6 +12,7 @@ byte-equal, whether the killed training resumed from its checkpoint or started a
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -73,14 +74,22 @@ def kill_at_random(workspace, stage: str, rng: random.Random, longest: float = 4
 
 
 def rerun(workspace, cut: list) -> subprocess.CompletedProcess:
-    """`dvc repro` after a kill. A kill while DVC rewrote dvc.lock (in place, so no stage can
-    prevent it) cuts the lock; `privflow repair` must then put back the copy the stages keep."""
+    """`dvc repro` after a kill. A kill while DVC rewrote dvc.lock or its path-lock file (both
+    in place, so no stage can prevent it) cuts that file; `privflow repair` must mend it."""
     from privflow.lockfile import looks_complete
 
-    if not looks_complete((workspace.repo / "dvc.lock").read_text()):
+    lock = looks_complete((workspace.repo / "dvc.lock").read_text())
+    rwlock = workspace.repo / ".dvc" / "tmp" / "rwlock"
+    try:
+        json.loads(rwlock.read_text()) if rwlock.exists() else None
+        path_locks = True
+    except ValueError:
+        path_locks = False
+    if not (lock and path_locks):
         mended = workspace.run("privflow", "repair")
-        assert mended.returncode == 0 and "cut short" in " ".join(mended.stdout.split()), mended
-        cut.append(True)
+        said = " ".join((mended.stdout + mended.stderr).split())
+        assert mended.returncode == 0 and "cut short" in said, mended
+        cut.append("dvc.lock" if not lock else "rwlock")
     return workspace.run("dvc", "repro")
 
 
@@ -124,8 +133,6 @@ def stable_digests(workspace) -> dict[str, str]:
 
 
 def test_sigkill_in_the_later_stages_then_rerun_gives_the_same_model(tmp_path):
-    import json
-
     _, rows = demo_table()  # the ids searched for as plaintext below
     workspace = demo_workspace(tmp_path)
     # several seconds of training after the charge, a checkpoint every few epochs: the first

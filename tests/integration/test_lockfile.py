@@ -3,6 +3,7 @@ privflow's own DVC writes cannot be cut: real DVC in a temp git repository, real
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -116,3 +117,27 @@ def test_privflow_writes_dvc_lock_by_rename_so_a_kill_leaves_old_or_new(project)
     assert after.st_mode == before.st_mode
     assert yaml.safe_load(lock.read_text())["stages"]["first"]["cmd"].endswith(" ")
     assert not [p for p in os.listdir(project) if p.endswith(".partial")]
+
+
+def test_a_cut_path_lock_file_is_replaced_and_privflow_writes_it_by_rename(project, capsys):
+    from dvc import rwlock
+    from dvc.fs import localfs
+
+    from privflow.flows.stages import repair_rwlock
+
+    path = project / ".dvc" / "tmp" / "rwlock"
+    path.write_text('{"read": {"a.txt": [{"pid": 1')  # a kill while DVC wrote it
+    (project / "source.txt").write_text("changed")
+    refused = dvc(project, "repro", check=False)
+    assert refused.returncode != 0 and "RWLock-file" in refused.stderr and "corrupted" in refused.stderr
+    read_dag(project)  # opening the project mends it
+    assert "rwlock was cut short" in " ".join(capsys.readouterr().err.split())
+    assert (project / ".privflow" / "dvc-rwlock.cut").read_text().startswith('{"read"')
+    assert redone(dvc(project, "repro")) == ["first", "second", "third"]
+    with open_repo(project, mend=False) as repo:
+        assert repair_rwlock(repo) is None  # nothing left to mend
+    before = path.stat().st_ino
+    with rwlock.rwlock(str(path.parent), localfs, "test", ["a.txt"], [], False):
+        assert path.stat().st_ino != before  # written beside it and renamed, never truncated in place
+        assert json.loads(path.read_text())["read"]["a.txt"][0]["cmd"] == "test"
+    assert json.loads(path.read_text()).get("read", {}) == {}  # released
