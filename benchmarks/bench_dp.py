@@ -64,17 +64,20 @@ def interleaved_medians(steps: dict, repeats: int = STEPS) -> dict[str, float]:
 
 
 def step_closures(preset: str, n_features: int, hidden: int, shape, batch: int) -> dict:
+    torch.manual_seed(0)
+    x, y = torch.rand(batch, n_features), torch.randint(0, 2, (batch,))
+    return engine_closures(lambda: build_model(preset, n_features, 2, hidden, shape), x, y)
+
+
+def engine_closures(fresh, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """One SGD step of each engine on its own copy of `fresh()`, on the batch (x, y): plain,
+    privflow's DP step, Opacus hooks, Opacus ghost clipping; and the noise draws alone."""
     from opacus import GradSampleModule, PrivacyEngine
     from opacus.optimizers import DPOptimizer
 
-    torch.manual_seed(0)
-    x, y = torch.rand(batch, n_features), torch.randint(0, 2, (batch,))
-
-    def fresh() -> nn.Module:
-        return build_model(preset, n_features, 2, hidden, shape)
-
+    batch = len(y)
     plain_model = fresh()
-    plain_opt = torch.optim.SGD(plain_model.parameters(), lr=0.01)
+    plain_opt = torch.optim.SGD([p for p in plain_model.parameters() if p.requires_grad], lr=0.01)
 
     def plain():
         plain_opt.zero_grad()
@@ -82,8 +85,8 @@ def step_closures(preset: str, n_features: int, hidden: int, shape, batch: int) 
         plain_opt.step()
 
     ours_model = fresh()
-    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.01)
     engine, noise = PrivateGradient(ours_model, 1.0), TorchNoise()
+    ours_opt = torch.optim.SGD(engine.parameters, lr=0.01)
 
     def privflow():
         engine.accumulate(x, y)
@@ -91,8 +94,8 @@ def step_closures(preset: str, n_features: int, hidden: int, shape, batch: int) 
         ours_opt.step()
 
     hooks_model = GradSampleModule(fresh())
-    hooks_opt = DPOptimizer(torch.optim.SGD(hooks_model.parameters(), lr=0.01), noise_multiplier=1.0,
-                            max_grad_norm=1.0, expected_batch_size=batch)
+    hooks_opt = DPOptimizer(torch.optim.SGD([p for p in hooks_model.parameters() if p.requires_grad], lr=0.01),
+                            noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch)
 
     def opacus_hooks():
         hooks_opt.zero_grad()
@@ -102,16 +105,16 @@ def step_closures(preset: str, n_features: int, hidden: int, shape, batch: int) 
     loader = torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=batch)
     ghost_base = fresh()
     ghost_model, ghost_opt, ghost_loss, _ = PrivacyEngine().make_private(
-        module=ghost_base, optimizer=torch.optim.SGD(ghost_base.parameters(), lr=0.01), data_loader=loader,
-        noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="ghost", criterion=nn.CrossEntropyLoss(),
-        poisson_sampling=False)
+        module=ghost_base, optimizer=torch.optim.SGD([p for p in ghost_base.parameters() if p.requires_grad], lr=0.01),
+        data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="ghost",
+        criterion=nn.CrossEntropyLoss(), poisson_sampling=False)
 
     def opacus_ghost():
         ghost_opt.zero_grad()
         ghost_loss(ghost_model(x), y).backward()
         ghost_opt.step()
 
-    parameters = sum(p.numel() for p in ours_model.parameters())
+    parameters = sum(p.numel() for p in engine.parameters)
     secure, fast = SecureNoise(), TorchNoise()
     reference = torch.zeros(1)
     return {"steps": {"plain": plain, "privflow": privflow, "opacus_hooks": opacus_hooks, "opacus_ghost": opacus_ghost,

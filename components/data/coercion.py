@@ -43,7 +43,7 @@ def _coerce_one(strings: pa.Array, spec: ColumnSpec, index: pd.Index,
     trimmed = pc.utf8_trim_whitespace(strings)
     missing = _mask(pc.equal(trimmed, ""), True)
     present = pc.if_else(missing, _NULL, trimmed)
-    if spec.type == "string":
+    if spec.type in ("string", "text"):  # kept as written; only a blank one is missing
         kept = pc.if_else(missing, _NULL, strings)
         return pd.Series(pd.array(kept, dtype=PANDAS_DTYPE["string"]), index=index), np.zeros(len(index), bool)
     if spec.type == "bool":

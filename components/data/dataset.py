@@ -40,6 +40,24 @@ def in_test_split(units: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.array([score(u) < fraction for u in units], dtype=bool)
 
 
+TEXT_BYTES, TEXT_ENDS = "text_utf8:", "text_ends:"
+
+
+def packed_texts(column: str, texts: np.ndarray) -> dict[str, np.ndarray]:
+    """A text column as two tensors (safetensors holds numbers only): every text's UTF-8
+    bytes end to end, and where each text ends. Sealed with the split like every row."""
+    encoded = [text.encode("utf-8") if isinstance(text, str) else b"" for text in texts]  # a missing one: ""
+    ends = np.cumsum([len(b) for b in encoded], dtype=np.int64)
+    return {TEXT_BYTES + column: np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), TEXT_ENDS + column: ends}
+
+
+def unpacked_texts(tensors: dict[str, np.ndarray], column: str) -> list[str]:
+    """The texts `packed_texts` stored, in row order (in memory only)."""
+    data, ends = tensors[TEXT_BYTES + column].tobytes(), tensors[TEXT_ENDS + column]
+    starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
+    return [data[a:b].decode("utf-8") for a, b in zip(starts.tolist(), ends.tolist())]
+
+
 def read_quarantine(vault: Vault, snapshot_dir: Path, data_dir: Path) -> tuple[str, list[FileSpan], list[dict]]:
     """For the data owner: the source, its files' row spans, and each quarantined record with
     its reasons and values."""
@@ -57,6 +75,7 @@ class _Collected:
     labels: list[np.ndarray] = field(default_factory=list)
     units: list[np.ndarray] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    texts: dict[str, list[np.ndarray]] = field(default_factory=dict)
     quarantined: dict[int, dict] = field(default_factory=dict)  # row -> values (sensitive)
 
     def add(self, data: EncodedData) -> None:
@@ -64,12 +83,15 @@ class _Collected:
         self.labels.append(data.labels)
         self.units.append(data.units)
         self.names = data.feature_names
+        for name, texts in data.texts.items():
+            self.texts.setdefault(name, []).append(texts)
 
     def encoded(self, schema: DatasetSchema) -> EncodedData:
         if not self.labels:
             return EncodedData(np.empty((0, 0), np.float32), np.empty(0, np.int64), np.empty(0, str), [])
         return EncodedData(np.concatenate(self.features), np.concatenate(self.labels),
-                           np.concatenate(self.units), self.names)
+                           np.concatenate(self.units), self.names,
+                           {name: np.concatenate(parts) for name, parts in self.texts.items()})
 
 
 def collect_rows(reader: RecordReader, members: Iterable[Member], schema: DatasetSchema,
@@ -124,7 +146,9 @@ def seal_dataset(members: Iterable[Member], manifest: SnapshotManifest, schema: 
         # a unit's index within the split, never its id: lets training bound and clip per person
         units, _ = pd.factorize(data.units[mask])
         payload = save_tensors({"features": data.features[mask], "labels": data.labels[mask],
-                                "units": units.astype(np.int64)})
+                                "units": units.astype(np.int64),
+                                **{key: array for name, texts in data.texts.items()
+                                   for key, array in packed_texts(name, texts[mask]).items()}})
         artifact = vault.seal(payload, split_identity(dataset, snapshot_id, split), out_dir / split_file(split))
         sealed[split] = {"rows": int(mask.sum()), "units": int(units.max(initial=-1) + 1), "key_id": artifact.key_id}
     quarantine = vault.seal(quarantine_document(collected, reader, outcome),
@@ -132,6 +156,7 @@ def seal_dataset(members: Iterable[Member], manifest: SnapshotManifest, schema: 
     rows_per_unit = pd.Series(data.units).value_counts()
     return {
         "dataset": dataset, "snapshot_id": snapshot_id, "features": data.feature_names,
+        "text_columns": schema.text_columns,
         "classes": schema.classes, "privacy_unit": schema.privacy_unit,
         "max_rows_per_unit": int(rows_per_unit.max()), "units": int(len(rows_per_unit)),
         "splits": sealed, "quarantine": {"key_id": quarantine.key_id},

@@ -8,6 +8,8 @@ the DP guarantee):
   `<name>:missing` indicator, so the model can tell a filled value from a real one;
 - a bool is 0/1 (a nullable one also gets an indicator); a string with `allowed` is one-hot;
   free text (a string without `allowed`) is never a model input;
+- a `text` column is carried as it was written (in memory, then sealed), for a pretrained
+  text encoder to tokenize inside the stage that trains;
 - the target's values map to class indices in the order of its `allowed` list, compared
   in the column's own type (an int8 0/1 target is compared with 0 and 1, not "0" and "1").
 
@@ -17,7 +19,7 @@ same wherever rows are encoded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,6 +37,7 @@ class EncodedData:
     labels: np.ndarray    # int64 class index in schema order; NO_LABEL where the target is missing
     units: np.ndarray     # privacy-unit ids, kept only to split and to count rows per person
     feature_names: list[str]
+    texts: dict[str, np.ndarray] = field(default_factory=dict)  # text column -> the texts (object array)
 
 
 def _as_float(values: pd.Series, spec: ColumnSpec) -> np.ndarray:
@@ -82,5 +85,6 @@ def class_indices(values: pd.Series, spec: ColumnSpec) -> np.ndarray:
 def encode_features(typed: pd.DataFrame, schema: DatasetSchema) -> EncodedData:
     columns = [part for name in schema.feature_columns for part in _encode_column(typed[name], schema.columns[name])]
     features = np.stack(columns, axis=1) if columns else np.empty((len(typed), 0), np.float32)
+    texts = {name: typed[name].astype(object).to_numpy() for name in schema.text_columns}
     return EncodedData(features, class_indices(typed[schema.target], schema.target_spec),
-                       typed[schema.privacy_unit].astype(str).to_numpy(), feature_names(schema))
+                       typed[schema.privacy_unit].astype(str).to_numpy(), feature_names(schema), texts)

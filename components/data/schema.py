@@ -1,4 +1,5 @@
-"""Dataset schemas: a YAML file per dataset, checked whole at load time, turned into pandera.
+"""Dataset schemas: a YAML file per dataset, checked whole at load time (privflow.data.row_checks
+turns one into pandera checks).
 
 YAML rather than a pandera DataFrameModel module: the people who know the data (a data
 steward at a hospital) can edit it without writing Python, and loading it runs no code.
@@ -15,15 +16,11 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-if TYPE_CHECKING:
-    import pandera.pandas as pa
-
-
-ColumnType = Literal["string", "float", "int8", "int16", "int32", "int64", "bool", "date", "datetime"]
+ColumnType = Literal["string", "text", "float", "int8", "int16", "int32", "int64", "bool", "date", "datetime"]
 INTEGER_TYPES = ("int8", "int16", "int32", "int64")
 NUMERIC_TYPES = ("float", *INTEGER_TYPES)
 TIME_TYPES = ("date", "datetime")
@@ -36,11 +33,12 @@ DEFAULT_FALSE = ("false", "f", "no", "n", "0")
 # int column into float or a bool column into object behind our back. Dates and times are
 # naive datetimes (NaT where missing).
 PANDAS_DTYPE: dict[str, str] = {
-    "string": "string", "float": "float64", "bool": "boolean",
+    "string": "string", "text": "string", "float": "float64", "bool": "boolean",
     "int8": "Int8", "int16": "Int16", "int32": "Int32", "int64": "Int64",
     "date": "datetime64[ns]", "datetime": "datetime64[ns]",
 }
-KEYS_BY_TYPE = {"bool": {"true_values", "false_values"}, "date": {"format"}, "datetime": {"format"}}
+KEYS_BY_TYPE = {"bool": {"true_values", "false_values"}, "date": {"format"}, "datetime": {"format"},
+                "text": {"max_chars"}}
 Scalar = str | int | float | bool
 
 
@@ -70,11 +68,12 @@ class ColumnSpec(BaseModel):
     true_values: list[str] | None = None        # bool: how the export writes true (default: true, yes, 1...)
     false_values: list[str] | None = None
     format: str | None = None                   # date/datetime: strptime format (default ISO 8601)
+    max_chars: int | None = None                # text: the longest a text may be, in characters
 
     def typed(self, value: Scalar, what: str) -> Any:
         """`value` (a bound, an allowed value, the fill) as this column's type, or ValueError."""
         kind = self.type
-        if kind == "string":
+        if kind in ("string", "text"):
             if not isinstance(value, str):
                 raise ValueError(f"{what} {value!r} is not text; quote it: '{value}'")
             return value
@@ -168,9 +167,15 @@ class DatasetSchema(BaseModel):
 
     @property
     def feature_columns(self) -> list[str]:
-        """Model inputs: every declared column but the person id, the target and free text."""
+        """Tabular model inputs: every declared column but the person id, the target and free
+        text (a string without `allowed`, or a text: a text encoder reads those)."""
         return [c for c, spec in self.columns.items() if c not in (self.privacy_unit, self.target)
-                and not (spec.type == "string" and not spec.allowed)]
+                and not (spec.type == "string" and not spec.allowed) and spec.type != "text"]
+
+    @property
+    def text_columns(self) -> list[str]:
+        """The `text` columns: what a pretrained text encoder reads."""
+        return [c for c, spec in self.columns.items() if spec.type == "text"]
 
 
 def class_name(value: Any) -> str:
@@ -214,7 +219,7 @@ def column_problems(name: str, spec: ColumnSpec) -> list[str]:
     """What is wrong with one column's declaration, each as a sentence that says what to write."""
     where = f"column '{name}' ({spec.type})"
     problems = []
-    for key in ("true_values", "false_values", "format"):
+    for key in ("true_values", "false_values", "format", "max_chars"):
         if getattr(spec, key) is not None and key not in KEYS_BY_TYPE.get(spec.type, ()):
             problems.append(f"{where}: `{key}:` applies to "
                             f"{' and '.join(t for t, keys in KEYS_BY_TYPE.items() if key in keys)} columns only")
@@ -226,6 +231,8 @@ def column_problems(name: str, spec: ColumnSpec) -> list[str]:
                 re.compile(spec.regex)
             except re.error as error:
                 problems.append(f"{where}: regex {spec.regex!r} does not compile ({error}); fix or remove it")
+    if spec.type == "text":
+        problems += _text_problems(where, spec)
     if spec.type == "bool" and set(spec.true_spellings) & set(spec.false_spellings):
         problems.append(f"{where}: true_values and false_values share "
                         f"{sorted(set(spec.true_spellings) & set(spec.false_spellings))}")
@@ -254,39 +261,16 @@ def column_problems(name: str, spec: ColumnSpec) -> list[str]:
     return problems
 
 
-def _checks(spec: ColumnSpec) -> list[pa.Check]:
-    import pandas as pd
-    import pandera.pandas as pa
-
-    checks = []
-    low = None if spec.min is None else spec.typed(spec.min, "min")
-    high = None if spec.max is None else spec.typed(spec.max, "max")
-    if low is not None:
-        checks.append(pa.Check.ge(pd.Timestamp(low) if spec.type in TIME_TYPES else low))
-    if high is not None:
-        checks.append(pa.Check.le(pd.Timestamp(high) if spec.type in TIME_TYPES else high))
-    if spec.allowed is not None:
-        values = spec.allowed_values
-        checks.append(pa.Check.isin([pd.Timestamp(v) for v in values] if spec.type in TIME_TYPES else values))
-    if spec.regex is not None:
-        checks.append(pa.Check.str_matches(spec.regex))
-    return checks
+MAX_TEXT_CHARS = 1_000_000
 
 
-def to_pandera(schema: DatasetSchema, *, unique: bool = True) -> pa.DataFrameSchema:
-    """The pandera schema for a frame already coerced by `records.coerce_batch`.
-
-    `unique=False` leaves uniqueness out, for callers that check it across batches. pandera
-    (and pandas) load here, not with the module: ingest and encrypt read schemas, never check rows.
-    """
-    import pandera.pandas as pa
-
-    return pa.DataFrameSchema(
-        {
-            name: pa.Column(PANDAS_DTYPE[spec.type], _checks(spec),
-                            nullable=spec.nullable, unique=spec.unique and unique)
-            for name, spec in schema.columns.items()
-        },
-        strict=schema.strict,
-        coerce=False,
-    )
+def _text_problems(where: str, spec: ColumnSpec) -> list[str]:
+    """A text column declares how long a text may be; it is free text, so no value list."""
+    problems = []
+    if spec.max_chars is None or isinstance(spec.max_chars, bool) or not 1 <= spec.max_chars <= MAX_TEXT_CHARS:
+        problems.append(f"{where}: needs `max_chars:`, the longest a text may be in characters (1 to "
+                        f"{MAX_TEXT_CHARS:,}), e.g. `max_chars: 2000`; longer texts are quarantined")
+    for key in ("allowed", "unique"):
+        if getattr(spec, key):
+            problems.append(f"{where}: `{key}:` does not apply to free text; declare a string column instead")
+    return problems

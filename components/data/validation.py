@@ -24,7 +24,8 @@ from privflow.catalog import DECISIONS
 from privflow.crypto.vault import ArtifactIdentity, Vault
 from privflow.data.coercion import coerce_batch
 from privflow.data.records import UNPARSEABLE, FileSpan, RecordReader, RowFailure
-from privflow.data.schema import DatasetSchema, to_pandera
+from privflow.data.row_checks import to_pandera
+from privflow.data.schema import DatasetSchema
 from privflow.data.sources import Member
 from privflow.errors import RejectRateExceeded, SchemaError
 from privflow.settings import IngestSettings

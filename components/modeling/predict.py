@@ -16,7 +16,8 @@ import numpy as np
 from privflow.data.coercion import coerce_batch
 from privflow.data.features import encode_features
 from privflow.data.records import FileSpan, RecordReader, RowFailure
-from privflow.data.schema import DatasetSchema, to_pandera
+from privflow.data.row_checks import to_pandera
+from privflow.data.schema import DatasetSchema
 from privflow.data.sources import disk_members, list_source
 from privflow.data.validation import one_per_cell, schema_failures
 from privflow.errors import SchemaError

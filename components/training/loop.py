@@ -123,14 +123,16 @@ def _randomness(t: TrainSettings, secure: bool, world: World, device: torch.devi
 def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t: TrainSettings, n_classes: int,
                   start: dict | None = None, *, secure: bool = False, rows_per_unit: int = 1,
                   checkpoint=None, run_id: str = "", world: World = World(),
-                  on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+                  on_epoch: Callable[[dict], None] | None = None, model: nn.Module | None = None) -> TrainResult:
     """DP-SGD for plan.steps steps: Poisson sampling of units at plan.sample_rate, clipping per
-    unit, Gaussian noise of std sigma*C, averaged over the expected batch (q x units)."""
+    unit, Gaussian noise of std sigma*C, averaged over the expected batch (q x units).
+    `model`: one the caller built (a pretrained encoder's top), trained as given; otherwise
+    the preset's, from `start` or seeded random weights."""
     device = resolve_device(t.device)
     features, labels = train.tensors[0].to(device), train.tensors[1].to(device)
     units = train.tensors[2] if len(train.tensors) > 2 else torch.arange(len(labels))
     layout = UnitLayout.of(units, rows_per_unit)
-    model = initial_model(t, features.shape[1], n_classes, start).to(device)
+    model = (model if model is not None else initial_model(t, features.shape[1], n_classes, start)).to(device)
     engine = PrivateGradient(model, t.max_grad_norm)
     optimizer = torch.optim.SGD(engine.parameters, lr=t.learning_rate, momentum=0.9)
     accountant = create_accountant(mechanism=plan.accountant)

@@ -69,4 +69,4 @@ def pretrain(public: TensorDataset, settings: Settings, n_classes: int) -> tuple
     loader = DataLoader(fit, batch_size=t.batch_size, shuffle=True)
     for _ in range(p.epochs):
         run_epoch(model, loader, optimizer)
-    return model, accuracy(model, *check.tensors)
+    return model, accuracy(model, *check.tensors[:2])

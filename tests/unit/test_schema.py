@@ -74,6 +74,11 @@ MISTAKES = [
     (yaml.safe_dump({**GOOD, "columns": {"id": {"type": "string"}, "y": GOOD["columns"]["y"]}}),
      "no model features", "add numeric columns"),
     ("- just a list\n", "expected a mapping", "copy schemas/churn.yaml"),
+    (_schema_text(note={"type": "text"}), "column 'note' (text)", "needs `max_chars:`"),
+    (_schema_text(note={"type": "text", "max_chars": 0}), "column 'note' (text)", "e.g. `max_chars: 2000`"),
+    (_schema_text(note={"type": "text", "max_chars": 9, "allowed": ["a"]}), "column 'note' (text)",
+     "does not apply to free text"),
+    (_schema_text(code={"type": "string", "max_chars": 9}), "column 'code' (string)", "applies to text columns only"),
 ]
 
 
@@ -144,6 +149,37 @@ def _schema(**columns) -> DatasetSchema:
     return DatasetSchema.model_validate({"dataset": "d", "privacy_unit": "id", "target": "y",
                                          "columns": {"id": {"type": "string"},
                                                      "y": {"type": "string", "allowed": ["a", "b"]}, **columns}})
+
+
+def test_a_text_is_kept_as_written_and_a_blank_or_over_long_one_quarantined_with_the_reason():
+    from privflow.data.validation import validate_records
+
+    schema = _schema(age={"type": "int8", "min": 0, "max": 120}, note={"type": "text", "max_chars": 20})
+    assert schema.text_columns == ["note"] and "note" not in schema.feature_columns
+    assert "note" not in feature_names(schema)  # a text encoder reads it, not the tabular model
+    rows = [["p1", "a", "30", "  héllo wörld 😀 "], ["p2", "b", "40", "   "], ["p3", "a", "50", "x" * 21],
+            ["p4", "b", "60", "x" * 20]]
+    typed = _typed(schema, ["id", "y", "age", "note"], rows)
+    assert typed["note"].iloc[0] == "  héllo wörld 😀 "  # never trimmed or normalised
+    text = "\n".join(",".join(r) for r in [["id", "y", "age", "note"], *rows]) + "\n"
+    reader = RecordReader("export.csv", schema)
+    outcome = validate_records(reader, [("export.csv", io.BytesIO(text.encode()))], schema)
+    assert {(f.row, f.column, f.check) for f in outcome.failures} == {
+        (2, "note", "not_nullable"), (3, "note", "longer_than_max_chars_20")}
+    assert outcome.summary()["rows_valid"] + outcome.summary()["rows_quarantined"] == 4
+    encoded = encode_features(typed, schema)
+    assert list(encoded.texts["note"])[0] == "  héllo wörld 😀 " and encoded.features.shape == (4, 1)
+
+
+def test_sealed_texts_come_back_byte_for_byte():
+    import numpy as np
+    from safetensors.numpy import load, save
+
+    from privflow.data.dataset import packed_texts, unpacked_texts
+
+    texts = np.array(["naïve café 😀", "", "line\nbreak, \"quoted\"", "x" * 5000], dtype=object)
+    assert unpacked_texts(load(save(packed_texts("note", texts))), "note") == list(texts)
+    assert unpacked_texts(load(save(packed_texts("note", texts[:0]))), "note") == []
 
 
 def test_dates_and_datetimes_are_checked_against_declared_bounds_and_scaled_by_them():

