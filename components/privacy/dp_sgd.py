@@ -19,8 +19,13 @@ twice. This engine does neither:
 A privacy unit may own several rows (user-level DP): the rows of one unit are laid out
 next to each other and their positions are concatenated, so the "sample" whose gradient is
 clipped is the unit. Layers covered: Linear (any leading shape, also Opacus' RNNLinear
-inside DPLSTM), Conv2d (groups 1), LayerNorm; `unsupported_parameters` names the rest and
-the trainer then uses Opacus' hooks instead.
+inside DPLSTM), Conv2d (groups 1), LayerNorm. Any other layer that owns trainable
+parameters (Embedding, grouped Conv, GroupNorm, a user's own module...) falls back to Opacus'
+engine for that layer alone: its registered grad sampler, or its functorch sampler for a
+module it has none for, gives that layer's per-sample gradients from the same captured
+input and output gradient, and they join the one per-unit norm, so clipping stays exact
+over the whole model. `engines` says which engine clipped which layer; `unsupported_parameters`
+names what neither covers (a module with buffers and no Opacus sampler).
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from privflow.privacy.fallback import opacus_per_row_gradients, opacus_sampler
 from privflow.privacy.noise import NoiseSource
 
 _MATERIALISE_LIMIT = 1 << 25  # floats: above this, per-sample gradients are never formed
 
 
-def _layer_kind(module: nn.Module) -> str | None:
+def _native_kind(module: nn.Module) -> str | None:
     if isinstance(module, nn.Linear):
         return "linear"
     if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" \
@@ -49,10 +55,36 @@ def _layer_kind(module: nn.Module) -> str | None:
     return None
 
 
+def _trainable_own(module: nn.Module, covered: set[int]) -> list[nn.Parameter]:
+    return [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in covered]
+
+
+def _layer_kinds(model: nn.Module) -> dict[nn.Module, str]:
+    """Each layer that owns trainable parameters, with the engine that clips them: privflow's
+    kinds first; Opacus for parameters no privflow layer owns (DPLSTM registers its cells'
+    weights a second time: those stay with the cells)."""
+    native = {m: kind for m in model.modules() if (kind := _native_kind(m))}
+    covered = {id(p) for m in native for p in m.parameters(recurse=False)}
+    kinds = {m: kind for m, kind in native.items() if _trainable_own(m, set())}
+    kinds.update({m: "opacus" for m in model.modules()
+                  if m not in native and _trainable_own(m, covered) and opacus_sampler(m)})
+    return kinds
+
+
+def engines(model: nn.Module) -> dict[str, list[str]]:
+    """Which engine clips which trainable layer: for the report and the run's metrics."""
+    kinds = _layer_kinds(model)
+    used: dict[str, list[str]] = {"privflow": [], "opacus": []}
+    for name, module in model.named_modules():
+        if module in kinds:
+            used["opacus" if kinds[module] == "opacus" else "privflow"].append(f"{name or 'model'} ({type(module).__name__})")
+    return used
+
+
 def unsupported_parameters(model: nn.Module) -> list[str]:
-    """Trainable parameters this engine cannot clip (no covered layer owns them). A parameter
-    may be registered twice (DPLSTM exposes its cells' weights under nn.LSTM's names)."""
-    covered = {id(p) for m in model.modules() if _layer_kind(m) for p in m.parameters(recurse=False)}
+    """Trainable parameters no engine can clip. A parameter may be registered twice (DPLSTM
+    exposes its cells' weights under nn.LSTM's names)."""
+    covered = {id(p) for m in _layer_kinds(model) for p in m.parameters(recurse=False)}
     return [f"{name} ({type(module).__name__})"
             for module_name, module in model.named_modules()
             for name, p in module.named_parameters(prefix=module_name, recurse=False)
@@ -63,12 +95,16 @@ class _Capture:
     """Records every call of the trainable covered layers during one forward pass."""
 
     def __init__(self, model: nn.Module):
-        self.layers = [m for m in model.modules()
-                       if _layer_kind(m) and any(p.requires_grad for p in m.parameters(recurse=False))]
-        self.calls: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.kinds = _layer_kinds(model)
+        self.layers = list(self.kinds)
+        native = {id(p) for m, kind in self.kinds.items() if kind != "opacus" for p in m.parameters(recurse=False)}
+        self.sampled_own = {m: _trainable_own(m, native) for m, kind in self.kinds.items() if kind == "opacus"}
+        self.calls: dict[nn.Module, list[tuple]] = {}
 
     def _record(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self.calls.setdefault(module, []).append((inputs[0].detach(), output))
+        kept = [i.detach() if torch.is_tensor(i) else i for i in inputs] if self.kinds[module] == "opacus" \
+            else inputs[0].detach()  # Opacus' samplers take every input (EmbeddingBag: indices and offsets)
+        self.calls.setdefault(module, []).append((kept, output))
 
     @contextmanager
     def recording(self) -> Iterator[None]:
@@ -90,19 +126,23 @@ class _Activations:
 
     module: nn.Module
     kind: str
-    a: torch.Tensor
-    b: torch.Tensor
+    a: torch.Tensor | None
+    b: torch.Tensor | None
+    sampled: dict[nn.Parameter, torch.Tensor] | None = None  # kind "opacus": per-unit gradients
 
 
 def _joined(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
-def _layer_activations(module: nn.Module, calls: list, grads: list[torch.Tensor], units: int) -> _Activations:
-    kind = _layer_kind(module)
-    rows = calls[0][0].shape[0]
+def _layer_activations(module: nn.Module, calls: list, grads: list[torch.Tensor], units: int,
+                       sampled_own: list[nn.Parameter] | None = None) -> _Activations:
+    kind = _native_kind(module) or "opacus"
     if kind == "conv":
         return _conv_gradients(module, calls, grads, units)
+    if kind == "opacus":
+        return _sampled_gradients(module, sampled_own, calls, grads, units)
+    rows = calls[0][0].shape[0]
     if kind == "norm":
         inputs = [functional.layer_norm(x, module.normalized_shape, eps=module.eps) for x, _ in calls]
     else:
@@ -124,6 +164,12 @@ def _conv_gradients(module: nn.Conv2d, calls: list, grads: list[torch.Tensor], u
     return _Activations(module, "conv", sum(weights[1:], weights[0]), sum(biases[1:], biases[0]))
 
 
+def _sampled_gradients(module: nn.Module, own: list[nn.Parameter], calls: list, grads: list[torch.Tensor],
+                       units: int) -> _Activations:
+    per_row = opacus_per_row_gradients(module, own, calls, grads)
+    return _Activations(module, "opacus", None, None, {p: _per_unit(t, units) for p, t in per_row.items()})
+
+
 def _per_unit(per_row: torch.Tensor, units: int) -> torch.Tensor:
     rows = per_row.shape[0]
     return per_row if rows == units else per_row.reshape(units, rows // units, *per_row.shape[1:]).sum(dim=1)
@@ -136,6 +182,8 @@ def _sum_sq(t: torch.Tensor, dim) -> torch.Tensor:
 def _squared_norms(layer: _Activations) -> torch.Tensor:
     """Per-unit squared norm of the layer's gradient (weight and bias), without forming it
     when that is cheaper."""
+    if layer.kind == "opacus":
+        return sum(_sum_sq(g.flatten(1), 1) for g in layer.sampled.values())
     module, a, b = layer.module, layer.a, layer.b
     bias = module.bias is not None and module.bias.requires_grad
     weight = module.weight.requires_grad
@@ -158,6 +206,8 @@ def _squared_norms(layer: _Activations) -> torch.Tensor:
 
 def _clipped_sums(layer: _Activations, factors: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
     module = layer.module
+    if layer.kind == "opacus":
+        return {p: torch.tensordot(factors, g, dims=1) for p, g in layer.sampled.items()}
     sums: dict[nn.Parameter, torch.Tensor] = {}
     if layer.kind == "conv":
         if module.weight.requires_grad:
@@ -212,7 +262,8 @@ class PrivateGradient:
         calls = self._capture.calls
         outputs = [output for layer in self._capture.layers for _, output in calls.get(layer, [])]
         grads = iter(torch.autograd.grad(losses.sum(), outputs, allow_unused=True, materialize_grads=True))
-        layers = [_layer_activations(layer, calls[layer], [next(grads) for _ in calls[layer]], units)
+        layers = [_layer_activations(layer, calls[layer], [next(grads) for _ in calls[layer]], units,
+                                     self._capture.sampled_own.get(layer))
                   for layer in self._capture.layers if layer in calls]
         norms = torch.sqrt(sum(_squared_norms(layer) for layer in layers))
         factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)

@@ -6,7 +6,9 @@ Three sources, one interface:
   secure mode needs `torchcsprng`, which has no build for current torch. Like Opacus, each
   Gaussian is the sum of 4 draws divided by 2 (Holohan & Braghin 2021, sec. 5.1, n = 2), so
   the low bits of a released float no longer pin down the draw (the floating-point attack
-  of Jin et al. 2022).
+  of Jin et al. 2022). Drawn in chunks of 2^17 values by a few threads (OpenSSL and torch
+  release the GIL), each chunk under its own nonce, with every buffer reused and every step
+  in place: about 4x the first version's speed (bench_text prints its share of a step).
 - `TorchNoise()`: torch's Mersenne Twister seeded from OS entropy (fast; not a CSPRNG).
 - `TorchNoise(seed)`: reproducible, for development only; settings refuse a seed together
   with secure noise and in the prod profile.
@@ -15,6 +17,7 @@ Three sources, one interface:
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -23,6 +26,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 _KEY_BYTES = 32
 _TWO_PI = 2.0 * np.pi
 _MANTISSA = 2.0**-53
+_ONE_BITS = np.uint64(0x3FF0_0000_0000_0000)  # float64 1.0: OR-ed with 52 random mantissa bits gives [1, 2)
+_CHUNK = 1 << 17  # values per chunk: its buffers (8 MB) stay in cache; larger chunks ran 1.5x slower here
+_WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 
 class SecureNoise:
@@ -33,28 +39,43 @@ class SecureNoise:
         self._key = os.urandom(_KEY_BYTES)
         self._stream = 0  # a fresh 96-bit nonce per request: keystreams never overlap
 
+    def _nonce(self, streams: int = 1) -> int:
+        first = self._stream + 1
+        self._stream += streams
+        return first
+
+    def _cipher(self, stream: int):
+        nonce = (0).to_bytes(4, "little") + stream.to_bytes(12, "little")  # block counter 0
+        return Cipher(algorithms.ChaCha20(self._key, nonce), mode=None).encryptor()
+
     def _words(self, count: int) -> np.ndarray:
-        self._stream += 1
-        nonce = (0).to_bytes(4, "little") + self._stream.to_bytes(12, "little")  # block counter 0
-        encryptor = Cipher(algorithms.ChaCha20(self._key, nonce), mode=None).encryptor()
-        return np.frombuffer(encryptor.update(bytes(8 * count)), dtype=np.uint64)
+        return np.frombuffer(self._cipher(self._nonce()).update(bytes(8 * count)), dtype=np.uint64)
 
     def uniform(self, count: int) -> np.ndarray:
         """Float64 uniforms on (0, 1]: 53 random bits each."""
         return ((self._words(count) >> np.uint64(11)).astype(np.float64) + 1.0) * _MANTISSA
 
-    def _standard_normal(self, count: int) -> torch.Tensor:
-        """Box-Muller in float64 (torch's vectorised log/sin/cos: 4x numpy's here)."""
-        pairs = (count + 1) // 2
-        u = torch.from_numpy(self.uniform(2 * pairs))
-        radius = torch.sqrt(-2.0 * torch.log(u[:pairs]))
-        angle = _TWO_PI * u[pairs:]
-        return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)])[:count]
-
     def gaussian(self, shape: torch.Size | tuple[int, ...], std: float, like: torch.Tensor) -> torch.Tensor:
         count = int(np.prod(shape))
-        summed = self._standard_normal(4 * count).reshape(4, count).sum(dim=0) / 2.0
-        return (summed * std).to(device=like.device, dtype=like.dtype).reshape(shape)
+        out = torch.empty(count, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32,
+                          pin_memory=like.is_cuda)  # page-locked: the copy to the GPU is one DMA
+        starts = list(range(0, count, _CHUNK))
+        first = self._nonce(len(starts))
+        workers = min(_WORKERS, len(starts))
+
+        def fill(worker: int) -> None:
+            buffers = _ChunkBuffers()
+            for index in range(worker, len(starts), workers):
+                start = starts[index]
+                end = min(start + _CHUNK, count)
+                out[start:end] = buffers.sum_of_four(self._cipher(first + index), end - start).mul_(std / 2.0)
+
+        if workers == 1:
+            fill(0)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(fill, range(workers)))
+        return out.to(device=like.device, dtype=like.dtype).reshape(shape)
 
     def bernoulli(self, count: int, probability: float) -> torch.Tensor:
         return torch.from_numpy(self.uniform(count) <= probability)
@@ -96,3 +117,27 @@ NoiseSource = SecureNoise | TorchNoise
 
 def noise_source(secure: bool, seed: int | None, device: torch.device | str = "cpu") -> NoiseSource:
     return SecureNoise() if secure else TorchNoise(seed, device)
+
+
+class _ChunkBuffers:
+    """One worker's reused buffers: a chunk's keystream, its uniforms and its Gaussians."""
+
+    def __init__(self) -> None:
+        self.zeros = bytes(32 * _CHUNK)
+        self.words = np.empty(4 * _CHUNK, dtype=np.uint64)
+        self.normals = torch.empty(2, 2 * _CHUNK, dtype=torch.float64)
+
+    def sum_of_four(self, cipher, count: int) -> torch.Tensor:
+        """`count` sums of 4 standard normals (Box-Muller in float64, in place), not yet halved."""
+        words = self.words[:4 * count]
+        cipher.update_into(memoryview(self.zeros)[:32 * count], memoryview(self.words).cast("B")[:32 * count])
+        np.right_shift(words, np.uint64(12), out=words)
+        np.bitwise_or(words, _ONE_BITS, out=words)
+        uniforms = torch.from_numpy(words.view(np.float64)).neg_().add_(2.0)  # (0, 1]: 52 random bits each
+        radius, angle = uniforms[:2 * count], uniforms[2 * count:]
+        radius.log_().mul_(-2.0).sqrt_()
+        angle.mul_(_TWO_PI)
+        normals = self.normals[:, :2 * count]
+        torch.cos(angle, out=normals[0])
+        torch.sin(angle, out=normals[1])
+        return normals.mul_(radius).reshape(4, count).sum(dim=0)

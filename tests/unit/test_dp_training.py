@@ -15,10 +15,11 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional
 from torch.utils.data import TensorDataset
 
-from privflow.errors import PrivacyError, PrivflowError
+from privflow.errors import PrivacyError
 from privflow.modeling.models import PRESETS, build_model
+from privflow.privacy import noise
 from privflow.privacy.accounting import epsilon_for, plan_dp_sgd
-from privflow.privacy.dp_sgd import PrivateGradient, unsupported_parameters
+from privflow.privacy.dp_sgd import PrivateGradient, engines, unsupported_parameters
 from privflow.privacy.noise import SecureNoise, TorchNoise
 from privflow.settings import Settings, TrainSettings
 from privflow.training.checkpoint import Checkpoint
@@ -74,9 +75,59 @@ def test_frozen_layers_are_skipped_and_unknown_layers_named():
     engine.accumulate(torch.rand(5, 4), torch.randint(0, 2, (5,)))
     engine.release(None, 0.0, 5.0)
     assert model[0].weight.grad is None and model[2].weight.grad is not None
-    odd = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GroupNorm(2, 4))
-    assert unsupported_parameters(odd) == ["1.weight (GroupNorm)", "1.bias (GroupNorm)"]
-    with pytest.raises(ValueError, match="GroupNorm"):
+
+
+class _Gain(torch.nn.Module):
+    """A user's own layer: a parameter of its own (no Opacus sampler: functorch's) and a Linear child."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.gain = torch.nn.Parameter(1.0 + 0.3 * torch.randn(width))
+        self.mix = torch.nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.mix(x) * self.gain
+
+
+class _TokenModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.gain = torch.nn.Embedding(20, 6), _Gain(6)
+        self.norm, self.head = torch.nn.GroupNorm(2, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(self.gain(self.embed(x.long())).mean(dim=1)))
+
+
+@pytest.mark.parametrize("rows_per_unit", [1, 3])
+def test_layers_outside_privflow_step_are_clipped_exactly_by_opacus_samplers(rows_per_unit):
+    torch.manual_seed(2)
+    model = _TokenModel().double()
+    features, labels = torch.randint(0, 20, (12, 5)).double(), torch.randint(0, 3, (12,))
+    expected, norms = reference_clipped_sum(model, features, labels, 0.5, rows_per_unit)
+    assert (norms > 0.5).any()
+    assert engines(model) == {"privflow": ["gain.mix (Linear)", "head (Linear)"],
+                              "opacus": ["embed (Embedding)", "gain (_Gain)", "norm (GroupNorm)"]}
+    engine = PrivateGradient(model, 0.5)
+    engine.accumulate(features, labels, None, rows_per_unit)
+    engine.release(None, 0.0, 1.0)
+    for name, parameter in model.named_parameters():  # the Linear inside _Gain counted once, not twice
+        torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-9, atol=1e-12)
+
+
+def test_a_layer_no_engine_covers_is_named():
+    class Running(torch.nn.Module):  # a buffer and no Opacus sampler: functorch cannot replay it
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(4))
+            self.register_buffer("seen", torch.zeros(()))
+
+        def forward(self, x):
+            return x * self.scale
+
+    odd = torch.nn.Sequential(torch.nn.Linear(4, 4), Running())
+    assert unsupported_parameters(odd) == ["1.scale (Running)"]
+    with pytest.raises(ValueError, match="Running"):
         PrivateGradient(odd, 1.0)
 
 
@@ -98,6 +149,17 @@ def test_secure_noise_is_standard_normal_and_fresh():
     assert not np.array_equal(SecureNoise().uniform(8), SecureNoise().uniform(8))  # a fresh key each
     assert not np.array_equal(source.uniform(8), source.uniform(8))  # never the same keystream twice
     assert source.bernoulli(100_000, 0.1).float().mean().item() == pytest.approx(0.1, abs=0.005)
+
+
+def test_secure_noise_chunks_draw_from_distinct_keystreams():
+    # chunks are drawn by several threads, each under its own nonce: a reused nonce would repeat a chunk
+    source = SecureNoise()
+    draws = source.gaussian((2 * noise._CHUNK + 5,), 1.0, torch.zeros(1, dtype=torch.float64)).numpy()
+    first, second = draws[:noise._CHUNK], draws[noise._CHUNK:2 * noise._CHUNK]
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.02 and not np.isin(first[:100], second).any()
+    assert stats.kstest(draws[2 * noise._CHUNK:], "norm").pvalue > 1e-4  # the short last chunk too
+    again = source.gaussian((noise._CHUNK,), 1.0, torch.zeros(1, dtype=torch.float64)).numpy()
+    assert not np.isin(first[:100], again).any()  # the next request starts past every nonce used
 
 
 def test_golden_epsilons_per_accountant():
