@@ -55,6 +55,10 @@ def _native_kind(module: nn.Module) -> str | None:
     return None
 
 
+def _native_parameter_ids(modules) -> set[int]:
+    return {id(p) for m in modules if _native_kind(m) for p in m.parameters(recurse=False)}
+
+
 def _trainable_own(module: nn.Module, covered: set[int]) -> list[nn.Parameter]:
     return [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in covered]
 
@@ -64,7 +68,7 @@ def _layer_kinds(model: nn.Module) -> dict[nn.Module, str]:
     kinds first; Opacus for parameters no privflow layer owns (DPLSTM registers its cells'
     weights a second time: those stay with the cells)."""
     native = {m: kind for m in model.modules() if (kind := _native_kind(m))}
-    covered = {id(p) for m in native for p in m.parameters(recurse=False)}
+    covered = _native_parameter_ids(native)
     kinds = {m: kind for m, kind in native.items() if _trainable_own(m, set())}
     kinds.update({m: "opacus" for m in model.modules()
                   if m not in native and _trainable_own(m, covered) and opacus_sampler(m)})
@@ -97,7 +101,7 @@ class _Capture:
     def __init__(self, model: nn.Module):
         self.kinds = _layer_kinds(model)
         self.layers = list(self.kinds)
-        native = {id(p) for m, kind in self.kinds.items() if kind != "opacus" for p in m.parameters(recurse=False)}
+        native = _native_parameter_ids(self.kinds)
         self.sampled_own = {m: _trainable_own(m, native) for m, kind in self.kinds.items() if kind == "opacus"}
         self.calls: dict[nn.Module, list[tuple]] = {}
 
@@ -135,9 +139,8 @@ def _joined(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
-def _layer_activations(module: nn.Module, calls: list, grads: list[torch.Tensor], units: int,
+def _layer_activations(module: nn.Module, kind: str, calls: list, grads: list[torch.Tensor], units: int,
                        sampled_own: list[nn.Parameter] | None = None) -> _Activations:
-    kind = _native_kind(module) or "opacus"
     if kind == "conv":
         return _conv_gradients(module, calls, grads, units)
     if kind == "opacus":
@@ -262,8 +265,8 @@ class PrivateGradient:
         calls = self._capture.calls
         outputs = [output for layer in self._capture.layers for _, output in calls.get(layer, [])]
         grads = iter(torch.autograd.grad(losses.sum(), outputs, allow_unused=True, materialize_grads=True))
-        layers = [_layer_activations(layer, calls[layer], [next(grads) for _ in calls[layer]], units,
-                                     self._capture.sampled_own.get(layer))
+        layers = [_layer_activations(layer, self._capture.kinds[layer], calls[layer],
+                                     [next(grads) for _ in calls[layer]], units, self._capture.sampled_own.get(layer))
                   for layer in self._capture.layers if layer in calls]
         norms = torch.sqrt(sum(_squared_norms(layer) for layer in layers))
         factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)

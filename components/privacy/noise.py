@@ -38,6 +38,7 @@ class SecureNoise:
     def __init__(self) -> None:
         self._key = os.urandom(_KEY_BYTES)
         self._stream = 0  # a fresh 96-bit nonce per request: keystreams never overlap
+        self._buffers: list[_ChunkBuffers] = []  # one per worker, kept across steps
 
     def _nonce(self, streams: int = 1) -> int:
         first = self._stream + 1
@@ -62,9 +63,10 @@ class SecureNoise:
         starts = list(range(0, count, _CHUNK))
         first = self._nonce(len(starts))
         workers = min(_WORKERS, len(starts))
+        self._grow_buffers(workers, min(count, _CHUNK))
 
         def fill(worker: int) -> None:
-            buffers = _ChunkBuffers()
+            buffers = self._buffers[worker]
             for index in range(worker, len(starts), workers):
                 start = starts[index]
                 end = min(start + _CHUNK, count)
@@ -76,6 +78,12 @@ class SecureNoise:
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(fill, range(workers)))
         return out.to(device=like.device, dtype=like.dtype).reshape(shape)
+
+    def _grow_buffers(self, workers: int, size: int) -> None:
+        self._buffers += [_ChunkBuffers(size) for _ in range(workers - len(self._buffers))]
+        for worker in range(workers):
+            if self._buffers[worker].size < size:
+                self._buffers[worker] = _ChunkBuffers(size)
 
     def bernoulli(self, count: int, probability: float) -> torch.Tensor:
         return torch.from_numpy(self.uniform(count) <= probability)
@@ -122,10 +130,11 @@ def noise_source(secure: bool, seed: int | None, device: torch.device | str = "c
 class _ChunkBuffers:
     """One worker's reused buffers: a chunk's keystream, its uniforms and its Gaussians."""
 
-    def __init__(self) -> None:
-        self.zeros = bytes(32 * _CHUNK)
-        self.words = np.empty(4 * _CHUNK, dtype=np.uint64)
-        self.normals = torch.empty(2, 2 * _CHUNK, dtype=torch.float64)
+    def __init__(self, size: int) -> None:
+        self.size = size  # values per chunk it can hold: a small model's draw needs no 8 MB
+        self.zeros = bytes(32 * size)
+        self.words = np.empty(4 * size, dtype=np.uint64)
+        self.normals = torch.empty(2, 2 * size, dtype=torch.float64)
 
     def sum_of_four(self, cipher, count: int) -> torch.Tensor:
         """`count` sums of 4 standard normals (Box-Muller in float64, in place), not yet halved."""
