@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt public-models.txt
 
 install: $(STAMP)
 
-DEMO_SOURCES := data/source/breast_cancer.csv data/source/churn.csv.gz data/public/churn/churn_public.csv.gz
+DEMO_SOURCES := data/source/breast_cancer.csv data/source/churn.csv.gz data/public/churn/churn_public.csv.gz data/source/feedback.csv
 
 run: install
 	@test -d .git || git init -q

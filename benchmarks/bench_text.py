@@ -88,6 +88,7 @@ def accuracy_rows(encoder, modes: list[tuple[str, int]]) -> list[dict]:
         dp_s = time.perf_counter() - started
         started = time.perf_counter()
         baseline, rate = train_baseline(top, (x, y), (x_t, y_t), epochs=3, batch_size=32)
+        trained_tops[(mode, k)] = result.model
         rows.append({"mode": mode, "trained_layers": len(top.layers),
                      "trainable_parameters": sum(p.numel() for p in top.parameters()),
                      "dp_accuracy": result.curve[-1]["test_accuracy"], "epsilon": result.epsilon,
@@ -97,6 +98,48 @@ def accuracy_rows(encoder, modes: list[tuple[str, int]]) -> list[dict]:
                      "frozen_pass_s": frozen_s, "dp_train_s": dp_s, "baseline_s": time.perf_counter() - started,
                      "majority_share": max(float(y_t.float().mean()), 1 - float(y_t.float().mean()))})
     return rows
+
+
+trained_tops: dict[tuple[str, int], torch.nn.Module] = {}  # the DP-trained tops, for compression_row
+
+
+def compression_row(mode: str, k: int) -> dict:
+    """The DP-trained classifier of one mode compressed as the compress stage does (weight-only
+    int8), beside full dynamic int8 of the same fp32 export (activations quantized too)."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from privflow.modeling.export import median_ms, onnx_logits, session
+    from privflow.modeling.text_classifier import text_classifier
+    from privflow.modeling.text_export import _softmax, _torch_logits, compress_text_model, export_text_onnx, public_tokens
+    from privflow.settings import CompressSettings
+
+    top = trained_tops[(mode, k)]
+    card = {"encoder": MODEL.name, "trained_layers": len(top.layers), "frozen_layers": 6 - len(top.layers),
+            "max_tokens": TOKENS, "trained_parameters": sum(p.numel() for p in top.parameters())}
+    model = text_classifier(card, len(LABELS), top.state_dict())
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        measured = compress_text_model(model, card, CompressSettings(prune_amount=0.0, latency_repeats=50), work)
+        public = public_tokens(card, 512)
+        export_text_onnx(model, public, work / "fp32.onnx")
+        quantize_dynamic(str(work / "fp32.onnx"), str(work / "dynamic.onnx"), weight_type=QuantType.QInt8,
+                         per_channel=True, op_types_to_quantize=["MatMul", "Gemm", "Gather"])
+        dynamic = session((work / "dynamic.onnx").read_bytes())
+        agreement = float((_softmax(onnx_logits(dynamic, public)).argmax(1)
+                           == _softmax(_torch_logits(model, public)).argmax(1)).mean())
+        batch = {name: array[:32] for name, array in public.items()}
+        dynamic_ms = median_ms(lambda: onnx_logits(dynamic, batch), measured["latency_repeats"])
+        dynamic_bytes = (work / "dynamic.onnx").stat().st_size
+    sizes, latency = measured["size_bytes"], measured["latency"]
+    return {"mode": mode, "trained_layers": len(top.layers), **measured,
+            "fp32_over_int8_size": sizes["fp32_onnx"] / sizes["int8_onnx"],
+            "int8_over_fp32_onnx_latency": {b: latency[f"int8_onnx_batch{b}_ms"] / latency[f"fp32_onnx_batch{b}_ms"]
+                                             for b in (1, 32)},
+            "full_dynamic_int8": {"size_bytes": dynamic_bytes,
+                                  "agreement": agreement, "batch32_ms": dynamic_ms}}
 
 
 def step_batch(encoder, k: int):
@@ -193,8 +236,20 @@ def main() -> None:
                       f"{r['opacus_hooks_x']:.2f}x", f"{r['opacus_ghost_x']:.2f}x", peaks,
                       f"{100 * r['secure_noise_share']:.0f}%", f"{r['secure_noise_ns_per_parameter']:.0f}")
     console.print(table)
+    compressed = compression_row("head", 0)
+    table = Table(title=f"compression of the DP-trained classifier (head), {TOKENS} tokens, 512 public reviews, 1 thread")
+    for column in ("parameters", "fp32 ONNX MB", "int8 ONNX MB", "size ratio", "agreement", "int8/fp32 ONNX batch 1",
+                   "int8/fp32 ONNX batch 32", "full dynamic int8: agreement, batch-32 ms vs fp32 ms"):
+        table.add_column(column)
+    sizes, latency = compressed["size_bytes"], compressed["latency"]
+    table.add_row(f"{compressed['parameters']['dense']:,}", f"{sizes['fp32_onnx'] / 1e6:.1f}", f"{sizes['int8_onnx'] / 1e6:.1f}",
+                  f"{compressed['fp32_over_int8_size']:.2f}x", f"{compressed['fidelity']['agreement']:.4f}",
+                  f"{compressed['int8_over_fp32_onnx_latency'][1]:.2f}x", f"{compressed['int8_over_fp32_onnx_latency'][32]:.2f}x",
+                  f"{compressed['full_dynamic_int8']['agreement']:.4f}, {compressed['full_dynamic_int8']['batch32_ms']:.0f} "
+                  f"vs {latency['fp32_onnx_batch32_ms']:.0f}")
+    console.print(table)
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"accuracy": accuracy, "steps": steps, "device": "cpu",
+    OUT.write_text(json.dumps({"accuracy": accuracy, "steps": steps, "compression": compressed, "device": "cpu",
                                "torch_threads": torch.get_num_threads()}, indent=2))
     console.print(f"wrote {OUT}")
 

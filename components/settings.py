@@ -95,8 +95,19 @@ class EncryptSettings(_Section):
 SHUFFLING_SAMPLERS = {"shuffle", "shuffling", "random", "weighted", "weighted_random", "fixed", "uniform"}
 
 
+class TextModelSettings(_Section):
+    """The `text` preset: DP fine-tuning of a pretrained encoder from an installed wheel."""
+
+    encoder: str = "all-MiniLM-L6-v2"  # privflow.modeling.text_encoder.PRETRAINED
+    column: str | None = None  # the text column it reads; default: the schema's only one
+    fine_tune: Literal["head", "last_layers", "all_layers"] = "head"
+    last_k: int = Field(default=1, ge=1)  # last_layers: how many of the encoder's layers train
+    max_tokens: int = Field(default=64, ge=8, le=512)  # texts are cut to this many tokens
+
+
 class TrainSettings(_Section):
-    model: Literal["mlp", "cnn", "lstm", "transformer"] = "mlp"
+    model: Literal["mlp", "cnn", "lstm", "transformer", "text"] = "mlp"
+    text: TextModelSettings = TextModelSettings()  # read when model is text
     input_shape: tuple[int, ...] | None = None  # cnn: [channels, height, width]; lstm/transformer: [steps, channels]
     hidden_units: int = Field(ge=1)
     epochs: int = Field(ge=1)

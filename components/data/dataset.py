@@ -25,6 +25,7 @@ from privflow.data.coercion import coerce_batch
 from privflow.data.features import NO_LABEL, EncodedData, encode_features
 from privflow.data.records import FileSpan, RecordReader
 from privflow.data.schema import DatasetSchema
+from privflow.data.texts import packed_texts
 from privflow.data.snapshot import SnapshotManifest, read_manifest
 from privflow.data.sources import Member
 from privflow.data.validation import ValidationOutcome
@@ -38,24 +39,6 @@ def in_test_split(units: np.ndarray, fraction: float, seed: int) -> np.ndarray:
         digest = hashlib.sha256(f"{seed}:{unit}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
     return np.array([score(u) < fraction for u in units], dtype=bool)
-
-
-TEXT_BYTES, TEXT_ENDS = "text_utf8:", "text_ends:"
-
-
-def packed_texts(column: str, texts: np.ndarray) -> dict[str, np.ndarray]:
-    """A text column as two tensors (safetensors holds numbers only): every text's UTF-8
-    bytes end to end, and where each text ends. Sealed with the split like every row."""
-    encoded = [text.encode("utf-8") if isinstance(text, str) else b"" for text in texts]  # a missing one: ""
-    ends = np.cumsum([len(b) for b in encoded], dtype=np.int64)
-    return {TEXT_BYTES + column: np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), TEXT_ENDS + column: ends}
-
-
-def unpacked_texts(tensors: dict[str, np.ndarray], column: str) -> list[str]:
-    """The texts `packed_texts` stored, in row order (in memory only)."""
-    data, ends = tensors[TEXT_BYTES + column].tobytes(), tensors[TEXT_ENDS + column]
-    starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
-    return [data[a:b].decode("utf-8") for a, b in zip(starts.tolist(), ends.tolist())]
 
 
 def read_quarantine(vault: Vault, snapshot_dir: Path, data_dir: Path) -> tuple[str, list[FileSpan], list[dict]]:

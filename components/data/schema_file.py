@@ -34,11 +34,10 @@ def read_yaml(path: Path) -> Any:
 
 def feature_problems(schema: DatasetSchema) -> list[str]:
     """What stops the schema's columns from becoming model inputs without reading the data."""
-    if not schema.feature_columns:
-        texts = f" ({', '.join(schema.text_columns)} are sealed and kept, but the tabular models do not read " \
-            "text: training on text alone comes with the pretrained text-encoder preset)" if schema.text_columns else ""
-        return ["no model features: every column is the privacy unit, the target or free text (a string "
-                f"without `allowed:`, or a text){texts}; declare `allowed:` for a string column or add numeric columns"]
+    if not schema.feature_columns and not schema.text_columns:
+        return ["no model features: every column is the privacy unit or the target, or a free string (one "
+                "without `allowed:`); declare `allowed:` for a string column, add numeric columns, or declare a "
+                "`type: text` column for the text preset (train.model: text)"]
     problems = []
     for name in schema.feature_columns:
         spec = schema.columns[name]

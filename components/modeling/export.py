@@ -68,11 +68,14 @@ def session(model_bytes: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(runtime: ort.InferenceSession, features: np.ndarray) -> np.ndarray:
-    return runtime.run(None, {"features": features.astype(np.float32, copy=False)})[0]
+def onnx_logits(runtime: ort.InferenceSession, inputs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    """Logits for encoded feature rows, or for a text model's named inputs (token ids, mask)."""
+    if isinstance(inputs, dict):
+        return runtime.run(None, inputs)[0]
+    return runtime.run(None, {"features": inputs.astype(np.float32, copy=False)})[0]
 
 
-def _median_ms(run, repeats: int) -> float:
+def median_ms(run, repeats: int) -> float:
     run()  # warm-up
     timings = []
     for _ in range(repeats):
@@ -91,9 +94,9 @@ def latency_ms(dense: nn.Module, runtime: ort.InferenceSession, n_features: int,
         timings = {}
         for batch in (1, 256):
             inputs = synthetic_inputs(n_features, batch, seed=batch)
-            timings[f"fp32_torch_batch{batch}_ms"] = _median_ms(lambda: dense(inputs), repeats)
+            timings[f"fp32_torch_batch{batch}_ms"] = median_ms(lambda: dense(inputs), repeats)
             array = inputs.numpy()
-            timings[f"int8_onnx_batch{batch}_ms"] = _median_ms(lambda: onnx_logits(runtime, array), repeats)
+            timings[f"int8_onnx_batch{batch}_ms"] = median_ms(lambda: onnx_logits(runtime, array), repeats)
         return timings
     finally:
         torch.set_num_threads(threads)

@@ -47,8 +47,34 @@ def scoring_schema(schema: DatasetSchema) -> DatasetSchema:
     return schema.model_copy(update={"columns": {**schema.columns, schema.target: target}})
 
 
+def text_tokenizer(text_card: dict | None, schema: DatasetSchema):
+    """A text model's own tokenizer (from the verified pretrained files); None for the others."""
+    if text_card is None:
+        return None
+    if text_card["column"] not in schema.text_columns:
+        raise SchemaError(f"the model reads the text column '{text_card['column']}', which the schema no longer "
+                          "declares as `type: text`; re-run the pipeline or score with the old schema")
+    from privflow.modeling.text_encoder import load_tokenizer, pretrained
+
+    return load_tokenizer(pretrained(text_card["encoder"]), text_card["max_tokens"])
+
+
+def model_inputs(valid, scoring: DatasetSchema, card: dict, tokenizer) -> np.ndarray | dict[str, np.ndarray]:
+    """What the export reads: encoded features, or a text model's token ids and mask."""
+    if tokenizer is not None:
+        from privflow.modeling.text_encoder import token_arrays
+
+        return token_arrays(tokenizer, valid[card["text"]["column"]].tolist())
+    data = encode_features(valid, scoring)
+    if data.feature_names != card["features"]:
+        raise SchemaError(f"the model was trained on features {card['features']}, the schema now gives "
+                          f"{data.feature_names}; re-run the pipeline or score with the old schema")
+    return data.features
+
+
 def score(source: Path, schema: DatasetSchema, ingest: IngestSettings, model_dir: Path) -> Scored:
     runtime, card = load_export(model_dir)
+    tokenizer = text_tokenizer(card.get("text"), schema)
     scoring = scoring_schema(schema)
     reader = RecordReader.of(str(source), scoring, ingest, optional=frozenset({schema.target}))
     checks = to_pandera(scoring, unique=False)
@@ -60,11 +86,7 @@ def score(source: Path, schema: DatasetSchema, ingest: IngestSettings, model_dir
         valid = typed.drop(index=sorted({f.row for f in found}))
         if valid.empty:
             continue
-        data = encode_features(valid, scoring)
-        if data.feature_names != card["features"]:
-            raise SchemaError(f"the model was trained on features {card['features']}, the schema now gives "
-                              f"{data.feature_names}; re-run the pipeline or score with the old schema")
-        logits = onnx_logits(runtime, data.features)
+        logits = onnx_logits(runtime, model_inputs(valid, scoring, card, tokenizer))
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities.append(exp / exp.sum(axis=1, keepdims=True))
         rows += valid.index.tolist()

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from privflow.artifacts import sha256_file
 from privflow.errors import PrivflowError
 
 if TYPE_CHECKING:
+    import torch
     from tokenizers import Tokenizer
     from transformers import BertModel
 
@@ -107,9 +108,17 @@ def load_tokenizer(model: PretrainedText, max_tokens: int) -> Tokenizer:
     return tokenizer
 
 
-def tokenize(tokenizer: Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention masks (rows x max_tokens), in memory only: a token id is as
-    sensitive as the text it came from."""
+def token_arrays(tokenizer: Tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
+    """The ONNX export's inputs, `input_ids` and `attention_mask` (rows x max_tokens, int64),
+    without torch: in memory only, a token id is as sensitive as the text it came from."""
     encoded = tokenizer.encode_batch(texts)
-    return (torch.tensor([e.ids for e in encoded], dtype=torch.long),
-            torch.tensor([e.attention_mask for e in encoded], dtype=torch.long))
+    return {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64).reshape(len(texts), -1),
+            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64).reshape(len(texts), -1)}
+
+
+def tokenize(tokenizer: Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention masks (rows x max_tokens) as tensors, in memory only."""
+    import torch
+
+    arrays = token_arrays(tokenizer, texts)
+    return torch.from_numpy(arrays["input_ids"]), torch.from_numpy(arrays["attention_mask"])

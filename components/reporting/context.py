@@ -48,7 +48,7 @@ def build_context(args: argparse.Namespace, title: str, ledger: PrivacyLedger, c
         "curve": read_json(args.curve), "compression": read_json(args.compression), "budget": budget,
         "privacy_statement": privacy_statement(training, dataset, budget),
         "explanation": read_json(args.explanation), "pretraining": read_json(args.pretraining),
-        "audit": training.get("audit"),
+        "audit": training.get("audit"), "text": training.get("text"),
         "lineage": {"model_sha256": sha256_file(args.model), "git_commit": git_commit(),
                     "dvc_outputs": dvc_outputs(Path("dvc.lock"), dataset["dataset"]),
                     "packages": {name: version(name) for name in PACKAGES}},

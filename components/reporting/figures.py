@@ -34,8 +34,12 @@ def importance_svg(explanation: dict, top: int = 15) -> str:
     ranked = explanation["importance"][:top][::-1]
     figure, ax = plt.subplots(figsize=(10, 0.28 * len(ranked) + 1.2))
     ax.barh([r["feature"] for r in ranked], [r["importance"] for r in ranked], color="#1d5fa8")
-    ax.set(title=f"Permutation importance on {explanation['data']} data (share of predictions changed)",
-           xlabel="share of reference rows whose prediction changes when the feature is shuffled")
+    if explanation["method"].startswith("word occlusion"):
+        ax.set(title=f"Word occlusion on {explanation['rows']} public texts (the words that moved predictions most)",
+               xlabel="mean drop in the predicted class's probability when the word is left out")
+    else:
+        ax.set(title=f"Permutation importance on {explanation['data']} data (share of predictions changed)",
+               xlabel="share of reference rows whose prediction changes when the feature is shuffled")
     return _svg(figure)
 
 

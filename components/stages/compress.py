@@ -28,15 +28,20 @@ def main() -> None:
     settings = load_settings(args.dataset).compress
     model, card = load_model(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
-    compression = compress_model(model, len(card["features"]), settings, args.out)
+    if card["preset"] == "text":
+        from privflow.modeling.text_export import compress_text_model
+
+        compression = compress_text_model(model, card["text"], settings, args.out)
+    else:
+        compression = compress_model(model, len(card["features"]), settings, args.out)
     write_json(args.out / SERVING_CARD, {k: card[k] for k in ("dataset", "run_id", "snapshot_id", "features",
-                                                              "classes")})
+                                                              "classes", "text") if k in card})
     write_json(args.metrics, compression)
     write_model_card(args.out, card, read_json(args.training), compression)
-    sizes = compression["size_bytes"]
-    print(f"compress: {compression['parameters']['dense']} -> {compression['parameters']['after_structured']} "
-          f"parameters, sparsity {compression['sparsity']:.2f}, weights {sizes['fp32_weights']} B fp32 -> "
-          f"{sizes['int8_weights']} B int8, agreement with fp32 {compression['fidelity']['agreement']:.4f}")
+    sizes, parameters = compression["size_bytes"], compression["parameters"]
+    print(f"compress: {parameters['dense']} parameters, sparsity {compression['sparsity']:.2f}, "
+          f"ONNX {sizes['fp32_onnx']} B fp32 -> {sizes['int8_onnx']} B int8, "
+          f"agreement with fp32 {compression['fidelity']['agreement']:.4f}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 from privflow.artifacts import open_vault, read_json, stage_paths
 from privflow.catalog import DATASET
 from privflow.errors import run_stage
-from privflow.preflight import check_model_config
+from privflow.preflight import check_model_config, check_text_model
 from privflow.privacy.audit import draw_canaries
 from privflow.settings import load_settings
 from privflow.training.charge import privacy_unit_bound, resume_or_charge
@@ -27,6 +27,11 @@ def main() -> None:
     t = settings.train
     description = read_json(args.data / DATASET)
     n_classes = len(description["classes"])
+    where = f"dataset {description['dataset']}"
+    if t.model == "text":
+        check_text_model(t, description["text_columns"], where)
+    else:
+        check_model_config(t, len(description["features"]), n_classes, where)
     canaries = (draw_canaries(t.audit_canaries, len(description["features"]), n_classes, np.random.default_rng())
                 if t.audit_canaries else None)
     extra_rows = int(canaries.included.sum()) if canaries else 0
@@ -34,7 +39,6 @@ def main() -> None:
     bound = privacy_unit_bound(description, settings)
     # canaries are drawn afresh per run, so an audited run cannot resume
     checkpoint = None if canaries else checkpoint_for(settings, description, pretraining, bound)
-    check_model_config(t, len(description["features"]), n_classes, f"dataset {description['dataset']}")
     vault = open_vault()
     run_id, plan, budget = resume_or_charge(description, settings, checkpoint, extra_rows, vault=vault,
                                             data_dir=args.data, metrics=args.metrics)

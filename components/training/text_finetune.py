@@ -17,17 +17,23 @@ loop, accountant and noise as every other model. Modes:
   design (11.7 M of the 22.6 M parameters, a sparse lookup whose DP noise would swamp it,
   and the part pretraining got most right).
 
-The top's input packs the attention mask as a last channel ([rows, tokens, width + 1]), so
-the loop's one tensor of features per row still holds everything a row needs.
+The top and the served classifier (bottom then top) live in privflow.modeling.text_classifier.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
+
+from privflow.modeling import text_classifier
+from privflow.modeling.text_classifier import EncoderTop, bottom_outputs
+from privflow.modeling.text_encoder import load_encoder, load_tokenizer, pretrained, tokenize
+from privflow.settings import TrainSettings
 
 FineTune = Literal["head", "last_layers", "all_layers"]
 
@@ -36,53 +42,22 @@ def trainable_layers(mode: FineTune, last_k: int, depth: int) -> int:
     return {"head": 0, "last_layers": min(last_k, depth), "all_layers": depth}[mode]
 
 
-def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """BERT's attention mask: 0 where a token is, the dtype's minimum where padding is."""
-    return (1.0 - mask.to(dtype))[:, None, None, :] * torch.finfo(dtype).min
-
-
-class EncoderTop(nn.Module):
-    """The trained part: copies of the encoder's last layers, mean pooling, a classifier."""
-
-    def __init__(self, layers: list[nn.Module], width: int, n_classes: int):
-        super().__init__()
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for layer in layers)
-        self.classifier = nn.Linear(width, n_classes)
-
-    def forward(self, packed: torch.Tensor) -> torch.Tensor:
-        hidden, mask = packed[..., :-1], packed[..., -1]
-        additive = _additive_mask(mask, hidden.dtype)
-        for layer in self.layers:
-            hidden = layer(hidden, additive)
-        weights = mask[..., None]
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        return self.classifier(pooled)
-
-
 @torch.no_grad()
 def frozen_outputs(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, frozen_layers: int,
                    batch: int = 64) -> torch.Tensor:
     """The frozen bottom's output for every text, the mask as a last channel (in memory only:
     it is as sensitive as the texts)."""
     encoder.eval()
-    parts = []
-    for start in range(0, len(ids), batch):
-        chunk_ids, chunk_mask = ids[start:start + batch], mask[start:start + batch]
-        hidden = encoder.embeddings(input_ids=chunk_ids)
-        additive = _additive_mask(chunk_mask, hidden.dtype)
-        for layer in encoder.encoder.layer[:frozen_layers]:
-            hidden = layer(hidden, additive)
-        parts.append(torch.cat([hidden, chunk_mask[..., None].to(hidden.dtype)], dim=-1))
+    parts = [bottom_outputs(encoder, ids[start:start + batch], mask[start:start + batch], frozen_layers)
+             for start in range(0, len(ids), batch)]
     return torch.cat(parts) if parts else torch.empty(0, ids.shape[1], encoder.config.hidden_size + 1)
 
 
 def encoder_top(encoder: nn.Module, mode: FineTune, last_k: int, n_classes: int, seed: int = 0) -> tuple[EncoderTop, int]:
     """The trainable top for this mode, and how many layers stay frozen below it."""
-    layers = list(encoder.encoder.layer)
-    k = trainable_layers(mode, last_k, len(layers))
-    torch.manual_seed(seed)  # the classifier's initial weights only
-    top = EncoderTop(layers[len(layers) - k:], encoder.config.hidden_size, n_classes)
-    return top, len(layers) - k
+    depth = len(encoder.encoder.layer)
+    k = trainable_layers(mode, last_k, depth)
+    return text_classifier.encoder_top(encoder, k, n_classes, seed), depth - k
 
 
 def train_baseline(top: EncoderTop, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
@@ -112,3 +87,38 @@ def train_baseline(top: EncoderTop, train: tuple[torch.Tensor, torch.Tensor], te
         if score > best[0]:
             best = (score, model, rate)
     return accuracy(best[1], *test), best[2]
+
+
+@dataclass
+class TextTraining:
+    """A text dataset made ready for the loop: the frozen bottom's outputs (in memory only),
+    the top DP-SGD trains, an untouched copy of it for the baseline, and the model card's
+    `text` entry (the pretrained encoder's name, origin and weights' hash: public lineage)."""
+
+    top: EncoderTop
+    initial_top: EncoderTop
+    train: TensorDataset
+    test: TensorDataset
+    card: dict
+
+    def baseline(self, t: TrainSettings) -> float:
+        """The non-private fine-tuning of the same top on the same split (test accuracy)."""
+        return train_baseline(self.initial_top, self.train.tensors[:2], self.test.tensors[:2], t.epochs,
+                              t.batch_size, seed=t.init_seed)[0]
+
+
+def prepare_text_training(t: TrainSettings, column: str, n_classes: int,
+                          splits: tuple[tuple[list[str], torch.Tensor, torch.Tensor], ...]) -> TextTraining:
+    """Tokenize each split's texts and run the frozen bottom over them, in memory; `splits`
+    holds (texts, labels, units) of train then test."""
+    model = pretrained(t.text.encoder)
+    encoder, tokenizer = load_encoder(model), load_tokenizer(model, t.text.max_tokens)
+    top, frozen = encoder_top(encoder, t.text.fine_tune, t.text.last_k, n_classes, seed=t.init_seed)
+    datasets = [TensorDataset(frozen_outputs(encoder, *tokenize(tokenizer, texts), frozen), labels, units)
+                for texts, labels, units in splits]
+    card = {"encoder": model.name, "distribution": model.distribution, "origin": model.origin,
+            "weights_sha256": model.weights_sha256, "tokenizer_sha256": model.tokenizer_sha256, "column": column,
+            "fine_tune": t.text.fine_tune, "trained_layers": len(top.layers), "frozen_layers": frozen,
+            "max_tokens": t.text.max_tokens, "trained_parameters": sum(p.numel() for p in top.parameters()),
+            "encoder_parameters": sum(p.numel() for p in encoder.parameters())}
+    return TextTraining(top, copy.deepcopy(top), datasets[0], datasets[1], card)

