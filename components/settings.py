@@ -100,8 +100,10 @@ class TextModelSettings(_Section):
 
     encoder: str = "all-MiniLM-L6-v2"  # privflow.modeling.text_encoder.PRETRAINED
     column: str | None = None  # the text column it reads; default: the schema's only one
-    fine_tune: Literal["head", "last_layers", "all_layers"] = "head"
-    last_k: int = Field(default=1, ge=1)  # last_layers: how many of the encoder's layers train
+    fine_tune: Literal["head", "last_layers", "all_layers", "lora"] = "head"
+    last_k: int = Field(default=1, ge=1)  # last_layers and lora: how many of the encoder's last layers train
+    lora_rank: int = Field(default=8, ge=1)  # lora: the adapters' rank r
+    lora_alpha: float = Field(default=16.0, gt=0)  # lora: the update is scaled by alpha / r
     max_tokens: int = Field(default=64, ge=8, le=512)  # texts are cut to this many tokens
 
 

@@ -15,7 +15,11 @@ loop, accountant and noise as every other model. Modes:
 - `last_layers`: the last k layers and the classifier;
 - `all_layers`: every transformer layer; the token and position embeddings stay frozen by
   design (11.7 M of the 22.6 M parameters, a sparse lookup whose DP noise would swamp it,
-  and the part pretraining got most right).
+  and the part pretraining got most right);
+- `lora`: the last k layers stay frozen and LoRA adapters on their attention's query and
+  value train with the classifier (privflow.modeling.text_classifier.LoRALinear): a few
+  ten thousand parameters, so DP noise has little to swamp, merged into plain Linear
+  layers for serving.
 
 The top and the served classifier (bottom then top) live in privflow.modeling.text_classifier.
 """
@@ -31,15 +35,16 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from privflow.modeling import text_classifier
-from privflow.modeling.text_classifier import EncoderTop, bottom_outputs
+from privflow.modeling.text_classifier import EncoderTop, add_lora, bottom_outputs
 from privflow.modeling.text_encoder import load_encoder, load_tokenizer, pretrained, tokenize
 from privflow.settings import TrainSettings
 
-FineTune = Literal["head", "last_layers", "all_layers"]
+FineTune = Literal["head", "last_layers", "all_layers", "lora"]
 
 
 def trainable_layers(mode: FineTune, last_k: int, depth: int) -> int:
-    return {"head": 0, "last_layers": min(last_k, depth), "all_layers": depth}[mode]
+    """How many of the encoder's last layers the top holds (lora: frozen, with adapters)."""
+    return {"head": 0, "last_layers": min(last_k, depth), "all_layers": depth, "lora": min(last_k, depth)}[mode]
 
 
 @torch.no_grad()
@@ -53,11 +58,16 @@ def frozen_outputs(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, fr
     return torch.cat(parts) if parts else torch.empty(0, ids.shape[1], encoder.config.hidden_size + 1)
 
 
-def encoder_top(encoder: nn.Module, mode: FineTune, last_k: int, n_classes: int, seed: int = 0) -> tuple[EncoderTop, int]:
+def encoder_top(encoder: nn.Module, mode: FineTune, last_k: int, n_classes: int, seed: int = 0,
+                lora_rank: int = 8, lora_alpha: float = 16.0) -> tuple[EncoderTop, int]:
     """The trainable top for this mode, and how many layers stay frozen below it."""
     depth = len(encoder.encoder.layer)
     k = trainable_layers(mode, last_k, depth)
-    return text_classifier.encoder_top(encoder, k, n_classes, seed), depth - k
+    top = text_classifier.encoder_top(encoder, k, n_classes, seed)
+    if mode == "lora":
+        torch.manual_seed(seed + 1)  # the adapters' initial A only (B starts at zero)
+        add_lora(top, lora_rank, lora_alpha)
+    return top, depth - k
 
 
 def train_baseline(top: EncoderTop, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
@@ -113,12 +123,16 @@ def prepare_text_training(t: TrainSettings, column: str, n_classes: int,
     holds (texts, labels, units) of train then test."""
     model = pretrained(t.text.encoder)
     encoder, tokenizer = load_encoder(model), load_tokenizer(model, t.text.max_tokens)
-    top, frozen = encoder_top(encoder, t.text.fine_tune, t.text.last_k, n_classes, seed=t.init_seed)
+    text = t.text
+    top, frozen = encoder_top(encoder, text.fine_tune, text.last_k, n_classes, seed=t.init_seed,
+                              lora_rank=text.lora_rank, lora_alpha=text.lora_alpha)
     datasets = [TensorDataset(frozen_outputs(encoder, *tokenize(tokenizer, texts), frozen), labels, units)
                 for texts, labels, units in splits]
     card = {"encoder": model.name, "distribution": model.distribution, "origin": model.origin,
             "weights_sha256": model.weights_sha256, "tokenizer_sha256": model.tokenizer_sha256, "column": column,
             "fine_tune": t.text.fine_tune, "trained_layers": len(top.layers), "frozen_layers": frozen,
-            "max_tokens": t.text.max_tokens, "trained_parameters": sum(p.numel() for p in top.parameters()),
+            "max_tokens": t.text.max_tokens, **({"lora_rank": text.lora_rank, "lora_alpha": text.lora_alpha}
+                                                if text.fine_tune == "lora" else {}),
+            "trained_parameters": sum(p.numel() for p in top.parameters() if p.requires_grad),
             "encoder_parameters": sum(p.numel() for p in encoder.parameters())}
     return TextTraining(top, copy.deepcopy(top), datasets[0], datasets[1], card)

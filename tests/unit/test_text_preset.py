@@ -68,4 +68,4 @@ def test_unknown_text_settings_are_refused(tmp_path):
     with pytest.raises(PrivflowError, match="train.text.fine_tun"):
         _settings(tmp_path, FEEDBACK, {"model": "text", "text": {"fine_tun": "head"}})
     with pytest.raises(PrivflowError, match="train.text.fine_tune"):
-        _settings(tmp_path, FEEDBACK, {"model": "text", "text": {"fine_tune": "lora"}})
+        _settings(tmp_path, FEEDBACK, {"model": "text", "text": {"fine_tune": "prefix"}})
