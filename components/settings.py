@@ -123,11 +123,25 @@ class TrainSettings(_Section):
     sampling: Literal["poisson"] = "poisson"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
     processes: int = Field(default=1, ge=1)  # > 1: DPDDP, launched with torchrun (gloo on CPU, nccl on GPU)
+    nodes: int = Field(default=1, ge=1)  # > 1: DPDDP across hosts, train.processes each; see infra/README.md
+    rendezvous: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:\[\]-]+:[0-9]+$")  # host:port, nodes > 1
     noise_seed: int | None = None  # development only: reproducible sampling and noise
     checkpoint_every_epochs: int = Field(default=1, ge=1)
     init_seed: int = 0
     audit_canaries: int = Field(default=0, ge=0)  # > 0: run the one-run empirical audit gate
     audit_confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+    @property
+    def distributed(self) -> bool:
+        """DPDDP over torchrun's processes (on this host, or across hosts)."""
+        return self.processes > 1 or self.nodes > 1
+
+    @model_validator(mode="after")
+    def _nodes_meet_somewhere(self) -> TrainSettings:
+        if self.nodes > 1 and self.rendezvous is None:
+            raise ValueError(f"train.nodes is {self.nodes}: set train.rendezvous to host:port of torchrun's c10d "
+                             "rendezvous on the node that runs the train stage, reachable from every node")
+        return self
 
     @field_validator("sampling", mode="before")
     @classmethod

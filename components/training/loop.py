@@ -90,6 +90,7 @@ class World:
 
     rank: int = 0
     size: int = 1
+    leader: int = 0  # the rank that holds the job: it alone adds noise and writes checkpoints
 
     def reduce(self, totals: list[torch.Tensor]) -> None:
         if self.size == 1:
@@ -112,10 +113,10 @@ class TrainResult:
 
 
 def _randomness(t: TrainSettings, secure: bool, world: World, device: torch.device) -> tuple[NoiseSource | None, NoiseSource]:
-    """(noise, sampler): only rank 0 draws noise, so the reduced gradient carries one draw;
+    """(noise, sampler): only the leader draws noise, so the reduced gradient carries one draw;
     every rank samples its own units independently."""
     seed = t.noise_seed
-    noise = noise_source(secure, seed, device) if world.rank == 0 else None
+    noise = noise_source(secure, seed, device) if world.rank == world.leader else None
     sampler = noise_source(secure, None if seed is None else seed + 1 + world.rank)
     return noise, sampler
 
@@ -166,7 +167,7 @@ def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t:
             if on_epoch is not None:
                 on_epoch({"epoch": len(curve), "epochs": -(-plan.steps // steps_per_epoch),
                           "epsilon": curve[-1]["epsilon"]})
-            if checkpoint is not None and world.rank == 0 and len(curve) % t.checkpoint_every_epochs == 0 \
+            if checkpoint is not None and world.rank == world.leader and len(curve) % t.checkpoint_every_epochs == 0 \
                     and step + 1 < plan.steps:
                 checkpoint.write(capture_state(run_id, plan, step + 1, accountant, curve, model, optimizer, noise, sampler))
     return TrainResult(model.cpu().eval(), curve, _spent(accountant, plan), sum(n for *_, n in accountant.history),

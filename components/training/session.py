@@ -12,6 +12,7 @@ from privflow.artifacts import open_vault, write_json
 from privflow.budget import budget_name, open_ledger, write_anchor
 from privflow.crypto.vault import Vault
 from privflow.errors import PrivacyError
+from privflow.modeling.models import build_model
 from privflow.privacy.accounting import DpSgdPlan
 from privflow.preflight import text_column
 from privflow.privacy.audit import Canaries
@@ -55,20 +56,26 @@ def run_training(settings: Settings, description: dict, data_dir: Path, pretrain
         column = text_column(description["text_columns"], t.text.column, f"dataset {description['dataset']}")
         text = prepare_text_training(t, column, n_classes, tuple(
             load_text_split(vault, description, split, data_dir, column) for split in ("train", "test")))
-        result = train_private(text.train, text.test, plan, t, n_classes, model=text.top, **options)
+        result = (_train_distributed(settings, description, data_dir, pretrained_dir, plan, run_id, text.top)
+                  if t.distributed else train_private(text.train, text.test, plan, t, n_classes, model=text.top, **options))
         return Trained(result, text.train, text.test, lambda: text.baseline(t), {"text": text.card})
     real, test = (load_split(vault, description, split, data_dir) for split in ("train", "test"))
     baseline = lambda: train_baseline(real, test, t, n_classes)  # noqa: E731
-    if t.processes > 1:
-        from privflow.training.distributed import train_distributed
-
+    if t.distributed:
         if canaries is not None:
             raise PrivacyError("train.audit_canaries needs train.processes: 1 (the canaries live in one process)")
-        result = train_distributed(settings, description, data_dir, pretrained_dir, plan, run_id)
+        model = build_model(t.model, len(description["features"]), n_classes, t.hidden_units, t.input_shape)
+        result = _train_distributed(settings, description, data_dir, pretrained_dir, plan, run_id, model)
         return Trained(result, real, test, baseline, {})
     train = with_canaries(real, canaries) if canaries else real
     result = train_private(train, test, plan, t, n_classes, read_pretrained(pretrained_dir)[1], **options)
     return Trained(result, real, test, baseline, {})
+
+
+def _train_distributed(*args) -> TrainResult:
+    from privflow.training.distributed import train_distributed  # torchrun's machinery only when used
+
+    return train_distributed(*args)
 
 
 def train_charged(args, settings: Settings, vault: Vault, description: dict, canaries: Canaries | None, plan: DpSgdPlan,
@@ -98,7 +105,7 @@ def train_charged(args, settings: Settings, vault: Vault, description: dict, can
                     "secure_noise": settings.privacy.secure_noise, "noise_source": noise.description,
                     "profile": settings.privacy.profile, "accountant_history": result.history,
                     "grad_sample_mode": ENGINE, "engines": engines(result.model)},
-        "training": {"model": t.model, "device": str(resolve_device(t.device)), "processes": t.processes,
+        "training": {"model": t.model, "device": str(resolve_device(t.device)), "processes": t.processes, "nodes": t.nodes,
                      "resumed_from_step": result.resumed_from_step},
         "budget": {**budget, "name": budget_name(settings)},
         "ledger_anchor": asdict(anchor),

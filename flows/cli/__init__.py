@@ -9,7 +9,8 @@ from privflow.flows.cli.common import app, console, ensure_keyring, quiet_traceb
 
 __all__ = ["app", "ensure_keyring", "main", "quiet_tracebacks"]
 
-for command in (runs.init, runs.run, runs.serve, runs.status, runs.repair, runs.report, runs.predict, data_owner.quarantine):
+for command in (runs.init, runs.run, runs.serve, runs.status, runs.repair, runs.report, runs.predict, runs.join,
+                data_owner.quarantine):
     app.command()(command)
 app.add_typer(data_owner.schema_app, name="schema")
 app.add_typer(keys.app, name="keys")

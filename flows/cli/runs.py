@@ -194,6 +194,19 @@ def serve(root: Path = Path("."),
         pipeline.serve(name=name, cron=cron, interval=interval, parameters={"root": str(root.resolve())}, limit=1)
 
 
+def join(dataset: str = ONE_DATASET) -> None:
+    """Join a multi-node DP training run (train.nodes > 1) from this host: start it here while the
+    train stage runs on the host at train.rendezvous. This host needs the same params.yaml, the
+    encrypt stage's sealed splits (`dvc pull`) and a keyring that opens them; it charges nothing."""
+    from privflow.training.distributed import join as join_run
+
+    code = join_run(one_dataset(dataset))
+    if code != 0:
+        raise PrivflowError(f"this node's training processes failed (torchrun exit {code}); the train stage's "
+                            "node says why the run stopped")
+    console.print("joined: this node's processes finished their share of the run", highlight=False)
+
+
 def status(root: Path = Path(".")) -> None:
     """Per dataset: which stages are out of date, the latest report, and the privacy budget."""
     from privflow.artifacts import read_json

@@ -99,3 +99,17 @@ def test_predict_scores_a_csv_of_texts_and_names_the_record_it_cannot_score(text
     assert lines[0] == "row,prediction,p_negative,p_positive" and len(lines) == 3
     assert "not scored" in result.stderr and "feedback" in result.stderr
     assert "2 record(s) scored, 1 not scored" in result.stderr
+
+
+def test_dpddp_fine_tunes_the_text_model_over_two_processes_with_the_epsilon_of_one(text_run):
+    """Last in this file: it re-trains the module's workspace."""
+    workspace, _ = text_run
+    single = json.loads(workspace.metrics("train").read_text())
+    workspace.edit_dataset(train={**TEXT_TRAIN, "processes": 2})
+    result = workspace.run("dvc", "repro", "train@breast_cancer")
+    assert result.returncode == 0, result.stdout + result.stderr
+    double = json.loads(workspace.metrics("train").read_text())
+    assert double["training"]["processes"] == 2 and double["run_id"] != single["run_id"]
+    for key in ("noise_multiplier", "sample_rate", "steps", "epsilon_spent", "accountant_history"):
+        assert double["privacy"][key] == single["privacy"][key], key
+    assert double["text"] == single["text"] and double["accuracy"]["private"] > 0.6

@@ -47,6 +47,13 @@ def test_predict_names_a_missing_input_file_not_the_source_setting(tmp_path):
     assert "datasets" not in output
 
 
+def test_join_refuses_a_dataset_that_trains_on_one_node():
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([PRIVFLOW, "join", "-d", "churn"], cwd=root, capture_output=True, text=True)
+    output = " ".join(result.stdout.split())
+    assert result.returncode == 2 and "dataset churn: train.nodes is 1" in output and "train.rendezvous" in output
+
+
 @pytest.mark.parametrize("command, says", [
     (["budget", "show"], "default: every one"),
     (["budget", "verify"], "default: every one"),
@@ -54,6 +61,7 @@ def test_predict_names_a_missing_input_file_not_the_source_setting(tmp_path):
     (["report"], "needed when it declares several"),
     (["quarantine"], "needed when it declares several"),
     (["predict"], "needed when it declares several"),
+    (["join"], "needed when it declares several"),
 ])
 def test_help_says_what_happens_with_several_datasets(command, says):
     from privflow.flows.cli.common import app

@@ -1,6 +1,7 @@
 """The `text` preset's settings and its refusals before any data is read: a text-only schema
 needs the text preset, the text preset needs exactly one text column (or one named), an
-installed encoder, one process and no tabular canaries. Each refusal names the setting."""
+installed encoder and no tabular canaries; several nodes need a rendezvous. Each refusal
+names the setting."""
 
 from __future__ import annotations
 
@@ -49,13 +50,15 @@ def test_the_text_preset_refuses_a_column_or_encoder_it_cannot_use(tmp_path, tex
     assert says in str(caught.value) and "dataset notes" in str(caught.value)
 
 
-@pytest.mark.parametrize("train, says", [
-    ({"processes": 2}, "set train.processes: 1"),
-    ({"audit_canaries": 100}, "set train.audit_canaries: 0"),
-])
-def test_what_the_text_preset_does_not_support_yet_is_refused_before_the_charge(tmp_path, train, says):
-    with pytest.raises(ConfigurationError, match=says):
-        check_dataset(_settings(tmp_path, FEEDBACK, {"model": "text", **train}))
+def test_tabular_canaries_are_refused_for_the_text_preset_before_the_charge(tmp_path):
+    with pytest.raises(ConfigurationError, match="set train.audit_canaries: 0"):
+        check_dataset(_settings(tmp_path, FEEDBACK, {"model": "text", "audit_canaries": 100}))
+
+
+def test_several_nodes_need_a_rendezvous(tmp_path):
+    with pytest.raises(PrivflowError, match="set train.rendezvous to host:port"):
+        _settings(tmp_path, FEEDBACK, {"model": "text", "nodes": 2})
+    assert _settings(tmp_path, FEEDBACK, {"nodes": 2, "rendezvous": "10.0.0.5:29400"}).train.distributed
 
 
 def test_a_schema_without_text_or_features_still_says_what_to_declare(tmp_path):
