@@ -41,7 +41,7 @@ from privflow.modeling.models import load_weights, weights_of
 from privflow.privacy.accounting import DpSgdPlan
 from privflow.settings import Settings, TrainSettings, load_settings
 from privflow.training.charge import privacy_unit_bound
-from privflow.training.io import load_split, load_text_split, read_pretrained
+from privflow.training.io import load_split, read_pretrained
 from privflow.training.loop import TrainResult, World, resolve_device, train_private
 
 RESULT, WEIGHTS, ERROR = "result.json", "model.safetensors", "error.txt"
@@ -122,14 +122,11 @@ def _agree_on_job(job: Path | None, world_size: int) -> tuple[dict, int]:
 
 def _inputs(settings: Settings, description: dict, data: Path, pretrained: Path):
     """(model or None, train, test, public start) for this process, decrypted here."""
-    t, vault, n_classes = settings.train, open_vault(), len(description["classes"])
+    t, vault = settings.train, open_vault()
     if t.model == "text":
-        from privflow.preflight import text_column
-        from privflow.training.text_finetune import prepare_text_training
+        from privflow.training.text_finetune import load_text_training
 
-        column = text_column(description["text_columns"], t.text.column, f"dataset {description['dataset']}")
-        text = prepare_text_training(t, column, n_classes, tuple(
-            load_text_split(vault, description, split, data, column) for split in ("train", "test")))
+        text = load_text_training(t, vault, description, data)
         return text.top, text.train, text.test, None
     train, test = (load_split(vault, description, split, data) for split in ("train", "test"))
     return None, train, test, read_pretrained(pretrained)[1]

@@ -14,7 +14,6 @@ from privflow.crypto.vault import Vault
 from privflow.errors import PrivacyError
 from privflow.modeling.models import build_model
 from privflow.privacy.accounting import DpSgdPlan
-from privflow.preflight import text_column
 from privflow.privacy.audit import Canaries
 from privflow.privacy.dp_sgd import engines
 from privflow.privacy.noise import noise_source
@@ -23,9 +22,9 @@ from privflow.settings import Settings
 from privflow.training.baseline import train_baseline
 from privflow.training.canaries import audit_gate, with_canaries
 from privflow.training.charge import privacy_unit_bound
-from privflow.training.io import load_split, load_text_split, read_pretrained, save_model
+from privflow.training.io import load_split, read_pretrained, save_model
 from privflow.training.loop import TrainResult, resolve_device, train_private
-from privflow.training.text_finetune import prepare_text_training
+from privflow.training.text_finetune import load_text_training
 
 ENGINE = ("privflow DP step: per-layer norms from activations and output gradients (outer-product "
           "identity, Gram form or grouped convolution, whichever is cheaper), one clipped matmul per layer")
@@ -53,9 +52,7 @@ def run_training(settings: Settings, description: dict, data_dir: Path, pretrain
                "checkpoint": checkpoint, "run_id": run_id,
                "on_epoch": lambda done: report_progress(f"train@{settings.dataset.name}", **done)}
     if t.model == "text":
-        column = text_column(description["text_columns"], t.text.column, f"dataset {description['dataset']}")
-        text = prepare_text_training(t, column, n_classes, tuple(
-            load_text_split(vault, description, split, data_dir, column) for split in ("train", "test")))
+        text = load_text_training(t, vault, description, data_dir)
         result = (_train_distributed(settings, description, data_dir, pretrained_dir, plan, run_id, text.top)
                   if t.distributed else train_private(text.train, text.test, plan, t, n_classes, model=text.top, **options))
         return Trained(result, text.train, text.test, lambda: text.baseline(t), {"text": text.card})

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -37,7 +38,11 @@ from torch.utils.data import TensorDataset
 from privflow.modeling import text_classifier
 from privflow.modeling.text_classifier import EncoderTop, add_lora, bottom_outputs
 from privflow.modeling.text_encoder import load_encoder, load_tokenizer, pretrained, tokenize
+from privflow.catalog import SPLITS
+from privflow.crypto.vault import Vault
+from privflow.preflight import text_column
 from privflow.settings import TrainSettings
+from privflow.training.io import load_text_split
 
 FineTune = Literal["head", "last_layers", "all_layers", "lora"]
 
@@ -136,3 +141,10 @@ def prepare_text_training(t: TrainSettings, column: str, n_classes: int,
             "trained_parameters": sum(p.numel() for p in top.parameters() if p.requires_grad),
             "encoder_parameters": sum(p.numel() for p in encoder.parameters())}
     return TextTraining(top, copy.deepcopy(top), datasets[0], datasets[1], card)
+
+
+def load_text_training(t: TrainSettings, vault: Vault, description: dict, data_dir: Path) -> TextTraining:
+    """Decrypt the sealed splits' texts (in memory only) and prepare them for the loop."""
+    column = text_column(description["text_columns"], t.text.column, f"dataset {description['dataset']}")
+    return prepare_text_training(t, column, len(description["classes"]), tuple(
+        load_text_split(vault, description, split, data_dir, column) for split in SPLITS))
