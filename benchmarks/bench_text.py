@@ -117,9 +117,9 @@ def compression_row(mode: str, k: int) -> dict:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from privflow.modeling.export import median_ms, onnx_logits, session
+    from privflow.modeling.export import median_ms, onnx_logits, probabilities, session
     from privflow.modeling.text_classifier import text_classifier
-    from privflow.modeling.text_export import _softmax, _torch_logits, compress_text_model, export_text_onnx, public_tokens
+    from privflow.modeling.text_export import _torch_logits, compress_text_model, export_text_onnx, public_tokens
     from privflow.settings import CompressSettings
 
     top = trained_tops[(mode, k)]
@@ -134,8 +134,8 @@ def compression_row(mode: str, k: int) -> dict:
         quantize_dynamic(str(work / "fp32.onnx"), str(work / "dynamic.onnx"), weight_type=QuantType.QInt8,
                          per_channel=True, op_types_to_quantize=["MatMul", "Gemm", "Gather"])
         dynamic = session((work / "dynamic.onnx").read_bytes())
-        agreement = float((_softmax(onnx_logits(dynamic, public)).argmax(1)
-                           == _softmax(_torch_logits(model, public)).argmax(1)).mean())
+        agreement = float((probabilities(onnx_logits(dynamic, public)).argmax(1)
+                           == probabilities(_torch_logits(model, public)).argmax(1)).mean())
         batch = {name: array[:32] for name, array in public.items()}
         dynamic_ms = median_ms(lambda: onnx_logits(dynamic, batch), measured["latency_repeats"])
         dynamic_bytes = (work / "dynamic.onnx").stat().st_size

@@ -75,6 +75,12 @@ def onnx_logits(runtime: ort.InferenceSession, inputs: np.ndarray | dict[str, np
     return runtime.run(None, {"features": inputs.astype(np.float32, copy=False)})[0]
 
 
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax of an export's logits, row by row (numpy: serving needs no torch)."""
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def median_ms(run, repeats: int) -> float:
     run()  # warm-up
     timings = []

@@ -21,7 +21,7 @@ from privflow.data.schema import DatasetSchema
 from privflow.data.sources import disk_members, list_source
 from privflow.data.validation import one_per_cell, schema_failures
 from privflow.errors import SchemaError
-from privflow.modeling.export import load_export, onnx_logits
+from privflow.modeling.export import load_export, onnx_logits, probabilities
 from privflow.settings import IngestSettings
 
 
@@ -78,7 +78,7 @@ def score(source: Path, schema: DatasetSchema, ingest: IngestSettings, model_dir
     scoring = scoring_schema(schema)
     reader = RecordReader.of(str(source), scoring, ingest, optional=frozenset({schema.target}))
     checks = to_pandera(scoring, unique=False)
-    rows, probabilities, failures = [], [], []
+    rows, scored, failures = [], [], []
     for batch in reader.batches(disk_members(list_source(source))):
         typed, coercion = coerce_batch(batch, scoring)
         found = coercion + schema_failures(typed, checks)
@@ -86,10 +86,8 @@ def score(source: Path, schema: DatasetSchema, ingest: IngestSettings, model_dir
         valid = typed.drop(index=sorted({f.row for f in found}))
         if valid.empty:
             continue
-        logits = onnx_logits(runtime, model_inputs(valid, scoring, card, tokenizer))
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities.append(exp / exp.sum(axis=1, keepdims=True))
+        scored.append(probabilities(onnx_logits(runtime, model_inputs(valid, scoring, card, tokenizer))))
         rows += valid.index.tolist()
     failures = one_per_cell(reader.failures + failures)
-    stacked = np.concatenate(probabilities) if probabilities else np.empty((0, len(card["classes"])))
+    stacked = np.concatenate(scored) if scored else np.empty((0, len(card["classes"])))
     return Scored(rows, stacked, card["classes"], failures, reader.spans)

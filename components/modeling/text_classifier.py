@@ -26,14 +26,19 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (1.0 - mask.to(dtype))[:, None, None, :] * torch.finfo(dtype).min
 
 
-def bottom_outputs(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, frozen_layers: int) -> torch.Tensor:
-    """The frozen bottom's output (embeddings, then the first `frozen_layers` layers), the
-    mask packed as a last channel: the top's input."""
-    hidden = encoder.embeddings(input_ids=ids)
+def _packed(embeddings: nn.Module, layers, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Embeddings, then `layers`, the mask packed as a last channel: the top's input."""
+    hidden = embeddings(input_ids=ids)
     additive = additive_mask(mask, hidden.dtype)
-    for layer in encoder.encoder.layer[:frozen_layers]:
+    for layer in layers:
         hidden = layer(hidden, additive)
     return torch.cat([hidden, mask[..., None].to(hidden.dtype)], dim=-1)
+
+
+def bottom_outputs(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, frozen_layers: int) -> torch.Tensor:
+    """The frozen bottom's output (embeddings, then the first `frozen_layers` layers), packed
+    as the top reads it."""
+    return _packed(encoder.embeddings, encoder.encoder.layer[:frozen_layers], ids, mask)
 
 
 class EncoderTop(nn.Module):
@@ -125,11 +130,7 @@ class TextClassifier(nn.Module):
         self.top = top
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.embeddings(input_ids=input_ids)
-        additive = additive_mask(attention_mask, hidden.dtype)
-        for layer in self.frozen:
-            hidden = layer(hidden, additive)
-        return self.top(torch.cat([hidden, attention_mask[..., None].to(hidden.dtype)], dim=-1))
+        return self.top(_packed(self.embeddings, self.frozen, input_ids, attention_mask))
 
 
 def text_classifier(text_card: dict, n_classes: int, top_weights: dict[str, torch.Tensor] | None = None,

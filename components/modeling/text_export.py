@@ -29,7 +29,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from privflow.catalog import EXPORT
 from privflow.data.public_text import ORIGIN, film_reviews
-from privflow.modeling.export import median_ms, onnx_logits, session
+from privflow.modeling.export import median_ms, onnx_logits, probabilities, session
 from privflow.modeling.pruning import prune_magnitude, sparsity
 from privflow.modeling.text_classifier import TextClassifier
 from privflow.modeling.text_encoder import load_tokenizer, pretrained, tokenize
@@ -64,14 +64,9 @@ def _torch_logits(model: TextClassifier, inputs: dict[str, np.ndarray], batch: i
     return torch.cat([model(ids[i:i + batch], mask[i:i + batch]) for i in range(0, len(ids), batch)]).numpy()
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def text_fidelity(model: TextClassifier, runtime, inputs: dict[str, np.ndarray]) -> dict:
     """How closely the int8 export follows the fp32 model, on public text only."""
-    reference, exported = _softmax(_torch_logits(model, inputs)), _softmax(onnx_logits(runtime, inputs))
+    reference, exported = probabilities(_torch_logits(model, inputs)), probabilities(onnx_logits(runtime, inputs))
     return {"inputs": len(inputs["input_ids"]), "source": f"public text: {ORIGIN}",
             "agreement": float((reference.argmax(1) == exported.argmax(1)).mean()),
             "max_probability_gap": float(np.abs(reference - exported).max())}
