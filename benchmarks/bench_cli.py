@@ -2,7 +2,9 @@
 
 In a fresh demo project (`privflow init --demo` in a temporary folder): a full run from
 scratch, whose start-up overhead is its wall time minus the time the stages spent in their
-own work (each stage's `privflow timing:` line in the run's log); then, with everything up to
+own work (each stage's `privflow timing:` line in the run's log), and beside it the same run
+in a second project with the stage host turned off (`PRIVFLOW_STAGE_HOST=none`: every stage
+imports its libraries itself, as under plain `dvc repro`); then, with everything up to
 date, a no-op `privflow run` against a no-op `dvc repro` of the same DAG, `privflow status`
 against `dvc status`; `privflow --help`; each stage module's import floor against a bare
 `import torch`. Wall times of the quick commands are the best of several (this machine is
@@ -28,18 +30,25 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-results" / "cli.json"
 BIN = Path(sys.executable).parent
-PROJECT = Path(tempfile.mkdtemp(prefix="privflow-bench-")) / "demo"
-ENV = {**os.environ, "PRIVFLOW_KEYRING": str(PROJECT.parent / "keyring.json"),
-       "PRIVFLOW_LEDGER": str(PROJECT.parent / "ledger.sqlite"),
-       "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+BASE = Path(tempfile.mkdtemp(prefix="privflow-bench-"))
+PROJECT = BASE / "demo"
 
 
-def best(command: list[str], repeats: int) -> tuple[float, int]:
+def project_env(project: Path) -> dict:
+    """A project's own keyring and ledger, beside it."""
+    return {**{k: v for k, v in os.environ.items() if k != "PRIVFLOW_STAGE_HOST"},
+            "PRIVFLOW_KEYRING": str(project.parent / f"{project.name}-keyring.json"),
+            "PRIVFLOW_LEDGER": str(project.parent / f"{project.name}-ledger.sqlite"),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def best(command: list[str], repeats: int, project: Path = PROJECT, **env: str) -> tuple[float, int]:
     """Best wall time of `command` in the project, and the lines it printed (stdout + stderr)."""
     timings, lines = [], 0
     for _ in range(repeats):
         start = time.perf_counter()
-        done = subprocess.run(command, cwd=PROJECT, env=ENV, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, cwd=project, env={**project_env(project), **env}, capture_output=True,
+                              text=True, check=False)
         timings.append(time.perf_counter() - start)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed: {done.stderr[-500:]}")
@@ -51,19 +60,21 @@ def import_floor(module: str, repeats: int = 3) -> float:
     return best([sys.executable, "-c", f"import {module}"], repeats)[0]
 
 
-def full_run(privflow: str) -> tuple[float, float, int, int]:
+def full_run(privflow: str, project: Path, **env: str) -> tuple[float, float, int, int]:
     """A demo run from scratch: its wall time, the stages' own work (from its log), stages run,
     lines printed."""
-    subprocess.run([privflow, "init", str(PROJECT), "--demo"], env=ENV, capture_output=True, check=True)
-    wall, lines = best([privflow, "run", "--yes"], 1)
-    (log,) = (PROJECT / ".privflow" / "logs").glob("*.log")
+    subprocess.run([privflow, "init", str(project), "--demo"], env=project_env(project), capture_output=True,
+                   check=True)
+    wall, lines = best([privflow, "run", "--yes"], 1, project, **env)
+    (log,) = (project / ".privflow" / "logs").glob("*.log")
     worked = [float(s) for s in re.findall(r"^privflow timing: \S+ worked ([\d.]+) s$", log.read_text(), re.M)]
     return wall, sum(worked), len(worked), lines
 
 
 def main() -> None:
     privflow, dvc = str(BIN / "privflow"), [sys.executable, "-m", "dvc"]
-    wall, worked, stages, full_lines = full_run(privflow)
+    wall, worked, stages, full_lines = full_run(privflow, PROJECT)
+    alone_wall, alone_worked, _, _ = full_run(privflow, BASE / "unhosted", PRIVFLOW_STAGE_HOST="none")
     run, run_lines = best([privflow, "run", "--yes"], 2)
     repro, _ = best([*dvc, "repro"], 2)
     status, _ = best([privflow, "status"], 3)
@@ -74,6 +85,8 @@ def main() -> None:
     rows = [
         (f"start-up overhead of a full demo run ({stages} stages)", (wall - worked) / wall, 0.2,
          f"{wall:.0f} s wall, {worked:.0f} s in the stages' own work"),
+        ("the same, each stage importing its own libraries (no stage host)", (alone_wall - alone_worked) / alone_wall,
+         0.2, f"{alone_wall:.0f} s wall, {alone_worked:.0f} s in the stages' own work"),
         ("lines printed by that full run", full_lines, 60, ""),
         ("no-op privflow run / no-op dvc repro", run / repro, 3.0, f"{run:.1f} s / {repro:.1f} s"),
         ("lines printed by a no-op privflow run", run_lines, 60, ""),

@@ -26,6 +26,7 @@ from privflow.flows.stages import (
     stage_order,
 )
 from privflow.reporting.archive import archive_run
+from privflow.stageserver import stage_host
 
 LEDGER_COLUMNS = ("created_at", "run_id", "snapshot_id", "accountant", "noise_multiplier",
                   "sample_rate", "steps", "delta", "epsilon")
@@ -125,7 +126,7 @@ def pipeline(root: str = ".", datasets: list[str] | None = None, wait_seconds: f
     """Run every stage of dvc.yaml that is out of date (of the named datasets, or all);
     return which stages ran. `side_by_side`: one task per dataset, submitted to the flow's
     task runner (a Dask cluster: `privflow run --workers 2` or `--dask-address`)."""
-    with project_lock(Path(root), wait_seconds):
+    with project_lock(Path(root), wait_seconds), stage_host():  # `privflow run` started one already; serve's runs
         return _run_stages(root, datasets, side_by_side)
 
 

@@ -92,6 +92,7 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     from privflow.flows.run_output import new_log_path, output_to_log, stage_said
     from privflow.flows.stages import StageFailed
     from privflow.progress import PROGRESS_DIR_ENV
+    from privflow.stageserver import stage_host
 
     quiet_tracebacks()
     flow = pipeline
@@ -109,7 +110,7 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     if not verbose:
         console.print(f"log: {log}", highlight=False)
     try:
-        with (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
+        with stage_host(), (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
                 StageBoard(stages, terminal, live, progress):
             ran = flow(str(root), datasets, side_by_side=workers > 1 or bool(dask_address))
     except StageFailed as failure:

@@ -1,0 +1,98 @@
+"""The stage host (privflow.stagehost): a stage command handed to it says and exits exactly as
+it would alone, and the host serves nothing but stage commands of the same interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from privflow.stagehost import HOST_ENV, address
+from privflow.stageserver import stage_host, wait_until_serving
+
+
+@pytest.fixture(scope="module")
+def host():
+    with stage_host():
+        name = os.environ[HOST_ENV]
+        assert wait_until_serving(name), "the host never started serving"
+        yield name
+
+
+def _stage(tmp_path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("args", [
+    ("privflow.stages.ingest", "--help"),  # exit 0, usage on stdout
+    ("privflow.stages.ingest", "--dataset", "nosuch", "--out", "out"),  # a refusal: exit 2, one line on stderr
+    ("privflow.stages.train", "--dataset", "x"),  # argparse: exit 2, usage on stderr
+])
+def test_a_stage_through_the_host_says_and_exits_as_it_would_alone(host, tmp_path, args):
+    alone_env = {k: v for k, v in os.environ.items() if k != HOST_ENV}
+    alone = _stage(tmp_path, alone_env, *args)
+    hosted = _stage(tmp_path, {**alone_env, HOST_ENV: host}, *args)
+    assert (hosted.returncode, hosted.stdout, hosted.stderr) == (alone.returncode, alone.stdout, alone.stderr)
+    assert alone.stdout or alone.stderr
+
+
+def _ask(host: str, **overrides) -> str:
+    request = {"module": "privflow.stages.ingest", "args": ["--help"], "cwd": os.getcwd(), "env": dict(os.environ),
+               "executable": os.path.realpath(sys.executable), "prefix": sys.prefix, **overrides}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
+        connection.connect(address(host))
+        with open(os.devnull, "w") as sink:
+            socket.send_fds(connection, [json.dumps(request).encode()], [sink.fileno()] * 3)
+            return connection.recv(64).decode()
+
+
+@pytest.mark.parametrize("overrides, refusal", [
+    ({"module": "os"}, "no not a stage"),
+    ({"prefix": "/elsewhere"}, "no another interpreter"),
+    ({"executable": "/usr/bin/false"}, "no another interpreter"),
+])
+def test_the_host_runs_only_stage_modules_of_its_own_interpreter(host, overrides, refusal):
+    assert _ask(host, **overrides) == refusal
+    assert _ask(host).startswith("ok ")
+
+
+def test_turned_off_no_host_starts_and_each_stage_runs_in_its_own_process(tmp_path, monkeypatch):
+    import psutil
+
+    def hosts() -> set[int]:
+        return {p.pid for p in psutil.Process().children() if "privflow.stageserver" in p.cmdline()}
+
+    before = hosts()
+    monkeypatch.setenv(HOST_ENV, "none")
+    with stage_host():
+        assert os.environ[HOST_ENV] == "none" and hosts() == before
+        done = _stage(tmp_path, dict(os.environ), "privflow.stages.ingest", "--help")
+    assert done.returncode == 0 and "usage" in done.stdout
+
+
+def test_the_host_ends_with_the_run_that_started_it_even_when_that_run_is_sigkilled():
+    import signal
+    import time
+
+    import psutil
+
+    script = ("import os, sys, time\n"
+              "from privflow.stageserver import stage_host\n"
+              "with stage_host():\n"
+              "    print(os.environ['PRIVFLOW_STAGE_HOST'], flush=True)\n"
+              "    time.sleep(600)\n")
+    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                           env={k: v for k, v in os.environ.items() if k != HOST_ENV})
+    assert wait_until_serving(run.stdout.readline().strip())
+    (host,) = psutil.Process(run.pid).children()
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 10
+    while host.is_running() and host.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not host.is_running() or host.status() == psutil.STATUS_ZOMBIE
