@@ -162,6 +162,38 @@ def test_secure_noise_chunks_draw_from_distinct_keystreams():
     assert not np.isin(first[:100], again).any()  # the next request starts past every nonce used
 
 
+def test_each_secure_value_sums_four_normals_of_four_distinct_uniform_pairs():
+    """The definition, in numpy float64 from the same keystream: pair p of a chunk of 2n pairs is
+    (u[p], u[p + 2n]); value j = cos normals of pairs j, j + n plus sine normals of pairs j + 1,
+    j + 1 + n (indices mod n): every normal used once, no value from fewer than 4 pairs."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    count, key, nonce = 1000, bytes(range(32)), bytes(16)
+    cipher = lambda: Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()  # noqa: E731
+    values = noise._ChunkBuffers(count).sum_of_four(cipher(), count).numpy()
+    words = np.frombuffer(cipher().update(bytes(32 * count)), dtype=np.uint64)
+    u = ((words >> np.uint64(12)) | np.uint64(0x3FF0_0000_0000_0000)).view(np.float64)  # [1, 2)
+    radius, angle = np.sqrt(-2.0 * np.log(2.0 - u[:2 * count])), 2.0 * np.pi * u[2 * count:]
+    cosines, sines = radius * np.cos(angle), radius * np.sin(angle)
+    pairs = np.arange(count)
+    expected = (cosines[pairs] + cosines[pairs + count] + sines[(pairs + 1) % count]
+                + sines[(pairs + 1) % count + count])
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
+
+
+def test_the_next_draw_is_made_ahead_and_a_changed_request_is_drawn_afresh():
+    source = SecureNoise()
+    like = torch.zeros(1, dtype=torch.float64)
+    first = source.gaussian((5000,), 1.0, like)
+    ahead = source._ahead[1]
+    second = source.gaussian((5000,), 1.0, like)
+    assert torch.equal(second, ahead.result().reshape(5000))  # the step took the draw made ahead
+    other = source.gaussian((7000,), 2.0, like)  # another size: drawn now, never the stale one
+    assert other.shape == (7000,) and stats.kstest(other.numpy() / 2.0, "norm").pvalue > 1e-3
+    for a, b in [(first, second), (second, other[:5000])]:
+        assert not np.isin(a.numpy()[:100], b.numpy()).any()
+
+
 def test_golden_epsilons_per_accountant():
     # pinned from Opacus 1.6.0; a change means the accounting changed and the ledger must be re-checked
     args = dict(noise_multiplier=1.1, sample_rate=0.01, steps=1000, delta=1e-5)
