@@ -34,7 +34,10 @@ def address(name: str) -> str:
 
 
 def same_interpreter() -> dict:
-    return {"executable": os.path.realpath(sys.executable), "prefix": sys.prefix}
+    """What must match between a command and the host for the host's imports to be the ones
+    the command would have made."""
+    return {"executable": os.path.realpath(sys.executable), "prefix": sys.prefix,
+            "pythonpath": os.environ.get("PYTHONPATH", "")}
 
 
 def hand_off() -> None:

@@ -45,20 +45,29 @@ def stage_host() -> Iterator[None]:
     if os.environ.get(HOST_ENV):
         yield
         return
-    name = secrets.token_hex(16)
-    host = subprocess.Popen([sys.executable, "-m", "privflow.stageserver", name, str(os.getpid())],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    name, host = start_host()
     os.environ[HOST_ENV] = name
     try:
         yield
     finally:
         del os.environ[HOST_ENV]
-        host.terminate()
-        try:
-            host.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            host.kill()
-            host.wait()
+        stop_host(host)
+
+
+def start_host() -> tuple[str, subprocess.Popen]:
+    """A new host, serving once its imports are done, and its name (for HOST_ENV)."""
+    name = secrets.token_hex(16)
+    return name, subprocess.Popen([sys.executable, "-m", "privflow.stageserver", name, str(os.getpid())],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_host(host: subprocess.Popen) -> None:
+    host.terminate()
+    try:
+        host.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        host.kill()
+        host.wait()
 
 
 def wait_until_serving(name: str, timeout: float = 120.0) -> bool:
@@ -156,7 +165,7 @@ def _refusal(connection, request: dict, fds: list[int]) -> str | None:
                                                               struct.calcsize("3i")))
     if uid != os.getuid():
         return "another user"
-    if {k: request.get(k) for k in ("executable", "prefix")} != same_interpreter():
+    if {k: request.get(k) for k in same_interpreter()} != same_interpreter():
         return "another interpreter"
     if not str(request.get("module", "")).startswith(STAGE_PACKAGE) or len(fds) != 3:
         return "not a stage"
@@ -242,7 +251,7 @@ def _run_stage(request: dict, fds: list[int]) -> None:
                                       errors="backslashreplace", line_buffering=True)
         sys.argv = ["-m", *request["args"]]
         sys.path[0] = request["cwd"]  # as `python -m` puts the working folder first
-        _fresh_random_state()
+        _fresh_process_state()
         try:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
             code = 0
@@ -263,10 +272,15 @@ def _run_stage(request: dict, fds: list[int]) -> None:
         os._exit(code)
 
 
-def _fresh_random_state() -> None:
-    """A fresh process seeds numpy's global generator from the OS; a forked one would share
-    the host's state with every other stage, so reseed it. (Python's `random` reseeds itself
-    at fork; torch's default generator starts from a fixed seed in every process anyway.)"""
+def _fresh_process_state() -> None:
+    """What a fresh process would have derived from its own environment or the OS, the host's
+    imports had fixed: the temp folder (from TMPDIR: plaintext must never land in the host's),
+    and numpy's global generator, seeded from the OS (a forked one would share the host's
+    state with every other stage). Python's `random` reseeds itself at fork; torch's default
+    generator starts from the same fixed seed in every process anyway."""
+    import tempfile
+
+    tempfile.tempdir = None
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import os
 import shutil
@@ -14,6 +15,8 @@ import yaml
 
 from privflow.crypto.keys import Keyring
 from privflow.demo_data import churn_table, csv_text, demo_table, public_churn_table
+from privflow.stagehost import HOST_ENV
+from privflow.stageserver import start_host, stop_host
 from tests.conftest import ROOT
 
 PROJECT_FILES = ("components", "flows", "schemas", "dvc.yaml", "params.yaml", ".gitignore")
@@ -79,10 +82,26 @@ class Workspace:
         path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+_SHARED_HOST: list[str] = []
+
+
+def shared_stage_host() -> str:
+    """One stage host per test process for the workspaces' commands, `dvc repro` included (as
+    `privflow run` starts one per run): its imports are paid once per worker, not by every
+    stage of every test. The plain path, each stage importing its own libraries, is what the
+    kill-recovery tests run (hosted=False); a run starting its own host, the installed project."""
+    if not _SHARED_HOST:
+        name, host = start_host()
+        atexit.register(stop_host, host)
+        _SHARED_HOST.append(name)
+    return _SHARED_HOST[0]
+
+
 def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema: dict | None = None,
-                   *, churn: bool = False) -> Workspace:
+                   *, churn: bool = False, hosted: bool = True) -> Workspace:
     """A project whose `breast_cancer` dataset is (header, rows) under `schema` (default: the
-    demo's); with `churn`, a small generated churn export sits beside it, as in the demo."""
+    demo's); with `churn`, a small generated churn export sits beside it, as in the demo.
+    `hosted`: its stage commands run in this test process's shared stage host."""
     repo, source = base / "repo", base / "hospital" / "export.csv"
     repo.mkdir(parents=True)
     for name in PROJECT_FILES:
@@ -106,6 +125,7 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
         "TMPDIR": str(base / "tmp"),
         "DVC_SITE_CACHE_DIR": str(base / "dvc-site"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",
+        **({HOST_ENV: shared_stage_host()} if hosted else {}),
     })
     Keyring.open(base / "keys" / "keyring.json")  # as `privflow keys init` (or the first `privflow run`) does
     datasets = {DATASET: {"source": str(source),
@@ -139,10 +159,10 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
     return workspace
 
 
-def demo_workspace(base: Path, *, churn: bool = False) -> Workspace:
+def demo_workspace(base: Path, *, churn: bool = False, hosted: bool = True) -> Workspace:
     """A project on the demo's well-formed breast-cancer rows (the stray-delimiter row left out)."""
     header, rows = demo_table()
-    return make_workspace(base, header, [r for r in rows if len(r) == len(header)], churn=churn)
+    return make_workspace(base, header, [r for r in rows if len(r) == len(header)], churn=churn, hosted=hosted)
 
 
 def files_containing(roots: list[Path], needles: list[bytes]) -> dict[str, list[str]]:

@@ -151,7 +151,10 @@ class PrivacyLedger:
         """`key` authenticates entries; None: derived from the keyring at $PRIVFLOW_KEYRING."""
         self._key = key
         self.url = ledger_url(location)
-        self.engine = create_engine(self.url)
+        # SQLite: wait for another run's charge (its composition can take seconds on a loaded
+        # machine) instead of failing after the driver's 5 s with "database is locked"
+        self.engine = create_engine(self.url, **({"connect_args": {"timeout": 120}}
+                                                 if self.url.startswith("sqlite") else {}))
         if self.engine.dialect.name == "sqlite":
             # SQLite's driver opens transactions lazily; a charge takes the write lock at BEGIN
             # instead (the SQLAlchemy recipe), so its read-check-insert is serialised. Reads

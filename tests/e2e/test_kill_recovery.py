@@ -95,7 +95,7 @@ def rerun(workspace, cut: list) -> subprocess.CompletedProcess:
 
 def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(tmp_path):
     _, rows = demo_table()  # the ids searched for as plaintext below
-    workspace = demo_workspace(tmp_path)
+    workspace = demo_workspace(tmp_path, hosted=False)  # plain `dvc repro`: each stage its own process
     workspace.run("dvc", "repro", check=True)
     reference = tracked_hashes(workspace)
     charges = len(workspace.open_ledger().charges())
@@ -134,7 +134,7 @@ def stable_digests(workspace) -> dict[str, str]:
 
 def test_sigkill_in_the_later_stages_then_rerun_gives_the_same_model(tmp_path):
     _, rows = demo_table()  # the ids searched for as plaintext below
-    workspace = demo_workspace(tmp_path)
+    workspace = demo_workspace(tmp_path, hosted=False)  # plain `dvc repro`: each stage its own process
     # several seconds of training after the charge, a checkpoint every few epochs: the first
     # training kill lands just after a checkpoint (resumed under the same charge), the others
     # at random after the charge (before the first checkpoint: a new run and a new charge)

@@ -226,3 +226,25 @@ def test_displays_read_only_authentic_memo_entries_and_a_charge_never_does(ledge
     with pytest.raises(BudgetExceeded):
         ledger.charge(charge_for(2.0, "r2"), cap=2.5)
     assert [c.run_id for c in ledger.charges("demo")] == ["r1"]
+
+
+def test_a_run_waits_for_another_runs_long_charge_instead_of_failing(tmp_path):
+    """A charge holds SQLite's write lock while it composes (seconds on a loaded machine); the
+    driver's default 5 s wait made a second run fail with an unexpected "database is locked"."""
+    import sqlite3
+    import threading
+    import time
+
+    location = tmp_path / "ledger.sqlite"
+    PrivacyLedger(location)
+    holder = sqlite3.connect(location, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # readers wait too, as during a charge's commit
+    release = threading.Timer(6.5, holder.rollback)
+    release.start()
+    started = time.monotonic()
+    try:
+        assert PrivacyLedger(location).charges() == []
+    finally:
+        release.join()
+        holder.close()
+    assert time.monotonic() - started > 6

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from privflow.stagehost import HOST_ENV, address
+from privflow.stagehost import HOST_ENV, address, same_interpreter
 from privflow.stageserver import stage_host, wait_until_serving
 
 
@@ -43,7 +43,7 @@ def test_a_stage_through_the_host_says_and_exits_as_it_would_alone(host, tmp_pat
 
 def _ask(host: str, **overrides) -> str:
     request = {"module": "privflow.stages.ingest", "args": ["--help"], "cwd": os.getcwd(), "env": dict(os.environ),
-               "executable": os.path.realpath(sys.executable), "prefix": sys.prefix, **overrides}
+               **same_interpreter(), **overrides}
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
         connection.connect(address(host))
         with open(os.devnull, "w") as sink:
@@ -55,6 +55,7 @@ def _ask(host: str, **overrides) -> str:
     ({"module": "os"}, "no not a stage"),
     ({"prefix": "/elsewhere"}, "no another interpreter"),
     ({"executable": "/usr/bin/false"}, "no another interpreter"),
+    ({"pythonpath": "/elsewhere"}, "no another interpreter"),  # the host's imports would not be the command's
 ])
 def test_the_host_runs_only_stage_modules_of_its_own_interpreter(host, overrides, refusal):
     assert _ask(host, **overrides) == refusal
