@@ -84,14 +84,7 @@ def engine_closures(fresh, x: torch.Tensor, y: torch.Tensor) -> dict:
         functional.cross_entropy(plain_model(x), y).backward()
         plain_opt.step()
 
-    ours_model = fresh()
-    engine, noise = PrivateGradient(ours_model, 1.0), TorchNoise()
-    ours_opt = torch.optim.SGD(engine.parameters, lr=0.01)
-
-    def privflow():
-        engine.accumulate(x, y)
-        engine.release(noise, 1.0, batch)
-        ours_opt.step()
+    privflow, parameters = privflow_step(fresh, x, y, TorchNoise())
 
     hooks_model = GradSampleModule(fresh())
     hooks_opt = DPOptimizer(torch.optim.SGD([p for p in hooks_model.parameters() if p.requires_grad], lr=0.01),
@@ -114,31 +107,29 @@ def engine_closures(fresh, x: torch.Tensor, y: torch.Tensor) -> dict:
         ghost_loss(ghost_model(x), y).backward()
         ghost_opt.step()
 
-    parameters = sum(p.numel() for p in engine.parameters)
     secure, fast = SecureNoise(), TorchNoise()
     reference = torch.zeros(1)
     return {"steps": {"plain": plain, "privflow": privflow, "opacus_hooks": opacus_hooks, "opacus_ghost": opacus_ghost},
             "noise": {"noise_secure": lambda: secure.gaussian((parameters,), 1.0, reference),
                       "noise_torch": lambda: fast.gaussian((parameters,), 1.0, reference),
-                      **noise_steps(fresh, x, y)},
+                      # privflow's DP step without noise and with the secure source: the noise's cost
+                      "privflow_noiseless": privflow_step(fresh, x, y, None)[0],
+                      "privflow_secure": privflow_step(fresh, x, y, SecureNoise())[0]},
             "parameters": parameters}
 
 
-def noise_steps(fresh, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """privflow's DP step without noise and with the secure source, for the noise's cost."""
-    steps = {}
-    for name, source in (("privflow_noiseless", None), ("privflow_secure", SecureNoise())):
-        model = fresh()
-        engine = PrivateGradient(model, 1.0)
-        optimizer = torch.optim.SGD(engine.parameters, lr=0.01)
+def privflow_step(fresh, x: torch.Tensor, y: torch.Tensor, noise) -> tuple:
+    """One SGD step of privflow's DP engine on its own copy of `fresh()` with this noise
+    source (None: no noise), and the number of parameters it trains."""
+    engine = PrivateGradient(fresh(), 1.0)
+    optimizer = torch.optim.SGD(engine.parameters, lr=0.01)
 
-        def step(engine=engine, source=source, optimizer=optimizer):
-            engine.accumulate(x, y)
-            engine.release(source, 1.0, len(y))
-            optimizer.step()
+    def step():
+        engine.accumulate(x, y)
+        engine.release(noise, 1.0, len(y))
+        optimizer.step()
 
-        steps[name] = step
-    return steps
+    return step, sum(p.numel() for p in engine.parameters)
 
 
 def block_medians(steps: dict, blocks: int = 6, block: int = 10) -> dict[str, float]:

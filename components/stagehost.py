@@ -79,9 +79,11 @@ def _wait_for(connection: socket.socket, child: int) -> int:
         signal.signal(signum, forward)
     status = connection.recv(64).decode()  # a forwarded signal's handler returns, and recv resumes
     if not status:
+        from privflow.errors import EXIT_TRANSIENT  # retried by the flow
+
         print("privflow: the stage host ended before this stage finished; the stage was stopped and is safe "
               "to run again", file=sys.stderr)
-        return 75  # EX_TEMPFAIL: privflow.errors.EXIT_TRANSIENT, retried by the flow
+        return EXIT_TRANSIENT
     code = int(status.split()[1])
     if code < 0:  # killed by a signal: die of the same one, so DVC sees what it would have seen
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, -code):

@@ -12,6 +12,7 @@ is served; anything else runs the stage itself.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -217,10 +218,11 @@ def _signal(child: int, signum: int) -> None:
         pass
 
 
-def _die_with_parent(signum: int) -> None:
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+def die_with_parent(signum: int) -> None:
+    """Have Linux send this process `signum` when its parent dies, even by SIGKILL (which no
+    handler can see); nothing elsewhere."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
 
 
 def _run_stage(request: dict, fds: list[int]) -> None:
@@ -232,7 +234,7 @@ def _run_stage(request: dict, fds: list[int]) -> None:
 
     code = 1
     try:
-        _die_with_parent(signal.SIGKILL)
+        die_with_parent(signal.SIGKILL)
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)

@@ -6,6 +6,7 @@ project's .privflow/prefect, for as long as `privflow serve` runs."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from privflow.errors import PrivflowError
+from privflow.stageserver import die_with_parent
 
 START_TIMEOUT = 180
 
@@ -29,13 +31,10 @@ def _free_port() -> int:
 
 
 def _stop_with_parent() -> None:
-    """In the server's process, before exec: Linux sends it SIGTERM when `privflow serve`
-    dies, even by SIGKILL (which no handler can see), so no server is left orphaned."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    """In the server's process, before exec: SIGTERM when `privflow serve` dies, even by
+    SIGKILL, so no server is left orphaned. (Nothing is imported here: after fork, before
+    exec, another thread may hold the import lock.)"""
+    die_with_parent(signal.SIGTERM)
 
 
 def _healthy(url: str) -> bool:
