@@ -122,6 +122,8 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
         **inherited, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "PRIVFLOW_KEYRING": str(base / "keys" / "keyring.json"),
         "HOME": str(base / "home"),  # the default ledger, ~/.local/share/privflow/, lands here
+        # caches hold nothing of a project (Prefect's migrated empty database, fonts): shared, as on a machine
+        "XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"),
         "TMPDIR": str(base / "tmp"),
         "DVC_SITE_CACHE_DIR": str(base / "dvc-site"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",

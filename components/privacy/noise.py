@@ -165,9 +165,15 @@ class _ChunkBuffers:
         cipher.update_into(memoryview(self.zeros)[:32 * count], memoryview(self.words).cast("B")[:32 * count])
         np.right_shift(words, np.uint64(12), out=words)
         np.bitwise_or(words, _ONE_BITS, out=words)
-        uniforms = torch.from_numpy(words.view(np.float64))  # [1, 2): 52 random bits each
+        uniforms = words.view(np.float64)  # [1, 2): 52 random bits each
         radius, angle = uniforms[:2 * count], uniforms[2 * count:]
-        radius.neg_().add_(2.0).log_().mul_(-2.0).sqrt_()  # 2 - u is on (0, 1]: log never sees 0
+        # log and sqrt in numpy (its SIMD float64 log is ~3x torch's here), cos and sin in torch
+        # (~4x numpy's): each where it is fastest, in place
+        np.subtract(2.0, radius, out=radius)  # 2 - u is on (0, 1]: log never sees 0
+        np.log(radius, out=radius)
+        np.multiply(radius, -2.0, out=radius)
+        np.sqrt(radius, out=radius)
+        radius, angle = torch.from_numpy(radius), torch.from_numpy(angle)
         angle.mul_(_TWO_PI)  # 2 pi u for u on [1, 2): one full period, as 2 pi (u - 1) would be
         cosines, sines = self.normals[0, :2 * count], self.normals[1, :2 * count]
         torch.cos(angle, out=cosines).mul_(radius)

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import typer
@@ -49,6 +50,9 @@ def run(root: Path = Path("."),
     on a terminal a run that spends budget asks once, unless --yes. While it runs: a live table
     on a terminal, one line per stage elsewhere; the full output goes to .privflow/logs/."""
     from privflow.flows.run_output import summary
+    from privflow.flows.cli.plan_view import announce_code_spending, show_plan
+    from privflow.flows.plan import stale_stages
+    from privflow.flows.server import warm_temporary_server
     from privflow.flows.stages import read_dag
     from privflow.preflight import check_dataset
     from privflow.project import refresh_dvc_yaml
@@ -61,7 +65,10 @@ def run(root: Path = Path("."),
     for name in chosen:  # before Prefect starts: a schema or settings mistake costs seconds, not a run
         check_dataset(load_settings(name, root / "params.yaml"))
     dag = read_dag(root, with_status=True)
-    planned = show_plan(root, chosen, dag)
+    stale = stale_stages(root, chosen, dag)
+    # Prefect's server starts while the plan is worked out and shown (the prompt included)
+    server = warm_temporary_server() if stale and not plan and not (workers > 1 or dask_address) else None
+    planned = show_plan(root, stale, dag)
     if plan:
         return
     ensure_keyring(root)
@@ -72,7 +79,7 @@ def run(root: Path = Path("."),
                 f"spend privacy budget in {len(spends)} train stage(s)?", default=True):
             raise typer.Exit(1)
         ran = run_flow(root, dataset or None, [s for s in dag.order if s.partition("@")[2] in chosen],
-                       workers, dask_address, verbose)
+                       workers, dask_address, verbose, server)
     else:  # nothing stale: like a build tool's no-op, no flow run (Prefect is not even started)
         ran = set()
     if not ran:
@@ -82,7 +89,7 @@ def run(root: Path = Path("."),
 
 
 def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers: int, dask_address: str | None,
-             verbose: bool) -> set[str]:
+             verbose: bool, server: Future | None = None) -> set[str]:
     """The Prefect flow, its output in the run's log (unless verbose), a board on the terminal;
     the stages that ran. A failed stage's own words are shown, then the next step."""
     from contextlib import nullcontext
@@ -110,9 +117,11 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     if not verbose:
         console.print(f"log: {log}", highlight=False)
     try:
-        with stage_host(), (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
-                StageBoard(stages, terminal, live, progress):
-            ran = flow(str(root), datasets, side_by_side=workers > 1 or bool(dask_address))
+        with stage_host():  # its imports overlap the rest of Prefect's start
+            _wait_for(server)
+            with (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
+                    StageBoard(stages, terminal, live, progress):
+                ran = flow(str(root), datasets, side_by_side=workers > 1 or bool(dask_address))
     except StageFailed as failure:
         errors = Console(stderr=True, soft_wrap=True, highlight=False)
         for line in ([] if verbose else stage_said(log, failure.stage)):
@@ -127,48 +136,14 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     return {stage for stage, did in ran.items() if did}
 
 
-def show_plan(root: Path, chosen: list[str], dag) -> list:
-    """Print what the run will do (privflow.flows.plan) and return it."""
-    from privflow.flows.plan import stale_stages, with_spending
-
-    planned = with_spending(root, stale_stages(root, chosen, dag), dag)
-    if not planned:
-        console.print("plan: every stage is up to date; nothing runs, nothing is spent", highlight=False)
-    # a first run: one line per dataset for the stages that never ran and spend nothing
-    never = {}
-    for item in planned:
-        if item.why == "never run" and item.epsilon is None:
-            never.setdefault(item.stage.partition("@")[2], []).append(item.stage.partition("@")[0])
-    for name, stages in never.items():
-        console.print(f"plan: {', '.join(stages)} of {name} run: never run", highlight=False)
-    for item in (p for p in planned if p.why != "never run" or p.epsilon is not None):
-        spend = ""
-        if item.epsilon is not None:
-            spend = (f"; spends {'' if item.exact else 'up to '}epsilon {item.epsilon:.3f} of budget {item.budget}, "
-                     f"{'' if item.exact else 'at least '}{item.left_after:.3f} left after")
-        console.print(f"plan: {item.stage} {'runs' if item.certain else 'may run'}: {item.why}{spend}", highlight=False)
-    return planned
-
-
-def announce_code_spending(root: Path, planned: list) -> None:
-    """Before anything runs: a train stage that re-runs because privflow's code changed spends
-    budget though no data or setting changed; say so, and how much it may spend."""
-    from privflow.budget import budget_name
-    from privflow.flows.stages import dataset_of
-    from privflow.privacy.ledger import PrivacyLedger
-    from privflow.settings import ledger_location, load_settings
-
-    for stage, files in ((p.stage, p.code_files) for p in planned if p.code_files):
-        if stage.split("@")[0] != "train":
-            continue
-        settings = load_settings(dataset_of(stage), root / "params.yaml")
-        name = budget_name(settings)
-        left = PrivacyLedger(ledger_location(settings)).budget(name, settings.privacy.epsilon_cap,
-                                                                 from_memo=True).remaining
-        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-        console.print(f"[yellow]{stage} will re-run because privflow's code changed ({shown}): it will spend up "
-                      f"to epsilon {settings.train.target_epsilon:g} of budget {name} ({left:.3f} left)[/yellow]",
-                      highlight=False)
+def _wait_for(server: Future | None) -> None:
+    """The temporary server started during the plan (flows.server.warm_temporary_server)."""
+    if server is None:
+        return
+    try:
+        server.result()
+    except Exception:  # noqa: BLE001 (the flow starts the server itself, and says why it cannot)
+        pass
 
 
 def serve(root: Path = Path("."),
