@@ -6,8 +6,9 @@ own work (each stage's `privflow timing:` line in the run's log), and beside it 
 in a second project with the stage host turned off (`PRIVFLOW_STAGE_HOST=none`: every stage
 imports its libraries itself, as under plain `dvc repro`); then, with everything up to
 date, a no-op `privflow run` against a no-op `dvc repro` of the same DAG, `privflow status`
-against `dvc status`; `privflow --help`; each stage module's import floor against a bare
-`import torch`. Wall times of the quick commands are the best of several (this machine is
+against `dvc status`; `privflow --help`; Prefect's temporary server in a new project, its
+database migrated (a new machine) against seeded from the template (one that ran privflow
+before); each stage module's import floor against a bare `import torch`. Wall times of the quick commands are the best of several (this machine is
 noisy); the ratios are the figures. Goals: overhead <= 20% of the full run; no-op run <= 3x
 dvc repro and <= 60 lines; --help <= 0.5 s; status <= 2x dvc status; train's import floor
 <= 1.5x torch, ingest/validate/encrypt <= 0.3x.
@@ -35,11 +36,35 @@ PROJECT = BASE / "demo"
 
 
 def project_env(project: Path) -> dict:
-    """A project's own keyring and ledger, beside it."""
+    """A project's own keyring, ledger and cache, beside it: each full run starts as on a new
+    machine (its Prefect server migrates a new database; see server_start)."""
     return {**{k: v for k, v in os.environ.items() if k != "PRIVFLOW_STAGE_HOST"},
             "PRIVFLOW_KEYRING": str(project.parent / f"{project.name}-keyring.json"),
             "PRIVFLOW_LEDGER": str(project.parent / f"{project.name}-ledger.sqlite"),
+            "XDG_CACHE_HOME": str(project.parent / f"{project.name}-cache"),
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def server_start(home: Path, cache: Path) -> float:
+    """Seconds until Prefect's temporary server answers in a new project (PREFECT_HOME = home)."""
+    code = ("import time; from privflow.flows.server import warm_temporary_server as w; "
+            "t = time.perf_counter(); w().result(); print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(home), "XDG_CACHE_HOME": str(cache), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    return float(out.stdout.split()[-1])
+
+
+def server_starts(repeats: int = 3) -> tuple[float, float]:
+    """Best start of the server in a new project on a new machine (its database migrated) and
+    on one that has run privflow before (seeded from the template), interleaved."""
+    servers = BASE / "servers"
+    server_start(servers / "first", servers / "cache")  # this machine's first: it leaves the template
+    migrated, seeded = [], []
+    for attempt in range(repeats):
+        migrated.append(server_start(servers / f"new-{attempt}", servers / f"cache-{attempt}"))
+        seeded.append(server_start(servers / f"seeded-{attempt}", servers / "cache"))
+    return min(migrated), min(seeded)
 
 
 def best(command: list[str], repeats: int, project: Path = PROJECT, **env: str) -> tuple[float, int]:
@@ -80,6 +105,7 @@ def main() -> None:
     status, _ = best([privflow, "status"], 3)
     dvc_status, _ = best([*dvc, "status"], 3)
     help_time, _ = best([privflow, "--help"], 5)
+    migrated, seeded = server_starts()
     torch_floor = import_floor("torch")
     floors = {stage: import_floor(f"privflow.stages.{stage}") for stage in ("ingest", "validate", "encrypt", "train")}
     rows = [
@@ -88,6 +114,8 @@ def main() -> None:
         ("the same, each stage importing its own libraries (no stage host)", (alone_wall - alone_worked) / alone_wall,
          0.2, f"{alone_wall:.0f} s wall, {alone_worked:.0f} s in the stages' own work"),
         ("lines printed by that full run", full_lines, 60, ""),
+        ("Prefect server start, new project: seeded / migrated database", seeded / migrated, 1.0,
+         f"{seeded:.1f} s / {migrated:.1f} s"),
         ("no-op privflow run / no-op dvc repro", run / repro, 3.0, f"{run:.1f} s / {repro:.1f} s"),
         ("lines printed by a no-op privflow run", run_lines, 60, ""),
         ("privflow --help (s)", help_time, 0.5, ""),

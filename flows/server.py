@@ -18,7 +18,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -85,25 +84,32 @@ def prefect_api(log: Path) -> Iterator[str]:
             server.kill()
 
 
-def seed_database() -> None:
-    """A project without a Prefect database gets a copy of an empty one already migrated for
-    this Prefect version, kept in the user's cache (made once, by Prefect's own `prefect server
-    database upgrade`): otherwise the first run's server applies Prefect's migrations to a new
-    SQLite file, 8-17 s on this 2-core machine, where the copy of the 1 MB result takes
-    milliseconds. Only Prefect's default database in PREFECT_HOME is seeded (a team's
-    PostgreSQL or server is left alone); when the template cannot be made, the server migrates
-    as before."""
+def default_database() -> Path | None:
+    """Prefect's own SQLite file in PREFECT_HOME, where the run's temporary server keeps its
+    records; None when Prefect was pointed at another database or at a server (a team's)."""
     settings = get_current_settings()
-    home = Path(settings.home)
-    database = home / "prefect.db"
-    if settings.api.url or database.exists() or \
-            settings.server.database.connection_url.get_secret_value() != f"sqlite+aiosqlite:///{database}":
+    database = Path(settings.home) / "prefect.db"
+    if settings.api.url or settings.server.database.connection_url.get_secret_value() != \
+            f"sqlite+aiosqlite:///{database}":
+        return None
+    return database
+
+
+def template_path() -> Path:
+    """An empty database migrated by this Prefect version, kept in the user's cache."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "privflow"
+    return cache / f"prefect-{prefect.__version__}.db"
+
+
+def seed_database(database: Path) -> None:
+    """A new project's database starts as a copy of the template, when there is one: the
+    first server on a new SQLite file applies Prefect's migrations (8-17 s on this 2-core
+    machine), the copy of the 1 MB result takes milliseconds."""
+    template = template_path()
+    if database.exists() or not template.exists():
         return
-    template = _template()
-    if template is None:
-        return
-    home.mkdir(parents=True, exist_ok=True)
-    partial = home / f".prefect.db.{os.getpid()}"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    partial = database.with_name(f".{database.name}.{os.getpid()}")
     partial.write_bytes(template.read_bytes())
     try:
         os.link(partial, database)  # never over a database another run's server already opened
@@ -113,42 +119,43 @@ def seed_database() -> None:
         partial.unlink()
 
 
-def _template() -> Path | None:
-    """The migrated empty database for this Prefect version, made when missing (None if that fails)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "privflow"
-    template = cache / f"prefect-{prefect.__version__}.db"
-    if template.exists():
-        return template
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as work:
-        environment = {key: value for key, value in os.environ.items()
-                       if not key.startswith(("PREFECT_API_DATABASE", "PREFECT_SERVER_DATABASE"))}
-        made = subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
-                              env={**environment, "PREFECT_HOME": work}, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        fresh = Path(work) / "prefect.db"
-        if made.returncode != 0 or not fresh.exists():
-            return None
-        with closing(sqlite3.connect(fresh)) as connection:  # out of WAL mode: the one file holds everything
-            connection.execute("PRAGMA journal_mode=DELETE")
-        os.replace(fresh, template)  # atomic: a concurrent run sees the whole template or none
-    return template
+def keep_as_template(database: Path) -> None:
+    """After a server migrated a new project's database, and before any flow ran on it: a
+    consistent copy (SQLite's backup API: the server has it open) becomes the template, unless
+    a flow run is already recorded (another run in the same project got there first)."""
+    template = template_path()
+    template.parent.mkdir(parents=True, exist_ok=True)
+    partial = template.with_name(f".{template.name}.{os.getpid()}")
+    with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(partial)) as copy:
+        source.backup(copy)
+        empty = copy.execute("SELECT count(*) FROM flow_run").fetchone()[0] == 0
+        copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+    if empty:
+        os.replace(partial, template)  # atomic: a concurrent run sees the whole template or none
+    else:
+        partial.unlink()
 
 
 def warm_temporary_server() -> Future:
-    """Seed the database and start Prefect's temporary server (the one a flow run starts for
-    itself when no API is set) in a background thread, so its start overlaps the plan; the
-    flow then finds it running. Wait on the result before the flow starts."""
+    """Start Prefect's temporary server (the one a flow run starts for itself when no API is
+    set) in a background thread, so its start overlaps the plan; the flow then finds it
+    running. Wait on the result before the flow starts. A new project's database is seeded
+    from the template, or, on a machine without one yet, becomes it once migrated."""
     def start() -> None:
         settings = get_current_settings()
         if settings.api.url or not settings.server.ephemeral.enabled:
             return  # a team's server, or none allowed: the flow says so itself
-        seed_database()
+        database = default_database()
+        new = database is not None and not database.exists()
+        if new:
+            seed_database(database)
         from prefect.server.api.server import SubprocessASGIServer, subprocess_server_logger
 
         # "Starting temporary server on ..." would land on the terminal, ahead of the run's log
         subprocess_server_logger.setLevel(logging.WARNING)
         SubprocessASGIServer().start()
+        if new and not template_path().exists():
+            keep_as_template(database)
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="privflow-prefect")
     started = pool.submit(start)

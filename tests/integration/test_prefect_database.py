@@ -1,5 +1,6 @@
-"""A new project's Prefect database is seeded from a migrated template (flows.server), never
-over an existing one, and never for a database Prefect was told to keep elsewhere."""
+"""A new project's Prefect database: the first server on a machine migrates it and keeps an
+empty copy as the template; later new projects start from that copy (flows.server). Never
+over an existing database, never for a database or server Prefect was pointed at."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from pathlib import Path
 import prefect
 import prefect.server.database
 
-SEED = "from privflow.flows.server import seed_database; seed_database()"
+WARM = "from privflow.flows.server import warm_temporary_server as w; w().result()"
+SEED = "from privflow.flows.server import default_database as d, seed_database as s; s(d())"
 
 
-def seed(home: Path, cache: Path, **extra: str) -> None:
+def in_project(code: str, home: Path, cache: Path, **extra: str) -> None:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    subprocess.run([sys.executable, "-c", SEED], check=True, env={
-        **environment, "PREFECT_HOME": str(home), "XDG_CACHE_HOME": str(cache), **extra})
+    subprocess.run([sys.executable, "-c", code], check=True, env={
+        **environment, "PREFECT_HOME": str(home), "XDG_CACHE_HOME": str(cache),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra})
 
 
 def revision(database: Path) -> str:
@@ -35,29 +38,32 @@ def sqlite_head() -> str:
     return ScriptDirectory(str(migrations), version_locations=[str(migrations / "versions" / "sqlite")]).get_current_head()
 
 
-def test_a_new_project_gets_a_migrated_database_and_later_ones_reuse_the_template(tmp_path):
+def test_the_first_server_leaves_a_migrated_template_and_later_projects_start_from_it(tmp_path):
     cache = tmp_path / "cache"
-    seed(tmp_path / "first", cache)
     template = cache / "privflow" / f"prefect-{prefect.__version__}.db"
-    database = tmp_path / "first" / "prefect.db"
-    assert database.read_bytes() == template.read_bytes()
-    assert revision(database) == sqlite_head()  # the server starts on it without migrating
-    made = template.stat().st_mtime_ns
-    seed(tmp_path / "second", cache)
-    assert template.stat().st_mtime_ns == made  # made once
-    assert (tmp_path / "second" / "prefect.db").read_bytes() == template.read_bytes()
+    in_project(WARM, tmp_path / "first", cache)  # a real temporary server, started and stopped
+    assert revision(template) == sqlite_head()  # a server starting on it has nothing to migrate
+    with closing(sqlite3.connect(template)) as connection:
+        assert connection.execute("SELECT count(*) FROM flow_run").fetchone()[0] == 0
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # one file
+    kept = template.read_bytes()
+    in_project(SEED, tmp_path / "second", cache)
+    assert (tmp_path / "second" / "prefect.db").read_bytes() == kept
     assert sorted(p.name for p in (tmp_path / "second").iterdir()) == ["prefect.db"]  # no partial copy left
+    in_project(WARM, tmp_path / "third", cache)
+    assert template.read_bytes() == kept  # made once
 
 
 def test_an_existing_database_or_one_kept_elsewhere_is_left_alone(tmp_path):
     cache = tmp_path / "cache"
+    (cache / "privflow").mkdir(parents=True)
+    (cache / "privflow" / f"prefect-{prefect.__version__}.db").write_bytes(b"template")
     home = tmp_path / "home"
     home.mkdir()
     (home / "prefect.db").write_bytes(b"a project's own runs")
-    seed(home, cache)
+    in_project(SEED, home, cache)
     assert (home / "prefect.db").read_bytes() == b"a project's own runs"
-    elsewhere = tmp_path / "elsewhere"
-    seed(elsewhere, cache, PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp_path / 'team.db'}")
-    seed(tmp_path / "served", cache, PREFECT_API_URL="http://127.0.0.1:4200/api")
-    assert not (elsewhere / "prefect.db").exists() and not (tmp_path / "served" / "prefect.db").exists()
-    assert not (cache / "privflow").exists()  # no template made for nothing
+    seeds = "from privflow.flows.server import default_database as d; assert d() is None"
+    in_project(seeds, tmp_path / "elsewhere", cache,
+               PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp_path / 'team.db'}")
+    in_project(seeds, tmp_path / "served", cache, PREFECT_API_URL="http://127.0.0.1:4200/api")
