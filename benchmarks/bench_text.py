@@ -24,11 +24,14 @@ no one privacy; it stands in for a customer-feedback export.
    encoder to ONNX, int8 weights), on 512 public reviews: size fp32 / int8 (goal >= 3.5x),
    latency at batch 1 and 32, agreement with fp32 (goal >= 99%); beside it, full dynamic int8
    (activations quantized too) of the same export.
+5. The frozen pass in bf16 autocast against fp32 (`train.text.frozen_precision`): its time
+   over the training texts, its deviation from fp32, and the head's DP accuracy on each.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import subprocess
@@ -111,6 +114,32 @@ def accuracy_rows(encoder, modes: list[tuple[str, int]]) -> list[dict]:
 
 
 trained_tops: dict[tuple[str, int], torch.nn.Module] = {}  # the DP-trained tops, for compression_row
+
+
+def precision_row(encoder) -> dict:
+    """The head mode's frozen pass (the whole encoder) over the training texts in fp32 and in
+    bf16 autocast (AVX512-BF16 on this CPU), side by side: time, the deviation
+    frozen_precision measures on the first texts, and DP accuracy trained on each (same noise
+    seed), scored on features of the same precision."""
+    from privflow.training.text_finetune import frozen_precision, native_bf16
+
+    (ids, mask, y), (ids_t, mask_t, y_t) = splits(load_tokenizer(MODEL, TOKENS))
+    top, frozen = encoder_top(encoder, "head", 0, len(LABELS))
+    row = {"native_bf16": native_bf16(torch.device("cpu")),
+           "deviation": frozen_precision(encoder, ids, mask, frozen, "bf16", torch.device("cpu"))[1]}
+    t = TrainSettings(hidden_units=1, physical_batch_size=64, target_epsilon=EPSILON, target_delta=DELTA,
+                      device="cpu", noise_seed=0, **DP_SETTINGS["head"])
+    plan = plan_dp_sgd(rows=len(y), batch_size=t.batch_size, epochs=t.epochs, target_epsilon=EPSILON,
+                       target_delta=DELTA, accountant="prv")
+    for precision in ("fp32", "bf16"):
+        started = time.perf_counter()
+        x = frozen_outputs(encoder, ids, mask, frozen, precision=precision)
+        row[f"{precision}_s"] = time.perf_counter() - started
+        x_t = frozen_outputs(encoder, ids_t, mask_t, frozen, precision=precision)
+        result = train_private(TensorDataset(x, y), TensorDataset(x_t, y_t), plan, t, len(LABELS),
+                               model=copy.deepcopy(top))
+        row[f"{precision}_dp_accuracy"] = result.curve[-1]["test_accuracy"]
+    return row
 
 
 def compression_row(mode: str, k: int) -> dict:
@@ -214,14 +243,31 @@ def measure_peak(k: int, engine: str) -> None:
     print((peak[0] - before) / 2**20)
 
 
+def print_precision(console: Console, row: dict) -> None:
+    table = Table(title=f"the frozen pass (head: the whole encoder) over {TRAIN} texts, fp32 vs bf16 autocast "
+                        f"(native bf16 here: {row['native_bf16']})")
+    for column in ("fp32 s", "bf16 s", "speed-up", "deviation from fp32 (first texts)", "DP acc fp32", "DP acc bf16"):
+        table.add_column(column)
+    table.add_row(f"{row['fp32_s']:.0f}", f"{row['bf16_s']:.0f}", f"{row['fp32_s'] / row['bf16_s']:.2f}x",
+                  f"{100 * row['deviation']:.2f}%", f"{row['fp32_dp_accuracy']:.3f}", f"{row['bf16_dp_accuracy']:.3f}")
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all-layers", action="store_true", help="also fine-tune all 6 layers (long on a CPU)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 200 reviews, few steps")
+    parser.add_argument("--precision-only", action="store_true", help="only the fp32 / bf16 frozen pass (5.)")
     parser.add_argument("--peak", nargs=2, metavar=("LAYERS", "ENGINE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak:
         return measure_peak(int(args.peak[0]), args.peak[1])
+    if args.precision_only:
+        row = precision_row(load_encoder(MODEL))
+        print_precision(Console(), row)
+        earlier = json.loads(OUT.read_text()) if OUT.exists() else {}
+        OUT.parent.mkdir(exist_ok=True)
+        return OUT.write_text(json.dumps({**earlier, "precision": row}, indent=2))
     if args.quick:
         global TRAIN, TEST, REPEATS
         TRAIN, TEST, REPEATS = 300, 100, 2
@@ -250,6 +296,8 @@ def main() -> None:
                       f"{100 * r['secure_noise_share']:.0f}%", f"{100 * r['secure_draw_share']:.0f}%",
                       f"{r['secure_noise_ns_per_parameter']:.0f}")
     console.print(table)
+    precision = precision_row(encoder)
+    print_precision(console, precision)
     compressed = compression_row("head", 0)
     table = Table(title=f"compression of the DP-trained classifier (head), {TOKENS} tokens, 512 public reviews, 1 thread")
     for column in ("parameters", "fp32 ONNX MB", "int8 ONNX MB", "size ratio", "agreement", "int8/fp32 ONNX batch 1",
@@ -263,7 +311,8 @@ def main() -> None:
                   f"vs {latency['fp32_onnx_batch32_ms']:.0f}")
     console.print(table)
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"accuracy": accuracy, "steps": steps, "compression": compressed, "device": "cpu",
+    OUT.write_text(json.dumps({"accuracy": accuracy, "steps": steps, "precision": precision,
+                               "compression": compressed, "device": "cpu",
                                "torch_threads": torch.get_num_threads()}, indent=2))
     console.print(f"wrote {OUT}")
 

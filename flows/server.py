@@ -63,6 +63,9 @@ def prefect_api(log: Path) -> Iterator[str]:
         return
     url = f"http://127.0.0.1:{_free_port()}/api"
     port = url.rsplit(":", 1)[1].split("/")[0]
+    database = default_database()
+    if database is not None:
+        seed_database(database)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as output:
         server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",

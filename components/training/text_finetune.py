@@ -43,8 +43,13 @@ from privflow.crypto.vault import Vault
 from privflow.preflight import text_column
 from privflow.settings import TrainSettings
 from privflow.training.io import load_text_split
+from privflow.training.loop import resolve_device
 
 FineTune = Literal["head", "last_layers", "all_layers", "lora"]
+Precision = Literal["auto", "fp32", "bf16"]
+CPU = torch.device("cpu")
+CHECKED_TEXTS = 64  # the first texts, run in both precisions to measure bf16's deviation
+BF16_TOLERANCE = 0.02  # auto: the largest relative deviation of the frozen output from fp32 taken
 
 
 def trainable_layers(mode: FineTune, last_k: int, depth: int) -> int:
@@ -54,13 +59,42 @@ def trainable_layers(mode: FineTune, last_k: int, depth: int) -> int:
 
 @torch.no_grad()
 def frozen_outputs(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, frozen_layers: int,
-                   batch: int = 64) -> torch.Tensor:
+                   batch: int = 64, precision: Precision = "fp32", device: torch.device = CPU) -> torch.Tensor:
     """The frozen bottom's output for every text, the mask as a last channel (in memory only:
-    it is as sensitive as the texts)."""
-    encoder.eval()
-    parts = [bottom_outputs(encoder, ids[start:start + batch], mask[start:start + batch], frozen_layers)
-             for start in range(0, len(ids), batch)]
+    it is as sensitive as the texts), computed on `device` (bf16 autocast there if asked),
+    kept in fp32 on the CPU."""
+    encoder.eval().to(device)
+    parts = []
+    for start in range(0, len(ids), batch):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            part = bottom_outputs(encoder, ids[start:start + batch].to(device), mask[start:start + batch].to(device),
+                                  frozen_layers)
+        parts.append(part.float().cpu())
     return torch.cat(parts) if parts else torch.empty(0, ids.shape[1], encoder.config.hidden_size + 1)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 in hardware (a CUDA GPU from Ampere on; a CPU with
+    AVX512-BF16 or AMX, as oneDNN reports it); elsewhere autocast emulates it, slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def frozen_precision(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, frozen_layers: int,
+                     wanted: Precision, device: torch.device) -> tuple[Precision, float | None]:
+    """The precision of the frozen pass, and its output's deviation from fp32 on the first
+    texts (relative Frobenius norm; None when not measured). `auto`: bf16 where the device has
+    it natively and the deviation is within BF16_TOLERANCE, else fp32. Only the frozen pass:
+    the DP step (per-sample norms, clipping, noise) always runs in fp32, as the guarantee
+    rests on clipping being exact; and features, not gradients, are what bf16 perturbs here."""
+    if wanted == "fp32" or (wanted == "auto" and not native_bf16(device)) or len(ids) == 0:
+        return "fp32", None
+    first = slice(0, CHECKED_TEXTS)
+    exact = frozen_outputs(encoder, ids[first], mask[first], frozen_layers, device=device)[..., :-1]
+    fast = frozen_outputs(encoder, ids[first], mask[first], frozen_layers, precision="bf16", device=device)[..., :-1]
+    deviation = float((fast - exact).norm() / exact.norm().clamp(min=1e-12))
+    return ("fp32" if wanted == "auto" and deviation > BF16_TOLERANCE else "bf16"), deviation
 
 
 def encoder_top(encoder: nn.Module, mode: FineTune, last_k: int, n_classes: int, seed: int = 0,
@@ -131,12 +165,17 @@ def prepare_text_training(t: TrainSettings, column: str, n_classes: int,
     text = t.text
     top, frozen = encoder_top(encoder, text.fine_tune, text.last_k, n_classes, seed=t.init_seed,
                               lora_rank=text.lora_rank, lora_alpha=text.lora_alpha)
-    datasets = [TensorDataset(frozen_outputs(encoder, *tokenize(tokenizer, texts), frozen), labels, units)
-                for texts, labels, units in splits]
+    tokens = [tokenize(tokenizer, texts) for texts, _, _ in splits]
+    device = resolve_device(t.device)
+    precision, deviation = frozen_precision(encoder, *tokens[0], frozen, text.frozen_precision, device)
+    datasets = [TensorDataset(frozen_outputs(encoder, ids, mask, frozen, precision=precision, device=device), labels,
+                              units) for (ids, mask), (_, labels, units) in zip(tokens, splits)]
+    encoder.cpu()  # the frozen pass is done; the top (copies of its last layers) trains where the loop puts it
     card = {"encoder": model.name, "distribution": model.distribution, "origin": model.origin,
             "weights_sha256": model.weights_sha256, "tokenizer_sha256": model.tokenizer_sha256, "column": column,
             "fine_tune": t.text.fine_tune, "trained_layers": len(top.layers), "frozen_layers": frozen,
-            "max_tokens": t.text.max_tokens, **({"lora_rank": text.lora_rank, "lora_alpha": text.lora_alpha}
+            "max_tokens": t.text.max_tokens, "frozen_precision": precision,
+            "frozen_deviation_from_fp32": deviation, **({"lora_rank": text.lora_rank, "lora_alpha": text.lora_alpha}
                                                 if text.fine_tune == "lora" else {}),
             "trained_parameters": sum(p.numel() for p in top.parameters() if p.requires_grad),
             "encoder_parameters": sum(p.numel() for p in encoder.parameters())}

