@@ -118,15 +118,17 @@ def engine_closures(fresh, x: torch.Tensor, y: torch.Tensor) -> dict:
             "parameters": parameters}
 
 
-def privflow_step(fresh, x: torch.Tensor, y: torch.Tensor, noise) -> tuple:
+def privflow_step(fresh, x: torch.Tensor, y: torch.Tensor, noise, physical: int = 1) -> tuple:
     """One SGD step of privflow's DP engine on its own copy of `fresh()` with this noise
-    source (None: no noise), and the number of parameters it trains."""
+    source (None: no noise), and the number of parameters it trains. `physical` > 1: a
+    logical step of that many passes over the batch (virtual batches), noised once."""
     engine = PrivateGradient(fresh(), 1.0)
     optimizer = torch.optim.SGD(engine.parameters, lr=0.01)
 
     def step():
-        engine.accumulate(x, y)
-        engine.release(noise, 1.0, len(y))
+        for _ in range(physical):
+            engine.accumulate(x, y)
+        engine.release(noise, 1.0, physical * len(y))
         optimizer.step()
 
     return step, sum(p.numel() for p in engine.parameters)

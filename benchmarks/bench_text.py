@@ -47,11 +47,12 @@ from torch.utils.data import TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_dp import block_medians, engine_closures, interleaved_medians  # noqa: E402
+from bench_dp import block_medians, engine_closures, interleaved_medians, privflow_step  # noqa: E402
 
 from privflow.data.public_text import LABELS, film_reviews  # noqa: E402
 from privflow.modeling.text_encoder import load_encoder, load_tokenizer, pretrained, tokenize  # noqa: E402
 from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
+from privflow.privacy.noise import SecureNoise  # noqa: E402
 from privflow.settings import TrainSettings  # noqa: E402
 from privflow.training.loop import train_private  # noqa: E402
 from privflow.training.text_finetune import encoder_top, frozen_outputs, train_baseline  # noqa: E402
@@ -201,13 +202,20 @@ def step_rows(encoder, layer_counts: list[int]) -> list[dict]:
         x, y = step_batch(encoder, k)
         closures = engine_closures(fresh_top(encoder, k), x, y)
         ms = {**interleaved_medians(closures["steps"], repeats=REPEATS), **block_medians(closures["noise"], blocks=3)}
+        # noise is drawn once per logical step: at the accuracy runs' batch, 256 texts in passes of 32
+        passes = DP_SETTINGS["head"]["batch_size"] // STEP_BATCH
+        logical = {f"logical_{name}": privflow_step(fresh_top(encoder, k), x, y, noise, physical=passes)[0]
+                   for name, noise in (("noiseless", None), ("secure", SecureNoise()))}
+        ms.update(block_medians(logical, blocks=3, block=4))
         peaks = {engine: peak_mb(k, engine) for engine in ("plain", "privflow", "opacus_hooks", "opacus_ghost")}
         rows.append({"trained_layers": k, "parameters": closures["parameters"], "ms": ms, "peak_mb": peaks,
                      **{f"{e}_x": ms[e] / ms["plain"] for e in ("privflow", "opacus_hooks", "opacus_ghost")},
                      # what the secure source adds to a DP step, its draw made ahead while the step computes
                      "secure_noise_share": 1 - ms["privflow_noiseless"] / ms["privflow_secure"],
                      "secure_draw_share": ms["noise_secure"] / ms["privflow_secure"],
-                     "secure_noise_ns_per_parameter": 1e6 * ms["noise_secure"] / closures["parameters"]})
+                     "secure_noise_ns_per_parameter": 1e6 * ms["noise_secure"] / closures["parameters"],
+                     "secure_noise_share_logical_step": 1 - ms["logical_noiseless"] / ms["logical_secure"],
+                     "logical_step_passes": passes})
     return rows
 
 
@@ -253,52 +261,33 @@ def print_precision(console: Console, row: dict) -> None:
     console.print(table)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--all-layers", action="store_true", help="also fine-tune all 6 layers (long on a CPU)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 200 reviews, few steps")
-    parser.add_argument("--precision-only", action="store_true", help="only the fp32 / bf16 frozen pass (5.)")
-    parser.add_argument("--peak", nargs=2, metavar=("LAYERS", "ENGINE"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.peak:
-        return measure_peak(int(args.peak[0]), args.peak[1])
-    if args.precision_only:
-        row = precision_row(load_encoder(MODEL))
-        print_precision(Console(), row)
-        earlier = json.loads(OUT.read_text()) if OUT.exists() else {}
-        OUT.parent.mkdir(exist_ok=True)
-        return OUT.write_text(json.dumps({**earlier, "precision": row}, indent=2))
-    if args.quick:
-        global TRAIN, TEST, REPEATS
-        TRAIN, TEST, REPEATS = 300, 100, 2
-    encoder = load_encoder(MODEL)
-    modes = [("head", 0), ("last_layers", 1), ("lora", 1)] + (
-        [("all_layers", 6)] if args.all_layers else [])
-    steps = step_rows(encoder, [1, 2] + ([6] if args.all_layers else []))
-    accuracy = accuracy_rows(encoder, modes)
-    console = Console()
+def print_accuracy(console: Console, rows: list[dict]) -> None:
     table = Table(title=f"DP fine-tuning of {MODEL.name} on film reviews: eps {EPSILON}, delta {DELTA}, "
                         f"{TRAIN} train / {TEST} test, {TOKENS} tokens")
     for column in ("mode", "layers", "trainable", "DP acc", "non-private acc", "gap (points)", "DP train s"):
         table.add_column(column)
-    for r in accuracy:
+    for r in rows:
         table.add_row(r["mode"], str(r["trained_layers"]), f"{r['trainable_parameters']:,}", f"{r['dp_accuracy']:.3f}",
                       f"{r['baseline_accuracy']:.3f}", f"{r['gap_points']:+.1f}", f"{r['dp_train_s']:.0f}")
     console.print(table)
+
+
+def print_steps(console: Console, rows: list[dict]) -> None:
     table = Table(title=f"step at batch {STEP_BATCH} x {STEP_TOKENS} tokens (CPU, 2 threads): x a plain step; peak MB")
     for column in ("layers", "plain ms", "privflow", "Opacus hooks", "Opacus ghost", "peak MB plain/privflow/hooks/ghost",
-                   "secure noise / DP step", "its draw alone / DP step", "draw ns / parameter"):
+                   "secure noise / DP step", "its draw alone / DP step", "draw ns / parameter",
+                   "secure noise / logical step (256 texts)"):
         table.add_column(column)
-    for r in steps:
+    for r in rows:
         peaks = "/".join(f"{r['peak_mb'][e]:.0f}" for e in ("plain", "privflow", "opacus_hooks", "opacus_ghost"))
         table.add_row(str(r["trained_layers"]), f"{r['ms']['plain']:.0f}", f"{r['privflow_x']:.2f}x",
                       f"{r['opacus_hooks_x']:.2f}x", f"{r['opacus_ghost_x']:.2f}x", peaks,
                       f"{100 * r['secure_noise_share']:.0f}%", f"{100 * r['secure_draw_share']:.0f}%",
-                      f"{r['secure_noise_ns_per_parameter']:.0f}")
+                      f"{r['secure_noise_ns_per_parameter']:.0f}", f"{100 * r['secure_noise_share_logical_step']:.1f}%")
     console.print(table)
-    precision = precision_row(encoder)
-    print_precision(console, precision)
-    compressed = compression_row("head", 0)
+
+
+def print_compression(console: Console, compressed: dict) -> None:
     table = Table(title=f"compression of the DP-trained classifier (head), {TOKENS} tokens, 512 public reviews, 1 thread")
     for column in ("parameters", "fp32 ONNX MB", "int8 ONNX MB", "size ratio", "agreement", "int8/fp32 ONNX batch 1",
                    "int8/fp32 ONNX batch 32", "full dynamic int8: agreement, batch-32 ms vs fp32 ms"):
@@ -310,10 +299,43 @@ def main() -> None:
                   f"{compressed['full_dynamic_int8']['agreement']:.4f}, {compressed['full_dynamic_int8']['batch32_ms']:.0f} "
                   f"vs {latency['fp32_onnx_batch32_ms']:.0f}")
     console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--all-layers", action="store_true", help="also fine-tune all 6 layers (long on a CPU)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 300 reviews, few steps")
+    parser.add_argument("--only", choices=("steps", "precision"),
+                        help="only this section (2.-3. or 5.), merged into an earlier run's JSON")
+    parser.add_argument("--peak", nargs=2, metavar=("LAYERS", "ENGINE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peak:
+        return measure_peak(int(args.peak[0]), args.peak[1])
+    if args.quick:
+        global TRAIN, TEST, REPEATS
+        TRAIN, TEST, REPEATS = 300, 100, 2
+    encoder, console = load_encoder(MODEL), Console()
+    layer_counts = [1, 2] + ([6] if args.all_layers else [])
+    if args.only:
+        section = step_rows(encoder, layer_counts) if args.only == "steps" else precision_row(encoder)
+        (print_steps if args.only == "steps" else print_precision)(console, section)
+        return write({**(json.loads(OUT.read_text()) if OUT.exists() else {}), args.only: section}, console)
+    steps = step_rows(encoder, layer_counts)
+    modes = [("head", 0), ("last_layers", 1), ("lora", 1)] + ([("all_layers", 6)] if args.all_layers else [])
+    accuracy = accuracy_rows(encoder, modes)
+    print_accuracy(console, accuracy)
+    print_steps(console, steps)
+    precision = precision_row(encoder)
+    print_precision(console, precision)
+    compressed = compression_row("head", 0)
+    print_compression(console, compressed)
+    write({"accuracy": accuracy, "steps": steps, "precision": precision, "compression": compressed, "device": "cpu",
+           "torch_threads": torch.get_num_threads()}, console)
+
+
+def write(results: dict, console: Console) -> None:
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"accuracy": accuracy, "steps": steps, "precision": precision,
-                               "compression": compressed, "device": "cpu",
-                               "torch_threads": torch.get_num_threads()}, indent=2))
+    OUT.write_text(json.dumps(results, indent=2))
     console.print(f"wrote {OUT}")
 
 
