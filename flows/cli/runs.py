@@ -66,12 +66,13 @@ def run(root: Path = Path("."),
         check_dataset(load_settings(name, root / "params.yaml"))
     dag = read_dag(root, with_status=True)
     stale = stale_stages(root, chosen, dag)
+    if not plan:
+        ensure_keyring(root)  # a refusal here comes before any server starts
     # Prefect's server starts while the plan is worked out and shown (the prompt included)
     server = warm_temporary_server() if stale and not plan and not (workers > 1 or dask_address) else None
     planned = show_plan(root, stale, dag)
     if plan:
         return
-    ensure_keyring(root)
     if planned:
         announce_code_spending(root, planned)
         spends = [p for p in planned if p.epsilon is not None]
