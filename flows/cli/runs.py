@@ -52,7 +52,6 @@ def run(root: Path = Path("."),
     from privflow.flows.run_output import summary
     from privflow.flows.cli.plan_view import announce_code_spending, show_plan
     from privflow.flows.plan import stale_stages
-    from privflow.flows.server import warm_temporary_server
     from privflow.flows.stages import read_dag
     from privflow.preflight import check_dataset
     from privflow.project import refresh_dvc_yaml
@@ -68,8 +67,11 @@ def run(root: Path = Path("."),
     stale = stale_stages(root, chosen, dag)
     if not plan:
         ensure_keyring(root)  # a refusal here comes before any server starts
-    # Prefect's server starts while the plan is worked out and shown (the prompt included)
-    server = warm_temporary_server() if stale and not plan and not (workers > 1 or dask_address) else None
+    server = None
+    if stale and not plan and not (workers > 1 or dask_address):
+        from privflow.flows.server import warm_temporary_server  # Prefect: only when a flow will run
+
+        server = warm_temporary_server()  # it starts while the plan is worked out and shown (the prompt too)
     planned = show_plan(root, stale, dag)
     if plan:
         return
