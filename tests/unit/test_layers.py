@@ -73,5 +73,8 @@ def test_pyproject_lists_every_package_folder():
     found = {".".join([name, *init.parent.relative_to(folder).parts])
              for name, folder in folders.items() for init in folder.rglob("__init__.py")
              if not (name == "privflow" and init.parent.relative_to(folder).parts[:1] == ("flows",))}
-    assert set(config["packages"]) == found
+    data_only = {name for name in config["package-data"] if name not in found}  # folders of data files
+    assert all((ROOT / "components" / Path(*name.split(".")[1:])).is_dir() for name in data_only)
+    assert not any((ROOT / "components" / Path(*name.split(".")[1:]) / "__init__.py").exists() for name in data_only)
+    assert set(config["packages"]) == found | data_only
     assert config["package-dir"] == {"privflow": "components", "privflow.flows": "flows"}

@@ -1,0 +1,1 @@
+"""privflow stage logic: plain Python, no Prefect. One module per DVC stage."""

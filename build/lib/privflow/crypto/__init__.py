@@ -1,0 +1,1 @@
+"""Keys and the vault: authenticated encryption of everything derived from rows."""

@@ -1,0 +1,1 @@
+"""Reading a user's data: sources, decoding, records, coercion, schema, features."""

@@ -1,0 +1,169 @@
+"""`privflow schema draft SOURCE`: a first schema for the data owner, read from the data.
+
+The data owner may see the data, so this reads it: each column's type (the narrowest that
+every value fits), whether values are missing, whether they are all distinct, a candidate
+person-id column and candidate `allowed:` lists for columns with few values. It does not
+write `min:`/`max:`: bounds measured on the rows would put private extremes into the
+schema, outside the DP guarantee, so the owner declares them from domain knowledge (the
+draft says so, and privflow refuses to train until they are there). Nothing is written
+anywhere but the draft file the owner asks for.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from privflow.data.records import RecordReader
+from privflow.data.schema import DEFAULT_FALSE, DEFAULT_TRUE, INTEGER_TYPES, ColumnSpec, DatasetSchema
+from privflow.data.sources import disk_members, list_source
+
+MAX_ALLOWED = 20        # a column with at most this many distinct values gets a candidate `allowed:`
+_ID_NAME = re.compile(r"(^|_)(id|key|number|no)$|^(patient|customer|person|user|employee|member)", re.I)
+_TARGET_NAME = re.compile(r"(target|label|outcome|class|result|churn|churned|diagnosis|^y)$", re.I)
+_TIME_KINDS = ("date", "datetime")
+NUMBERS = (*INTEGER_TYPES, "float")
+
+
+@dataclass
+class _ColumnProfile:
+    """What the draft needs to know of one column, gathered a batch at a time."""
+
+    kinds: set[str] = field(default_factory=lambda: {"bool", *INTEGER_TYPES, "float", "date", "datetime"})
+    missing: int = 0
+    present: int = 0
+    distinct: set[str] | None = field(default_factory=set)  # None once past MAX_ALLOWED
+    hashes: set[int] = field(default_factory=set)             # every value's hash: uniqueness
+    repeated: bool = False
+    decimal: str = "."
+    not_numbers: int = 0  # values that are not numbers: a few in a numeric column are defects
+
+    def add(self, values: list[str | None]) -> None:
+        for value in values:
+            text = (value or "").strip()
+            if not text:
+                self.missing += 1
+                continue
+            self.present += 1
+            key = hash(text)
+            self.repeated |= key in self.hashes
+            self.hashes.add(key)
+            if self.distinct is not None:
+                self.distinct.add(text)
+                if len(self.distinct) > MAX_ALLOWED:
+                    self.distinct = None
+            number = text.replace(",", ".") if self.decimal == "," and "." not in text else text
+            self.not_numbers += not _fits(number, "float")
+            self.kinds -= {kind for kind in self.kinds if not _fits(number if kind in NUMBERS else text, kind)}
+
+    @property
+    def type(self) -> str:
+        for kind in ("bool", *INTEGER_TYPES, "float", "date", "datetime"):
+            if kind in self.kinds and self.present:
+                return kind
+        return "string"
+
+
+def _fits(text: str, kind: str) -> bool:
+    if kind == "bool":
+        return text.lower() in DEFAULT_TRUE + DEFAULT_FALSE and text not in ("0", "1")
+    if kind in INTEGER_TYPES:
+        bits = int(kind.removeprefix("int"))
+        return re.fullmatch(r"[+-]?\d+", text) is not None and -(2 ** (bits - 1)) <= int(text) < 2 ** (bits - 1)
+    if kind == "float":
+        try:
+            float(text)
+            return True
+        except ValueError:
+            return False
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return kind == "datetime" or (len(text) <= 10 and parsed.time() == datetime.min.time())
+
+
+def profile_source(source: Path, ingest) -> tuple[list[str], dict[str, _ColumnProfile], int]:
+    """The header, a profile per column, and the record count."""
+    header, _ = _header(source, ingest)
+    everything = DatasetSchema.model_construct(
+        dataset="draft", privacy_unit=header[0], target=header[0], strict=False,
+        columns={name: ColumnSpec.model_construct(type="string") for name in header})
+    reader = RecordReader.of(str(source), everything, ingest)
+    profiles = {name: _ColumnProfile(decimal=ingest.decimal) for name in header}
+    for batch in reader.batches(disk_members(list_source(source))):
+        for name in header:
+            profiles[name].add(pc.cast(batch.columns.column(name), "string").to_pylist())
+    return header, profiles, reader.rows_in
+
+
+def _header(source: Path, ingest) -> tuple[list[str], int]:
+    from privflow.data.records import describe_source
+
+    return describe_source(disk_members(list_source(source)), str(source), delimiter=ingest.delimiter,
+                           encoding=ingest.encoding)
+
+
+def _yaml_value(value: str, kind: str) -> str:
+    if kind in INTEGER_TYPES or kind == "float":
+        return value
+    return "'" + value.replace("'", "''") + "'"
+
+
+def draft_schema(source: Path, ingest, dataset: str) -> str:
+    """The draft as commented YAML text."""
+    header, profiles, rows = profile_source(source, ingest)
+    unit = next((n for n in header if not profiles[n].repeated and _ID_NAME.search(n)),
+                next((n for n in header if not profiles[n].repeated and profiles[n].type == "string"), header[0]))
+    few = [n for n in header if n != unit and profiles[n].distinct and 2 <= len(profiles[n].distinct) <= MAX_ALLOWED]
+    target = next((n for n in few if _TARGET_NAME.search(n)), few[-1] if few else header[-1])
+    lines = [
+        f"# Draft schema for {dataset}, read from {source} ({rows} records) by `privflow schema draft`.",
+        "# Check every line: types and candidate `allowed:` lists come from the rows you have now.",
+        "# min/max are left for you to declare from domain knowledge (an age is 0..120, a rate 0..1):",
+        "# bounds measured on the rows would leak private extremes outside the privacy guarantee,",
+        "# so privflow scales features by declared bounds only and refuses to train until they are set.",
+        f"dataset: {dataset}",
+        f"privacy_unit: {unit}    # candidate: values never repeat{'' if _ID_NAME.search(unit) else ' (check it)'}",
+        f"target: {target}    # candidate: a column with few values; the class order is its allowed list",
+        "strict: true",
+        "columns:",
+    ]
+    for name in header:
+        spec, comment = _column_line(profiles[name], name in (unit, target))
+        if name in (unit, target) and profiles[name].missing:  # never nullable: such rows are quarantined
+            spec = spec.replace(", nullable: true", "")
+            comment = f"{profiles[name].missing} record(s) have no value: validation will quarantine them"
+        lines.append(f"  {name}: {{{spec}}}" + (f"    # {comment}" if comment else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _column_line(profile: _ColumnProfile, role: bool) -> tuple[str, str]:
+    """One column's entry and the comment that says what the owner must still decide."""
+    kind = profile.type
+    numeric = kind in INTEGER_TYPES or kind == "float"
+    parts = [f"type: {kind}"]
+    if profile.missing:
+        parts.append("nullable: true")
+    if not profile.repeated and profile.present > 1 and kind != "bool":
+        parts.append("unique: true")
+    few = profile.distinct is not None and profile.repeated
+    if few and (kind == "string" or (role and kind != "bool")):
+        values = sorted(profile.distinct, key=lambda v: (float(v) if numeric else 0.0, v))
+        parts.append("allowed: [" + ", ".join(_yaml_value(v, kind) for v in values) + "]")
+        return ", ".join(parts), ""
+    if kind == "bool" and role:
+        parts.append("allowed: [false, true]")
+    elif not role and (numeric or kind in _TIME_KINDS):
+        example = "min: 2000-01-01, max: 2030-12-31" if kind in _TIME_KINDS else "min: ..., max: ..."
+        return ", ".join(parts), f"declare {example} from domain knowledge"
+    elif kind == "string" and not role and 0 < profile.not_numbers <= 0.05 * profile.present:
+        return ", ".join(parts), (f"mostly numbers, but {profile.not_numbers} value(s) are not: fix them in the "
+                                  "export, or declare a numeric type and let validation quarantine those rows")
+    elif kind == "string" and not role:
+        return ", ".join(parts), "free text: never a model input (give `allowed:` to make it a category)"
+    return ", ".join(parts), ""

@@ -1,0 +1,30 @@
+"""The `privflow` command line, by audience: whoever runs the pipeline (runs), the data owner
+(data_owner), the key custodian (keys), the auditor (budget)."""
+
+from __future__ import annotations
+
+from privflow.errors import PrivflowError
+from privflow.flows.cli import budget, data_owner, keys, runs
+from privflow.flows.cli.common import app, console, ensure_keyring, quiet_tracebacks
+
+__all__ = ["app", "ensure_keyring", "main", "quiet_tracebacks"]
+
+for command in (runs.init, runs.run, runs.serve, runs.status, runs.repair, runs.report, runs.predict, runs.join,
+                data_owner.quarantine):
+    app.command()(command)
+app.add_typer(data_owner.schema_app, name="schema")
+app.add_typer(keys.app, name="keys")
+app.add_typer(budget.app, name="budget")
+
+
+def main() -> None:
+    from privflow.errors import EXIT_UNEXPECTED, describe_unexpected
+
+    try:
+        app()
+    except PrivflowError as error:
+        console.print(f"[red]privflow: {error}[/red]", highlight=False)
+        raise SystemExit(2) from None
+    except Exception as error:  # noqa: BLE001 (never a raw traceback: one line, the frames in a file)
+        console.print(f"[red]privflow: {describe_unexpected(error, 'cli')}[/red]", highlight=False)
+        raise SystemExit(EXIT_UNEXPECTED) from None

@@ -1,0 +1,73 @@
+"""What every command shares: the console, the dataset options, the keyring's first creation, quiet logs.
+
+Importing privflow.flows first sets Prefect's embedded defaults before Prefect loads.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+import privflow.flows  # noqa: F401  (sets Prefect's embedded defaults before Prefect loads)
+from privflow.errors import PrivflowError
+
+app = typer.Typer(help="Train models on sensitive data under differential privacy, with an audit trail.")
+console = Console(soft_wrap=True)  # long lines stay whole: greppable in logs and CI
+ONE_DATASET = typer.Option(None, "--dataset", "-d",
+                          help="a dataset of params.yaml; needed when it declares several")
+EVERY_DATASET = typer.Option(None, "--dataset", "-d", help="only this dataset of params.yaml (default: every one)")
+
+
+def chosen_settings(dataset: str | None) -> list:
+    """Settings of the named dataset, or of every declared dataset."""
+    from privflow.settings import dataset_names, load_settings
+
+    return [load_settings(name) for name in ([dataset] if dataset else dataset_names())]
+
+
+class _WithoutTraceback(logging.Filter):
+    """Prefect logs a failed task's and flow's traceback with the error; the user needs the
+    error (the stage said why) and the next step, not the orchestrator's frames."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def quiet_tracebacks() -> None:
+    """Every logging handler set up so far (Prefect's, after its import) drops tracebacks."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if not any(isinstance(f, _WithoutTraceback) for f in handler.filters):
+                handler.addFilter(_WithoutTraceback())
+
+
+def ensure_keyring(root: Path) -> None:
+    """The project's first run makes the keyring; a later run that finds it gone refuses:
+    sealed artifacts exist that only the lost keyring opens, and the ledger's entries are
+    authenticated under it. Restoring it is the fix, never a new empty one."""
+    from privflow.crypto.keys import Keyring
+    from privflow.settings import keyring_path
+
+    path = keyring_path()
+    if path.exists():
+        return
+    sealed = next((p for p in (root / "artifacts").rglob("*.sealed")), None) if (root / "artifacts").exists() else None
+    if sealed is not None:
+        raise PrivflowError(f"{path}: no keyring, but this project holds data sealed under one (e.g. {sealed}); "
+                            "restore the keyring from its backup or set PRIVFLOW_KEYRING to it. `privflow keys "
+                            "init` would make a new, empty one that opens none of it")
+    keyring = Keyring.open(path)
+    console.print(f"created the keyring {path} (primary KEK {keyring.keks.primary().kek_id}); back it up: "
+                  "without it, sealed data cannot be opened", highlight=False)
+
+
+def one_dataset(dataset: str | None) -> str:
+    """The named dataset, or the only one declared; several and none named is a clear error."""
+    from privflow.settings import load_settings
+
+    return load_settings(dataset).dataset.name

@@ -1,0 +1,275 @@
+"""Commands for whoever runs the pipeline: run, serve, status, report, predict."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from privflow.catalog import REPORT_FILES, REPORT_JSON
+from privflow.errors import PrivflowError
+from privflow.flows.cli.common import (
+    ONE_DATASET,
+    console,
+    ensure_keyring,
+    one_dataset,
+    quiet_tracebacks,
+)
+
+
+def init(folder: Path = typer.Argument(Path("."), help="the project folder: empty, new, or an existing repository"),
+         demo: bool = typer.Option(False, "--demo", help="add the demo datasets (no network needed)")) -> None:
+    """Make a privflow project here: dvc.yaml, params.yaml, schemas/, git and DVC; never overwrites a file."""
+    from privflow.scaffold import init_project
+
+    for line in init_project(folder, demo):
+        console.print(line, highlight=False)
+    console.print(f"next: {'cd ' + str(folder) + ' && ' if folder != Path('.') else ''}"
+                  + ("privflow run" if demo else "add your dataset under `datasets:` in params.yaml (its source "
+                     "and a schema: copy schemas/example.yaml or `privflow schema draft SOURCE`), then privflow run"),
+                  highlight=False)
+
+
+def run(root: Path = Path("."),
+        dataset: list[str] = typer.Option(None, "--dataset", "-d", help="only this dataset (repeatable)"),
+        workers: int = typer.Option(1, min=1, help="> 1: datasets side by side on a local Dask cluster"),
+        dask_address: str = typer.Option(None, help="or on an existing Dask cluster (tcp://host:8786)"),
+        plan: bool = typer.Option(False, "--plan", help="only say what would run, why, and what it would spend"),
+        yes: bool = typer.Option(False, "--yes", "-y", help="spend privacy budget without asking (schedules, CI)"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="show DVC's, Prefect's and the stages' output live")) -> None:
+    """Run the whole pipeline for every dataset, or the named ones (up-to-date stages are skipped).
+
+    First it says which stages will run and why, and what each train will spend of its budget;
+    on a terminal a run that spends budget asks once, unless --yes. While it runs: a live table
+    on a terminal, one line per stage elsewhere; the full output goes to .privflow/logs/."""
+    from privflow.flows.run_output import summary
+    from privflow.flows.cli.plan_view import announce_code_spending, show_plan
+    from privflow.flows.plan import stale_stages
+    from privflow.flows.stages import read_dag
+    from privflow.preflight import check_dataset
+    from privflow.project import refresh_dvc_yaml
+    from privflow.settings import dataset_names, load_settings
+
+    chosen = dataset or dataset_names(root / "params.yaml")
+    refreshed = refresh_dvc_yaml(root)
+    if refreshed:
+        console.print(f"dvc.yaml: code deps of {', '.join(refreshed)} rewritten for the installed privflow", highlight=False)
+    for name in chosen:  # before Prefect starts: a schema or settings mistake costs seconds, not a run
+        check_dataset(load_settings(name, root / "params.yaml"))
+    dag = read_dag(root, with_status=True)
+    stale = stale_stages(root, chosen, dag)
+    if not plan:
+        ensure_keyring(root)  # a refusal here comes before any server starts
+    server = None
+    if stale and not plan and not (workers > 1 or dask_address):
+        from privflow.flows.server import warm_temporary_server  # Prefect: only when a flow will run
+
+        server = warm_temporary_server()  # it starts while the plan is worked out and shown (the prompt too)
+    planned = show_plan(root, stale, dag)
+    if plan:
+        return
+    if planned:
+        announce_code_spending(root, planned)
+        spends = [p for p in planned if p.epsilon is not None]
+        if spends and not yes and sys.stdin.isatty() and not typer.confirm(
+                f"spend privacy budget in {len(spends)} train stage(s)?", default=True):
+            raise typer.Exit(1)
+        ran = run_flow(root, dataset or None, [s for s in dag.order if s.partition("@")[2] in chosen],
+                       workers, dask_address, verbose, server)
+    else:  # nothing stale: like a build tool's no-op, no flow run (Prefect is not even started)
+        ran = set()
+    if not ran:
+        console.print("stages run: none (all up to date)", highlight=False)
+    for line in summary(root, dag, chosen, ran):
+        console.print(line, highlight=False)
+
+
+def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers: int, dask_address: str | None,
+             verbose: bool, server: Future | None = None) -> set[str]:
+    """The Prefect flow, its output in the run's log (unless verbose), a board on the terminal;
+    the stages that ran. A failed stage's own words are shown, then the next step."""
+    from contextlib import nullcontext
+
+    from privflow.flows.board import StageBoard
+    from privflow.flows.pipeline import pipeline
+    from privflow.flows.run_output import new_log_path, output_to_log, stage_said
+    from privflow.flows.stages import StageFailed
+    from privflow.progress import PROGRESS_DIR_ENV
+    from privflow.stageserver import stage_host
+
+    quiet_tracebacks()
+    flow = pipeline
+    if workers > 1 or dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+        flow = pipeline.with_options(task_runner=runner)
+    log = new_log_path(root)
+    progress = log.with_suffix(".progress")
+    progress.mkdir()
+    os.environ[PROGRESS_DIR_ENV] = str(progress.resolve())
+    live = sys.stdout.isatty() and not verbose
+    if not verbose:
+        console.print(f"log: {log}", highlight=False)
+    try:
+        with stage_host():  # its imports overlap the rest of Prefect's start
+            _wait_for(server)
+            with (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
+                    StageBoard(stages, terminal, live, progress):
+                ran = flow(str(root), datasets, side_by_side=workers > 1 or bool(dask_address))
+    except StageFailed as failure:
+        errors = Console(stderr=True, soft_wrap=True, highlight=False)
+        for line in ([] if verbose else stage_said(log, failure.stage)):
+            errors.print(line, style="red", markup=False)
+        errors.print(f"[red]privflow: {failure}[/red]")
+        errors.print(f"next: fix what stage {failure.stage} said above (full output: {log}), then `privflow run -d "
+                      f"{failure.stage.partition('@')[2]}` again; stages that finished are not run again")
+        raise typer.Exit(2) from None
+    finally:
+        shutil.rmtree(progress, ignore_errors=True)
+        logging.getLogger("prefect").setLevel(logging.WARNING)  # its exit lines ("Stopping temporary server")
+    return {stage for stage, did in ran.items() if did}
+
+
+def _wait_for(server: Future | None) -> None:
+    """The temporary server started during the plan (flows.server.warm_temporary_server)."""
+    if server is None:
+        return
+    try:
+        server.result()
+    except Exception:  # noqa: BLE001 (the flow starts the server itself, and says why it cannot)
+        pass
+
+
+def serve(root: Path = Path("."),
+          cron: str = typer.Option(None, help='cron schedule, e.g. "0 3 * * *" (03:00 every day)'),
+          interval: int = typer.Option(None, min=1, help="or: every N seconds"),
+          name: str = typer.Option("privflow-scheduled", help="deployment name")) -> None:
+    """Serve the pipeline on a schedule (Prefect `flow.serve`); runs until stopped (Ctrl-C).
+
+    Each scheduled run is an ordinary run: stages that are up to date are skipped and charge
+    nothing; a run that finds another in progress waits for it.
+    """
+    from privflow.flows.pipeline import pipeline
+    from privflow.flows.server import prefect_api
+
+    if (cron is None) == (interval is None):
+        raise PrivflowError("give exactly one of --cron or --interval")
+    ensure_keyring(root)
+    with prefect_api(root / ".privflow" / "prefect-server.log") as url:
+        console.print(f"serving {root.resolve()} as deployment '{name}' on {url}: "
+                      + (f"cron {cron!r}" if cron else f"every {interval} s"))
+        # one run at a time: a schedule that fires while a run is in progress waits in Prefect's
+        # queue, not as a started process (about 360 MB each) blocked on the project lock; with a
+        # short interval and a slow run those piled up until the machine ran out of memory
+        pipeline.serve(name=name, cron=cron, interval=interval, parameters={"root": str(root.resolve())}, limit=1)
+
+
+def join(dataset: str = ONE_DATASET) -> None:
+    """Join a multi-node DP training run (train.nodes > 1) from this host: start it here while the
+    train stage runs on the host at train.rendezvous. This host needs the same params.yaml, the
+    encrypt stage's sealed splits (`dvc pull`) and a keyring that opens them; it charges nothing."""
+    from privflow.training.distributed import join as join_run
+
+    code = join_run(one_dataset(dataset))
+    if code != 0:
+        raise PrivflowError(f"this node's training processes failed (torchrun exit {code}); the train stage's "
+                            "node says why the run stopped")
+    console.print("joined: this node's processes finished their share of the run", highlight=False)
+
+
+def status(root: Path = Path(".")) -> None:
+    """Per dataset: which stages are out of date, the latest report, and the privacy budget."""
+    from privflow.artifacts import read_json
+    from privflow.budget import budget_name
+    from privflow.flows.stages import dataset_of, read_dag
+    from privflow.privacy.ledger import PrivacyLedger
+    from privflow.settings import dataset_names, ledger_location, load_settings
+
+    dag = read_dag(root, with_status=True)
+    stale, order = dag.stale, dag.order
+    table = Table("dataset", "stages with changed inputs", "latest report", "ε spent / cap", title=str(root.resolve()))
+    for name in dataset_names(root / "params.yaml"):
+        settings = load_settings(name, root / "params.yaml")
+        stages = [s.split("@")[0] for s in order if dataset_of(s) == name and s in stale]
+        report_json = dag.reports_dir(name) / REPORT_JSON
+        latest = read_json(report_json) if report_json.exists() else None
+        budget = PrivacyLedger(ledger_location(settings)).budget(budget_name(settings), settings.privacy.epsilon_cap,
+                                                                 from_memo=True)
+        table.add_row(name, ", ".join(stages) or "none",
+                      f"{latest['generated_at']} (run {latest['run_id'][:12]})" if latest else "none yet",
+                      f"{budget.spent:.3f} / {budget.cap:g} ({budget.runs} run(s))")
+    console.print(table)
+
+
+def repair(root: Path = Path(".")) -> None:
+    """Mend what a killed `dvc repro` can leave cut short: dvc.lock (DVC then refuses every run
+    with "'./dvc.lock' validation failed", or misreads it) gets back the copy taken as the
+    last stage started; DVC's path-lock file (.dvc/tmp/rwlock) an empty one."""
+    from privflow.flows.stages import open_repo, repair_lock, repair_rwlock
+
+    with open_repo(root, mend=False) as repo:
+        mended = [m for m in (repair_lock(repo), repair_rwlock(repo)) if m]
+    for line in mended or [f"{root / 'dvc.lock'} and DVC's path locks load; nothing to mend"]:
+        console.print(line, highlight=False)
+
+
+def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown, JSON) here"),
+           open_browser: bool = typer.Option(False, "--open", help="open it in the browser"),
+           dataset: str = ONE_DATASET) -> None:
+    """Rebuild the run index and show where the latest report is; optionally copy or open it."""
+    import shutil
+    import webbrowser
+
+    from privflow.flows.stages import reports_dir
+    from privflow.reporting.archive import archive_run
+
+    reports = reports_dir(Path("."), one_dataset(dataset))
+    html, _, document = REPORT_FILES
+    if not (reports / document).exists():
+        raise PrivflowError(f"{reports / document}: no report yet; run `privflow run` first")
+    index = archive_run(reports)
+    target = reports
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in REPORT_FILES:
+            shutil.copyfile(reports / name, out / name)
+        target = out
+    console.print(f"report: [bold]{(target / html).resolve()}[/bold]; all runs: {index.resolve()}")
+    if open_browser:
+        webbrowser.open((target / html).resolve().as_uri())
+
+
+def predict(source: Path = typer.Argument(..., help="records to score: .csv, .csv.gz, .parquet or a folder"),
+            dataset: str = ONE_DATASET,
+            out: Path = typer.Option(None, help="write the predictions here (CSV); default: standard output")) -> None:
+    """Score records with the dataset's compressed model; records failing its schema are named, not scored."""
+    import contextlib
+    import csv
+    import sys
+
+    from privflow.data.schema_file import load_schema
+    from privflow.flows.stages import stage_outputs
+    from privflow.modeling.predict import score
+    from privflow.settings import load_settings
+
+    if not source.exists():
+        raise PrivflowError(f"{source}: no such file or folder; give the records to score (.csv, .csv.gz, "
+                            ".parquet, or a folder of them)")
+    settings = load_settings(one_dataset(dataset))
+    model_dir = stage_outputs(Path("."), f"compress@{settings.dataset.name}")[0]
+    scored = score(source, load_schema(settings.validate_.schema_file), settings.ingest, model_dir)
+    for failure in scored.failures:
+        typer.echo(f"not scored: {failure.describe(scored.spans, str(source))}", err=True)
+    target = open(out, "w", newline="", encoding="utf-8") if out else contextlib.nullcontext(sys.stdout)
+    with target as handle:
+        csv.writer(handle, lineterminator="\n").writerows(scored.lines())
+    typer.echo(f"{len(scored.rows)} record(s) scored, {len({f.row for f in scored.failures})} not scored", err=True)

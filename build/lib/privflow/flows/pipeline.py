@@ -1,0 +1,156 @@
+"""The privflow Prefect flow: one task per dvc.yaml stage, in dvc.yaml's order."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from privflow.artifacts import read_json
+from privflow.catalog import REPORT_FILES
+from privflow.errors import PrivflowError
+from privflow.flows.board import FAILED, RAN, RUNNING, UP_TO_DATE, announce, say
+from privflow.flows.stages import (
+    StageFailed,
+    TransientStageFailure,
+    dataset_of,
+    reports_dir,
+    reproduce_stage,
+    stage_order,
+)
+from privflow.reporting.archive import archive_run
+from privflow.stageserver import stage_host
+
+LEDGER_COLUMNS = ("created_at", "run_id", "snapshot_id", "accountant", "noise_multiplier",
+                  "sample_rate", "steps", "delta", "epsilon")
+
+
+def _only_transient(task, task_run, state) -> bool:
+    """Retry I/O hiccups; never a validation or privacy refusal (it would fail the same way)."""
+    return isinstance(state.result(raise_on_failure=False), TransientStageFailure)
+
+
+def _reproduce_announced(root: str, stage: str) -> bool:
+    announce(stage, RUNNING)
+    try:
+        ran = reproduce_stage(Path(root), stage)
+    except StageFailed:
+        announce(stage, FAILED)
+        raise
+    announce(stage, RAN if ran else UP_TO_DATE)
+    get_run_logger().info("stage %s: %s", stage, "ran" if ran else "up to date, skipped")
+    return ran
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_only_transient)
+def run_stage(root: str, stage: str) -> bool:
+    return _reproduce_announced(root, stage)
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_only_transient)
+def run_dataset_stages(root: str, stages: list[str]) -> tuple[str, dict[str, bool]]:
+    """One dataset's stages in order, as one task: with a Dask task runner, datasets run side
+    by side on the cluster's workers. DVC releases its repository lock while a stage's
+    command runs and guards each path with its own read/write lock, so stages of different
+    datasets (disjoint outputs) run at once; each waits its turn only to check and record."""
+    ran = {stage: _reproduce_announced(root, stage) for stage in stages}
+    return f"{socket.gethostname()}:{os.getpid()}", ran
+
+
+def ensure_public_folder(root: Path, dataset: str) -> None:
+    """`pretrain` depends on the dataset's public folder; a new dataset gets an explained empty one."""
+    folder = root / "data" / "public" / dataset
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        (folder / "README.md").write_text(
+            f"Public data for `{dataset}` goes here (same columns as the private source), declared by a "
+            "`pretrain:` entry in params.yaml. Never private data: the pretrain stage refuses it.\n")
+
+
+@task
+def publish_report(root: str, dataset: str) -> str:
+    """Archive the run's report, rebuild the run index, attach the report to the flow run."""
+    reports = reports_dir(Path(root), dataset)
+    index = archive_run(reports)
+    _, report_md, document = REPORT_FILES
+    context = read_json(reports / document)
+    key = dataset.lower().replace("_", "-").replace(".", "-")  # Prefect keys: a-z, 0-9, dashes
+    create_markdown_artifact(key=f"privflow-report-{key}", markdown=(reports / report_md).read_text(),
+                             description=f"{dataset}, run {context['run_id']}: aggregates only")
+    create_table_artifact(key=f"privflow-budget-{key}", description=f"privacy ledger of {dataset}",
+                          table=[{k: c[k] for k in LEDGER_COLUMNS} for c in context["budget"]["charges"]])
+    return str(index)
+
+
+@contextmanager
+def project_lock(root: Path, wait_seconds: float) -> Iterator[None]:
+    """One pipeline run at a time per project: a second run (a schedule firing during an
+    on-demand run) waits, then finds the stages the first one ran up to date, so it can never
+    train (and spend budget) on the same data twice. Runs in other clones are kept apart by
+    the ledger's own transaction."""
+    path = root / ".privflow" / "pipeline.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + wait_seconds
+        logged = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PrivflowError(f"{root.resolve()}: another privflow run still holds {path} after "
+                                        f"{wait_seconds:.0f} s; see `privflow status`") from None
+                if not logged:
+                    get_run_logger().info("another privflow run is in progress here; waiting for it")
+                    say("another privflow run is in progress here; waiting for it")
+                    logged = True
+                time.sleep(1)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+@flow(name="privflow-pipeline")
+def pipeline(root: str = ".", datasets: list[str] | None = None, wait_seconds: float = 3600,
+             side_by_side: bool = False) -> dict[str, bool]:
+    """Run every stage of dvc.yaml that is out of date (of the named datasets, or all);
+    return which stages ran. `side_by_side`: one task per dataset, submitted to the flow's
+    task runner (a Dask cluster: `privflow run --workers 2` or `--dask-address`)."""
+    with project_lock(Path(root), wait_seconds), stage_host():  # `privflow run` started one already; serve's runs
+        return _run_stages(root, datasets, side_by_side)
+
+
+def _run_stages(root: str, datasets: list[str] | None, side_by_side: bool = False) -> dict[str, bool]:
+    stages = [s for s in stage_order(Path(root)) if datasets is None or dataset_of(s) in datasets]
+    if datasets is not None and (unknown := set(datasets) - {dataset_of(s) for s in stages}):
+        raise PrivflowError(f"no stages for dataset(s) {sorted(unknown)}: declare them under `datasets:` "
+                            "in params.yaml")
+    for dataset in dict.fromkeys(dataset_of(s) for s in stages):
+        ensure_public_folder(Path(root), dataset)
+    if side_by_side:
+        chains = [run_dataset_stages.submit(root, [s for s in stages if dataset_of(s) == name])
+                  for name in dict.fromkeys(dataset_of(s) for s in stages)]
+        ran = {}
+        for chain in chains:
+            worker, done = chain.result()
+            for stage, did in done.items():  # the worker's own announcements stayed in its process
+                announce(stage, RAN if did else UP_TO_DATE)
+            said = f"dataset {dataset_of(next(iter(done)))}: stages ran in worker {worker}"
+            get_run_logger().info(said)
+            say(said)
+            ran.update(done)
+    else:
+        ran = {stage: run_stage(root, stage) for stage in stages}
+    for dataset in dict.fromkeys(dataset_of(s) for s in stages):
+        publish_report(root, dataset)
+    return ran

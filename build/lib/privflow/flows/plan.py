@@ -1,0 +1,131 @@
+"""What a run will do, before it does anything: which stages DVC finds stale and why, and what
+each `train` among them will spend of its dataset's privacy budget, from the accountant.
+
+DVC reports a stage stale when its own deps, params, command or outputs changed; a stage
+downstream of a stale one runs only if that one's outputs change (identical bytes re-use
+the lock), so it is listed as "may run" and its spend as an upper bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from privflow.catalog import DATASET
+from privflow.errors import PrivflowError
+from privflow.flows.stages import Dag, read_dag
+from privflow.project import declared_code
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: str  # e.g. train@churn
+    why: str  # what changed, or the upstream stage it waits on
+    certain: bool  # stale now; False: runs only if an upstream stage's outputs change
+    epsilon: float | None = None  # train only: what it will charge, from the accountant
+    exact: bool = False  # the plan from the dataset's counts; False: train.target_epsilon, an upper bound
+    budget: str | None = None
+    left_after: float | None = None
+    code_files: tuple[str, ...] = ()  # files of privflow's own code among its changed deps
+
+
+def _changed_code(entries: list, code: str | None) -> tuple[str, ...]:
+    """The files of privflow's code among a stage's changed deps, relative to the code folder."""
+    prefix = f"{Path(code)}/" if code else None
+    return tuple(sorted(path.removeprefix(prefix) for entry in entries if isinstance(entry, dict) and prefix
+                        for path in entry.get("changed deps", {}) if path.startswith(prefix)))
+
+
+def _reasons(entries: list, code: str | None) -> list[str]:
+    """DVC's status of one stage, in words: which deps, params, outputs or command changed."""
+    prefix = f"{Path(code)}/" if code else None
+    said = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            said.append(str(entry))
+            continue
+        for path, change in entry.get("changed deps", {}).items():
+            if isinstance(change, dict):  # a params file: {param: modified}
+                said += [f"param {name} {what}" for name, what in change.items()]
+            elif prefix and path.startswith(prefix):
+                said.append(f"privflow code {path.removeprefix(prefix)} {change}")
+            else:
+                said.append(f"{path} {change}")
+        said += [f"output {path} {change}" for path, change in entry.get("changed outs", {}).items()]
+        if "changed command" in entry:
+            said.append("command changed")
+    code_changes = [s for s in said if s.startswith("privflow code ")]
+    if len(code_changes) > 3:  # an upgrade changes many files: count them
+        said = [s for s in said if not s.startswith("privflow code ")] + [f"privflow code: {len(code_changes)} files changed"]
+    return said or ["never run"]
+
+
+def _locked(root: Path) -> set[str]:
+    """The stages dvc.lock has a record of (a stage without one has never run here)."""
+    lock = root / "dvc.lock"
+    return set((yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})) if lock.exists() else set()
+
+
+def stale_stages(root: Path, datasets: list[str], dag: Dag | None = None) -> list[PlannedStage]:
+    """Stale stages (certain) and the stages downstream of them (may run), in DAG order."""
+    code, _ = declared_code(root / "dvc.yaml")
+    dag = dag or read_dag(root, with_status=True)
+    order = dag.order
+    wanted = sorted((s for s in order if s.partition("@")[2] in datasets),
+                    key=lambda s: (datasets.index(s.partition("@")[2]), order.index(s)))
+    locked = _locked(root)
+    planned, running = [], set()
+    for stage in wanted:
+        if stage in dag.stale:
+            if stage in locked:
+                planned.append(PlannedStage(stage, "; ".join(_reasons(dag.stale[stage], code)), True,
+                                            code_files=_changed_code(dag.stale[stage], code)))
+            else:  # every dep of a stage that never ran counts as changed: none is news
+                planned.append(PlannedStage(stage, "never run", True))
+            running.add(stage)
+        elif upstream := sorted(set(dag.readers.predecessors(stage)) & running):
+            planned.append(PlannedStage(stage, f"if the outputs of {', '.join(upstream)} change", False))
+            running.add(stage)
+    return planned
+
+
+def with_spending(root: Path, planned: list[PlannedStage], dag: Dag) -> list[PlannedStage]:
+    """Each train stage with the epsilon it will charge and the budget left after it."""
+    from privflow.artifacts import read_json
+    from privflow.budget import budget_name
+    from privflow.privacy.accounting import composed_epsilon
+    from privflow.privacy.ledger import PrivacyLedger
+    from privflow.settings import ledger_location, load_settings
+    from privflow.training.charge import plan_from_counts
+
+    done, running = [], {p.stage for p in planned}
+    for item in planned:
+        if not item.stage.startswith("train@"):
+            done.append(item)
+            continue
+        settings = load_settings(item.stage.partition("@")[2], root / "params.yaml")
+        name, t = budget_name(settings), settings.train
+        description = dag.outputs[f"encrypt@{settings.dataset.name}"][0] / DATASET
+        ledger = PrivacyLedger(ledger_location(settings))
+        charges = ledger.charges(name)
+        mac_key = ledger.memo_key() if charges else None  # remembered compositions exist only after a charge
+        history = [(c.noise_multiplier, c.sample_rate, c.steps) for c in charges]
+        epsilon, after, exact = t.target_epsilon, None, False
+        dataset = settings.dataset.name
+        rows_known = not any(f"{stage}@{dataset}" in running for stage in ("ingest", "validate", "encrypt"))
+        if description.exists() and item.certain and rows_known:  # the rows are known: the exact plan
+            try:
+                plan = plan_from_counts(read_json(description), settings)
+            except PrivflowError:  # train will refuse and say why; the plan shows the bound
+                plan = None
+            if plan is not None:
+                epsilon, exact = plan.epsilon, True
+                after = composed_epsilon([*history, (plan.noise_multiplier, plan.sample_rate, plan.steps)],
+                                         sum(c.delta for c in charges) + plan.delta, mac_key=mac_key, from_memo=True)
+        left = settings.privacy.epsilon_cap - (after if after is not None else
+                                               composed_epsilon(history, sum(c.delta for c in charges), mac_key=mac_key,
+                                                                from_memo=True) + epsilon)
+        done.append(replace(item, epsilon=epsilon, exact=exact, budget=name, left_after=left))
+    return done

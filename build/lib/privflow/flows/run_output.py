@@ -1,0 +1,82 @@
+"""Where a run's output goes: the full DVC/Prefect/stage stream into `.privflow/logs/<run>.log`
+(stages print counts and names, never a value), the person sees the board and a summary."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from privflow.artifacts import read_json
+from privflow.catalog import REPORT_FILES, REPORT_JSON
+from privflow.flows.stages import Dag, dataset_of
+
+
+def new_log_path(root: Path) -> Path:
+    """`.privflow/logs/<UTC time>-<pid>.log`: one per run, sorted by when it started."""
+    folder = root / ".privflow" / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
+
+
+@contextmanager
+def output_to_log(path: Path) -> Iterator[TextIO]:
+    """Send file descriptors 1 and 2 to the log: this process's (Prefect's log handler, DVC)
+    and every child's (the stage commands, a local Dask cluster) inherit them. Yields a stream
+    on what stdout was, for the board."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    with open(path, "ab", buffering=0) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            terminal.close()
+
+
+def stage_said(log: Path, stage: str) -> list[str]:
+    """What a failed stage told its user (its `privflow:` lines), from its part of the log; the
+    end of that part when it said nothing (it died before it could); nothing when its command
+    never started (DVC refused first, and the failure's own message says why)."""
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    marker = f"Running stage '{stage}'"
+    starts = [i for i, line in enumerate(lines) if marker in line]
+    if not starts:
+        return []
+    part = lines[starts[-1]:]
+    return [line for line in part if line.startswith("privflow: ")] or part[-15:]
+
+
+def summary(root: Path, dag: Dag, datasets: list[str], ran: set[str]) -> list[str]:
+    """Per dataset: what ran, the epsilon this run spent, what is left, accuracy, the report."""
+    lines = []
+    for name in datasets:
+        stages = [s.partition("@")[0] for s in dag.order if dataset_of(s) == name and s in ran]
+        report = dag.reports_dir(name) / REPORT_JSON
+        if not report.exists():
+            lines.append(f"{name}: ran {', '.join(stages) or 'nothing'}; no report yet")
+            continue
+        context = read_json(report)
+        training, budget = context["training"], context["budget"]
+        spent = training["budget"]["this_run"] if f"train@{name}" in ran else 0.0
+        accuracy = training["accuracy"]
+        baseline = accuracy.get("non_private_baseline")
+        lines.append(f"{name}: ran {', '.join(stages) or 'nothing (up to date)'}; epsilon spent {spent:.3f}, "
+                     f"{budget['remaining']:.3f} of {budget['cap']:g} left (budget {training['budget']['name']}); "
+                     f"accuracy {accuracy['private']:.3f}"
+                     + (f" (non-private {baseline:.3f})" if baseline is not None else "")
+                     + f"; report {report.with_name(REPORT_FILES[0])}")
+    return lines

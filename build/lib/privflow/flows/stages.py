@@ -1,0 +1,277 @@
+"""The pipeline as DVC declares it: stage order from dvc.yaml, each stage run through DVC.
+
+Running every stage through `Repo.reproduce` (never by calling the component directly)
+means the flow and `dvc repro` cannot disagree: DVC decides what is stale, skips what is
+not, and records every hash in dvc.lock.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+from dvc.exceptions import NotDvcRepoError, ReproductionError
+from dvc.repo import Repo
+from dvc.stage import PipelineStage
+
+from privflow.errors import EXIT_TRANSIENT, PrivflowError
+from privflow.lockfile import LOCK, looks_complete, restore_lock, write_atomically
+
+
+class StageFailed(Exception):
+    """A stage refused or failed; its own message (on stderr) says why. Not retried."""
+
+    def __init__(self, message: str, stage: str = ""):
+        super().__init__(message)
+        self.stage = stage
+
+    def __reduce__(self):  # keeps the stage across processes (Dask workers pickle exceptions)
+        return type(self), (str(self), self.stage)
+
+
+class TransientStageFailure(StageFailed):
+    """A stage exited with EX_TEMPFAIL: the flow may retry it."""
+
+
+@dataclass(frozen=True)
+class Dag:
+    """dvc.yaml as DVC resolves it, read once: loading DVC's index costs about a second here,
+    so a command reads it once and asks this, never DVC again per stage."""
+
+    order: list[str]  # every stage after every stage it depends on
+    outputs: dict[str, list[Path]]  # where each stage writes (the paths live in dvc.yaml only)
+    readers: nx.DiGraph  # stage -> the stages that read its outputs
+    stale: dict[str, list]  # DVC's status entries of each out-of-date stage (empty unless asked)
+
+    def reports_dir(self, dataset: str) -> Path:
+        """The folder of a dataset's report outputs."""
+        return self.outputs[f"report@{dataset}"][0].parent
+
+
+def read_dag(root: Path, with_status: bool = False) -> Dag:
+    """The project's stages, their order and outputs; with DVC's status when asked (one index load)."""
+    with open_repo(root) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        ordered = reversed(list(nx.lexicographical_topological_sort(graph, key=str)))
+        order = [stage.name for stage in ordered if isinstance(stage, PipelineStage)]
+        outputs = {stage.name: [Path(out.fs_path) for out in stage.outs]
+                   for stage in repo.index.stages if isinstance(stage, PipelineStage)}
+        readers = nx.DiGraph()
+        readers.add_nodes_from(order)
+        readers.add_edges_from((upstream.name, stage.name) for stage, upstream in graph.edges
+                               if isinstance(stage, PipelineStage) and isinstance(upstream, PipelineStage))
+        stale = {name.split(":")[-1]: entries for name, entries in repo.status().items()} if with_status else {}
+    return Dag(order, outputs, readers, stale)
+
+
+def stage_order(root: Path) -> list[str]:
+    """dvc.yaml's stages, each after every stage it depends on."""
+    return read_dag(root).order
+
+
+def open_repo(root: Path, mend: bool = True, **options) -> Repo:
+    """The project's DVC repository, its dvc.lock mended if a killed run cut it (unless not
+    `mend`); or a clear refusal outside one."""
+    try:
+        repo = Repo(str(root), **options)
+    except NotDvcRepoError:
+        raise PrivflowError(f"{root.resolve()}: not a privflow project (no DVC repository); "
+                            "run privflow from the project's root, or make one with `privflow init`") from None
+    for mended in ([repair_lock(repo), repair_rwlock(repo)] if mend else []):
+        if mended:
+            print(f"privflow: {mended}", file=sys.stderr)
+    return repo
+
+
+def lock_problem(repo: Repo) -> str | None:
+    """Why the project's dvc.lock cannot be trusted as it stands, or None: DVC refuses it, or
+    DVC would load it but did not finish writing it (privflow.lockfile.looks_complete). Those
+    cuts are the dangerous ones: an empty lock reads as "nothing recorded", an out cut before
+    its hash as "changed", and taking them at their word runs stages again (train spending
+    anew)."""
+    from dvc.dvcfile import Lockfile
+    from dvc.exceptions import DvcException
+
+    root = Path(repo.root_dir)
+    lock = root / LOCK
+    if not lock.exists():
+        return None
+    try:
+        Lockfile(repo, str(lock), verify=False).load()
+    except DvcException as error:
+        return " ".join(str(error).split())
+    if not looks_complete(lock.read_text(encoding="utf-8", errors="replace")):
+        return "it ends part-way through what DVC was writing" if lock.stat().st_size else "it is empty"
+    return None
+
+
+def repair_lock(repo: Repo) -> str | None:
+    """Put back the last complete dvc.lock if DVC cannot use this one; what was done, or None."""
+    problem = lock_problem(repo)
+    if not problem:
+        return None
+    mended = restore_lock(Path(repo.root_dir), problem)
+    if mended is None:
+        raise PrivflowError(
+            f"{Path(repo.root_dir) / LOCK}: {problem}, and privflow holds no complete copy of it; put back the "
+            f"committed one (`git checkout {LOCK}`), then run again: stages recorded since then run again")
+    return mended
+
+
+def repair_rwlock(repo: Repo) -> str | None:
+    """DVC records which process reads or writes which path in .dvc/tmp/rwlock, rewriting it
+    in place (`open(path, "w")`, then the JSON) as every stage starts and ends; a run killed
+    in that instant leaves it cut, and DVC then refuses every stage ("Unable to read
+    RWLock-file ... JSON structure is corrupted"). Its entries only matter while their
+    processes live, and DVC already ignores those of dead ones; so a cut one is replaced by
+    an empty one, under DVC's own guard for that file (the cut file kept for an audit)."""
+    import json
+    import shutil
+
+    from dvc.lock import make_lock
+    from dvc.rwlock import RWLOCK_FILE, RWLOCK_LOCK
+
+    path = Path(repo.tmp_dir) / RWLOCK_FILE
+
+    def readable() -> bool:
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return True
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return True
+
+    if readable():
+        return None
+    with make_lock(str(path.with_name(RWLOCK_LOCK)), tmp_dir=repo.tmp_dir,
+                   hardlink_lock=repo.config["core"].get("hardlink_lock", False)):
+        if readable():  # another process mended it first
+            return None
+        kept = Path(repo.root_dir) / ".privflow" / "dvc-rwlock.cut"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, kept)
+        write_atomically(path, "{}")
+    return (f"{path} was cut short (a run was killed while DVC recorded its path locks); replaced by an empty "
+            f"one, as no killed process holds a lock. The cut file is kept as {kept}")
+
+
+def _write_dvc_files_atomically() -> None:
+    """DVC writes dvc.lock (and dvc.yaml edits) with `open(path, "w+")` and then the YAML, in
+    dvc.utils.serialize._common._dump_data: a kill in between cuts the file. In privflow's own
+    process the same text goes to a file beside it, then `os.replace`, so a killed
+    `privflow run` leaves the old lock or the new one. Local files only; a DVC without that
+    function is left as it is (the copy privflow.lockfile keeps still mends a cut lock)."""
+    from dvc.utils.serialize import _common, _yaml
+
+    original = getattr(_common, "_dump_data", None)
+    if original is None or getattr(original, "privflow_atomic", False):
+        return
+
+    def dump_data(path, data, dumper, fs=None, **dumper_args):
+        if fs is not None and getattr(fs, "protocol", None) != "local":
+            return original(path, data, dumper, fs=fs, **dumper_args)
+        text = io.StringIO()
+        dumper(data, text, **dumper_args)
+        write_atomically(Path(path), text.getvalue())
+        return None
+
+    dump_data.privflow_atomic = True
+    _common._dump_data = _yaml._dump_data = dump_data  # _yaml imported the name itself
+
+
+def _write_rwlock_atomically() -> None:
+    """The same for DVC's path-lock file (dvc.rwlock._edit_rwlock, rewritten in place as every
+    stage starts and ends): the same guard, parse and errors as DVC's, then a rename."""
+    import json
+    from collections import defaultdict
+    from contextlib import contextmanager
+
+    from dvc import rwlock
+
+    if getattr(rwlock._edit_rwlock, "privflow_atomic", False) or not hasattr(rwlock, "SCHEMA"):
+        return
+
+    @contextmanager
+    def edit_rwlock(lock_dir, fs, hardlink):
+        path = fs.join(lock_dir, rwlock.RWLOCK_FILE)
+        with rwlock.make_lock(fs.join(lock_dir, rwlock.RWLOCK_LOCK), tmp_dir=lock_dir, hardlink_lock=hardlink):
+            try:
+                with fs.open(path, encoding="utf-8") as handle:
+                    lock = rwlock.SCHEMA(json.load(handle))
+            except FileNotFoundError:
+                lock = rwlock.SCHEMA({})
+            except json.JSONDecodeError as error:
+                raise rwlock.RWLockFileCorruptedError(path) from error
+            except rwlock.Invalid as error:
+                raise rwlock.RWLockFileFormatError(path) from error
+            lock["read"] = defaultdict(list, lock["read"])
+            lock["write"] = defaultdict(dict, lock["write"])
+            yield lock
+            write_atomically(Path(path), json.dumps(lock))
+
+    edit_rwlock.privflow_atomic = True
+    rwlock._edit_rwlock = edit_rwlock
+
+
+_write_dvc_files_atomically()
+_write_rwlock_atomically()
+
+
+def stage_outputs(root: Path, stage: str) -> list[Path]:
+    """Where dvc.yaml says one stage writes."""
+    return read_dag(root).outputs[stage]
+
+
+def dataset_of(stage: str) -> str:
+    """`train@churn` -> `churn`: dvc.yaml runs every stage once per dataset."""
+    return stage.partition("@")[2]
+
+
+def reports_dir(root: Path, dataset: str) -> Path:
+    """The folder of a dataset's report outputs, as dvc.yaml declares them."""
+    return read_dag(root).reports_dir(dataset)
+
+
+def _causes(error: BaseException | None) -> list[str]:
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__
+    return messages
+
+
+def _exit_status(messages: list[str]) -> int | None:
+    # DVC keeps a failed command's exit status only in its message: "... exited with N".
+    for message in messages:
+        match = re.search(r"exited with (-?\d+)", message)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def reproduce_stage(root: Path, stage: str) -> bool:
+    """Bring one stage up to date; True if it ran, False if DVC found it current."""
+    bin_dir = str(Path(sys.executable).parent)  # stage commands call `python`: ours
+    if not os.environ.get("PATH", "").startswith(bin_dir):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    try:
+        # wait for DVC's repository lock rather than fail: with datasets side by side, another
+        # process may be recording its stage (DVC holds the lock only to check and record)
+        # mend=False: the flow mended the project once as it read the stage order (stage_order),
+        # and its own DVC writes cannot cut a file; checking again costs ~0.1 s a stage
+        with open_repo(root, mend=False, _wait_for_lock=True) as repo:
+            # a bare stage name resolves against the current directory, not against `root`
+            target = f"{Path(repo.root_dir) / 'dvc.yaml'}:{stage}"
+            return bool(repo.reproduce(targets=[target], single_item=True))
+    except ReproductionError as error:
+        # DVC's messages name stages, commands and paths, never data.
+        messages = _causes(error)
+        status = _exit_status(messages)
+        failure = TransientStageFailure if status == EXIT_TRANSIENT else StageFailed
+        raise failure(f"stage '{stage}' failed: {'; '.join(messages)}", stage) from None

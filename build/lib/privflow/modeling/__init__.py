@@ -1,0 +1,1 @@
+"""Model presets, compression and export, prediction."""

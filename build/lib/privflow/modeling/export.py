@@ -1,0 +1,132 @@
+"""The int8 ONNX export: exported by torch's dynamo exporter, quantized and served by onnxruntime.
+
+Why ONNX (and onnxruntime for quantization and serving): a portable file with no pickle and
+no Python code in it, served without torch by `privflow predict` or any ONNX runtime; torch's
+own eager int8 path (`torch.ao.quantization`) and TorchScript are deprecated in torch 2.13.
+"""
+
+from __future__ import annotations
+
+import gzip
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from torch import nn
+
+from privflow.artifacts import read_json
+from privflow.catalog import EXPORT, SERVING_CARD
+from privflow.errors import PrivflowError
+from privflow.modeling.pruning import synthetic_inputs
+
+
+FIDELITY_INPUTS = 4096
+
+
+def export_onnx(model: nn.Module, n_features: int, path: Path) -> None:
+    """fp32 ONNX with a dynamic batch dimension (torch's dynamo exporter)."""
+    example = (synthetic_inputs(n_features, 2),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, example, dynamo=True, verbose=False,
+                                    input_names=["features"], output_names=["logits"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program.save(str(path))
+
+
+class _SyntheticCalibration(CalibrationDataReader):
+    def __init__(self, n_features: int, batches: int = 16, rows: int = 64):
+        self._batches = iter([{"features": synthetic_inputs(n_features, rows, seed).numpy()}
+                              for seed in range(1, batches + 1)])
+
+    def get_next(self) -> dict | None:
+        return next(self._batches, None)
+
+
+def quantize_onnx(fp32: Path, int8: Path, model: nn.Module, n_features: int) -> str:
+    """int8 weights. Conv models: static QDQ with activations calibrated on synthetic inputs;
+    Linear-only models: dynamic (weights int8, activations quantized per batch at run time)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules()):
+            quantize_static(str(fp32), str(int8), _SyntheticCalibration(n_features), quant_format=QuantFormat.QDQ,
+                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+            return "static int8 (QDQ), calibrated on synthetic inputs"
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+        return "dynamic int8 (weights int8, activations per batch)"
+
+
+def session(model_bytes: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # one request per core
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(runtime: ort.InferenceSession, inputs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    """Logits for encoded feature rows, or for a text model's named inputs (token ids, mask)."""
+    if isinstance(inputs, dict):
+        return runtime.run(None, inputs)[0]
+    return runtime.run(None, {"features": inputs.astype(np.float32, copy=False)})[0]
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax of an export's logits, row by row (numpy: serving needs no torch)."""
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def median_ms(run, repeats: int) -> float:
+    run()  # warm-up
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        timings.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(timings)
+
+
+@torch.inference_mode()
+def latency_ms(dense: nn.Module, runtime: ort.InferenceSession, n_features: int, repeats: int) -> dict:
+    """Median single-thread latency of the dense torch model and of the int8 export."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        timings = {}
+        for batch in (1, 256):
+            inputs = synthetic_inputs(n_features, batch, seed=batch)
+            timings[f"fp32_torch_batch{batch}_ms"] = median_ms(lambda: dense(inputs), repeats)
+            array = inputs.numpy()
+            timings[f"int8_onnx_batch{batch}_ms"] = median_ms(lambda: onnx_logits(runtime, array), repeats)
+        return timings
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch.inference_mode()
+def fidelity(dense: nn.Module, runtime: ort.InferenceSession, n_features: int) -> dict:
+    """How closely the export follows the trained model, on synthetic inputs only."""
+    inputs = synthetic_inputs(n_features, FIDELITY_INPUTS, seed=7)
+    reference = torch.softmax(dense(inputs), dim=1).numpy()
+    exported = torch.softmax(torch.from_numpy(onnx_logits(runtime, inputs.numpy())), dim=1).numpy()
+    return {"inputs": FIDELITY_INPUTS, "source": "synthetic, uniform on the scaled feature range",
+            "agreement": float((reference.argmax(1) == exported.argmax(1)).mean()),
+            "max_probability_gap": float(np.abs(reference - exported).max())}
+
+
+def load_export(model_dir: Path) -> tuple[ort.InferenceSession, dict]:
+    """The int8 ONNX model and its serving card (features in order, classes), as `predict` needs."""
+    try:
+        raw = gzip.decompress((model_dir / EXPORT).read_bytes())
+        card = read_json(model_dir / SERVING_CARD)
+    except FileNotFoundError as missing:
+        raise PrivflowError(f"{missing.filename}: no exported model; run the pipeline first") from None
+    except (OSError, EOFError):
+        raise PrivflowError(f"{model_dir / EXPORT}: not a complete gzip file; run `dvc checkout` or the "
+                            "compress stage again") from None
+    return session(raw), card

@@ -1,0 +1,170 @@
+"""Model presets. Each must pass Opacus' ModuleValidator; errors are surfaced, never fixed silently.
+
+Every preset takes the encoded feature row (a flat vector in [0, 1]) and reshapes it itself,
+so the pipeline's storage, compression and scoring stay the same for tables, images and
+sequences: an image is its pixels in row-major order, a sequence its steps in time order.
+
+- `mlp`: tables. Linear -> tanh -> Linear.
+- `cnn`: images, `input_shape: [channels, height, width]`. Two 3x3 convolutions (no batch
+  norm: it mixes samples, which DP-SGD forbids).
+- `lstm`: sequences, `input_shape: [steps, channels]`. Opacus' DPLSTM, whose gates are
+  Linear layers that per-sample gradients can see.
+- `transformer`: tables or sequences, `input_shape: [tokens, channels]` (a table: one token
+  per feature). One pre-norm encoder block built from Linear and LayerNorm only, with fixed
+  sinusoidal positions (a learnt embedding table would be one more layer type to clip).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from privflow.errors import PrivacyError
+
+Preset = Literal["mlp", "cnn", "lstm", "transformer"]
+PRESETS: tuple[str, ...] = get_args(Preset)
+
+
+def build_model(preset: str, n_features: int, n_classes: int, hidden_units: int,
+                input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    if preset not in PRESETS:
+        raise PrivacyError(f"unknown model preset '{preset}' (train.model); available: {', '.join(PRESETS)}")
+    shape = _input_shape(preset, n_features, input_shape)
+    model = _BUILDERS[preset](shape, n_classes, hidden_units)
+    # opacus' package init costs seconds: loaded here, not with the module
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise PrivacyError(f"model preset '{preset}' is not DP-compatible: {errors}")
+    return model
+
+
+def _input_shape(preset: str, n_features: int, declared: tuple[int, ...] | None) -> tuple[int, ...]:
+    if preset == "mlp":
+        return (n_features,)
+    if declared is None:
+        if preset == "cnn":
+            raise PrivacyError("train.model cnn needs train.input_shape: [channels, height, width]")
+        return (n_features, 1)  # a table as a sequence of one-value tokens
+    wanted = 3 if preset == "cnn" else 2
+    if len(declared) != wanted or math.prod(declared) != n_features:
+        raise PrivacyError(
+            f"train.input_shape {list(declared)} does not fit {n_features} features for preset '{preset}': "
+            f"give {wanted} sizes whose product is {n_features}")
+    return tuple(declared)
+
+
+def _mlp(shape: tuple[int, ...], n_classes: int, hidden: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(shape[0], hidden), nn.Tanh(), nn.Linear(hidden, n_classes))
+
+
+def _cnn(shape: tuple[int, ...], n_classes: int, hidden: int) -> nn.Module:
+    channels, height, width = shape
+    pooled = (height // 2) * (width // 2)
+    return nn.Sequential(
+        nn.Unflatten(1, shape),
+        nn.Conv2d(channels, hidden, 3, padding=1), nn.Tanh(),
+        nn.Conv2d(hidden, hidden, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(hidden * pooled, n_classes))
+
+
+class SequenceLSTM(nn.Module):
+    def __init__(self, shape: tuple[int, ...], n_classes: int, hidden: int):
+        super().__init__()
+        self.shape = shape
+        from opacus.layers import DPLSTM
+
+        self.lstm = DPLSTM(shape[1], hidden, batch_first=True)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (hidden, _) = self.lstm(x.reshape(-1, *self.shape))
+        return self.head(hidden[-1])
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm multi-head self-attention and a feed-forward layer, both residual."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm_attention, self.norm_feed = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.feed = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, tokens, width = x.shape
+        q, k, v = (self.qkv(self.norm_attention(x))
+                   .reshape(n, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4))
+        attended = functional.scaled_dot_product_attention(q, k, v)
+        x = x + self.out(attended.transpose(1, 2).reshape(n, tokens, width))
+        return x + self.feed(self.norm_feed(x))
+
+
+class SmallTransformer(nn.Module):
+    HEADS = 4
+
+    def __init__(self, shape: tuple[int, ...], n_classes: int, hidden: int):
+        super().__init__()
+        width = max(self.HEADS, hidden - hidden % self.HEADS)
+        self.shape = shape
+        self.embed = nn.Linear(shape[1], width)
+        self.register_buffer("positions", _sinusoids(shape[0], width), persistent=False)
+        self.block = EncoderBlock(width, self.HEADS)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.reshape(-1, *self.shape)) + self.positions
+        return self.head(self.norm(self.block(tokens)).mean(dim=1))
+
+
+def _sinusoids(length: int, width: int) -> torch.Tensor:
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10_000.0) / width))
+    table = torch.zeros(length, width)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: width // 2])
+    return table
+
+
+_BUILDERS = {"mlp": _mlp, "cnn": _cnn, "lstm": SequenceLSTM, "transformer": SmallTransformer}
+
+
+def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each tensor once: DPLSTM registers its cells' weights under
+    nn.LSTM's names too, and safetensors (rightly) refuses to store one tensor twice. The
+    first name is kept, which for DPLSTM is nn.LSTM's."""
+    seen: set[int] = set()
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            weights[name] = tensor.detach().cpu().contiguous()
+    return weights
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """Load what weights_of saved; a missing name must be an alias of a loaded tensor."""
+    result = model.load_state_dict(weights, strict=False)
+    loaded = {model.state_dict()[name].data_ptr() for name in weights}
+    absent = [n for n in result.missing_keys if model.state_dict()[n].data_ptr() not in loaded]
+    if absent or result.unexpected_keys:
+        raise PrivacyError(f"weights do not fit the model: missing {absent}, unexpected {result.unexpected_keys}")
+    return model
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch: int = 1024) -> float:
+    """In batches: a transformer's activations over a whole test split would not fit."""
+    model.eval()
+    if len(labels) == 0:
+        return float("nan")
+    right = sum(int((model(features[i:i + batch]).argmax(dim=1) == labels[i:i + batch]).sum())
+                for i in range(0, len(labels), batch))
+    return right / len(labels)

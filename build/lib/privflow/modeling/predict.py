@@ -1,0 +1,93 @@
+"""Score new records with a dataset's compressed model: the `privflow predict` command.
+
+The records go through the same reader, coercion and schema checks as training data (the
+target column may be absent). A record that fails is named (file, row, column, check) and
+not scored; a guess on bad input would look like an answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from privflow.data.coercion import coerce_batch
+from privflow.data.features import encode_features
+from privflow.data.records import FileSpan, RecordReader, RowFailure
+from privflow.data.row_checks import to_pandera
+from privflow.data.schema import DatasetSchema
+from privflow.data.sources import disk_members, list_source
+from privflow.data.validation import one_per_cell, schema_failures
+from privflow.errors import SchemaError
+from privflow.modeling.export import load_export, onnx_logits, probabilities
+from privflow.settings import IngestSettings
+
+
+@dataclass
+class Scored:
+    rows: list[int]
+    probabilities: np.ndarray  # rows x classes
+    classes: list[str]
+    failures: list[RowFailure]
+    spans: list[FileSpan]
+
+    def lines(self) -> Iterator[list[str]]:
+        """CSV lines: a header, then one per scored record, keyed by its row number in the input
+        (no identifier or input value is copied into the output)."""
+        yield ["row", "prediction", *(f"p_{c}" for c in self.classes)]
+        for row, p in zip(self.rows, self.probabilities):
+            yield [str(row), self.classes[int(p.argmax())], *(f"{v:.6f}" for v in p)]
+
+
+def scoring_schema(schema: DatasetSchema) -> DatasetSchema:
+    """The training schema with the target optional: new records carry no label."""
+    target = schema.columns[schema.target].model_copy(update={"nullable": True})
+    return schema.model_copy(update={"columns": {**schema.columns, schema.target: target}})
+
+
+def text_tokenizer(text_card: dict | None, schema: DatasetSchema):
+    """A text model's own tokenizer (from the verified pretrained files); None for the others."""
+    if text_card is None:
+        return None
+    if text_card["column"] not in schema.text_columns:
+        raise SchemaError(f"the model reads the text column '{text_card['column']}', which the schema no longer "
+                          "declares as `type: text`; re-run the pipeline or score with the old schema")
+    from privflow.modeling.text_encoder import load_tokenizer, pretrained
+
+    return load_tokenizer(pretrained(text_card["encoder"]), text_card["max_tokens"])
+
+
+def model_inputs(valid, scoring: DatasetSchema, card: dict, tokenizer) -> np.ndarray | dict[str, np.ndarray]:
+    """What the export reads: encoded features, or a text model's token ids and mask."""
+    if tokenizer is not None:
+        from privflow.modeling.text_encoder import token_arrays
+
+        return token_arrays(tokenizer, valid[card["text"]["column"]].tolist())
+    data = encode_features(valid, scoring)
+    if data.feature_names != card["features"]:
+        raise SchemaError(f"the model was trained on features {card['features']}, the schema now gives "
+                          f"{data.feature_names}; re-run the pipeline or score with the old schema")
+    return data.features
+
+
+def score(source: Path, schema: DatasetSchema, ingest: IngestSettings, model_dir: Path) -> Scored:
+    runtime, card = load_export(model_dir)
+    tokenizer = text_tokenizer(card.get("text"), schema)
+    scoring = scoring_schema(schema)
+    reader = RecordReader.of(str(source), scoring, ingest, optional=frozenset({schema.target}))
+    checks = to_pandera(scoring, unique=False)
+    rows, scored, failures = [], [], []
+    for batch in reader.batches(disk_members(list_source(source))):
+        typed, coercion = coerce_batch(batch, scoring)
+        found = coercion + schema_failures(typed, checks)
+        failures += found
+        valid = typed.drop(index=sorted({f.row for f in found}))
+        if valid.empty:
+            continue
+        scored.append(probabilities(onnx_logits(runtime, model_inputs(valid, scoring, card, tokenizer))))
+        rows += valid.index.tolist()
+    failures = one_per_cell(reader.failures + failures)
+    stacked = np.concatenate(scored) if scored else np.empty((0, len(card["classes"])))
+    return Scored(rows, stacked, card["classes"], failures, reader.spans)

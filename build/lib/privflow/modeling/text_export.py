@@ -1,0 +1,135 @@
+"""Compression of a fine-tuned text classifier: prune, export to ONNX, quantize to int8, and
+measure size, latency at batch 1 and 32, and fidelity on public text.
+
+The classifier is the whole pretrained encoder plus the trained top (22.6 M parameters for
+MiniLM), so here compression has something to compress. Every weight matrix and the token
+embeddings (11.7 M) are stored as int8; activations stay fp32:
+- matrices: onnxruntime's weight-only MatMulNBits at 8 bits, symmetric, per block of 32;
+- embeddings: onnxruntime's dynamic int8 quantization of the Gather, per tensor.
+Measured on a fine-tuned MiniLM over 512 public reviews (README): this agrees with fp32 on
+99.8 % of them; dynamic int8 of the matrices too (activations quantized per batch) ran 2x
+faster at batch 32 but agreed on only 96.5-96.9 %, too far from the model that was trained.
+Magnitude pruning zeroes `prune_amount` of the trained top's weights only: 20 % of the
+pretrained encoder's weights, pruned globally, changed 10 % of its predictions in fp32.
+Fidelity and latency read public film reviews only (privflow.data.public_text), never the
+dataset's rows: post-processing a DP model spends no privacy only if it reads no private data.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from privflow.catalog import EXPORT
+from privflow.data.public_text import ORIGIN, film_reviews
+from privflow.modeling.export import median_ms, onnx_logits, probabilities, session
+from privflow.modeling.pruning import prune_magnitude, sparsity
+from privflow.modeling.text_classifier import TextClassifier
+from privflow.modeling.text_encoder import load_tokenizer, pretrained, tokenize
+
+FIDELITY_TEXTS = 512
+INPUTS = ("input_ids", "attention_mask")
+
+
+def public_tokens(text_card: dict, count: int, seed: int = 3) -> dict[str, np.ndarray]:
+    """`count` public reviews, tokenized as the model reads its texts."""
+    reviews = film_reviews()
+    chosen = np.random.default_rng(seed).permutation(len(reviews))[:count]
+    tokenizer = load_tokenizer(pretrained(text_card["encoder"]), text_card["max_tokens"])
+    ids, mask = tokenize(tokenizer, [reviews[i].text for i in chosen])
+    return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+
+
+def export_text_onnx(model: TextClassifier, example: dict[str, np.ndarray], path: Path) -> None:
+    """fp32 ONNX with a dynamic batch dimension (torch's dynamo exporter)."""
+    inputs = tuple(torch.from_numpy(example[name][:2]) for name in INPUTS)
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, inputs, dynamo=True, verbose=False, input_names=list(INPUTS),
+                                    output_names=["logits"], dynamic_shapes=({0: batch}, {0: batch}))
+    program.save(str(path))
+
+
+@torch.inference_mode()
+def _torch_logits(model: TextClassifier, inputs: dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
+    ids, mask = (torch.from_numpy(inputs[name]) for name in INPUTS)
+    return torch.cat([model(ids[i:i + batch], mask[i:i + batch]) for i in range(0, len(ids), batch)]).numpy()
+
+
+def text_fidelity(model: TextClassifier, runtime, inputs: dict[str, np.ndarray]) -> dict:
+    """How closely the int8 export follows the fp32 model, on public text only."""
+    reference, exported = probabilities(_torch_logits(model, inputs)), probabilities(onnx_logits(runtime, inputs))
+    return {"inputs": len(inputs["input_ids"]), "source": f"public text: {ORIGIN}",
+            "agreement": float((reference.argmax(1) == exported.argmax(1)).mean()),
+            "max_probability_gap": float(np.abs(reference - exported).max())}
+
+
+@torch.inference_mode()
+def text_latency_ms(model: TextClassifier, runtimes: dict, inputs: dict[str, np.ndarray], repeats: int) -> dict:
+    """Median single-thread latency at batch 1 and 32: the torch model, the fp32 and int8 exports."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        timings = {}
+        for batch in (1, 32):
+            part = {name: inputs[name][:batch] for name in INPUTS}
+            ids, mask = (torch.from_numpy(part[name]) for name in INPUTS)
+            timings[f"fp32_torch_batch{batch}_ms"] = median_ms(lambda: model(ids, mask), repeats)
+            for kind, runtime in runtimes.items():
+                timings[f"{kind}_onnx_batch{batch}_ms"] = median_ms(lambda: onnx_logits(runtime, part), repeats)
+        return timings
+    finally:
+        torch.set_num_threads(threads)
+
+
+def quantize_weights_int8(fp32: Path, int8: Path) -> None:
+    """int8 embeddings (dynamic Gather quantization), then int8 matrices (MatMulNBits, 8 bits)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    embedded = int8.with_suffix(".gather.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(fp32), str(embedded), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8, op_types_to_quantize=("MatMul",),
+                                          quant_axes=(("MatMul", 0),))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(embedded)), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(int8), use_external_data_format=False)
+    embedded.unlink()
+
+
+def compress_text_model(model: TextClassifier, text_card: dict, settings, out_dir: Path) -> dict:
+    """Prune the classifier's matrices, export, quantize to int8, measure; writes the gzip'd
+    int8 ONNX file and returns the metrics. `model` is the fp32 reference and is left as is."""
+    public = public_tokens(text_card, FIDELITY_TEXTS)
+    pruned = copy.deepcopy(model)
+    prune_magnitude(pruned.top, settings.prune_amount)
+    with tempfile.TemporaryDirectory(dir=out_dir) as work:  # the model only: DP output and public weights
+        fp32, int8 = Path(work) / "model.fp32.onnx", Path(work) / "model.int8.onnx"
+        export_text_onnx(pruned, public, fp32)
+        quantize_weights_int8(fp32, int8)
+        fp32_bytes, int8_bytes = fp32.read_bytes(), int8.read_bytes()
+    (out_dir / EXPORT).write_bytes(gzip.compress(int8_bytes, compresslevel=9, mtime=0))
+    runtime = session(int8_bytes)
+    repeats = max(3, settings.latency_repeats // 10)  # a batch of 32 texts takes a second on one core
+    parameters = sum(p.numel() for p in model.parameters())
+    return {
+        "prune_amount": settings.prune_amount, "pruned": "the trained top's weights", "sparsity": sparsity(pruned.top),
+        "quantization": "int8 weights: matrices by MatMulNBits (8 bits, symmetric, blocks of 32), embeddings by "
+                        "dynamic Gather quantization; activations fp32",
+        "export": EXPORT, "parameters": {"dense": parameters, "trained": text_card["trained_parameters"]},
+        "size_bytes": {"fp32_weights": 4 * parameters, "fp32_onnx": len(fp32_bytes), "int8_onnx": len(int8_bytes),
+                       "int8_onnx_gzip": (out_dir / EXPORT).stat().st_size},
+        "latency": text_latency_ms(model, {"fp32": session(fp32_bytes), "int8": runtime}, public, repeats),
+        "latency_repeats": repeats, "max_tokens": text_card["max_tokens"],
+        "fidelity": text_fidelity(model, runtime, public),
+    }

@@ -1,0 +1,1 @@
+"""Privacy accounting and the cross-run budget ledger."""

@@ -1,0 +1,161 @@
+"""A privflow project's dvc.yaml: the DAG written once, here, with each stage's exact code deps.
+
+`privflow init` writes it into a user's repository; this repository's own dvc.yaml is the same
+text (a test compares them). Paths come from the catalog; the code deps from the stages'
+import closures (privflow.codedeps), under `${privflow_code}`: the folder privflow's code
+lives in, relative to the project when it is inside it (`components` in this checkout, a
+venv's site-packages/privflow in a user's project) or absolute.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from privflow import catalog as c
+from privflow.codedeps import ROOT, STAGES, stage_code, stage_module
+
+CODE_VAR = "privflow_code"
+GENERATED = "# Written by `privflow init` (privflow.project): regenerate it rather than edit it."
+HEADER = f"""{GENERATED}
+# The pipeline DAG: the Prefect flow (privflow.flows.pipeline) reads its stage order from this
+# file and runs each stage through DVC. Every stage runs once per dataset declared under
+# `datasets:` in params.yaml (stage names like `train@churn`); a dataset's entry is a params
+# dependency of its own stages only, so editing one never re-runs another. A stage's code
+# deps are exactly the files its module imports (found from the source): editing one re-runs
+# the stages that load it and no other.
+"""
+
+A, M = f"{c.ARTIFACTS}/${{key}}", f"{c.METRICS}/${{key}}"
+PUBLIC = f"{c.PUBLIC_DATA}/${{key}}"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage's command-line paths, data deps, params and outputs, before code deps."""
+
+    paths: tuple[tuple[str, str], ...]  # (--option, path) passed to the stage module
+    deps: tuple[str, ...]
+    params: tuple[str, ...]
+    outs: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    plots: tuple[dict, ...] = ()
+    comment: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+CSV_PARAMS = ("ingest.delimiter", "ingest.encoding", "ingest.decimal")
+SPECS = {
+    "ingest": StageSpec((("out", f"{A}/ingest"),), ("${item.source}",), ("ingest",), outs=(f"{A}/ingest",)),
+    "validate": StageSpec(
+        (("snapshot", f"{A}/ingest"), ("out", f"{A}/validate"), ("metrics", f"{M}/{c.VALIDATE_METRICS}")),
+        (f"{A}/ingest", "${item.schema}"), (*CSV_PARAMS, "validate"), outs=(f"{A}/validate",),
+        metrics=(f"{M}/{c.VALIDATE_METRICS}",)),
+    "encrypt": StageSpec(
+        (("snapshot", f"{A}/ingest"), ("decisions", f"{A}/validate"), ("out", f"{A}/encrypt")),
+        (f"{A}/ingest", f"{A}/validate", "${item.schema}"), (*CSV_PARAMS, "encrypt"), outs=(f"{A}/encrypt",)),
+    "pretrain": StageSpec(
+        (("public", PUBLIC), ("out", f"{A}/pretrain")), (PUBLIC, "${item.schema}"),
+        ("train.model", "train.hidden_units", "train.batch_size", "train.init_seed"), outs=(f"{A}/pretrain",),
+        comment="public data only (data/public/<dataset>/, possibly none): never charged"),
+    "train": StageSpec(
+        (("data", f"{A}/encrypt"), ("pretrained", f"{A}/pretrain"), ("out", f"{A}/train"),
+         ("metrics", f"{M}/{c.TRAIN_METRICS}"), ("curve", f"{M}/{c.TRAIN_CURVE}")),
+        (f"{A}/encrypt", f"{A}/pretrain"), ("train", "privacy"), outs=(f"{A}/train",),
+        metrics=(f"{M}/{c.TRAIN_METRICS}",), plots=({f"{M}/{c.TRAIN_CURVE}": {"x": "epoch", "y": "epsilon"}},),
+        comment="the only stage that spends privacy budget"),
+    "compress": StageSpec(
+        (("model", f"{A}/train"), ("training", f"{M}/{c.TRAIN_METRICS}"), ("out", f"{A}/compress"),
+         ("metrics", f"{M}/{c.COMPRESS_METRICS}")),
+        (f"{A}/train", f"{M}/{c.TRAIN_METRICS}"), ("compress",), outs=(f"{A}/compress",),
+        metrics=(f"{M}/{c.COMPRESS_METRICS}",),
+        comment="post-processing: the DP model only, no private data"),
+    "explain": StageSpec(
+        (("model", f"{A}/train"), ("public", PUBLIC), ("data", f"{A}/encrypt"),
+         ("metrics", f"{M}/{c.EXPLAIN_METRICS}")),
+        (f"{A}/train", PUBLIC, f"{A}/encrypt"), ("explain",), metrics=(f"{M}/{c.EXPLAIN_METRICS}",),
+        comment="reads private rows only when explain.data is private_test"),
+    "report": StageSpec(
+        (("manifest", f"{A}/ingest/{c.MANIFEST}"), ("validation", f"{M}/{c.VALIDATE_METRICS}"),
+         ("dataset-description", f"{A}/encrypt/{c.DATASET}"), ("model", f"{A}/train/{c.MODEL}"),
+         ("training", f"{M}/{c.TRAIN_METRICS}"), ("curve", f"{M}/{c.TRAIN_CURVE}"),
+         ("compression", f"{M}/{c.COMPRESS_METRICS}"), ("explanation", f"{M}/{c.EXPLAIN_METRICS}"),
+         ("pretraining", f"{A}/pretrain/{c.PRETRAIN_DESCRIPTION}"), ("out", f"{c.REPORTS}/${{key}}")),
+        (f"{A}/ingest/{c.MANIFEST}", f"{M}/{c.VALIDATE_METRICS}", f"{A}/encrypt/{c.DATASET}", f"{A}/train",
+         f"{M}/{c.TRAIN_METRICS}", f"{M}/{c.TRAIN_CURVE}", f"{M}/{c.COMPRESS_METRICS}", f"{M}/{c.EXPLAIN_METRICS}",
+         f"{A}/pretrain/{c.PRETRAIN_DESCRIPTION}"), ("report",),
+        outs=tuple(f"{c.REPORTS}/${{key}}/{name}" for name in c.REPORT_FILES)),
+}
+assert tuple(SPECS) == STAGES
+
+
+def code_root(project: Path) -> str:
+    """Where privflow's code is, as dvc.yaml names it: relative to the project if inside it."""
+    try:
+        return ROOT.relative_to(project.resolve()).as_posix()
+    except ValueError:
+        return str(ROOT)
+
+
+def _command(stage: str, spec: StageSpec) -> str:
+    options = " ".join(f"--{name} {path}" for name, path in spec.paths)
+    return f"python -m {stage_module(stage)} --dataset ${{key}} {options}"
+
+
+def stage_entry(stage: str) -> dict:
+    spec = SPECS[stage]
+    entry = {"cmd": _command(stage, spec),
+             "deps": [*spec.deps, *(f"${{{CODE_VAR}}}/{path}" for path in stage_code(stage))],
+             "params": ["datasets.${key}", *spec.params]}
+    for key in ("outs", "metrics"):
+        if getattr(spec, key):
+            entry[key] = list(getattr(spec, key))
+    if spec.plots:
+        entry["plots"] = list(spec.plots)
+    return entry
+
+
+def render_dvc_yaml(code: str) -> str:
+    """The whole dvc.yaml, for privflow's code at `code` (see code_root)."""
+    lines = [HEADER, "vars:", f"  - {CODE_VAR}: {code}", "", "stages:"]
+    for stage in STAGES:
+        comment = f"  # {SPECS[stage].comment}" if SPECS[stage].comment else ""
+        body = yaml.safe_dump({"foreach": "${datasets}", "do": stage_entry(stage)}, sort_keys=False, width=10_000)
+        lines.append(f"  {stage}:{comment}")
+        lines.extend("    " + line for line in body.splitlines())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def declared_code(dvc_yaml: Path) -> tuple[str | None, dict[str, list[str]]]:
+    """What a dvc.yaml names as privflow's code: its root and each stage's code deps."""
+    document = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}
+    root = next((v[CODE_VAR] for v in document.get("vars", []) if isinstance(v, dict) and CODE_VAR in v), None)
+    prefix = f"${{{CODE_VAR}}}/"
+    stages = {name: sorted(d.removeprefix(prefix) for d in stage.get("do", {}).get("deps", []) if d.startswith(prefix))
+              for name, stage in document.get("stages", {}).items()}
+    return root, stages
+
+
+def refresh_dvc_yaml(project: Path) -> list[str]:
+    """Rewrite a generated dvc.yaml whose code deps no longer match privflow's imports (an upgrade
+    added or dropped a module); returns the stages whose deps changed. A dvc.yaml without the
+    `privflow init` line is the user's own and is never touched."""
+    path = project / "dvc.yaml"
+    if not path.is_file() or not path.read_text(encoding="utf-8").startswith(GENERATED):
+        return []
+    root, declared = declared_code(path)
+    changed = [stage for stage in STAGES if declared.get(stage) != stage_code(stage)]
+    current = render_dvc_yaml(root or code_root(project))
+    if current != path.read_text(encoding="utf-8"):
+        partial = path.with_name("dvc.yaml.partial")
+        partial.write_text(current, encoding="utf-8")
+        os.replace(partial, path)
+    return changed
+
+
+if __name__ == "__main__":  # `python -m privflow.project`: bring this project's dvc.yaml up to date
+    print(f"dvc.yaml: code deps of {refresh_dvc_yaml(Path('.')) or 'no stage'} rewritten")

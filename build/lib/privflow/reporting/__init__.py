@@ -1,0 +1,1 @@
+"""The report: its context and templates (package data)."""

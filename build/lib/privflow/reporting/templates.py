@@ -1,0 +1,17 @@
+"""The Jinja environment over the package's templates (package data, shipped in the wheel).
+
+Each module that renders a template names the files it loads in `PACKAGE_FILES`: they are
+code deps of the stages that import it (privflow.codedeps), so a template edit re-runs the
+stage that renders it and no other."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+
+@cache
+def environment() -> Environment:
+    return Environment(loader=PackageLoader("privflow.reporting", "templates"),
+                       autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)

@@ -1,0 +1,1 @@
+"""DP training: budget charge, the loop, checkpoints, baseline, DPDDP."""
