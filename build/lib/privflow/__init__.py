@@ -1,1 +1,0 @@
-"""privflow stage logic: plain Python, no Prefect. One module per DVC stage."""

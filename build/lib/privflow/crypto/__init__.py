@@ -1,1 +1,0 @@
-"""Keys and the vault: authenticated encryption of everything derived from rows."""

@@ -1,1 +1,0 @@
-"""Reading a user's data: sources, decoding, records, coercion, schema, features."""

@@ -1,1 +1,0 @@
-"""Model presets, compression and export, prediction."""

@@ -1,1 +1,0 @@
-"""Privacy accounting and the cross-run budget ledger."""

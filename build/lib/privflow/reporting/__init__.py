@@ -1,1 +1,0 @@
-"""The report: its context and templates (package data)."""

@@ -1,1 +1,0 @@
-"""DP training: budget charge, the loop, checkpoints, baseline, DPDDP."""
