@@ -82,6 +82,14 @@ def splits(tokenizer) -> tuple[tuple, tuple]:
     return tensors(train), tensors(test)
 
 
+def dp_run(mode: str, rows: int, **extra) -> tuple:
+    """The mode's DP settings (DP_SETTINGS) at epsilon EPSILON, delta DELTA, and the plan for `rows` texts."""
+    t = TrainSettings(hidden_units=1, physical_batch_size=64, target_epsilon=EPSILON, target_delta=DELTA,
+                      device="cpu", **DP_SETTINGS[mode], **extra)
+    return t, plan_dp_sgd(rows=rows, batch_size=t.batch_size, epochs=t.epochs, target_epsilon=EPSILON,
+                          target_delta=DELTA, accountant="prv")
+
+
 def accuracy_rows(encoder, modes: list[tuple[str, int]]) -> list[dict]:
     (ids, mask, y), (ids_t, mask_t, y_t) = splits(load_tokenizer(MODEL, TOKENS))
     rows, bottoms = [], {}  # the frozen bottom's outputs, by its depth: modes on the same layers share them
@@ -92,11 +100,7 @@ def accuracy_rows(encoder, modes: list[tuple[str, int]]) -> list[dict]:
             bottoms[frozen] = frozen_outputs(encoder, ids, mask, frozen), frozen_outputs(encoder, ids_t, mask_t, frozen)
         x, x_t = bottoms[frozen]
         frozen_s = time.perf_counter() - started
-        settings = DP_SETTINGS[mode]
-        t = TrainSettings(hidden_units=1, physical_batch_size=64, target_epsilon=EPSILON, target_delta=DELTA,
-                          device="cpu", **settings)
-        plan = plan_dp_sgd(rows=len(y), batch_size=t.batch_size, epochs=t.epochs, target_epsilon=EPSILON,
-                           target_delta=DELTA, accountant="prv")
+        t, plan = dp_run(mode, len(y))
         started = time.perf_counter()
         result = train_private(TensorDataset(x, y), TensorDataset(x_t, y_t), plan, t, len(LABELS), model=top)
         dp_s = time.perf_counter() - started
@@ -128,10 +132,7 @@ def precision_row(encoder) -> dict:
     top, frozen = encoder_top(encoder, "head", 0, len(LABELS))
     row = {"native_bf16": native_bf16(torch.device("cpu")),
            "deviation": frozen_precision(encoder, ids, mask, frozen, "bf16", torch.device("cpu"))[1]}
-    t = TrainSettings(hidden_units=1, physical_batch_size=64, target_epsilon=EPSILON, target_delta=DELTA,
-                      device="cpu", noise_seed=0, **DP_SETTINGS["head"])
-    plan = plan_dp_sgd(rows=len(y), batch_size=t.batch_size, epochs=t.epochs, target_epsilon=EPSILON,
-                       target_delta=DELTA, accountant="prv")
+    t, plan = dp_run("head", len(y), noise_seed=0)
     for precision in ("fp32", "bf16"):
         started = time.perf_counter()
         x = frozen_outputs(encoder, ids, mask, frozen, precision=precision)
