@@ -67,14 +67,22 @@ def _from_metrics(text: str | None) -> LedgerAnchor | None:
     return LedgerAnchor(**found) if found else None
 
 
-def _relative(path: Path) -> Path:
-    """Project-relative, as dvc.lock and git name files (DVC's API gives absolute paths)."""
-    return path.resolve().relative_to(Path.cwd().resolve()) if path.is_absolute() else path
+def _relative(path: Path) -> Path | None:
+    """Project-relative, as dvc.lock and git name files (DVC's API gives absolute paths); None
+    for a file outside the project (a stage run by hand with --metrics elsewhere): neither holds it."""
+    if not path.is_absolute():
+        return path
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return None
 
 
 def _committed(path: Path) -> str | None:
-    """The file as the checked-out commit holds it (None outside git or when untracked)."""
-    result = subprocess.run(["git", "show", f"HEAD:./{_relative(path).as_posix()}"], capture_output=True, text=True,
+    """The file as the checked-out commit holds it (None outside git, untracked, or outside the project)."""
+    if (relative := _relative(path)) is None:
+        return None
+    result = subprocess.run(["git", "show", f"HEAD:./{relative.as_posix()}"], capture_output=True, text=True,
                             check=False)
     return result.stdout if result.returncode == 0 else None
 
@@ -107,10 +115,11 @@ def _cached(path: Path, lock: Path = Path("dvc.lock"), cache: Path = Path(".dvc/
     outputs before it runs, but the previous run's metrics stay in the cache."""
     import yaml
 
-    if not lock.exists():
+    relative = _relative(path)
+    if not lock.exists() or relative is None:
         return None
     stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-    wanted = _relative(path).as_posix()
+    wanted = relative.as_posix()
     for stage in stages.values():
         for out in stage.get("outs", []):
             if out.get("path") == wanted and "md5" in out:

@@ -7,6 +7,7 @@ epsilon Opacus' accountant reports after it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -26,7 +27,19 @@ def create_accountant(mechanism: str):
     privacy engine (seconds), which `privflow budget show` and `--help` must not pay for."""
     from opacus.accountants import create_accountant as create
 
+    memoize_rdp_orders()
     return create(mechanism=mechanism)
+
+
+@functools.cache
+def memoize_rdp_orders() -> None:
+    """Opacus' PRV accountant bounds its domain with the RDP of one step at 150 orders (99 of
+    them fractional, each a Python series), for every epsilon it computes: twice per call, again
+    at each epoch and for each composition, a second or more of a train stage. That value depends
+    on (sample rate, noise, order) alone, so this process keeps it: the same numbers, once each."""
+    from opacus.accountants.analysis import rdp
+
+    rdp._compute_rdp = functools.lru_cache(maxsize=65536)(rdp._compute_rdp)
 
 
 @contextmanager
@@ -67,12 +80,37 @@ def plan_dp_sgd(*, rows: int, batch_size: int, epochs: int, target_epsilon: floa
     steps_per_epoch = math.ceil(rows / batch_size)
     sample_rate = 1 / steps_per_epoch
     steps = epochs * steps_per_epoch
+    key = _memo_key([(target_epsilon, sample_rate, steps)], target_delta, f"{accountant} {_opacus_version()}")
+    noise = _read_memo(NOISE_MEMO).get(key)
+    known = isinstance(noise, float) and math.isfinite(noise) and noise > 0
+    epsilon = epsilon_for(accountant, noise, sample_rate, steps, target_delta) if known else None
+    if epsilon is None or not target_epsilon - SEARCH_TOLERANCE <= epsilon <= target_epsilon:
+        noise = _search_noise(target_epsilon, target_delta, sample_rate, steps, accountant)
+        epsilon = epsilon_for(accountant, noise, sample_rate, steps, target_delta)
+        _write_memo(NOISE_MEMO, {**_read_memo(NOISE_MEMO), key: noise})
+    return DpSgdPlan(accountant, noise, sample_rate, steps, target_delta, epsilon)
+
+
+# Noise levels found by the search, by its exact inputs and Opacus' version: `privflow run`'s
+# plan and then the train stage search for the same one, a second or more each. A remembered
+# level needs no key: it is used only when the accountant, computing the plan's epsilon as it
+# always does, puts it where the search ends (within SEARCH_TOLERANCE under the target), so an
+# edited entry can neither spend more than the target nor noise the model more than the search
+# would; otherwise the search runs again.
+NOISE_MEMO = Path(".privflow") / "noise-levels.json"
+SEARCH_TOLERANCE = 0.01  # Opacus' get_noise_multiplier default, stated: the check above relies on it
+
+
+def _search_noise(target_epsilon: float, target_delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+    """Opacus' bisection for the smallest noise within SEARCH_TOLERANCE of the target epsilon."""
     from opacus.accountants.utils import get_noise_multiplier
 
+    memoize_rdp_orders()
     try:
         with quiet_rdp_bound():
-            noise = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
-                                         sample_rate=sample_rate, steps=steps, accountant=accountant)
+            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
+                                              sample_rate=sample_rate, steps=steps, accountant=accountant,
+                                              epsilon_tolerance=SEARCH_TOLERANCE))
     except ValueError as error:
         # e.g. GDP's central-limit approximation has no root for a few large steps
         raise PrivacyError(
@@ -80,8 +118,12 @@ def plan_dp_sgd(*, rows: int, batch_size: int, epochs: int, target_epsilon: floa
             f"{steps} steps at sample rate {sample_rate:.4g} ({error}); use accountant prv, "
             "or change epochs or batch size"
         ) from None
-    epsilon = epsilon_for(accountant, noise, sample_rate, steps, target_delta)
-    return DpSgdPlan(accountant, noise, sample_rate, steps, target_delta, epsilon)
+
+
+def _opacus_version() -> str:
+    from importlib.metadata import version
+
+    return version("opacus")
 
 
 # Earlier results of composed_epsilon, a pure function of its inputs, each tagged with the
@@ -92,8 +134,9 @@ def plan_dp_sgd(*, rows: int, batch_size: int, epochs: int, target_epsilon: floa
 EPSILON_MEMO = Path(".privflow") / "composed-epsilon.json"
 
 
-def _memo_key(mechanisms: list[tuple[float, float, int]], delta: float) -> str:
-    exact = json.dumps([[float(n).hex(), float(q).hex(), int(t)] for n, q, t in mechanisms] + [float(delta).hex()])
+def _memo_key(mechanisms: list[tuple[float, float, int]], delta: float, *context: str) -> str:
+    exact = json.dumps([[float(n).hex(), float(q).hex(), int(t)] for n, q, t in mechanisms] + [float(delta).hex()]
+                       + list(context))
     return hashlib.sha256(exact.encode()).hexdigest()
 
 
@@ -102,15 +145,16 @@ def _tag(mac_key: bytes, key: str, epsilon: float) -> str:
                     hashlib.sha256).hexdigest()
 
 
-def _read_memo() -> dict:
+def _read_memo(path: Path) -> dict:
     try:
-        return json.loads(EPSILON_MEMO.read_text(encoding="utf-8"))
+        memo = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return memo if isinstance(memo, dict) else {}
 
 
 def _recalled(mac_key: bytes, key: str) -> float | None:
-    entry = _read_memo().get(key)
+    entry = _read_memo(EPSILON_MEMO).get(key)
     try:
         epsilon = float(entry["epsilon"])
         return epsilon if hmac.compare_digest(entry["tag"], _tag(mac_key, key, epsilon)) else None
@@ -119,13 +163,15 @@ def _recalled(mac_key: bytes, key: str) -> float | None:
 
 
 def _remember(mac_key: bytes, key: str, epsilon: float) -> None:
-    memo = _read_memo()
-    memo[key] = {"epsilon": epsilon, "tag": _tag(mac_key, key, epsilon)}
+    _write_memo(EPSILON_MEMO, {**_read_memo(EPSILON_MEMO), key: {"epsilon": epsilon, "tag": _tag(mac_key, key, epsilon)}})
+
+
+def _write_memo(path: Path, memo: dict) -> None:
     try:
-        EPSILON_MEMO.parent.mkdir(parents=True, exist_ok=True)
-        partial = EPSILON_MEMO.with_suffix(f".{os.getpid()}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(json.dumps(memo), encoding="utf-8")
-        os.replace(partial, EPSILON_MEMO)
+        os.replace(partial, path)
     except OSError:  # a read-only project still gets its answer, only slower next time
         pass
 

@@ -248,3 +248,17 @@ def test_a_run_waits_for_another_runs_long_charge_instead_of_failing(tmp_path):
         release.join()
         holder.close()
     assert time.monotonic() - started > 6
+
+
+def test_anchors_are_looked_for_beside_a_metrics_file_outside_the_project(tmp_path, monkeypatch, vault):
+    """A train stage run by hand with --metrics outside the project: its dvc.lock and git hold
+    no such file, so those places are looked at and found empty (it used to fail unexpectedly)."""
+    from privflow.budget import find_anchors
+
+    project, outside = tmp_path / "project", tmp_path / "elsewhere" / "train.json"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    (project / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    anchors, empty = find_anchors(vault, "demo", metrics=outside)
+    assert anchors == []
+    assert f"{outside} in the DVC cache (dvc.lock)" in empty and f"{outside} at git HEAD" in empty

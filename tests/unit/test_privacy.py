@@ -33,3 +33,40 @@ def test_planned_noise_never_overshoots_target(eps, rows, batch, epochs, account
         assert accountant == "gdp" and "use accountant prv" in str(refusal)
         return
     assert plan.epsilon <= eps
+
+
+def test_the_memoized_rdp_orders_give_opacus_own_numbers():
+    """The per-step RDP the PRV accountant sizes its domain with is kept per process: the same
+    values as Opacus' own function, computed once for a repeated (sample rate, noise, order)."""
+    from opacus.accountants.analysis import rdp
+
+    epsilon_for("prv", 1.1, 0.02, 50, 1e-5)  # memoizes
+    memoized = rdp._compute_rdp
+    hits = memoized.cache_info().hits
+    for order in (1.5, 2.7, 12, 63):
+        assert memoized(0.02, 1.1, order) == memoized.__wrapped__(0.02, 1.1, order)
+    assert memoized.cache_info().hits == hits + 4  # the accountant's orders, all computed already
+    assert epsilon_for("prv", 1.1, 0.02, 50, 1e-5) == epsilon_for("prv", 1.1, 0.02, 50, 1e-5)
+
+
+def test_a_remembered_noise_level_is_used_only_where_the_search_would_end(tmp_path, monkeypatch):
+    """The plan's noise level is remembered per project (the CLI's plan, then the train stage,
+    search for the same one); an edited entry that would spend more than the target, or noise
+    the model more than the search would, or is not a number, is searched again."""
+    import json
+
+    from privflow.privacy import accounting
+
+    monkeypatch.chdir(tmp_path)
+    args = dict(rows=600, batch_size=60, epochs=4, target_epsilon=2.0, target_delta=1e-5, accountant="prv")
+    fresh = plan_dp_sgd(**args)
+    searches = []
+    real_search = accounting._search_noise
+    monkeypatch.setattr(accounting, "_search_noise", lambda *a: searches.append(a) or real_search(*a))
+    assert plan_dp_sgd(**args) == fresh and searches == []  # remembered, and confirmed by the accountant
+    (key,) = json.loads(accounting.NOISE_MEMO.read_text())
+    for edited in (fresh.noise_multiplier * 0.8, fresh.noise_multiplier * 1.2, "1.5", -1.0, float("nan")):
+        accounting.NOISE_MEMO.write_text(json.dumps({key: edited}))
+        assert plan_dp_sgd(**args) == fresh, edited
+    assert len(searches) == 5
+    assert json.loads(accounting.NOISE_MEMO.read_text()) == {key: fresh.noise_multiplier}  # mended
