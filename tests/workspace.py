@@ -47,8 +47,12 @@ class Workspace:
         template = yaml.safe_load((self.repo / "dvc.yaml").read_text())["stages"][stage]["do"]["cmd"]
         return template.replace("${key}", dataset)
 
-    def run(self, *args: str, check: bool = False, columns: int | None = None) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = False, columns: int | None = None,
+            hosted: bool = False) -> subprocess.CompletedProcess:
+        """`hosted`: the stage commands run in this test process's shared stage host, even in a
+        workspace made without one."""
         env = {**self.env, "COLUMNS": str(columns)} if columns else self.env  # rich tables: no wrapping
+        env = {**env, HOST_ENV: shared_stage_host()} if hosted else env
         result = subprocess.run(args, cwd=self.repo, env=env, capture_output=True, text=True, timeout=900)
         with open(self.base / "logs" / "commands.log", "a") as log:
             log.write(f"$ {' '.join(args)}\n{result.stdout}\n{result.stderr}\n")

@@ -75,7 +75,9 @@ def kill_at_random(workspace, stage: str, rng: random.Random, longest: float = 4
 
 def rerun(workspace, cut: list) -> subprocess.CompletedProcess:
     """`dvc repro` after a kill. A kill while DVC rewrote dvc.lock or its path-lock file (both
-    in place, so no stage can prevent it) cuts that file; `privflow repair` must mend it."""
+    in place, so no stage can prevent it) cuts that file; `privflow repair` must mend it. The
+    kills hit stages in their own processes; the re-run's stages run in a stage host, as under
+    `privflow run` (the first full run of each test is the plain path, every stage alone)."""
     from privflow.lockfile import looks_complete
 
     lock = looks_complete((workspace.repo / "dvc.lock").read_text())
@@ -90,7 +92,7 @@ def rerun(workspace, cut: list) -> subprocess.CompletedProcess:
         said = " ".join((mended.stdout + mended.stderr).split())
         assert mended.returncode == 0 and "cut short" in said, mended
         cut.append("dvc.lock" if not lock else "rwlock")
-    return workspace.run("dvc", "repro")
+    return workspace.run("dvc", "repro", hosted=True)
 
 
 def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(tmp_path):
