@@ -252,10 +252,17 @@ def test_seeded_noise_makes_cpu_training_deterministic():
 
 
 def test_secure_noise_trains_to_useful_accuracy():
+    """The CSPRNG's noise cannot be seeded, so one run's accuracy is a draw: over 30 runs it
+    ranged from 0.787 to 0.976 (mean 0.928), and a single run fell under 0.8 about once in 30.
+    The median of five runs is what must be useful (it fails about once in 3,000 runs; noise
+    far larger than planned would pull every run down)."""
+    import statistics
+
     train, test = breast_cancer_splits()
-    result = train_private(train, test, plan_for(400, TRAIN.model_copy(update={"epochs": 10})),
-                           TRAIN.model_copy(update={"epochs": 10}), 2, secure=True)
-    assert result.curve[-1]["test_accuracy"] > 0.8
+    t = TRAIN.model_copy(update={"epochs": 10})
+    accuracies = [train_private(train, test, plan_for(400, t), t, 2, secure=True).curve[-1]["test_accuracy"]
+                  for _ in range(5)]
+    assert statistics.median(accuracies) > 0.8, accuracies
 
 
 def test_virtual_batches_give_the_same_step_as_one_physical_batch():
