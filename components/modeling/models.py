@@ -17,13 +17,16 @@ sequences: an image is its pixels in row-major order, a sequence its steps in ti
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn import functional
 
 from privflow.errors import PrivacyError
+
+if TYPE_CHECKING:
+    from privflow.settings import TrainSettings
 
 Preset = Literal["mlp", "cnn", "lstm", "transformer"]
 PRESETS: tuple[str, ...] = get_args(Preset)
@@ -168,3 +171,18 @@ def accuracy(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, bat
     right = sum(int((model(features[i:i + batch]).argmax(dim=1) == labels[i:i + batch]).sum())
                 for i in range(0, len(labels), batch))
     return right / len(labels)
+
+
+def initial_model(t: TrainSettings, n_features: int, n_classes: int, start: dict | None = None) -> nn.Module:
+    """Seeded random weights, or the public pretraining's; `last_layer` freezes all but the output."""
+    torch.manual_seed(t.init_seed)  # seeds the initial weights only
+    model = build_model(t.model, n_features, n_classes, t.hidden_units, t.input_shape)
+    if start is not None:
+        load_weights(model, start["weights"])
+        if start["fine_tune"] == "last_layer":
+            last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+            for parameter in model.parameters():
+                parameter.requires_grad = False
+            for parameter in last.parameters():
+                parameter.requires_grad = True
+    return model

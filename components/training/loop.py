@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from privflow.errors import PrivacyError
-from privflow.modeling.models import accuracy, build_model, load_weights
+from privflow.modeling.models import accuracy, initial_model
 from privflow.privacy.accounting import DpSgdPlan, create_accountant, quiet_rdp_bound
 from privflow.privacy.dp_sgd import PrivateGradient
 from privflow.privacy.noise import NoiseSource, noise_source
@@ -59,21 +59,6 @@ class UnitLayout:
         if self.rows_per_unit == 1:
             return rows, None
         return rows.clamp(min=0), (rows >= 0).float()
-
-
-def initial_model(t: TrainSettings, n_features: int, n_classes: int, start: dict | None = None) -> nn.Module:
-    """Seeded random weights, or the public pretraining's; `last_layer` freezes all but the output."""
-    torch.manual_seed(t.init_seed)  # seeds the initial weights only
-    model = build_model(t.model, n_features, n_classes, t.hidden_units, t.input_shape)
-    if start is not None:
-        load_weights(model, start["weights"])
-        if start["fine_tune"] == "last_layer":
-            last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-            for parameter in model.parameters():
-                parameter.requires_grad = False
-            for parameter in last.parameters():
-                parameter.requires_grad = True
-    return model
 
 
 def resolve_device(wanted: str) -> torch.device:

@@ -57,7 +57,8 @@ def run_training(settings: Settings, description: dict, data_dir: Path, pretrain
                   if t.distributed else train_private(text.train, text.test, plan, t, n_classes, model=text.top, **options))
         return Trained(result, text.train, text.test, lambda: text.baseline(t), {"text": text.card})
     real, test = (load_split(vault, description, split, data_dir) for split in ("train", "test"))
-    baseline = lambda: train_baseline(real, test, t, n_classes)  # noqa: E731
+    start = read_pretrained(pretrained_dir)[1]
+    baseline = lambda: train_baseline(real, test, t, n_classes, start)  # noqa: E731
     if t.distributed:
         if canaries is not None:
             raise PrivacyError("train.audit_canaries needs train.processes: 1 (the canaries live in one process)")
@@ -65,7 +66,7 @@ def run_training(settings: Settings, description: dict, data_dir: Path, pretrain
         result = _train_distributed(settings, description, data_dir, pretrained_dir, plan, run_id, model)
         return Trained(result, real, test, baseline, {})
     train = with_canaries(real, canaries) if canaries else real
-    result = train_private(train, test, plan, t, n_classes, read_pretrained(pretrained_dir)[1], **options)
+    result = train_private(train, test, plan, t, n_classes, start, **options)
     return Trained(result, real, test, baseline, {})
 
 
