@@ -55,6 +55,7 @@ from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
 from privflow.privacy.noise import SecureNoise  # noqa: E402
 from privflow.settings import TrainSettings  # noqa: E402
 from privflow.training.loop import train_private  # noqa: E402
+from privflow.training.baseline import held_back_tenth  # noqa: E402
 from privflow.training.text_finetune import encoder_top, frozen_outputs, train_baseline  # noqa: E402
 
 OUT = ROOT / "bench-results" / "text.json"
@@ -138,8 +139,7 @@ def chosen_settings(mode: str, top, x: torch.Tensor, y: torch.Tensor) -> tuple[d
     the other nine tenths (the baseline's split): (chosen, every candidate's validation score)."""
     if mode not in CANDIDATES:
         return {}, []
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    held, fit = order[:len(y) // 10], order[len(y) // 10:]
+    held, fit = held_back_tenth(len(y), seed=0)
     tried = []
     for candidate in CANDIDATES[mode]:
         t, plan = dp_run(mode, len(fit), **candidate)

@@ -32,6 +32,13 @@ def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
     return sum(losses) / max(len(losses), 1)
 
 
+def held_back_tenth(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held, fit): a seeded tenth of `rows` row indices held back to choose a baseline's recipe
+    or learning rate on, and the rest to fit on (the DP settings of bench_text are chosen on the same)."""
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
+    return order[: max(1, rows // 10)], order[max(1, rows // 10):]
+
+
 def train_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings, n_classes: int,
                    start: dict | None = None) -> float:
     """Non-private reference on the same split: its accuracy is reported, its weights discarded.
@@ -44,8 +51,7 @@ def train_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings, 
     some presets (an LSTM needs Adam's steps, a small CNN diverges under Adam's early ones),
     and a weak baseline would flatter the DP model."""
     features, labels = train.tensors[:2]
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(t.init_seed))
-    held, fit = order[: max(1, len(labels) // 10)], order[max(1, len(labels) // 10):]
+    held, fit = held_back_tenth(len(labels), t.init_seed)
     best_score, best_model = -1.0, None
     for recipe in ("dp_recipe_without_noise", "adam"):
         model = initial_model(t, features.shape[1], n_classes, start)

@@ -42,6 +42,7 @@ from privflow.catalog import SPLITS
 from privflow.crypto.vault import Vault
 from privflow.preflight import text_column
 from privflow.settings import TrainSettings
+from privflow.training.baseline import held_back_tenth
 from privflow.training.io import load_text_split
 from privflow.training.loop import resolve_device
 
@@ -119,8 +120,7 @@ def train_baseline(top: EncoderTop, train: tuple[torch.Tensor, torch.Tensor], te
     from privflow.modeling.models import accuracy
 
     features, labels = train
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    held, fit = order[: max(1, len(labels) // 10)], order[max(1, len(labels) // 10):]
+    held, fit = held_back_tenth(len(labels), seed)
     best = (-1.0, None, 0.0)
     for rate in learning_rates:
         model = copy.deepcopy(top)
