@@ -29,12 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from privflow.modeling.compress import compress_model
 from privflow.modeling.export import onnx_logits, session
-from privflow.data.dataset import in_test_split
 from privflow.modeling.models import accuracy  # noqa: E402
 from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
-from privflow.training.public import encoded_rows
-from privflow.data.schema_file import load_schema
-from privflow.settings import CompressSettings, IngestSettings, TrainSettings  # noqa: E402
+from privflow.training.demo_splits import demo_splits as demo_split_of
+from privflow.settings import CompressSettings, TrainSettings  # noqa: E402
 from privflow.training.loop import train_private
 
 OUT = ROOT / "bench-results" / "compress.json"
@@ -48,10 +46,8 @@ def demo_splits(name: str, folder: Path) -> tuple[TensorDataset, TensorDataset]:
 
     write_demo_data(folder)
     source = folder / ("breast_cancer.csv" if name == "breast_cancer" else "churn.csv.gz")
-    data = encoded_rows([source], load_schema(ROOT / "schemas" / f"{name}.yaml"), IngestSettings(source=source))
-    test = in_test_split(data.units, 0.25, 20261123)
-    return (TensorDataset(torch.from_numpy(data.features[~test]), torch.from_numpy(data.labels[~test])),
-            TensorDataset(torch.from_numpy(data.features[test]), torch.from_numpy(data.labels[test])))
+    splits = demo_split_of(name, source, ROOT / "params.yaml")
+    return splits.train, splits.test
 
 
 def digits_splits() -> tuple[TensorDataset, TensorDataset]:

@@ -32,16 +32,15 @@ from torch.utils.data import TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from privflow.data.dataset import in_test_split
 from privflow.modeling.models import build_model, weights_of  # noqa: E402
-from privflow.training.public import encoded_rows
+from privflow.training.demo_splits import demo_splits as demo_split_of
 from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
 from privflow.privacy.dp_sgd import PrivateGradient  # noqa: E402
 from privflow.privacy.noise import SecureNoise, TorchNoise  # noqa: E402
 from privflow.data.schema_file import load_schema
 from privflow.settings import load_settings  # noqa: E402
 from privflow.training.loop import train_private
-from privflow.training.baseline import train_baseline
+from privflow.training.baseline import preset_baseline
 
 OUT = ROOT / "bench-results" / "dp.json"
 STEPS = 200
@@ -167,15 +166,8 @@ def step_times() -> list[dict]:
 
 
 def demo_splits(name: str, folder: Path):
-    settings = load_settings(name, ROOT / "params.yaml")
-    source = folder / SOURCES[name]
-    data = encoded_rows([source], load_schema(ROOT / settings.validate_.schema_file), settings.ingest.model_copy(
-        update={"source": source}))
-    test = in_test_split(data.units, settings.encrypt.test_fraction, settings.encrypt.split_seed)
-    tensors = [torch.from_numpy(a) for a in (data.features, data.labels)]
-    train = TensorDataset(tensors[0][torch.from_numpy(~test)], tensors[1][torch.from_numpy(~test)])
-    held = TensorDataset(tensors[0][torch.from_numpy(test)], tensors[1][torch.from_numpy(test)])
-    return settings, train, held
+    splits = demo_split_of(name, folder / SOURCES[name], ROOT / "params.yaml")
+    return splits.settings, splits.train, splits.test
 
 
 PRETRAINED = "public pretraining"  # the row trains as params.yaml configures churn: from its public data
@@ -204,10 +196,11 @@ def accuracies(folder: Path) -> list[dict]:
         started = time.perf_counter()
         result = train_private(train, test, plan, t, n_classes, start)
         seconds = time.perf_counter() - started
-        baseline = train_baseline(train, test, t, n_classes)
+        baseline = preset_baseline(train, test, t, n_classes, start)
         rows.append({"dataset": name, "preset": t.model + (" + " + PRETRAINED if start else ""), "train_rows": len(train), "epsilon": result.epsilon,
-                     "dp_accuracy": result.curve[-1]["test_accuracy"], "baseline_accuracy": baseline,
-                     "gap_points": 100 * (baseline - result.curve[-1]["test_accuracy"]), "dp_train_seconds": seconds})
+                     "dp_accuracy": result.curve[-1]["test_accuracy"], "baseline_accuracy": baseline.accuracy,
+                     "baseline_recipe": baseline.recipe, "gap_points": 100 * (baseline.accuracy - result.curve[-1]["test_accuracy"]),
+                     "dp_train_seconds": seconds})
     return rows
 
 

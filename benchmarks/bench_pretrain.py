@@ -30,7 +30,7 @@ from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
 from privflow.data.schema_file import load_schema
 from privflow.settings import load_settings  # noqa: E402
 from privflow.training.loop import train_private
-from privflow.training.baseline import train_baseline
+from privflow.training.baseline import preset_baseline
 
 OUT = ROOT / "bench-results" / "pretrain.json"
 REPEATS = 3
@@ -52,7 +52,7 @@ def main() -> None:
     pretrained, public_accuracy = pretrain(public, settings, 2)
     weights = {k: v.detach().clone() for k, v in pretrained.state_dict().items()}
     rows = {
-        "non-private baseline (from scratch)": [train_baseline(train, test, settings.train, 2)],
+        "non-private baseline (from scratch)": [preset_baseline(train, test, settings.train, 2).accuracy],
         "public pretraining only (no private data)": [accuracy(pretrained, *test.tensors)],
         "DP from scratch": dp_accuracy(train, test, settings, None),
         "DP fine-tune, all layers, after public pretraining": dp_accuracy(

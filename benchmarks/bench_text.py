@@ -10,8 +10,8 @@ no one privacy; it stands in for a customer-feedback export.
    LoRA adapters (rank 8) on the last layer's query and value; all layers with
    --all-layers, which is what a GPU runs), with privflow's trainer
    (privflow.training.loop) on the frozen bottom's outputs computed once; against the
-   non-private baseline of the same top on the same split (Adam, learning rate chosen on a
-   held-back tenth). Goal: gap <= 3 points for the best mode.
+   non-private baseline of the same top on the same split (the DP recipe without noise or
+   Adam, chosen on a held-back tenth, refit on the whole split). Goal: gap <= 3 points for the best mode.
 2. Step time at batch 32 x 64 tokens, the same top and batch for every engine, steps
    interleaved (this machine is noisy: ratios): a plain step; privflow's DP step; Opacus'
    hooks (GradSampleModule) and ghost clipping. Goal <= 1.3x. Peak memory of each engine:
@@ -55,8 +55,8 @@ from privflow.privacy.accounting import plan_dp_sgd  # noqa: E402
 from privflow.privacy.noise import SecureNoise  # noqa: E402
 from privflow.settings import TrainSettings  # noqa: E402
 from privflow.training.loop import train_private  # noqa: E402
-from privflow.training.baseline import held_back_tenth  # noqa: E402
-from privflow.training.text_finetune import encoder_top, frozen_outputs, train_baseline  # noqa: E402
+from privflow.training.baseline import Schedule, held_back_tenth  # noqa: E402
+from privflow.training.text_finetune import encoder_top, frozen_outputs, text_baseline  # noqa: E402
 
 OUT = ROOT / "bench-results" / "text.json"
 MODEL = pretrained("all-MiniLM-L6-v2")
@@ -116,15 +116,15 @@ def accuracy_rows(encoder, modes: list[tuple[str, int]]) -> list[dict]:
                                model=copy.deepcopy(top))
         dp_s = time.perf_counter() - started
         started = time.perf_counter()
-        baseline, rate = train_baseline(top, (x, y), (x_t, y_t), epochs=3, batch_size=32)
+        baseline = text_baseline(top, (x, y), (x_t, y_t), Schedule(3, 32, None, t.max_grad_norm, 0), t.learning_rate)
         trained_tops[(mode, k)] = result.model
         rows.append({"mode": mode, "trained_layers": len(top.layers),
                      "trainable_parameters": sum(p.numel() for p in top.parameters() if p.requires_grad),
                      "dp_accuracy": result.curve[-1]["test_accuracy"], "epsilon": result.epsilon,
                      "noise_multiplier": plan.noise_multiplier, "steps": plan.steps,
                      "dp_settings": {k: getattr(t, k) for k in DP_SETTINGS[mode]}, "candidates": tried,
-                     "baseline_accuracy": baseline, "baseline_learning_rate": rate,
-                     "gap_points": 100 * (baseline - result.curve[-1]["test_accuracy"]),
+                     "baseline_accuracy": baseline.accuracy, "baseline_recipe": baseline.recipe,
+                     "gap_points": 100 * (baseline.accuracy - result.curve[-1]["test_accuracy"]),
                      "frozen_pass_s": frozen_s, "dp_train_s": dp_s, "baseline_s": time.perf_counter() - started,
                      "majority_share": max(float(y_t.float().mean()), 1 - float(y_t.float().mean()))})
     return rows

@@ -1,35 +1,52 @@
-"""The non-private reference on the same split, and the plain training epoch it (and public pretraining) use."""
+"""The non-private reference on the same split: the better of standard recipes, chosen on a
+held-back tenth of the training split, then refit on all of it.
+
+A baseline that loses to its DP twin is a bug (the report would tell an auditor DP gains
+accuracy), and a weak one flatters the DP model. No single recipe is strong on every preset:
+measured on the test projects' breast_cancer (5 epochs, batch 64), the DP run scored 0.95–0.96
+where SGD at the DP learning rate with the batch gradient clipped scored 0.87 and Adam at 1e-2
+0.92; the DP run's own recipe without its noise (per-example clipping, same learning rate and
+momentum) is by construction the DP run minus what privacy costs, so it is always a
+candidate, beside Adam (the activity LSTM: 0.96 by the DP recipe without noise, 0.46–0.53 by
+Adam at 1e-3 to 3e-2; the digits CNN: 0.98 by Adam). Two candidates, not a sweep: one fit of the
+LSTM costs 35–55 s on this machine, as much as its DP run.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.nn import functional
+from torch.utils.data import TensorDataset
 
 from privflow.modeling.models import accuracy, initial_model
+from privflow.privacy.dp_sgd import PrivateGradient
 from privflow.settings import TrainSettings
 
+ADAM_LEARNING_RATES = (1e-2,)
+CHOSEN_ON = "a held-back tenth of the training split"
 
-BASELINE_LEARNING_RATE = 1e-2
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a candidate baseline trains: Adam, or the DP run's SGD with per-example clipping and no noise."""
+
+    name: str
+    learning_rate: float
+    clipped: bool = False
 
 
-def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-              clip: float | None = None) -> float:
-    """One non-private pass (baseline, public pretraining); returns the mean training loss.
-    `clip` bounds the batch gradient's norm (the whole batch's: nothing private about it)."""
-    model.train()
-    loss_fn = nn.CrossEntropyLoss()
-    losses = []
-    for features, labels in loader:
-        optimizer.zero_grad()
-        loss = loss_fn(model(features), labels)
-        loss.backward()
-        if clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        if len(labels):
-            losses.append(loss.item())
-    return sum(losses) / max(len(losses), 1)
+@dataclass(frozen=True)
+class Baseline:
+    """The non-private reference: its test accuracy, the recipe that produced it, and the model
+    (for tests that compare its predictions; the pipeline reports the accuracy and discards it)."""
+
+    accuracy: float
+    recipe: str
+    model: nn.Module = field(repr=False, compare=False)
 
 
 def held_back_tenth(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,30 +56,68 @@ def held_back_tenth(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return order[: max(1, rows // 10)], order[max(1, rows // 10):]
 
 
-def train_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings, n_classes: int,
-                   start: dict | None = None) -> float:
-    """Non-private reference on the same split: its accuracy is reported, its weights discarded.
+def recipes(learning_rate: float, adam_rates: tuple[float, ...] = ADAM_LEARNING_RATES) -> list[Recipe]:
+    return [Recipe(f"the DP run's SGD at {learning_rate:g}, per-example clipping, no noise", learning_rate, clipped=True),
+            *(Recipe(f"Adam at {rate:g}", rate) for rate in adam_rates)]
 
-    Same model from the same start (`start`: the public pretraining's weights the DP run
-    starts from; from scratch, a baseline lost to its DP twin by up to 12 points in the test
-    projects), batch size and epochs, no noise. Two standard recipes are tried, the DP run's
-    own (SGD at its learning rate, the batch gradient clipped to C) and Adam at 1e-2, and the
-    one better on a tenth of the training split held back is scored: either alone is poor on
-    some presets (an LSTM needs Adam's steps, a small CNN diverges under Adam's early ones),
-    and a weak baseline would flatter the DP model."""
-    features, labels = train.tensors[:2]
-    held, fit = held_back_tenth(len(labels), t.init_seed)
-    best_score, best_model = -1.0, None
-    for recipe in ("dp_recipe_without_noise", "adam"):
-        model = initial_model(t, features.shape[1], n_classes, start)
-        if recipe == "adam":
-            optimizer, clip = torch.optim.Adam(model.parameters(), lr=BASELINE_LEARNING_RATE), None
-        else:
-            optimizer, clip = torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=0.9), t.max_grad_norm
-        loader = DataLoader(TensorDataset(features[fit], labels[fit]), batch_size=t.batch_size, shuffle=True)
-        for _ in range(t.epochs):
-            run_epoch(model, loader, optimizer, clip)
-        score = accuracy(model, features[held], labels[held])
-        if score > best_score:
-            best_score, best_model = score, model
-    return accuracy(best_model, *test.tensors[:2])
+
+@dataclass(frozen=True)
+class Schedule:
+    """The DP run's shape the baseline keeps: epochs, batch size, physical batch, clipping norm."""
+
+    epochs: int
+    batch_size: int
+    physical_batch_size: int | None
+    max_grad_norm: float
+    seed: int
+
+    @classmethod
+    def of(cls, t: TrainSettings) -> Schedule:
+        return cls(t.epochs, t.batch_size, t.physical_batch_size, t.max_grad_norm, t.init_seed)
+
+
+def fit(model: nn.Module, recipe: Recipe, features: torch.Tensor, labels: torch.Tensor, s: Schedule) -> nn.Module:
+    """Train `model` in place by `recipe` for the schedule's epochs of shuffled batches."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine = PrivateGradient(model, s.max_grad_norm) if recipe.clipped else None
+    optimizer = (torch.optim.SGD(trainable, lr=recipe.learning_rate, momentum=0.9) if recipe.clipped
+                 else torch.optim.Adam(trainable, lr=recipe.learning_rate))
+    generator = torch.Generator().manual_seed(s.seed)
+    for _ in range(s.epochs):
+        model.train()
+        for batch in torch.randperm(len(labels), generator=generator).split(s.batch_size):
+            if engine is not None:
+                for part in batch.split(s.physical_batch_size or len(batch)):
+                    engine.accumulate(features[part], labels[part])
+                engine.release(None, 0.0, len(batch))  # no noise source: the clipped mean alone
+            else:
+                optimizer.zero_grad()
+                functional.cross_entropy(model(features[batch]), labels[batch]).backward()
+            optimizer.step()
+    return model.eval()
+
+
+def train_baseline(initial: Callable[[], nn.Module], train: tuple[torch.Tensor, torch.Tensor],
+                   test: tuple[torch.Tensor, torch.Tensor], schedule: Schedule,
+                   candidates: list[Recipe]) -> Baseline:
+    """Each candidate fits on nine tenths of the training split from `initial()` (the DP run's
+    start); the best on the held-back tenth (the first on a tie) refits on the whole training
+    split, the DP run's data, and is scored on the test split. The refit matters on small
+    data: breast_cancer's DP recipe without noise scored 0.953 from all 432 rows, 0.938 from
+    nine tenths (mean of 8 seeds; the DP run 0.937)."""
+    features, labels = train
+    held, rest = held_back_tenth(len(labels), schedule.seed)
+    scores = [accuracy(fit(initial(), recipe, features[rest], labels[rest], schedule), features[held], labels[held])
+              for recipe in candidates] if len(candidates) > 1 else [0.0]
+    chosen = candidates[scores.index(max(scores))]
+    model = fit(initial(), chosen, features, labels, schedule)
+    return Baseline(accuracy(model, *test), chosen.name, model)
+
+
+def preset_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings, n_classes: int,
+                    start: dict | None = None) -> Baseline:
+    """A preset's (mlp, cnn, lstm, transformer) baseline from the DP run's start (`start`: the
+    public pretraining's weights, or the seeded random ones)."""
+    features = train.tensors[0]
+    return train_baseline(lambda: initial_model(t, features.shape[1], n_classes, start), train.tensors[:2],
+                          test.tensors[:2], Schedule.of(t), recipes(t.learning_rate))

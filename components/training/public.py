@@ -22,7 +22,7 @@ from privflow.data.validation import validate_records
 from privflow.errors import PrivacyError
 from privflow.modeling.models import accuracy, build_model
 from privflow.settings import IngestSettings, Settings
-from privflow.training.baseline import run_epoch
+from privflow.training.epoch import run_epoch
 
 
 def public_files(public: Path, private: Path) -> list[Path]:

@@ -19,7 +19,7 @@ from privflow.privacy.dp_sgd import engines
 from privflow.privacy.noise import noise_source
 from privflow.progress import report_progress
 from privflow.settings import Settings
-from privflow.training.baseline import train_baseline
+from privflow.training.baseline import CHOSEN_ON, Baseline, preset_baseline
 from privflow.training.canaries import audit_gate, with_canaries
 from privflow.training.charge import privacy_unit_bound
 from privflow.training.io import load_split, read_pretrained, save_model
@@ -33,12 +33,12 @@ ENGINE = ("privflow DP step: per-layer norms from activations and output gradien
 @dataclass
 class Trained:
     """A finished run: the loop's result, the splits it trained and was scored on, the
-    non-private baseline's test accuracy, and what the model card adds for this preset."""
+    non-private baseline (run last, when asked), and what the model card adds for this preset."""
 
     result: TrainResult
     train: TensorDataset
     test: TensorDataset
-    baseline: Callable[[], float]
+    baseline: Callable[[], Baseline]
     card: dict
 
 
@@ -58,7 +58,7 @@ def run_training(settings: Settings, description: dict, data_dir: Path, pretrain
         return Trained(result, text.train, text.test, lambda: text.baseline(t), {"text": text.card})
     real, test = (load_split(vault, description, split, data_dir) for split in ("train", "test"))
     start = read_pretrained(pretrained_dir)[1]
-    baseline = lambda: train_baseline(real, test, t, n_classes, start)  # noqa: E731
+    baseline = lambda: preset_baseline(real, test, t, n_classes, start)  # noqa: E731
     if t.distributed:
         if canaries is not None:
             raise PrivacyError("train.audit_canaries needs train.processes: 1 (the canaries live in one process)")
@@ -84,6 +84,7 @@ def train_charged(args, settings: Settings, vault: Vault, description: dict, can
     pretraining, _ = read_pretrained(args.pretrained)
     trained = run_training(settings, description, args.data, args.pretrained, canaries, plan, run_id, checkpoint)
     result, real, test = trained.result, trained.train, trained.test
+    baseline = trained.baseline()
     anchor = open_ledger(settings, vault).anchor(run_id)
     if result.steps != plan.steps:
         raise PrivacyError(f"training took {result.steps} steps, the charge covers {plan.steps}")
@@ -110,7 +111,8 @@ def train_charged(args, settings: Settings, vault: Vault, description: dict, can
         "rows": {"train": len(real), "test": len(test), "canaries": extra_rows,
                  "dropped_by_unit_bound": result.dropped_rows},
         "pretraining": pretraining, **trained.card,
-        "accuracy": {"private": result.curve[-1]["test_accuracy"], "non_private_baseline": trained.baseline()},
+        "accuracy": {"private": result.curve[-1]["test_accuracy"], "non_private_baseline": baseline.accuracy},
+        "baseline": {"recipe": baseline.recipe, "chosen_on": CHOSEN_ON, "trained_on": "the whole training split"},
     })
     write_json(args.curve, result.curve)
     if checkpoint is not None:

@@ -18,7 +18,8 @@ from privflow.privacy.accounting import plan_dp_sgd
 from privflow.privacy.dp_sgd import PrivateGradient, unsupported_parameters
 from privflow.settings import TrainSettings
 from privflow.training.loop import train_private
-from privflow.training.text_finetune import encoder_top, frozen_outputs, train_baseline
+from privflow.training.baseline import Schedule
+from privflow.training.text_finetune import encoder_top, frozen_outputs, text_baseline
 from tests.unit.test_dp_training import reference_clipped_sum
 
 MINILM = pretrained("all-MiniLM-L6-v2")
@@ -107,7 +108,7 @@ def test_real_reviews_train_under_dp_and_the_baseline_is_an_upper_reference(enco
     majority = max(float(yt.float().mean()), 1 - float(yt.float().mean()))
     dp_accuracy = result.curve[-1]["test_accuracy"]
     assert result.epsilon <= 3.0 and dp_accuracy > majority + 0.05
-    baseline, _ = train_baseline(top, (x, y), (xt, yt), epochs=4, batch_size=32)
+    baseline = text_baseline(top, (x, y), (xt, yt), Schedule(4, 32, None, 1.0, 0), t.learning_rate).accuracy
     assert baseline >= dp_accuracy - 0.02  # a baseline that loses to its DP twin is a bug
 
 
