@@ -2,7 +2,8 @@
 
 Three sources, one interface:
 - `SecureNoise`: a ChaCha20 keystream (the `cryptography` package, i.e. OpenSSL) keyed from
-  the OS, turned into uniforms and, by Box-Muller in float64, into Gaussians. Opacus' own
+  the OS, turned into uniforms and, by Box-Muller in the parameters' precision (float32, as
+  Opacus' secure mode; float64 for a float64 model), into Gaussians. Opacus' own
   secure mode needs `torchcsprng`, which has no build for current torch. Like Opacus, each
   Gaussian is the sum of 4 draws divided by 2 (Holohan & Braghin 2021, sec. 5.1, n = 2), so
   the low bits of a released float no longer pin down the draw (the floating-point attack
@@ -22,6 +23,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,7 +32,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 _KEY_BYTES = 32
 _TWO_PI = 2.0 * np.pi
 _MANTISSA = 2.0**-53
-_ONE_BITS = np.uint64(0x3FF0_0000_0000_0000)  # float64 1.0: OR-ed with 52 random mantissa bits gives [1, 2)
 _CHUNK = 1 << 17  # values per chunk: its buffers (8 MB) stay in cache; larger chunks ran 1.5x slower here
 _WORKERS = max(1, min(8, os.cpu_count() or 1))
 
@@ -82,7 +83,7 @@ class SecureNoise:
         starts = list(range(0, count, _CHUNK))
         first = self._nonce(len(starts))
         workers = min(_WORKERS, len(starts))
-        self._grow_buffers(workers, min(count, _CHUNK))
+        self._grow_buffers(workers, min(count, _CHUNK), dtype)
 
         def fill(worker: int) -> None:
             buffers = self._buffers[worker]
@@ -98,11 +99,11 @@ class SecureNoise:
                 list(pool.map(fill, range(workers)))
         return out
 
-    def _grow_buffers(self, workers: int, size: int) -> None:
-        self._buffers += [_ChunkBuffers(size) for _ in range(workers - len(self._buffers))]
+    def _grow_buffers(self, workers: int, size: int, dtype: torch.dtype) -> None:
+        self._buffers += [_ChunkBuffers(size, dtype) for _ in range(workers - len(self._buffers))]
         for worker in range(workers):
-            if self._buffers[worker].size < size:
-                self._buffers[worker] = _ChunkBuffers(size)
+            if self._buffers[worker].size < size or self._buffers[worker].dtype != dtype:
+                self._buffers[worker] = _ChunkBuffers(size, dtype)
 
     def bernoulli(self, count: int, probability: float) -> torch.Tensor:
         return torch.from_numpy(self.uniform(count) <= probability)
@@ -146,38 +147,65 @@ def noise_source(secure: bool, seed: int | None, device: torch.device | str = "c
     return SecureNoise() if secure else TorchNoise(seed, device)
 
 
-class _ChunkBuffers:
-    """One worker's reused buffers: a chunk's keystream, its uniforms and its Gaussians."""
+@dataclass(frozen=True)
+class _Format:
+    """How a float type's uniforms on [1, 2) come from keystream words: a word of the same
+    width, its top mantissa-many bits shifted into the mantissa of 1.0."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size  # values per chunk it can hold: a small model's draw needs no 8 MB
-        self.zeros = bytes(32 * size)
-        self.words = np.empty(4 * size, dtype=np.uint64)
-        self.normals = torch.empty(2, 2 * size, dtype=torch.float64)
+    float: np.dtype
+    word: np.dtype
+    shift: int
+    one: int
+
+
+_FORMATS = {torch.float64: _Format(np.dtype(np.float64), np.dtype(np.uint64), 12, 0x3FF0_0000_0000_0000),
+            torch.float32: _Format(np.dtype(np.float32), np.dtype(np.uint32), 9, 0x3F80_0000)}
+
+
+class _ChunkBuffers:
+    """One worker's reused buffers: a chunk's keystream, its uniforms and its Gaussians, in the
+    released parameters' precision. float32 parameters get float32 normals (23-bit uniforms, as
+    Opacus' secure mode draws them with torch.normal in the parameter's dtype): half the
+    keystream, SIMD lanes twice as wide and numpy's faster float32 trigonometry: ~8 ns per value
+    against the float64 path's ~24 here (one thread); a float64 model gets float64
+    normals (52-bit uniforms)."""
+
+    def __init__(self, size: int, dtype: torch.dtype = torch.float64) -> None:
+        self.size, self.dtype = size, dtype  # values per chunk it can hold: a small model's draw needs no 8 MB
+        self.format = _FORMATS[dtype]
+        self.word_bytes = self.format.word.itemsize
+        self.zeros = bytes(4 * self.word_bytes * size)
+        self.words = np.empty(4 * size, dtype=self.format.word)
+        self.normals = torch.empty(2, 2 * size, dtype=dtype)
 
     def sum_of_four(self, cipher, count: int) -> torch.Tensor:
-        """`count` sums of 4 standard normals (Box-Muller in float64, in place), not yet halved.
+        """`count` sums of 4 standard normals (Box-Muller, in place), not yet halved.
         The chunk's 2·count uniform pairs give 4·count normals, each used once; value j sums
         the cosine normals of pairs j and j + count and the sine normals of the next two
         pairs along, so its 4 normals come from 4 distinct pairs (8 uniforms), as Opacus' sum
         of 4 separate draws does."""
-        words = self.words[:4 * count]
-        cipher.update_into(memoryview(self.zeros)[:32 * count], memoryview(self.words).cast("B")[:32 * count])
-        np.right_shift(words, np.uint64(12), out=words)
-        np.bitwise_or(words, _ONE_BITS, out=words)
-        uniforms = words.view(np.float64)  # [1, 2): 52 random bits each
+        words, size = self.words[:4 * count], 4 * self.word_bytes * count
+        cipher.update_into(memoryview(self.zeros)[:size], memoryview(self.words).cast("B")[:size])
+        np.right_shift(words, words.dtype.type(self.format.shift), out=words)
+        np.bitwise_or(words, words.dtype.type(self.format.one), out=words)
+        uniforms = words.view(self.format.float)  # [1, 2): 52 (float64) or 23 (float32) random bits each
         radius, angle = uniforms[:2 * count], uniforms[2 * count:]
-        # log and sqrt in numpy (its SIMD float64 log is ~3x torch's here), cos and sin in torch
-        # (~4x numpy's): each where it is fastest, in place
-        np.subtract(2.0, radius, out=radius)  # 2 - u is on (0, 1]: log never sees 0
+        # log and sqrt in numpy (its SIMD log is ~3x torch's here); cos and sin where they are
+        # fastest: numpy's float32 ones are ~2x torch's, torch's float64 ones ~4x numpy's
+        two = self.format.float.type(2.0)
+        np.subtract(two, radius, out=radius)  # 2 - u is on (0, 1]: log never sees 0
         np.log(radius, out=radius)
-        np.multiply(radius, -2.0, out=radius)
+        np.multiply(radius, -two, out=radius)
         np.sqrt(radius, out=radius)
-        radius, angle = torch.from_numpy(radius), torch.from_numpy(angle)
-        angle.mul_(_TWO_PI)  # 2 pi u for u on [1, 2): one full period, as 2 pi (u - 1) would be
+        np.multiply(angle, self.format.float.type(_TWO_PI), out=angle)  # 2 pi u, u on [1, 2): one full period
         cosines, sines = self.normals[0, :2 * count], self.normals[1, :2 * count]
-        torch.cos(angle, out=cosines).mul_(radius)
-        torch.sin(angle, out=sines).mul_(radius)
+        if self.dtype == torch.float32:
+            for wave, out in ((np.cos, cosines.numpy()), (np.sin, sines.numpy())):
+                np.multiply(wave(angle, out=out), radius, out=out)
+        else:
+            radius, angle = torch.from_numpy(radius), torch.from_numpy(angle)
+            torch.cos(angle, out=cosines).mul_(radius)
+            torch.sin(angle, out=sines).mul_(radius)
         # contiguous halves and slices: a strided sum over a (4, count) view ran 8x slower
         values, shifted = cosines[:count].add_(cosines[count:]), sines[:count].add_(sines[count:])
         values[:-1].add_(shifted[1:])

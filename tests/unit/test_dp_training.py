@@ -162,23 +162,40 @@ def test_secure_noise_chunks_draw_from_distinct_keystreams():
     assert not np.isin(first[:100], again).any()  # the next request starts past every nonce used
 
 
-def test_each_secure_value_sums_four_normals_of_four_distinct_uniform_pairs():
+@pytest.mark.parametrize("dtype, word, shift, one, tolerance", [
+    (torch.float64, np.uint64, 12, 0x3FF0_0000_0000_0000, 1e-12),
+    (torch.float32, np.uint32, 9, 0x3F80_0000, 2e-5)])
+def test_each_secure_value_sums_four_normals_of_four_distinct_uniform_pairs(dtype, word, shift, one, tolerance):
     """The definition, in numpy float64 from the same keystream: pair p of a chunk of 2n pairs is
     (u[p], u[p + 2n]); value j = cos normals of pairs j, j + n plus sine normals of pairs j + 1,
-    j + 1 + n (indices mod n): every normal used once, no value from fewer than 4 pairs."""
+    j + 1 + n (indices mod n): every normal used once, no value from fewer than 4 pairs. A
+    float32 model's uniforms take 23 bits of a 32-bit word, a float64 model's 52 of 64."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
     count, key, nonce = 1000, bytes(range(32)), bytes(16)
     cipher = lambda: Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()  # noqa: E731
-    values = noise._ChunkBuffers(count).sum_of_four(cipher(), count).numpy()
-    words = np.frombuffer(cipher().update(bytes(32 * count)), dtype=np.uint64)
-    u = ((words >> np.uint64(12)) | np.uint64(0x3FF0_0000_0000_0000)).view(np.float64)  # [1, 2)
+    buffers = noise._ChunkBuffers(count, dtype)
+    values = buffers.sum_of_four(cipher(), count)
+    assert values.dtype == dtype
+    words = np.frombuffer(cipher().update(bytes(4 * np.dtype(word).itemsize * count)), dtype=word)
+    u = ((words >> word(shift)) | word(one)).view(np.float64 if word is np.uint64 else np.float32).astype(np.float64)
     radius, angle = np.sqrt(-2.0 * np.log(2.0 - u[:2 * count])), 2.0 * np.pi * u[2 * count:]
     cosines, sines = radius * np.cos(angle), radius * np.sin(angle)
     pairs = np.arange(count)
     expected = (cosines[pairs] + cosines[pairs + count] + sines[(pairs + 1) % count]
                 + sines[(pairs + 1) % count + count])
-    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(values.numpy(), expected, rtol=0, atol=tolerance)
+
+
+def test_float32_secure_noise_is_gaussian_and_switching_precision_keeps_each_its_own():
+    source = SecureNoise()
+    draws = source.gaussian((400_000,), 3.0, torch.zeros(1)).double().numpy() / 3.0
+    assert draws.dtype == np.float64 and stats.kstest(draws, "norm").pvalue > 1e-4
+    assert abs(draws.mean()) < 5 / np.sqrt(len(draws)) and abs(draws.var() - 1) < 5 * np.sqrt(2 / len(draws))
+    assert stats.kurtosis(draws) == pytest.approx(0.0, abs=0.05)  # tails as a Gaussian's, not truncated
+    wide = source.gaussian((1000,), 1.0, torch.zeros(1, dtype=torch.float64))
+    assert wide.dtype == torch.float64 and source._buffers[0].dtype == torch.float64
+    assert source.gaussian((1000,), 1.0, torch.zeros(1, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
 def test_the_next_draw_is_made_ahead_and_a_changed_request_is_drawn_afresh():
