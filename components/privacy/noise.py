@@ -2,8 +2,9 @@
 
 Three sources, one interface:
 - `SecureNoise`: a ChaCha20 keystream (the `cryptography` package, i.e. OpenSSL) keyed from
-  the OS, turned into uniforms and, by Box-Muller in the parameters' precision (float32, as
-  Opacus' secure mode; float64 for a float64 model), into Gaussians. Opacus' own
+  the OS, turned into uniforms and, by Box-Muller, into Gaussians: in the parameters'
+  precision (float32 from 24-bit uniforms, as Opacus' secure mode on float32 parameters) or,
+  with privacy.secure_noise_precision: float64, always in float64 from 52-bit uniforms. Opacus' own
   secure mode needs `torchcsprng`, which has no build for current torch. Like Opacus, each
   Gaussian is the sum of 4 draws divided by 2 (Holohan & Braghin 2021, sec. 5.1, n = 2), so
   the low bits of a released float no longer pin down the draw (the floating-point attack
@@ -23,7 +24,6 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,9 +38,16 @@ _WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 class SecureNoise:
     secure = True
-    description = "ChaCha20 CSPRNG (cryptography/OpenSSL), Box-Muller, 4-draw sum against floating-point attacks"
 
-    def __init__(self) -> None:
+    def __init__(self, precision: str = "parameters") -> None:
+        """`precision`: "parameters" draws a float32 model's normals in float32 from 24-bit uniforms,
+        exactly as Opacus' secure mode does on float32 parameters (torch.normal in their dtype);
+        "float64" draws every model's in float64 from 52-bit uniforms, 3x the cost. Holohan &
+        Braghin (2021, sec. 5.1) count an attack on the 4-draw sum as 2^(3p) for p-bit draws:
+        2^72 against 2^156."""
+        self.precision = precision
+        self.description = ("ChaCha20 CSPRNG (cryptography/OpenSSL), Box-Muller, 4-draw sum against floating-point "
+                            f"attacks, {'float64 normals (52-bit uniforms)' if precision == 'float64' else 'normals in the parameters precision (float32: 24-bit uniforms, as Opacus)'}")
         self._key = os.urandom(_KEY_BYTES)
         self._stream = 0  # a fresh 96-bit nonce per request: keystreams never overlap
         self._stream_lock = threading.Lock()  # the sampler's draws and the next noise's are concurrent
@@ -66,8 +73,8 @@ class SecureNoise:
         return ((self._words(count) >> np.uint64(11)).astype(np.float64) + 1.0) * _MANTISSA
 
     def gaussian(self, shape: torch.Size | tuple[int, ...], std: float, like: torch.Tensor) -> torch.Tensor:
-        request = (int(np.prod(shape)), std, torch.float64 if like.dtype == torch.float64 else torch.float32,
-                   like.is_cuda)
+        wide = like.dtype == torch.float64 or self.precision == "float64"
+        request = (int(np.prod(shape)), std, torch.float64 if wide else torch.float32, like.is_cuda)
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == request:
             values = ahead[1].result()
@@ -143,40 +150,38 @@ class TorchNoise:
 NoiseSource = SecureNoise | TorchNoise
 
 
-def noise_source(secure: bool, seed: int | None, device: torch.device | str = "cpu") -> NoiseSource:
-    return SecureNoise() if secure else TorchNoise(seed, device)
-
-
-@dataclass(frozen=True)
-class _Format:
-    """How a float type's uniforms on [1, 2) come from keystream words: a word of the same
-    width, its top mantissa-many bits shifted into the mantissa of 1.0."""
-
-    float: np.dtype
-    word: np.dtype
-    shift: int
-    one: int
-
-
-_FORMATS = {torch.float64: _Format(np.dtype(np.float64), np.dtype(np.uint64), 12, 0x3FF0_0000_0000_0000),
-            torch.float32: _Format(np.dtype(np.float32), np.dtype(np.uint32), 9, 0x3F80_0000)}
+def noise_source(secure: bool, seed: int | None, device: torch.device | str = "cpu",
+                 precision: str = "parameters") -> NoiseSource:
+    return SecureNoise(precision) if secure else TorchNoise(seed, device)
 
 
 class _ChunkBuffers:
-    """One worker's reused buffers: a chunk's keystream, its uniforms and its Gaussians, in the
-    released parameters' precision. float32 parameters get float32 normals (23-bit uniforms, as
-    Opacus' secure mode draws them with torch.normal in the parameter's dtype): half the
-    keystream, SIMD lanes twice as wide and numpy's faster float32 trigonometry: ~8 ns per value
-    against the float64 path's ~24 here (one thread); a float64 model gets float64
-    normals (52-bit uniforms)."""
+    """One worker's reused buffers: a chunk's keystream, its uniforms and its Gaussians, in one
+    precision. float32: 24-bit uniforms (k + 1) / 2^24 on (0, 1], as torch draws float32 ones
+    for Opacus; half the keystream of float64, SIMD lanes twice as wide and numpy's faster
+    float32 trigonometry, ~8 ns per value against ~24 (one thread, this machine). float64:
+    52-bit uniforms filling the mantissa of 1.0, on [1, 2)."""
 
     def __init__(self, size: int, dtype: torch.dtype = torch.float64) -> None:
         self.size, self.dtype = size, dtype  # values per chunk it can hold: a small model's draw needs no 8 MB
-        self.format = _FORMATS[dtype]
-        self.word_bytes = self.format.word.itemsize
-        self.zeros = bytes(4 * self.word_bytes * size)
-        self.words = np.empty(4 * size, dtype=self.format.word)
+        self.words = np.empty(4 * size, dtype=np.uint64 if dtype == torch.float64 else np.uint32)
+        self.zeros = bytes(self.words.nbytes)
+        self.uniforms = self.words.view(np.float64) if dtype == torch.float64 else np.empty(4 * size, np.float32)
         self.normals = torch.empty(2, 2 * size, dtype=dtype)
+
+    def _uniforms(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(radius uniforms on (0, 1], angle uniforms spanning one period) from the keystream words."""
+        words, uniforms = self.words[:4 * count], self.uniforms[:4 * count]
+        if self.dtype == torch.float64:
+            np.right_shift(words, np.uint64(12), out=words)
+            np.bitwise_or(words, np.uint64(0x3FF0_0000_0000_0000), out=words)  # [1, 2): in place, the words' memory
+            np.subtract(2.0, uniforms[:2 * count], out=uniforms[:2 * count])  # 2 - u is on (0, 1]: log never sees 0
+        else:
+            np.right_shift(words, np.uint32(8), out=words)
+            np.add(words, np.uint32(1), out=words)
+            np.copyto(uniforms, words, casting="unsafe")  # exact: at most 2^24
+            np.multiply(uniforms, np.float32(2.0**-24), out=uniforms)
+        return uniforms[:2 * count], uniforms[2 * count:]
 
     def sum_of_four(self, cipher, count: int) -> torch.Tensor:
         """`count` sums of 4 standard normals (Box-Muller, in place), not yet halved.
@@ -184,20 +189,15 @@ class _ChunkBuffers:
         the cosine normals of pairs j and j + count and the sine normals of the next two
         pairs along, so its 4 normals come from 4 distinct pairs (8 uniforms), as Opacus' sum
         of 4 separate draws does."""
-        words, size = self.words[:4 * count], 4 * self.word_bytes * count
-        cipher.update_into(memoryview(self.zeros)[:size], memoryview(self.words).cast("B")[:size])
-        np.right_shift(words, words.dtype.type(self.format.shift), out=words)
-        np.bitwise_or(words, words.dtype.type(self.format.one), out=words)
-        uniforms = words.view(self.format.float)  # [1, 2): 52 (float64) or 23 (float32) random bits each
-        radius, angle = uniforms[:2 * count], uniforms[2 * count:]
+        cipher.update_into(memoryview(self.zeros)[:self.words[:4 * count].nbytes],
+                           memoryview(self.words).cast("B")[:self.words[:4 * count].nbytes])
+        radius, angle = self._uniforms(count)
         # log and sqrt in numpy (its SIMD log is ~3x torch's here); cos and sin where they are
         # fastest: numpy's float32 ones are ~2x torch's, torch's float64 ones ~4x numpy's
-        two = self.format.float.type(2.0)
-        np.subtract(two, radius, out=radius)  # 2 - u is on (0, 1]: log never sees 0
         np.log(radius, out=radius)
-        np.multiply(radius, -two, out=radius)
+        np.multiply(radius, radius.dtype.type(-2.0), out=radius)
         np.sqrt(radius, out=radius)
-        np.multiply(angle, self.format.float.type(_TWO_PI), out=angle)  # 2 pi u, u on [1, 2): one full period
+        np.multiply(angle, angle.dtype.type(_TWO_PI), out=angle)  # 2 pi u: one full period
         cosines, sines = self.normals[0, :2 * count], self.normals[1, :2 * count]
         if self.dtype == torch.float32:
             for wave, out in ((np.cos, cosines.numpy()), (np.sin, sines.numpy())):

@@ -174,7 +174,8 @@ def _train_here(job: Path | None, settings: Settings, rank: int, size: int) -> N
     checkpoint = (checkpoint_for(settings, description, read_pretrained(pretrained)[0], bound)
                   if settings.train.nodes == 1 else None)
     result = train_private(train, test, DpSgdPlan(**spec["plan"]), settings.train, len(description["classes"]),
-                           start, secure=settings.privacy.secure_noise, rows_per_unit=bound, checkpoint=checkpoint,
+                           start, secure=settings.privacy.secure_noise,
+                           noise_precision=settings.privacy.secure_noise_precision, rows_per_unit=bound, checkpoint=checkpoint,
                            run_id=spec["run_id"], world=World(rank, size, leader), model=model)
     digests: list = [None] * size
     torch.distributed.all_gather_object(digests, weights_digest(result.model))

@@ -97,17 +97,19 @@ class TrainResult:
     history: list[list[float]] = field(default_factory=list)
 
 
-def _randomness(t: TrainSettings, secure: bool, world: World, device: torch.device) -> tuple[NoiseSource | None, NoiseSource]:
+def _randomness(t: TrainSettings, secure: bool, world: World, device: torch.device,
+                precision: str) -> tuple[NoiseSource | None, NoiseSource]:
     """(noise, sampler): only the leader draws noise, so the reduced gradient carries one draw;
     every rank samples its own units independently."""
     seed = t.noise_seed
-    noise = noise_source(secure, seed, device) if world.rank == world.leader else None
+    noise = noise_source(secure, seed, device, precision) if world.rank == world.leader else None
     sampler = noise_source(secure, None if seed is None else seed + 1 + world.rank)
     return noise, sampler
 
 
 def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t: TrainSettings, n_classes: int,
-                  start: dict | None = None, *, secure: bool = False, rows_per_unit: int = 1,
+                  start: dict | None = None, *, secure: bool = False, noise_precision: str = "parameters",
+                  rows_per_unit: int = 1,
                   checkpoint=None, run_id: str = "", world: World = World(),
                   on_epoch: Callable[[dict], None] | None = None, model: nn.Module | None = None) -> TrainResult:
     """DP-SGD for plan.steps steps: Poisson sampling of units at plan.sample_rate, clipping per
@@ -122,7 +124,7 @@ def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t:
     engine = PrivateGradient(model, t.max_grad_norm)
     optimizer = torch.optim.SGD(engine.parameters, lr=t.learning_rate, momentum=0.9)
     accountant = create_accountant(mechanism=plan.accountant)
-    noise, sampler = _randomness(t, secure, world, device)
+    noise, sampler = _randomness(t, secure, world, device, noise_precision)
     mine = torch.arange(layout.units)[world.rank::world.size]  # DPDDP: each rank samples its own units
     expected = plan.sample_rate * layout.units
     steps_per_epoch = round(1 / plan.sample_rate)

@@ -48,7 +48,8 @@ def run_training(settings: Settings, description: dict, data_dir: Path, pretrain
     t = settings.train
     n_classes = len(description["classes"])
     vault = open_vault()
-    options = {"secure": settings.privacy.secure_noise, "rows_per_unit": privacy_unit_bound(description, settings),
+    options = {"secure": settings.privacy.secure_noise, "noise_precision": settings.privacy.secure_noise_precision,
+               "rows_per_unit": privacy_unit_bound(description, settings),
                "checkpoint": checkpoint, "run_id": run_id,
                "on_epoch": lambda done: report_progress(f"train@{settings.dataset.name}", **done)}
     if t.model == "text":
@@ -95,7 +96,7 @@ def train_charged(args, settings: Settings, vault: Vault, description: dict, can
         "classes": description["classes"], "snapshot_id": description["snapshot_id"], "dataset": description["dataset"],
         **trained.card})
     write_anchor(vault, anchor, args.out)
-    noise = noise_source(settings.privacy.secure_noise, t.noise_seed)
+    noise = noise_source(settings.privacy.secure_noise, t.noise_seed, precision=settings.privacy.secure_noise_precision)
     write_json(args.metrics, {
         "run_id": run_id, "snapshot_id": description["snapshot_id"], "audit": audited,
         "privacy": {**asdict(plan), "epsilon_spent": result.epsilon, "max_grad_norm": t.max_grad_norm,

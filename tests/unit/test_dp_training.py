@@ -162,29 +162,38 @@ def test_secure_noise_chunks_draw_from_distinct_keystreams():
     assert not np.isin(first[:100], again).any()  # the next request starts past every nonce used
 
 
-@pytest.mark.parametrize("dtype, word, shift, one, tolerance", [
-    (torch.float64, np.uint64, 12, 0x3FF0_0000_0000_0000, 1e-12),
-    (torch.float32, np.uint32, 9, 0x3F80_0000, 2e-5)])
-def test_each_secure_value_sums_four_normals_of_four_distinct_uniform_pairs(dtype, word, shift, one, tolerance):
-    """The definition, in numpy float64 from the same keystream: pair p of a chunk of 2n pairs is
-    (u[p], u[p + 2n]); value j = cos normals of pairs j, j + n plus sine normals of pairs j + 1,
-    j + 1 + n (indices mod n): every normal used once, no value from fewer than 4 pairs. A
-    float32 model's uniforms take 23 bits of a 32-bit word, a float64 model's 52 of 64."""
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-
-    count, key, nonce = 1000, bytes(range(32)), bytes(16)
-    cipher = lambda: Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()  # noqa: E731
-    buffers = noise._ChunkBuffers(count, dtype)
-    values = buffers.sum_of_four(cipher(), count)
-    assert values.dtype == dtype
-    words = np.frombuffer(cipher().update(bytes(4 * np.dtype(word).itemsize * count)), dtype=word)
-    u = ((words >> word(shift)) | word(one)).view(np.float64 if word is np.uint64 else np.float32).astype(np.float64)
-    radius, angle = np.sqrt(-2.0 * np.log(2.0 - u[:2 * count])), 2.0 * np.pi * u[2 * count:]
+def _definition(values: np.ndarray, radius_u: np.ndarray, angle_u: np.ndarray, tolerance: float) -> None:
+    count = len(values)
+    radius, angle = np.sqrt(-2.0 * np.log(radius_u)), 2.0 * np.pi * angle_u
     cosines, sines = radius * np.cos(angle), radius * np.sin(angle)
     pairs = np.arange(count)
     expected = (cosines[pairs] + cosines[pairs + count] + sines[(pairs + 1) % count]
                 + sines[(pairs + 1) % count + count])
-    np.testing.assert_allclose(values.numpy(), expected, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(values, expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_each_secure_value_sums_four_normals_of_four_distinct_uniform_pairs(dtype):
+    """The definition, in numpy float64 from the same keystream: pair p of a chunk of 2n pairs is
+    (u[p], u[p + 2n]); value j = cos normals of pairs j, j + n plus sine normals of pairs j + 1,
+    j + 1 + n (indices mod n): every normal used once, no value from fewer than 4 pairs. A
+    float64 model's uniforms fill the mantissa of 1.0 with 52 bits of a 64-bit word; a float32
+    model's are (k + 1) / 2^24 for the top 24 bits k of a 32-bit word, as torch's float32 ones."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    count, key, nonce = 1000, bytes(range(32)), bytes(16)
+    cipher = lambda: Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()  # noqa: E731
+    values = noise._ChunkBuffers(count, dtype).sum_of_four(cipher(), count)
+    assert values.dtype == dtype
+    if dtype == torch.float64:
+        words = np.frombuffer(cipher().update(bytes(32 * count)), dtype=np.uint64)
+        u = ((words >> np.uint64(12)) | np.uint64(0x3FF0_0000_0000_0000)).view(np.float64)  # [1, 2)
+        _definition(values.numpy(), 2.0 - u[:2 * count], u[2 * count:], 1e-12)
+    else:
+        words = np.frombuffer(cipher().update(bytes(16 * count)), dtype=np.uint32)
+        u = ((words >> np.uint32(8)).astype(np.float64) + 1) / 2.0**24  # (0, 1]
+        assert u.min() > 0 and u.max() <= 1
+        _definition(values.numpy().astype(np.float64), u[:2 * count], u[2 * count:], 2e-5)
 
 
 def test_float32_secure_noise_is_gaussian_and_switching_precision_keeps_each_its_own():
@@ -196,6 +205,9 @@ def test_float32_secure_noise_is_gaussian_and_switching_precision_keeps_each_its
     wide = source.gaussian((1000,), 1.0, torch.zeros(1, dtype=torch.float64))
     assert wide.dtype == torch.float64 and source._buffers[0].dtype == torch.float64
     assert source.gaussian((1000,), 1.0, torch.zeros(1, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    wider = SecureNoise("float64")
+    assert wider.gaussian((1000,), 1.0, torch.zeros(1)).dtype == torch.float32 and wider._buffers[0].dtype == torch.float64
+    assert "52-bit" in wider.description and "24-bit" in source.description
 
 
 def test_the_next_draw_is_made_ahead_and_a_changed_request_is_drawn_afresh():
