@@ -10,8 +10,8 @@ no one privacy; it stands in for a customer-feedback export.
    LoRA adapters (rank 8) on the last layer's query and value; all layers with
    --all-layers, which is what a GPU runs), with privflow's trainer
    (privflow.training.loop) on the frozen bottom's outputs computed once; against the
-   non-private baseline of the same top on the same split (the DP recipe without noise or
-   Adam, chosen on a held-back tenth, refit on the whole split). Goal: gap <= 3 points for the best mode.
+   non-private baseline of the same top on the same split (Adam, learning rate chosen on a
+   held-back tenth, refit on the whole split). Goal: gap <= 3 points for the best mode.
 2. Step time at batch 32 x 64 tokens, the same top and batch for every engine, steps
    interleaved (this machine is noisy: ratios): a plain step; privflow's DP step; Opacus'
    hooks (GradSampleModule) and ghost clipping. Goal <= 1.3x. Peak memory of each engine:
@@ -116,7 +116,7 @@ def accuracy_rows(encoder, modes: list[tuple[str, int]]) -> list[dict]:
                                model=copy.deepcopy(top))
         dp_s = time.perf_counter() - started
         started = time.perf_counter()
-        baseline = text_baseline(top, (x, y), (x_t, y_t), Schedule(3, 32, None, t.max_grad_norm, 0), t.learning_rate)
+        baseline = text_baseline(top, (x, y), (x_t, y_t), Schedule(3, 32, None, t.max_grad_norm, 0))
         trained_tops[(mode, k)] = result.model
         rows.append({"mode": mode, "trained_layers": len(top.layers),
                      "trainable_parameters": sum(p.numel() for p in top.parameters() if p.requires_grad),

@@ -56,9 +56,14 @@ def held_back_tenth(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return order[: max(1, rows // 10)], order[max(1, rows // 10):]
 
 
+def adam_recipes(rates: tuple[float, ...]) -> list[Recipe]:
+    return [Recipe(f"Adam at {rate:g}", rate) for rate in rates]
+
+
 def recipes(learning_rate: float, adam_rates: tuple[float, ...] = ADAM_LEARNING_RATES) -> list[Recipe]:
+    """The DP run's recipe without its noise, then Adam at each rate."""
     return [Recipe(f"the DP run's SGD at {learning_rate:g}, per-example clipping, no noise", learning_rate, clipped=True),
-            *(Recipe(f"Adam at {rate:g}", rate) for rate in adam_rates)]
+            *adam_recipes(adam_rates)]
 
 
 @dataclass(frozen=True)
