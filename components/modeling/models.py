@@ -163,7 +163,6 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Modul
 
 
 @torch.no_grad()
-@torch.no_grad()
 def accuracy(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch: int = 1024) -> float:
     """In batches: a transformer's activations over a whole test split would not fit."""
     model.eval()

@@ -28,6 +28,7 @@ from privflow.settings import TrainSettings
 
 ADAM_LEARNING_RATES = (1e-2,)
 CHOSEN_ON = "a held-back tenth of the training split"
+TRAINED_ON = "the whole training split"  # the refit: the DP run's data
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class Baseline:
     accuracy: float
     recipe: str
     model: nn.Module = field(repr=False, compare=False)
+
+    def record(self) -> dict[str, str]:
+        """What the metrics and the report say of how it was made."""
+        return {"recipe": self.recipe, "chosen_on": CHOSEN_ON, "trained_on": TRAINED_ON}
 
 
 def held_back_tenth(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,6 +95,8 @@ def test_the_recipe_chosen_on_the_held_back_tenth_is_refit_on_the_whole_split():
 
     result = train_baseline(initial, (features, labels), (features, labels), schedule, candidates)
     assert result.recipe == "Adam at 0.05" and result.accuracy > 0.95
+    assert result.record() == {"recipe": "Adam at 0.05", "chosen_on": "a held-back tenth of the training split",
+                               "trained_on": "the whole training split"}
     assert len(built) == 3 and result.model is built[-1]  # each candidate once, then the refit
     held, rest = held_back_tenth(200, 0)
     assert len(held) == 20 and len(rest) == 180 and set(held.tolist()).isdisjoint(rest.tolist())
