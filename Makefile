@@ -43,12 +43,13 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } || \
 	    echo "not installed: $$missing (the tests that need them will be skipped)"; fi
 
-# Both cores; a test file's tests stay on one worker, so a module's shared pipeline run is made once.
+# Both cores; a test file's tests stay on one worker, so a module's shared pipeline run is made once;
+# the heaviest files start first, as tests/file_seconds.json measured them (tests/conftest.py).
 test: install system-deps
-	$(BIN)/pytest -q -ra --durations=20 -n 2 --dist loadfile
+	$(BIN)/pytest -q -ra --durations=20 -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: install
-	$(BIN)/pytest -q -ra -m "not slow" -n 2 --dist loadfile
+	$(BIN)/pytest -q -ra -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py

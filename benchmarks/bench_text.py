@@ -116,7 +116,7 @@ def accuracy_rows(encoder, modes: list[tuple[str, int]]) -> list[dict]:
                                model=copy.deepcopy(top))
         dp_s = time.perf_counter() - started
         started = time.perf_counter()
-        baseline = text_baseline(top, (x, y), (x_t, y_t), Schedule(3, 32, None, t.max_grad_norm, 0))
+        baseline = text_baseline(top, (x, y), (x_t, y_t), Schedule(3, 32, None, t.max_grad_norm, 0), t.learning_rate)
         trained_tops[(mode, k)] = result.model
         rows.append({"mode": mode, "trained_layers": len(top.layers),
                      "trainable_parameters": sum(p.numel() for p in top.parameters() if p.requires_grad),

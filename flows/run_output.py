@@ -60,6 +60,12 @@ def stage_said(log: Path, stage: str) -> list[str]:
     return [line for line in part if line.startswith("privflow: ")] or part[-15:]
 
 
+def cost_note(cost: dict | None) -> str:
+    """The paired interval of what DP cost, when it says the gap is noise (a user would read a
+    negative gap as DP gaining accuracy)."""
+    return "" if not cost or cost["verdict"] != "within the test split's noise" else ", a gap within the test noise"
+
+
 def summary(root: Path, dag: Dag, datasets: list[str], ran: set[str]) -> list[str]:
     """Per dataset: what ran, the epsilon this run spent, what is left, accuracy, the report."""
     lines = []
@@ -77,6 +83,7 @@ def summary(root: Path, dag: Dag, datasets: list[str], ran: set[str]) -> list[st
         lines.append(f"{name}: ran {', '.join(stages) or 'nothing (up to date)'}; epsilon spent {spent:.3f}, "
                      f"{budget['remaining']:.3f} of {budget['cap']:g} left (budget {training['budget']['name']}); "
                      f"accuracy {accuracy['private']:.3f}"
-                     + (f" (non-private {baseline:.3f})" if baseline is not None else "")
+                     + (f" (non-private {baseline:.3f}{cost_note(training.get('privacy_cost'))})"
+                        if baseline is not None else "")
                      + f"; report {report.with_name(REPORT_FILES[0])}")
     return lines

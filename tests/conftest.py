@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,46 @@ from privflow.settings import KEYRING_ENV, LEDGER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SCHEMA = ROOT / "schemas" / "breast_cancer.yaml"
+FILE_SECONDS = Path(__file__).with_name("file_seconds.json")  # measured by --record-file-seconds
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-file-seconds", metavar="PATH",
+                     help="write each test file's seconds (setup, call and teardown of its tests) as JSON, "
+                          "the order `make test` starts files in (tests/file_seconds.json)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The heaviest test files first, as measured (longest processing time first). `make test`
+    gives whole files to two workers (a file's shared pipeline run is made once) and xdist
+    would start the files with most tests first: the e2e files, few tests of minutes each,
+    came last, and one core ran the last four minutes alone. A file not measured yet counts
+    as its folder's mean. The sort is stable: a file's tests keep their order."""
+    seconds = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.exists() else {}
+    by_folder = defaultdict(list)
+    for name, cost in seconds.items():
+        by_folder[name.rpartition("/")[0]].append(cost)
+
+    def cost(item) -> float:
+        name = item.nodeid.partition("::")[0]
+        folder = by_folder.get(name.rpartition("/")[0], [0.0])
+        return seconds.get(name, sum(folder) / len(folder))
+
+    items.sort(key=lambda item: -cost(item))
+
+
+_FILE_SECONDS: defaultdict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    _FILE_SECONDS[report.nodeid.partition("::")[0]] += report.duration
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("--record-file-seconds")
+    if path and not hasattr(session.config, "workerinput"):  # the controller holds every worker's reports
+        ordered = dict(sorted(((k, round(v, 1)) for k, v in _FILE_SECONDS.items()), key=lambda kv: -kv[1]))
+        Path(path).write_text(json.dumps(ordered, indent=1) + "\n")
 
 
 @pytest.fixture(autouse=True)

@@ -163,14 +163,19 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Modul
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch: int = 1024) -> float:
-    """In batches: a transformer's activations over a whole test split would not fit."""
+def correct_predictions(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
+                        batch: int = 1024) -> torch.Tensor:
+    """Whether each row is predicted right, on the model's device, in batches: a transformer's
+    activations over a whole test split would not fit."""
     model.eval()
-    if len(labels) == 0:
-        return float("nan")
-    right = sum(int((model(features[i:i + batch]).argmax(dim=1) == labels[i:i + batch]).sum())
-                for i in range(0, len(labels), batch))
-    return right / len(labels)
+    device = next(model.parameters()).device
+    return torch.cat([model(features[i:i + batch].to(device)).argmax(dim=1).cpu() == labels[i:i + batch].cpu()
+                      for i in range(0, len(labels), batch)]) if len(labels) else torch.zeros(0, dtype=torch.bool)
+
+
+def accuracy(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch: int = 1024) -> float:
+    right = correct_predictions(model, features, labels, batch)
+    return int(right.sum()) / len(right) if len(right) else float("nan")
 
 
 def initial_model(t: TrainSettings, n_features: int, n_classes: int, start: dict | None = None) -> nn.Module:

@@ -14,6 +14,7 @@ LSTM costs 35–55 s on this machine, as much as its DP run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ from torch import nn
 from torch.nn import functional
 from torch.utils.data import TensorDataset
 
-from privflow.modeling.models import accuracy, initial_model
+from privflow.modeling.models import accuracy, correct_predictions, initial_model
 from privflow.privacy.dp_sgd import PrivateGradient
 from privflow.settings import TrainSettings
 
@@ -131,3 +132,22 @@ def preset_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings,
     features = train.tensors[0]
     return train_baseline(lambda: initial_model(t, features.shape[1], n_classes, start), train.tensors[:2],
                           test.tensors[:2], Schedule.of(t), recipes(t.learning_rate))
+
+
+def privacy_cost(baseline: nn.Module, private: nn.Module, test: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """What DP cost in accuracy on the test split, in points (the baseline's minus the DP
+    model's), with a 95 % interval from the paired outcomes: both models are scored on the
+    same records, so only the records they disagree on carry the difference and its noise.
+    On the demo's feedback (500 test texts) the DP model scored 0.728 to 0.756 over four
+    noise seeds and good baselines 0.746 to 0.760: a point either way is the split's noise,
+    and an auditor should read it as such, not as DP gaining or costing accuracy."""
+    gained = correct_predictions(baseline, *test).float() - correct_predictions(private, *test).float()
+    n = len(gained)
+    points = 100 * float(gained.mean()) if n else float("nan")
+    half = 100 * 1.96 * float(gained.std()) / math.sqrt(n) if n > 1 else float("nan")
+    verdict = ("not measured" if not n > 1 else "DP costs accuracy" if points - half > 0
+               else "the DP model scored higher: the baseline is too weak" if points + half < 0
+               else "within the test split's noise")
+    return {"points": points, "interval_95": [points - half, points + half], "test_records": n,
+            "only_baseline_right": int((gained > 0).sum()), "only_private_right": int((gained < 0).sum()),
+            "verdict": verdict}

@@ -19,7 +19,7 @@ from privflow.privacy.dp_sgd import engines
 from privflow.privacy.noise import noise_source
 from privflow.progress import report_progress
 from privflow.settings import Settings
-from privflow.training.baseline import Baseline, preset_baseline
+from privflow.training.baseline import Baseline, preset_baseline, privacy_cost
 from privflow.training.canaries import audit_gate, with_canaries
 from privflow.training.charge import privacy_unit_bound
 from privflow.training.io import load_split, read_pretrained, save_model
@@ -113,7 +113,7 @@ def train_charged(args, settings: Settings, vault: Vault, description: dict, can
                  "dropped_by_unit_bound": result.dropped_rows},
         "pretraining": pretraining, **trained.card,
         "accuracy": {"private": result.curve[-1]["test_accuracy"], "non_private_baseline": baseline.accuracy},
-        "baseline": baseline.record(),
+        "baseline": baseline.record(), "privacy_cost": privacy_cost(baseline.model, result.model, test.tensors[:2]),
     })
     write_json(args.curve, result.curve)
     if checkpoint is not None:

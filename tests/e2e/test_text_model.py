@@ -58,6 +58,10 @@ def test_the_text_preset_fine_tunes_the_pretrained_encoder_under_dp(text_run):
     accuracy = metrics["accuracy"]
     assert accuracy["private"] > 0.6, accuracy  # majority class about 0.55
     assert accuracy["non_private_baseline"] >= accuracy["private"] - 0.03, accuracy
+    cost = metrics["privacy_cost"]  # the same gap, paired over the same test texts, with its noise
+    assert cost["points"] == pytest.approx(100 * (accuracy["non_private_baseline"] - accuracy["private"]))
+    assert cost["interval_95"][0] <= cost["points"] <= cost["interval_95"][1], cost
+    assert cost["verdict"] != "the DP model scored higher: the baseline is too weak", cost
     rows = metrics["rows"]
     assert rows["train"] + rows["test"] == ROWS - 4  # the four planted defects are quarantined
 

@@ -14,7 +14,8 @@ from privflow.data.schema_file import load_schema
 from privflow.demo_data import write_demo_data
 from privflow.modeling.models import weights_of
 from privflow.privacy.accounting import plan_dp_sgd
-from privflow.training.baseline import Recipe, Schedule, fit, held_back_tenth, preset_baseline, train_baseline
+from privflow.training.baseline import (Recipe, Schedule, fit, held_back_tenth, preset_baseline, privacy_cost,
+                                       train_baseline)
 from privflow.training.demo_splits import demo_splits
 from privflow.training.loop import train_private
 from privflow.training.public import pretrain, read_public
@@ -124,3 +125,49 @@ def test_the_dp_recipe_without_noise_clips_each_example():
             total += scale * g
     for p, r, total in zip(model.parameters(), reference, clipped):
         torch.testing.assert_close(p.detach(), r - 0.1 * total / 8, atol=1e-5, rtol=1e-4)
+
+
+def predicting() -> torch.nn.Module:
+    """A model that predicts the class its input's one-hot logits name."""
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+        model.bias.zero_()
+    return model
+
+
+def logits(predicted: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.one_hot(predicted, 2).float()
+
+
+@pytest.mark.parametrize("only_baseline, only_private, verdict", [
+    (40, 10, "DP costs accuracy"), (12, 10, "within the test split's noise"),
+    (5, 40, "the DP model scored higher: the baseline is too weak")])
+def test_privacy_cost_is_the_paired_gap_with_its_interval(only_baseline, only_private, verdict):
+    n, both = 400, 250
+    labels = torch.zeros(n, dtype=torch.long)
+    baseline_right = torch.zeros(n, dtype=torch.bool)
+    private_right = torch.zeros(n, dtype=torch.bool)
+    baseline_right[:both + only_baseline] = True
+    private_right[:both] = True
+    private_right[both + only_baseline:both + only_baseline + only_private] = True
+    # one input holds both models' logits: each model reads its own
+    features = torch.stack([logits(torch.where(right, labels, 1 - labels))
+                            for right in (baseline_right, private_right)], dim=1)  # [n, 2 models, 2 classes]
+
+    class Reads(torch.nn.Module):
+        def __init__(self, which: int):
+            super().__init__()
+            self.which, self.inner = which, predicting()
+
+        def forward(self, x):
+            return self.inner(x[:, self.which])
+
+    cost = privacy_cost(Reads(0), Reads(1), (features, labels))
+    gained = baseline_right.float() - private_right.float()
+    half = 1.96 * 100 * float(gained.std()) / math.sqrt(n)
+    assert cost["points"] == pytest.approx(100 * (only_baseline - only_private) / n)
+    assert cost["interval_95"] == pytest.approx([cost["points"] - half, cost["points"] + half])
+    assert (cost["only_baseline_right"], cost["only_private_right"], cost["test_records"]) == (
+        only_baseline, only_private, n)
+    assert cost["verdict"] == verdict
