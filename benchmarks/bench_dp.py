@@ -113,7 +113,9 @@ def engine_closures(fresh, x: torch.Tensor, y: torch.Tensor) -> dict:
                       "noise_torch": lambda: fast.gaussian((parameters,), 1.0, reference),
                       # privflow's DP step without noise and with the secure source: the noise's cost
                       "privflow_noiseless": privflow_step(fresh, x, y, None)[0],
-                      "privflow_secure": privflow_step(fresh, x, y, SecureNoise())[0]},
+                      "privflow_secure": privflow_step(fresh, x, y, SecureNoise())[0],
+                      # the same with each draw made in its own step, none ahead in the background
+                      "privflow_secure_in_step": privflow_step(fresh, x, y, SecureNoise(ahead=False))[0]},
             "parameters": parameters}
 
 

@@ -27,6 +27,21 @@ import sys
 
 HOST_ENV = "PRIVFLOW_STAGE_HOST"
 STAGE_PACKAGE = "privflow.stages."
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def share_cores(processes: int, environ=os.environ) -> None:
+    """Give each of `processes` processes that compute at once its share of this machine's
+    cores, in the environment they inherit, unless the user set a thread count already.
+    torch's OpenMP threads spin at barriers, so two processes of two threads each on two cores
+    are far slower than two of one: privflow's DP training tests ran 162 s against 44 s side
+    by side. Read once, as numpy and torch load: set it before either does. One process keeps
+    the libraries' own defaults."""
+    if processes <= 1:
+        return
+    threads = str(max(1, len(os.sched_getaffinity(0)) // max(1, processes)))
+    for name in THREAD_VARIABLES:
+        environ.setdefault(name, threads)
 
 
 def address(name: str) -> str:

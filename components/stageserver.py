@@ -282,14 +282,17 @@ def _fresh_process_state() -> None:
     """What a fresh process would have derived from its own environment or the OS, the host's
     imports had fixed: the temp folder (from TMPDIR: plaintext must never land in the host's),
     and numpy's global generator, seeded from the OS (a forked one would share the host's
-    state with every other stage). Python's `random` reseeds itself at fork; torch's default
-    generator starts from the same fixed seed in every process anyway."""
+    state with every other stage), and torch's thread count from the command's OMP_NUM_THREADS
+    (OpenMP read the host's as torch loaded). `random` reseeds at fork; torch's seed is fixed anyway."""
     import tempfile
 
     tempfile.tempdir = None
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()
+    torch, threads = sys.modules.get("torch"), os.environ.get("OMP_NUM_THREADS", "")
+    if torch is not None and threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
 
 
 if __name__ == "__main__":

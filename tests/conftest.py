@@ -2,15 +2,13 @@ from __future__ import annotations
 
 import os
 
+from privflow.stagehost import share_cores  # noqa: E402 (light: no numpy, no torch)
+
 # Each xdist worker gets its share of the cores, and so do the stage commands and servers it
-# starts (they inherit the environment); set before numpy, torch and OpenBLAS load, as they
-# read it once. torch's OpenMP threads spin at barriers: two workers of two threads each on
-# two cores ran the unit tests of DP training 4.4x slower (143 s against 33 s, side by side)
-# than two workers of one thread.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(_name, str(max(1, len(os.sched_getaffinity(0))
-                                             // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+# starts (they inherit the environment); set before numpy and torch load, as they read it once.
+# Two workers of two spinning OpenMP threads each on two cores ran the DP training unit tests
+# in 162 s, of one thread each in 44 s, side by side.
+share_cores(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 import json  # noqa: E402
 from collections import defaultdict  # noqa: E402

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import TensorDataset
 
 from privflow.artifacts import open_vault, write_json
@@ -106,7 +107,7 @@ def train_charged(args, settings: Settings, vault: Vault, description: dict, can
                     "profile": settings.privacy.profile, "accountant_history": result.history,
                     "grad_sample_mode": ENGINE, "engines": engines(result.model)},
         "training": {"model": t.model, "device": str(resolve_device(t.device)), "processes": t.processes, "nodes": t.nodes,
-                     "resumed_from_step": result.resumed_from_step},
+                     "threads": torch.get_num_threads(), "resumed_from_step": result.resumed_from_step},
         "budget": {**budget, "name": budget_name(settings)},
         "ledger_anchor": asdict(anchor),
         "rows": {"train": len(real), "test": len(test), "canaries": extra_rows,

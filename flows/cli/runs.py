@@ -102,6 +102,7 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     from privflow.flows.run_output import new_log_path, output_to_log, stage_said
     from privflow.flows.stages import StageFailed
     from privflow.progress import PROGRESS_DIR_ENV
+    from privflow.stagehost import share_cores
     from privflow.stageserver import stage_host
 
     quiet_tracebacks()
@@ -109,6 +110,8 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     if workers > 1 or dask_address:
         from prefect_dask import DaskTaskRunner
 
+        if not dask_address:  # a local cluster's workers, and their stages, share this machine's cores
+            share_cores(workers)
         runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
             cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
         flow = pipeline.with_options(task_runner=runner)

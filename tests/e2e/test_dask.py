@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 
 import pytest
 
+from privflow.stagehost import THREAD_VARIABLES
 from tests.workspace import demo_workspace
 
 pytestmark = pytest.mark.slow
@@ -34,6 +36,12 @@ def test_two_datasets_side_by_side_on_two_dask_workers_match_the_sequential_run(
     side_by_side = demo_workspace(tmp_path / "dask", churn=True)
     for workspace in (sequential, side_by_side):
         workspace.edit_params(train={"noise_seed": 5})
+    # the side-by-side run is given no thread count: privflow shares the cores between its 2 workers
+    # (the sequential run is given that share, so the models' bytes can be compared)
+    shared = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    for name in THREAD_VARIABLES:
+        side_by_side.env.pop(name, None)
+        sequential.env[name] = shared
     sequential.run("privflow", "run", check=True)
     result = side_by_side.run("privflow", "run", "--workers", "2", check=True, columns=300)
     workers = dict(re.findall(r"dataset (\w+): stages ran in worker (\S+)", result.stdout + result.stderr))
@@ -41,6 +49,7 @@ def test_two_datasets_side_by_side_on_two_dask_workers_match_the_sequential_run(
     for dataset in DATASETS:
         assert outcome(side_by_side, dataset) == outcome(sequential, dataset), dataset
         assert (side_by_side.reports(dataset) / "report.html").exists()
+        assert json.loads(side_by_side.metrics("train", dataset).read_text())["training"]["threads"] == int(shared)
     for workspace in (sequential, side_by_side):
         ledger = workspace.open_ledger()
         assert sorted(c.dataset for c in ledger.charges()) == sorted(DATASETS) and ledger.verify() == []

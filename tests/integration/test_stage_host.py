@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from privflow.stagehost import HOST_ENV, address, same_interpreter
+from privflow.stagehost import HOST_ENV, THREAD_VARIABLES, address, same_interpreter, share_cores
 from privflow.stageserver import stage_host, wait_until_serving
 
 
@@ -97,3 +97,27 @@ def test_the_host_ends_with_the_run_that_started_it_even_when_that_run_is_sigkil
     while host.is_running() and host.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not host.is_running() or host.status() == psutil.STATUS_ZOMBIE
+
+
+def test_cores_are_shared_only_between_processes_and_never_over_the_users_setting():
+    cores = len(os.sched_getaffinity(0))
+    environ = {}
+    share_cores(2, environ)
+    assert environ == {name: str(max(1, cores // 2)) for name in THREAD_VARIABLES}
+    alone = {}
+    share_cores(1, alone)
+    assert alone == {}  # one process keeps the libraries' defaults
+    chosen = {"OMP_NUM_THREADS": "3"}
+    share_cores(2, chosen)
+    assert chosen["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_hosted_stage_takes_its_thread_count_from_its_own_environment():
+    """OpenMP reads OMP_NUM_THREADS once, as the host loads torch: a stage forked from it must
+    set torch's count from the command's environment, as a fresh process would have."""
+    probe = ("import os, torch; torch.set_num_threads(2); os.environ['OMP_NUM_THREADS'] = '1'; "
+             "from privflow.stageserver import _fresh_process_state; _fresh_process_state(); "
+             "print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "1", result.stderr

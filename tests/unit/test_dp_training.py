@@ -210,6 +210,13 @@ def test_float32_secure_noise_is_gaussian_and_switching_precision_keeps_each_its
     assert "52-bit" in wider.description and "24-bit" in source.description
 
 
+def test_asked_not_to_draw_ahead_each_draw_is_made_in_its_step():
+    source = SecureNoise(ahead=False)
+    first = source.gaussian((5000,), 1.0, torch.zeros(1))
+    assert source._ahead is None
+    assert not np.isin(first.numpy()[:100], source.gaussian((5000,), 1.0, torch.zeros(1)).numpy()).any()
+
+
 def test_the_next_draw_is_made_ahead_and_a_changed_request_is_drawn_afresh():
     source = SecureNoise()
     like = torch.zeros(1, dtype=torch.float64)
