@@ -10,8 +10,8 @@ no one privacy; it stands in for a customer-feedback export.
    LoRA adapters (rank 8) on the last layer's query and value; all layers with
    --all-layers, which is what a GPU runs), with privflow's trainer
    (privflow.training.loop) on the frozen bottom's outputs computed once; against the
-   non-private baseline of the same top on the same split (Adam, learning rate chosen on a
-   held-back tenth, refit on the whole split). Goal: gap <= 3 points for the best mode.
+   non-private baseline of the same top on the same split (Adam at three rates and, for the
+   head, the DP recipe without noise, chosen on a held-back tenth, refit on the whole split). Goal: gap <= 3 points for the best mode.
 2. Step time at batch 32 x 64 tokens, the same top and batch for every engine, steps
    interleaved (this machine is noisy: ratios): a plain step; privflow's DP step; Opacus'
    hooks (GradSampleModule) and ghost clipping. Goal <= 1.3x. Peak memory of each engine:

@@ -39,7 +39,7 @@ def share_cores(processes: int, environ=os.environ) -> None:
     the libraries' own defaults."""
     if processes <= 1:
         return
-    threads = str(max(1, len(os.sched_getaffinity(0)) // max(1, processes)))
+    threads = str(max(1, len(os.sched_getaffinity(0)) // processes))
     for name in THREAD_VARIABLES:
         environ.setdefault(name, threads)
 

@@ -61,9 +61,10 @@ def stage_said(log: Path, stage: str) -> list[str]:
 
 
 def cost_note(cost: dict | None) -> str:
-    """The paired interval of what DP cost, when it says the gap is noise (a user would read a
-    negative gap as DP gaining accuracy)."""
-    return "" if not cost or cost["verdict"] != "within the test split's noise" else ", a gap within the test noise"
+    """A note when the paired 95 % interval of what DP cost holds 0, i.e. the gap is the test
+    split's noise (a user would read a negative gap as DP gaining accuracy)."""
+    low, high = cost["interval_95"] if cost else (float("nan"),) * 2
+    return ", a gap within the test noise" if low <= 0 <= high else ""
 
 
 def summary(root: Path, dag: Dag, datasets: list[str], ran: set[str]) -> list[str]:

@@ -148,7 +148,7 @@ def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t:
         if (step + 1) % steps_per_epoch == 0 or step + 1 == plan.steps:
             curve.append({"epoch": len(curve) + 1, "epsilon": _spent(accountant, plan),
                           "train_loss": float(epoch_loss) / max(epoch_units, 1),
-                          "test_accuracy": accuracy(model, test.tensors[0].to(device), test.tensors[1].to(device))})
+                          "test_accuracy": accuracy(model, *test.tensors[:2])})  # to its device by batch
             model.train()
             epoch_loss, epoch_units = 0.0, 0
             if on_epoch is not None:

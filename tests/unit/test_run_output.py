@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from privflow.flows.board import (
     FAILED,
     RAN,
@@ -17,7 +19,7 @@ from privflow.flows.board import (
     announce,
     say,
 )
-from privflow.flows.run_output import stage_said
+from privflow.flows.run_output import cost_note, stage_said
 from privflow.progress import PROGRESS_DIR_ENV, read_progress, report_progress
 
 STAGES = ["ingest@churn", "train@churn", "ingest@digits", "train@digits"]
@@ -98,3 +100,11 @@ def test_the_log_takes_every_process_output_and_the_board_keeps_the_terminal(tmp
     assert done.stdout == "board line\nafter the run\n" and done.stderr == ""
     logged = (tmp_path / "run.log").read_text().splitlines()
     assert sorted(logged) == sorted(["from python", "python's stderr", "from a child", "child stderr"])
+
+
+@pytest.mark.parametrize("interval, note", [
+    ([-1.6, 4.6], ", a gap within the test noise"), ([2.6, 6.8], ""), ([-6.0, -0.5], ""),
+    ([float("nan")] * 2, "")])  # too few test records to measure
+def test_the_summary_notes_a_gap_whose_interval_holds_zero(interval, note):
+    assert cost_note({"interval_95": interval}) == note
+    assert cost_note(None) == ""
