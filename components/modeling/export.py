@@ -49,16 +49,20 @@ class _SyntheticCalibration(CalibrationDataReader):
 
 
 def quantize_onnx(fp32: Path, int8: Path, model: nn.Module, n_features: int) -> str:
-    """int8 weights. Conv models: static QDQ with activations calibrated on synthetic inputs;
-    Linear-only models: dynamic (weights int8, activations quantized per batch at run time)."""
+    """8-bit weights. Conv models: static QDQ with activations calibrated on synthetic inputs;
+    Linear-only models: dynamic (activations quantized per batch at run time). Weights are
+    unsigned (U8U8), not onnxruntime's default signed (U8S8): on x86 CPUs without VNNI its
+    U8S8 kernels multiply with VPMADDUBSW, whose 16-bit sums saturate (onnxruntime's
+    quantization guide), and the export may run on any CPU. Measured on an AVX2-only EPYC,
+    decisions agreeing with fp32: dynamic 0.901 (U8S8) vs 0.998 (U8U8), static 0.831 vs 0.985."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules()):
             quantize_static(str(fp32), str(int8), _SyntheticCalibration(n_features), quant_format=QuantFormat.QDQ,
-                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+                            weight_type=QuantType.QUInt8, activation_type=QuantType.QUInt8)
             return "static int8 (QDQ), calibrated on synthetic inputs"
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-        return "dynamic int8 (weights int8, activations per batch)"
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QUInt8)
+        return "dynamic int8 (8-bit weights, activations per batch)"
 
 
 def session(model_bytes: bytes) -> ort.InferenceSession:
