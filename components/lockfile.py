@@ -17,7 +17,7 @@ quietly and misreads: an empty lock as "nothing recorded", an out cut before its
 
 What is left: a cut that falls exactly at a line's end can look whole (an entry missing its
 later items); DVC then runs that stage again, as after a kill just before it recorded it.
-Under `privflow run` DVC's lock writes are atomic as well (privflow.flows.stages), so only a
+Under `privflow run` DVC's lock writes are atomic as well (privflow.flows.dvcfiles), so only a
 kill of a plain `dvc repro` can cut the lock.
 """
 

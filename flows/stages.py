@@ -7,7 +7,6 @@ not, and records every hash in dvc.lock.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import sys
@@ -20,6 +19,7 @@ from dvc.repo import Repo
 from dvc.stage import PipelineStage
 
 from privflow.errors import EXIT_TRANSIENT, PrivflowError
+from privflow.flows import dvcfiles  # noqa: F401 (how DVC writes and reads its files here)
 from privflow.lockfile import LOCK, looks_complete, restore_lock, write_atomically
 
 
@@ -159,68 +159,6 @@ def repair_rwlock(repo: Repo) -> str | None:
         write_atomically(path, "{}")
     return (f"{path} was cut short (a run was killed while DVC recorded its path locks); replaced by an empty "
             f"one, as no killed process holds a lock. The cut file is kept as {kept}")
-
-
-def _write_dvc_files_atomically() -> None:
-    """DVC writes dvc.lock (and dvc.yaml edits) with `open(path, "w+")` and then the YAML, in
-    dvc.utils.serialize._common._dump_data: a kill in between cuts the file. In privflow's own
-    process the same text goes to a file beside it, then `os.replace`, so a killed
-    `privflow run` leaves the old lock or the new one. Local files only; a DVC without that
-    function is left as it is (the copy privflow.lockfile keeps still mends a cut lock)."""
-    from dvc.utils.serialize import _common, _yaml
-
-    original = getattr(_common, "_dump_data", None)
-    if original is None or getattr(original, "privflow_atomic", False):
-        return
-
-    def dump_data(path, data, dumper, fs=None, **dumper_args):
-        if fs is not None and getattr(fs, "protocol", None) != "local":
-            return original(path, data, dumper, fs=fs, **dumper_args)
-        text = io.StringIO()
-        dumper(data, text, **dumper_args)
-        write_atomically(Path(path), text.getvalue())
-        return None
-
-    dump_data.privflow_atomic = True
-    _common._dump_data = _yaml._dump_data = dump_data  # _yaml imported the name itself
-
-
-def _write_rwlock_atomically() -> None:
-    """The same for DVC's path-lock file (dvc.rwlock._edit_rwlock, rewritten in place as every
-    stage starts and ends): the same guard, parse and errors as DVC's, then a rename."""
-    import json
-    from collections import defaultdict
-    from contextlib import contextmanager
-
-    from dvc import rwlock
-
-    if getattr(rwlock._edit_rwlock, "privflow_atomic", False) or not hasattr(rwlock, "SCHEMA"):
-        return
-
-    @contextmanager
-    def edit_rwlock(lock_dir, fs, hardlink):
-        path = fs.join(lock_dir, rwlock.RWLOCK_FILE)
-        with rwlock.make_lock(fs.join(lock_dir, rwlock.RWLOCK_LOCK), tmp_dir=lock_dir, hardlink_lock=hardlink):
-            try:
-                with fs.open(path, encoding="utf-8") as handle:
-                    lock = rwlock.SCHEMA(json.load(handle))
-            except FileNotFoundError:
-                lock = rwlock.SCHEMA({})
-            except json.JSONDecodeError as error:
-                raise rwlock.RWLockFileCorruptedError(path) from error
-            except rwlock.Invalid as error:
-                raise rwlock.RWLockFileFormatError(path) from error
-            lock["read"] = defaultdict(list, lock["read"])
-            lock["write"] = defaultdict(dict, lock["write"])
-            yield lock
-            write_atomically(Path(path), json.dumps(lock))
-
-    edit_rwlock.privflow_atomic = True
-    rwlock._edit_rwlock = edit_rwlock
-
-
-_write_dvc_files_atomically()
-_write_rwlock_atomically()
 
 
 def stage_outputs(root: Path, stage: str) -> list[Path]:
