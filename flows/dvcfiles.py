@@ -131,8 +131,10 @@ def _validate_once() -> None:
     passed: OrderedDict[str, list] = OrderedDict()  # text -> the schemas it passed (the objects, not ids)
 
     def validate(data, schema, text=None, path=None, rev=None):
-        if text is None or any(seen is schema for seen in passed.get(text, ())):
-            return original(data, schema, text=text, path=path, rev=rev) if text is None else data
+        if text is None:  # a check of data DVC built itself, not of a file's text
+            return original(data, schema, text=text, path=path, rev=rev)
+        if any(seen is schema for seen in passed.get(text, ())):
+            return data
         checked = original(data, schema, text=text, path=path, rev=rev)  # raises when invalid: never kept
         passed.setdefault(text, []).append(schema)
         passed.move_to_end(text)
