@@ -68,9 +68,6 @@ def check_text_model(t: TrainSettings, text_columns: list[str], where: str) -> s
     from privflow.modeling.text_encoder import pretrained
 
     column = text_column(text_columns, t.text.column, where)
-    if t.audit_canaries:
-        raise ConfigurationError(f"{where}: train.audit_canaries draws canaries in the tabular feature space, which the "
-                                 "text preset does not read; set train.audit_canaries: 0 for this dataset")
     try:
         pretrained(t.text.encoder).files()
     except PrivflowError as error:

@@ -146,6 +146,15 @@ class TrainSettings(_Section):
                              "rendezvous on the node that runs the train stage, reachable from every node")
         return self
 
+    @model_validator(mode="after")
+    def _canaries_in_one_process(self) -> TrainSettings:
+        # refused here, before the charge: the audit scores canaries it drew in the one training process
+        if self.audit_canaries and self.distributed:
+            raise ValueError(f"train.audit_canaries is {self.audit_canaries} with train.processes {self.processes} "
+                             f"and train.nodes {self.nodes}: the one-run audit needs train.processes: 1 and "
+                             "train.nodes: 1; audit with one process, or set train.audit_canaries: 0")
+        return self
+
     @field_validator("sampling", mode="before")
     @classmethod
     def _poisson_only(cls, value: object) -> object:

@@ -88,14 +88,15 @@ def _write_rwlock_atomically() -> None:
 # entry at a time, each entry's text kept until the entry changes: byte for byte the text
 # DVC writes (tests/integration/test_dvcfiles.py), at the cost of the entries that changed.
 _PARSED_KEPT = 8  # texts remembered: dvc.yaml, dvc.lock and .dvc files of one project
-_parsed: OrderedDict[tuple[str, str], object] = OrderedDict()
+_parsed: OrderedDict[str, object] = OrderedDict()  # a text -> its plain parse (the only one remembered)
 
 
-def _remember(typ: str, text: str, data) -> None:
-    _parsed[(typ, text)] = copy.deepcopy(data)
-    _parsed.move_to_end((typ, text))
-    while len(_parsed) > _PARSED_KEPT:
-        _parsed.popitem(last=False)
+def _keep(memo: OrderedDict, key, value) -> None:
+    """`value` under `key`, the most recently used, and only the last _PARSED_KEPT kept."""
+    memo[key] = value
+    memo.move_to_end(key)
+    while len(memo) > _PARSED_KEPT:
+        memo.popitem(last=False)
 
 
 def _parse_once() -> None:
@@ -110,10 +111,8 @@ def _parse_once() -> None:
     def parse_yaml(text, path, typ="safe"):
         if typ != "safe":
             return original(text, path, typ=typ)
-        if (typ, text) not in _parsed:
-            _remember(typ, text, original(text, path, typ=typ))
-        _parsed.move_to_end((typ, text))
-        return copy.deepcopy(_parsed[(typ, text)])
+        _keep(_parsed, text, _parsed[text] if text in _parsed else original(text, path, typ=typ))
+        return copy.deepcopy(_parsed[text])
 
     parse_yaml.privflow_once = True
     _yaml.parse_yaml = strictyaml.parse_yaml = parse_yaml  # strictyaml imported the name itself
@@ -136,10 +135,7 @@ def _validate_once() -> None:
         if any(seen is schema for seen in passed.get(text, ())):
             return data
         checked = original(data, schema, text=text, path=path, rev=rev)  # raises when invalid: never kept
-        passed.setdefault(text, []).append(schema)
-        passed.move_to_end(text)
-        while len(passed) > _PARSED_KEPT:
-            passed.popitem(last=False)
+        _keep(passed, text, [*passed.get(text, ()), schema])
         return checked
 
     validate.privflow_once = True
@@ -167,7 +163,7 @@ def _lock_without_round_trip() -> None:
         yield data
         text = lock_text(data)
         write_atomically(Path(path), text)
-        _remember("safe", text, data)
+        _keep(_parsed, text, copy.deepcopy(data))  # DVC goes on editing `data`
 
     modify_yaml.privflow_once = True
     dvcfile.modify_yaml = modify_yaml

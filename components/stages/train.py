@@ -13,7 +13,7 @@ from privflow.artifacts import open_vault, read_json, stage_paths
 from privflow.catalog import DATASET
 from privflow.errors import run_stage
 from privflow.preflight import check_model_config, check_text_model
-from privflow.privacy.audit import draw_canaries
+from privflow.privacy.audit import draw_canaries, draw_text_canaries
 from privflow.settings import load_settings
 from privflow.training.charge import privacy_unit_bound, resume_or_charge
 from privflow.training.checkpoint import checkpoint_for
@@ -32,8 +32,11 @@ def main() -> None:
         check_text_model(t, description["text_columns"], where)
     else:
         check_model_config(t, len(description["features"]), n_classes, where)
-    canaries = (draw_canaries(t.audit_canaries, len(description["features"]), n_classes, np.random.default_rng())
-                if t.audit_canaries else None)
+    canaries = None
+    if t.audit_canaries:
+        rng = np.random.default_rng()
+        canaries = (draw_text_canaries(t.audit_canaries, n_classes, rng) if t.model == "text"
+                    else draw_canaries(t.audit_canaries, len(description["features"]), n_classes, rng))
     extra_rows = int(canaries.included.sum()) if canaries else 0
     pretraining, _ = read_pretrained(args.pretrained)
     bound = privacy_unit_bound(description, settings)

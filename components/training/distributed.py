@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from privflow.errors import PrivflowError
 from privflow.modeling.models import load_weights, weights_of
 from privflow.privacy.accounting import DpSgdPlan
 from privflow.settings import Settings, TrainSettings, load_settings
+from privflow.stageserver import die_with_parent
 from privflow.training.charge import privacy_unit_bound
 from privflow.training.io import load_split, read_pretrained
 from privflow.training.loop import TrainResult, World, resolve_device, train_private
@@ -73,7 +75,9 @@ def train_distributed(settings: Settings, description: dict, data_dir: Path, pre
             "settings": settings_digest(settings), "data": str(data_dir.resolve()),
             "pretrained": str(pretrained_dir.resolve()), "plan": asdict(plan), "run_id": run_id, "cwd": os.getcwd()}))
         command = [*torchrun(t, settings.dataset.name), "-m", "privflow.training.distributed", "--job", str(job)]
-        completed = subprocess.run(command, check=False)
+        # torchrun ends its processes on SIGTERM; sent when this stage dies, even by SIGKILL, so a
+        # killed run leaves no training behind to race the re-run that resumes it
+        completed = subprocess.run(command, check=False, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
         where = f"{t.nodes} nodes of {t.processes} processes" if t.nodes > 1 else f"{t.processes} processes"
         if completed.returncode != 0:
             why = (job / ERROR).read_text() if (job / ERROR).exists() else f"torchrun exit {completed.returncode}"
@@ -169,10 +173,8 @@ def _train_here(job: Path | None, settings: Settings, rank: int, size: int) -> N
     bound = privacy_unit_bound(description, settings)
     from privflow.training.checkpoint import checkpoint_for
 
-    # one host: every process reads the checkpoint the leader wrote; across hosts it would
-    # exist on the leader's disk only, so a killed multi-node run starts over (README)
-    checkpoint = (checkpoint_for(settings, description, read_pretrained(pretrained)[0], bound)
-                  if settings.train.nodes == 1 else None)
+    own = checkpoint_for(settings, description, read_pretrained(pretrained)[0], bound) if rank == leader else None
+    checkpoint = LeadersCheckpoint(own, leader)
     result = train_private(train, test, DpSgdPlan(**spec["plan"]), settings.train, len(description["classes"]),
                            start, secure=settings.privacy.secure_noise,
                            noise_precision=settings.privacy.secure_noise_precision, rows_per_unit=bound, checkpoint=checkpoint,
@@ -185,6 +187,24 @@ def _train_here(job: Path | None, settings: Settings, rank: int, size: int) -> N
             "curve": result.curve, "epsilon": result.epsilon, "steps": result.steps, "history": result.history,
             "resumed_from_step": result.resumed_from_step, "dropped_rows": result.dropped_rows,
             "digests": digests}))
+
+
+class LeadersCheckpoint:
+    """The run's checkpoint, on the train stage's disk only: the leader reads it there and hands
+    what it read to every process through the process group, so a killed run resumes on every
+    node under its one charge with no shared file system; only the leader writes it (the
+    loop's rule)."""
+
+    def __init__(self, own, leader: int):
+        self.own, self.leader = own, leader
+
+    def read(self):
+        state = [self.own.read() if self.own is not None else None]
+        torch.distributed.broadcast_object_list(state, src=self.leader)
+        return state[0]
+
+    def write(self, state) -> None:
+        self.own.write(state)
 
 
 def _mismatch(spec: dict, settings: Settings, description: dict | None, data: Path) -> str | None:

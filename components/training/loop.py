@@ -131,8 +131,9 @@ def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t:
     chunk = t.physical_batch_size or max(1, layout.units)
     curve, first = [], 0
     state = checkpoint.read() if checkpoint is not None else None
-    if state is not None:
-        first, curve = restore_state(state, model, optimizer, accountant, noise, sampler)
+    if state is not None:  # the saved sampler state is the leader's: other ranks' seeded streams start again
+        first, curve = restore_state(state, model, optimizer, accountant, noise,
+                                     sampler if world.rank == world.leader else None)
     model.train()
     epoch_loss, epoch_units = 0.0, 0
     for step in range(first, plan.steps):

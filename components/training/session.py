@@ -33,14 +33,16 @@ ENGINE = ("privflow DP step: per-layer norms from activations and output gradien
 
 @dataclass
 class Trained:
-    """A finished run: the loop's result, the splits it trained and was scored on, the
-    non-private baseline (run last, when asked), and what the model card adds for this preset."""
+    """A finished run: the loop's result, the splits it trained and was scored on (the canaries
+    not counted), the non-private baseline (run last, when asked), what the model card adds for
+    this preset, and the audit's canaries as the model reads them."""
 
     result: TrainResult
     train: TensorDataset
     test: TensorDataset
     baseline: Callable[[], Baseline]
     card: dict
+    canaries: Canaries | None = None
 
 
 def run_training(settings: Settings, description: dict, data_dir: Path, pretrained_dir: Path,
@@ -54,22 +56,21 @@ def run_training(settings: Settings, description: dict, data_dir: Path, pretrain
                "checkpoint": checkpoint, "run_id": run_id,
                "on_epoch": lambda done: report_progress(f"train@{settings.dataset.name}", **done)}
     if t.model == "text":
-        text = load_text_training(t, vault, description, data_dir)
+        text = load_text_training(t, vault, description, data_dir, canaries)
+        train = with_canaries(text.train, text.canaries) if text.canaries else text.train
         result = (_train_distributed(settings, description, data_dir, pretrained_dir, plan, run_id, text.top)
-                  if t.distributed else train_private(text.train, text.test, plan, t, n_classes, model=text.top, **options))
-        return Trained(result, text.train, text.test, lambda: text.baseline(t), {"text": text.card})
+                  if t.distributed else train_private(train, text.test, plan, t, n_classes, model=text.top, **options))
+        return Trained(result, text.train, text.test, lambda: text.baseline(t), {"text": text.card}, text.canaries)
     real, test = (load_split(vault, description, split, data_dir) for split in ("train", "test"))
     start = read_pretrained(pretrained_dir)[1]
     baseline = lambda: preset_baseline(real, test, t, n_classes, start)  # noqa: E731
-    if t.distributed:
-        if canaries is not None:
-            raise PrivacyError("train.audit_canaries needs train.processes: 1 (the canaries live in one process)")
+    if t.distributed:  # no canaries here: settings refuse them with train.processes > 1
         model = build_model(t.model, len(description["features"]), n_classes, t.hidden_units, t.input_shape)
         result = _train_distributed(settings, description, data_dir, pretrained_dir, plan, run_id, model)
         return Trained(result, real, test, baseline, {})
     train = with_canaries(real, canaries) if canaries else real
     result = train_private(train, test, plan, t, n_classes, start, **options)
-    return Trained(result, real, test, baseline, {})
+    return Trained(result, real, test, baseline, {}, canaries)
 
 
 def _train_distributed(*args) -> TrainResult:
@@ -90,7 +91,7 @@ def train_charged(args, settings: Settings, vault: Vault, description: dict, can
     anchor = open_ledger(settings, vault).anchor(run_id)
     if result.steps != plan.steps:
         raise PrivacyError(f"training took {result.steps} steps, the charge covers {plan.steps}")
-    audited = audit_gate(result.model, canaries, result.epsilon, t.audit_confidence)
+    audited = audit_gate(result.model, trained.canaries, result.epsilon, t.audit_confidence)
     save_model(result.model, args.out, {
         "run_id": run_id, "preset": t.model, "hidden_units": t.hidden_units,
         "input_shape": list(t.input_shape) if t.input_shape else None, "features": description["features"],

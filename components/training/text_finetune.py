@@ -41,6 +41,7 @@ from privflow.modeling.text_encoder import load_encoder, load_tokenizer, pretrai
 from privflow.catalog import SPLITS
 from privflow.crypto.vault import Vault
 from privflow.preflight import text_column
+from privflow.privacy.audit import Canaries
 from privflow.settings import TrainSettings
 from privflow.training.baseline import Baseline, Schedule, adam_recipes, recipes, train_baseline
 from privflow.training.io import load_text_split
@@ -130,13 +131,15 @@ def text_baseline(top: EncoderTop, train: tuple[torch.Tensor, torch.Tensor], tes
 class TextTraining:
     """A text dataset made ready for the loop: the frozen bottom's outputs (in memory only),
     the top DP-SGD trains, an untouched copy of it for the baseline, and the model card's
-    `text` entry (the pretrained encoder's name, origin and weights' hash: public lineage)."""
+    `text` entry (the pretrained encoder's name, origin and weights' hash: public lineage),
+    and the audit's canaries, when drawn, as the top reads them (the frozen bottom's output)."""
 
     top: EncoderTop
     initial_top: EncoderTop
     train: TensorDataset
     test: TensorDataset
     card: dict
+    canaries: Canaries | None = None
 
     def baseline(self, t: TrainSettings) -> Baseline:
         return text_baseline(self.initial_top, self.train.tensors[:2], self.test.tensors[:2], Schedule.of(t),
@@ -144,9 +147,11 @@ class TextTraining:
 
 
 def prepare_text_training(t: TrainSettings, column: str, n_classes: int,
-                          splits: tuple[tuple[list[str], torch.Tensor, torch.Tensor], ...]) -> TextTraining:
+                          splits: tuple[tuple[list[str], torch.Tensor, torch.Tensor], ...],
+                          canaries: Canaries | None = None) -> TextTraining:
     """Tokenize each split's texts and run the frozen bottom over them, in memory; `splits`
-    holds (texts, labels, units) of train then test."""
+    holds (texts, labels, units) of train then test. The audit's canary texts, if any, take
+    the same way, so the top is audited on the inputs it trains on."""
     model = pretrained(t.text.encoder)
     encoder, tokenizer = load_encoder(model), load_tokenizer(model, t.text.max_tokens)
     text = t.text
@@ -157,6 +162,10 @@ def prepare_text_training(t: TrainSettings, column: str, n_classes: int,
     precision, deviation = frozen_precision(encoder, *tokens[0], frozen, text.frozen_precision, device)
     datasets = [TensorDataset(frozen_outputs(encoder, ids, mask, frozen, precision=precision, device=device), labels,
                               units) for (ids, mask), (_, labels, units) in zip(tokens, splits)]
+    if canaries is not None:
+        ids, mask = tokenize(tokenizer, list(canaries.texts))
+        canaries = canaries.as_features(frozen_outputs(encoder, ids, mask, frozen, precision=precision,
+                                                       device=device).numpy())
     encoder.cpu()  # the frozen pass is done; the top (copies of its last layers) trains where the loop puts it
     card = {"encoder": model.name, "distribution": model.distribution, "origin": model.origin,
             "weights_sha256": model.weights_sha256, "tokenizer_sha256": model.tokenizer_sha256, "column": column,
@@ -166,11 +175,12 @@ def prepare_text_training(t: TrainSettings, column: str, n_classes: int,
                                                 if text.fine_tune == "lora" else {}),
             "trained_parameters": sum(p.numel() for p in top.parameters() if p.requires_grad),
             "encoder_parameters": sum(p.numel() for p in encoder.parameters())}
-    return TextTraining(top, copy.deepcopy(top), datasets[0], datasets[1], card)
+    return TextTraining(top, copy.deepcopy(top), datasets[0], datasets[1], card, canaries)
 
 
-def load_text_training(t: TrainSettings, vault: Vault, description: dict, data_dir: Path) -> TextTraining:
+def load_text_training(t: TrainSettings, vault: Vault, description: dict, data_dir: Path,
+                       canaries: Canaries | None = None) -> TextTraining:
     """Decrypt the sealed splits' texts (in memory only) and prepare them for the loop."""
     column = text_column(description["text_columns"], t.text.column, f"dataset {description['dataset']}")
     return prepare_text_training(t, column, len(description["classes"]), tuple(
-        load_text_split(vault, description, split, data_dir, column) for split in SPLITS))
+        load_text_split(vault, description, split, data_dir, column) for split in SPLITS), canaries)

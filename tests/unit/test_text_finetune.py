@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -16,11 +17,13 @@ from privflow.data.public_text import LABELS, film_reviews
 from privflow.errors import PrivflowError
 from privflow.modeling.text_encoder import load_encoder, load_tokenizer, pretrained, tokenize
 from privflow.privacy.accounting import plan_dp_sgd
+from privflow.privacy.audit import AuditResult, audit, draw_text_canaries
 from privflow.privacy.dp_sgd import PrivateGradient, unsupported_parameters
 from privflow.settings import TrainSettings
 from privflow.training.loop import train_private
 from privflow.training.baseline import Schedule
-from privflow.training.text_finetune import encoder_top, frozen_outputs, text_baseline
+from privflow.training.canaries import with_canaries
+from privflow.training.text_finetune import encoder_top, frozen_outputs, prepare_text_training, text_baseline
 from tests.unit.test_dp_training import reference_clipped_sum
 
 MINILM = pretrained("all-MiniLM-L6-v2")
@@ -198,3 +201,57 @@ def test_the_frozen_pass_runs_in_bf16_only_where_native_and_close_to_fp32(encode
         assert frozen_precision(encoder, ids, mask, 5, "auto", cpu) == ("fp32", deviation)
     else:  # emulated bf16 would be slower than fp32: auto never tries it
         assert frozen_precision(encoder, ids, mask, 5, "auto", cpu) == ("fp32", None)
+
+
+AUDIT_SETTINGS = TrainSettings(model="text", text={"fine_tune": "head", "max_tokens": 16}, hidden_units=1, epochs=150,
+                               batch_size=64, learning_rate=0.5, max_grad_norm=1.0, target_epsilon=0.25,
+                               target_delta=1e-5, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def audit_inputs():
+    """Real reviews and 1,000 canary texts, prepared as the train stage prepares them: the
+    canaries take the real texts' way (tokenizer, frozen encoder), then join the training rows."""
+    reviews = film_reviews()[:600]
+    canaries = draw_text_canaries(1000, 2, np.random.default_rng())
+
+    def split(part):
+        return [r.text for r in part], torch.tensor([LABELS.index(r.label) for r in part]), torch.arange(len(part))
+
+    text = prepare_text_training(AUDIT_SETTINGS, "feedback", 2, (split(reviews[:400]), split(reviews[400:])),
+                                 canaries)
+    assert text.canaries.features.shape == (1000, 16, 385) and text.canaries.texts == canaries.texts
+    train = with_canaries(text.train, text.canaries)
+    assert len(train) == 400 + int(canaries.included.sum())
+    return text, train
+
+
+def audited_text_run(audit_inputs, noise_off: bool) -> AuditResult:
+    text, train = audit_inputs
+    t = AUDIT_SETTINGS
+    plan = plan_dp_sgd(rows=len(train), batch_size=t.batch_size, epochs=t.epochs, target_epsilon=t.target_epsilon,
+                       target_delta=t.target_delta, accountant="prv")
+    if noise_off:  # the deliberately broken trainer: clipping still on, noise switched off
+        plan = dataclasses.replace(plan, noise_multiplier=0.0)
+    model = train_private(train, text.test, plan, t, 2, model=copy.deepcopy(text.top)).model
+    return audit(model, text.canaries, claimed_epsilon=plan.epsilon)
+
+
+def test_text_canaries_are_texts_no_one_wrote_each_different():
+    canaries = draw_text_canaries(300, 3, np.random.default_rng(1))
+    assert len(set(canaries.texts)) == 300 and set(canaries.labels) == {0, 1, 2}
+    assert all(len(text.split()) == 6 and text.replace(" ", "").isalpha() for text in canaries.texts)
+    assert 100 < canaries.included.sum() < 200 and "random letters" in canaries.kind
+
+
+@pytest.mark.slow
+def test_the_text_audit_fails_a_trainer_without_noise(audit_inputs):
+    result = audited_text_run(audit_inputs, noise_off=True)
+    assert not result.passed and result.epsilon_lower_bound > result.claimed_epsilon, result
+    assert result.canary_kind == "texts of 6 words of random letters"
+
+
+@pytest.mark.slow
+def test_the_text_audit_passes_the_correct_trainer(audit_inputs):
+    result = audited_text_run(audit_inputs, noise_off=False)
+    assert result.passed and result.epsilon_lower_bound <= result.claimed_epsilon, result

@@ -1,6 +1,6 @@
 """The `text` preset's settings and its refusals before any data is read: a text-only schema
 needs the text preset, the text preset needs exactly one text column (or one named), an
-installed encoder and no tabular canaries; several nodes need a rendezvous. Each refusal
+installed encoder; the audit one training process; several nodes a rendezvous. Each refusal
 names the setting."""
 
 from __future__ import annotations
@@ -50,9 +50,12 @@ def test_the_text_preset_refuses_a_column_or_encoder_it_cannot_use(tmp_path, tex
     assert says in str(caught.value) and "dataset notes" in str(caught.value)
 
 
-def test_tabular_canaries_are_refused_for_the_text_preset_before_the_charge(tmp_path):
-    with pytest.raises(ConfigurationError, match="set train.audit_canaries: 0"):
-        check_dataset(_settings(tmp_path, FEEDBACK, {"model": "text", "audit_canaries": 100}))
+def test_the_audit_takes_text_canaries_and_is_refused_before_the_charge_where_it_cannot_run(tmp_path):
+    check_dataset(_settings(tmp_path, FEEDBACK, {"model": "text", "audit_canaries": 100}))  # text canaries
+    for model in ("text", "mlp"):  # the audit scores canaries drawn in the one training process
+        with pytest.raises(PrivflowError, match="train.audit_canaries is 100 with train.processes 2.*"
+                                                "set train.audit_canaries: 0"):
+            _settings(tmp_path, FEEDBACK, {"model": model, "audit_canaries": 100, "processes": 2})
 
 
 def test_several_nodes_need_a_rendezvous(tmp_path):
