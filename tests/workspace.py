@@ -5,9 +5,12 @@ from __future__ import annotations
 import atexit
 import gzip
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +49,19 @@ class Workspace:
         """A stage's command as DVC runs it for one dataset (dvc.yaml's foreach resolved)."""
         template = yaml.safe_load((self.repo / "dvc.yaml").read_text())["stages"][stage]["do"]["cmd"]
         return template.replace("${key}", dataset)
+
+    def checkpoint(self, dataset: str = DATASET) -> Path:
+        return self.repo / ".privflow" / "checkpoints" / dataset / "train.sealed"
+
+    def kill_train_at_first_checkpoint(self, dataset: str = DATASET) -> None:
+        """Run the train stage's command and SIGKILL it as soon as its first checkpoint is written."""
+        process = subprocess.Popen(shlex.split(self.stage_command("train", dataset)), cwd=self.repo, env=self.env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while not self.checkpoint(dataset).exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL, "training ended before its first checkpoint could be killed"
 
     def run(self, *args: str, check: bool = False, columns: int | None = None,
             hosted: bool = False) -> subprocess.CompletedProcess:

@@ -4,10 +4,6 @@ processes with the epsilon of one process, user-level DP on people with several 
 from __future__ import annotations
 
 import json
-import shlex
-import signal
-import subprocess
-import time
 
 import pytest
 
@@ -25,14 +21,7 @@ def workspace(tmp_path):
 def test_sigkilled_training_resumes_from_its_checkpoint_under_the_same_charge(workspace):
     workspace.run("dvc", "repro", "encrypt@breast_cancer", "pretrain@breast_cancer", check=True)
     workspace.edit_params(train={"epochs": 400, "checkpoint_every_epochs": 100})
-    checkpoint = workspace.repo / ".privflow" / "checkpoints" / "breast_cancer" / "train.sealed"
-    process = subprocess.Popen(shlex.split(workspace.stage_command("train")), cwd=workspace.repo,
-                               env=workspace.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "training ended before its first checkpoint could be killed"
+    workspace.kill_train_at_first_checkpoint()
     ledger = workspace.open_ledger()
     (charge,) = ledger.charges()
     workspace.run("dvc", "repro", "train@breast_cancer", check=True)
@@ -41,7 +30,7 @@ def test_sigkilled_training_resumes_from_its_checkpoint_under_the_same_charge(wo
     assert metrics["training"]["resumed_from_step"] >= 100 * 7
     assert metrics["privacy"]["accountant_history"] == [[charge.noise_multiplier, charge.sample_rate, charge.steps]]
     assert metrics["privacy"]["epsilon_spent"] == pytest.approx(charge.epsilon, rel=1e-9)
-    assert not checkpoint.exists()  # removed once the model is out
+    assert not workspace.checkpoint().exists()  # removed once the model is out
 
 
 def test_dpddp_on_two_gloo_processes_gives_the_epsilon_of_one(workspace):

@@ -141,7 +141,7 @@ def test_sigkill_in_the_later_stages_then_rerun_gives_the_same_model(tmp_path):
     # training kill lands just after a checkpoint (resumed under the same charge), the others
     # at random after the charge (before the first checkpoint: a new run and a new charge)
     workspace.edit_params(train={"noise_seed": 99, "epochs": 60, "checkpoint_every_epochs": 5})
-    checkpoint = workspace.repo / ".privflow" / "checkpoints" / "breast_cancer" / "train.sealed"
+    checkpoint = workspace.checkpoint()
     workspace.run("dvc", "repro", check=True)
     reference = stable_digests(workspace)
     ledger = workspace.open_ledger()

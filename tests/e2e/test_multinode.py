@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -99,15 +97,8 @@ def test_a_killed_two_node_run_leaves_nothing_behind_and_resumes_on_both_under_i
     params = yaml.safe_load((other / "params.yaml").read_text())
     params["train"].update(longer)
     (other / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    checkpoint = workspace.repo / ".privflow" / "checkpoints" / "breast_cancer" / "train.sealed"
     joined = _join(workspace, other)
-    stage = subprocess.Popen(shlex.split(workspace.stage_command("train")), cwd=workspace.repo, env=workspace.env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and stage.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stage.send_signal(signal.SIGKILL)
-    assert stage.wait() == -signal.SIGKILL, "training ended before its first checkpoint could be killed"
+    workspace.kill_train_at_first_checkpoint()
     node2 = joined.communicate(timeout=300)[0]
     assert joined.returncode != 0, node2  # its run broke with the other node's
     deadline = time.monotonic() + 60
@@ -126,4 +117,4 @@ def test_a_killed_two_node_run_leaves_nothing_behind_and_resumes_on_both_under_i
     assert metrics["training"]["nodes"] == 2 and resumed >= every and resumed % every == 0, resumed
     assert metrics["privacy"]["accountant_history"] == [[charge.noise_multiplier, charge.sample_rate, charge.steps]]
     assert metrics["privacy"]["epsilon_spent"] == pytest.approx(charge.epsilon, rel=1e-9)
-    assert not checkpoint.exists() and not (other / ".privflow" / "checkpoints").exists()
+    assert not workspace.checkpoint().exists() and not (other / ".privflow" / "checkpoints").exists()
