@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -39,6 +41,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
 )
@@ -162,7 +165,26 @@ class PrivacyLedger:
             event.listen(self.engine, "connect", lambda conn, _: setattr(conn, "isolation_level", None))
             event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql(
                 "BEGIN IMMEDIATE" if conn.get_execution_options().get("write_lock") else "BEGIN"))
-        _METADATA.create_all(self.engine)
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        """Runs opening a new shared ledger at once all see no table: under the write lock the later
+        ones find the first's tables. An existing ledger is opened without waiting behind a charge."""
+        with self.engine.connect() as conn:
+            if all(inspect(conn).has_table(table.name) for table in _METADATA.sorted_tables):
+                return
+        with self._write_locked() as conn:
+            _METADATA.create_all(conn)
+
+    @contextmanager
+    def _write_locked(self) -> Iterator:
+        """A transaction holding the ledger's write lock: one at a time across processes and machines."""
+        with self.engine.connect().execution_options(write_lock=True) as conn, conn.begin():
+            if self.engine.dialect.name == "postgresql":
+                # a transaction-scoped advisory lock, not LOCK TABLE: it needs no UPDATE or DELETE
+                # privilege, so the ledger's role may hold INSERT and SELECT only (infra/README.md)
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK})
+            yield conn
 
     @property
     def key(self) -> bytes:
@@ -191,11 +213,7 @@ class PrivacyLedger:
 
     def charge(self, charge: Charge, cap: float) -> Budget:
         """Record the charge if the composition still fits under the cap; else refuse with the numbers."""
-        with self.engine.connect().execution_options(write_lock=True) as conn, conn.begin():
-            if self.engine.dialect.name == "postgresql":
-                # a transaction-scoped advisory lock, not LOCK TABLE: it needs no UPDATE or DELETE
-                # privilege, so the ledger's role may hold INSERT and SELECT only (infra/README.md)
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK})
+        with self._write_locked() as conn:
             after = self._refuse_or_budget(conn, charge, cap)
             last = conn.execute(select(CHARGES.c.entry_hash).order_by(CHARGES.c.seq.desc()).limit(1)).scalar()
             prev = last or GENESIS

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 
 from privflow.errors import BudgetExceeded
 from privflow.privacy.accounting import composed_epsilon, plan_dp_sgd
-from privflow.privacy.ledger import CHARGES, GENESIS, Charge, PrivacyLedger, entry_hash
+from privflow.privacy.ledger import CHARGES, GENESIS, Charge, PrivacyLedger, entry_hash, ledger_url
 
 
 def charge_for(target: float, run: str = "r1", dataset: str = "demo") -> Charge:
@@ -83,6 +83,35 @@ def test_two_processes_cannot_both_spend_the_last_budget(ledger_location):
             outcomes = pool.starmap(_try_charge, [(ledger_location, "a", start), (ledger_location, "b", start)])
     assert sorted(outcomes) == ["charged", "refused"]
     assert len(PrivacyLedger(ledger_location).charges("demo")) == 1
+
+
+def _open_new_ledgers(location: str, rounds: int, opened, dropped) -> list[int | str]:
+    found = []
+    for _ in range(rounds):
+        dropped.wait()
+        try:
+            found.append(len(PrivacyLedger(location).charges()))
+        except Exception as error:  # noqa: BLE001 - recorded, so the other runs' rounds go on
+            found.append(type(error).__name__)
+        opened.wait()
+    return found
+
+
+def test_runs_opening_a_new_shared_ledger_at_once_all_find_its_tables(ledger_location):
+    """Two clones' first runs on one new ledger: both saw no table and the later CREATE TABLE
+    failed ("table charges already exists", an unexpected error in CI). Raced over 12 new ledgers."""
+    rounds, runs = 12, 3
+    engine = create_engine(ledger_url(ledger_location))
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(runs) as pool:
+        opened, dropped = manager.Barrier(runs + 1), manager.Barrier(runs + 1)
+        racing = pool.starmap_async(_open_new_ledgers, [(ledger_location, rounds, opened, dropped)] * runs)
+        for _ in range(rounds):
+            CHARGES.metadata.drop_all(engine)
+            dropped.wait()
+            opened.wait()
+        assert racing.get(timeout=300) == [[0] * rounds] * runs
+    engine.dispose()
 
 
 def test_a_new_snapshot_of_the_same_people_draws_on_the_same_budget(ledger_location):
