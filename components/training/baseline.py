@@ -44,15 +44,19 @@ class Recipe:
 @dataclass(frozen=True)
 class Baseline:
     """The non-private reference: its test accuracy, the recipe that produced it, and the model
-    (for tests that compare its predictions; the pipeline reports the accuracy and discards it)."""
+    (the pipeline keeps which test records it got right: privflow.training.baseline_memo)."""
 
     accuracy: float
     recipe: str
     model: nn.Module = field(repr=False, compare=False)
 
     def record(self) -> dict[str, str]:
-        """What the metrics and the report say of how it was made."""
-        return {"recipe": self.recipe, "chosen_on": CHOSEN_ON, "trained_on": TRAINED_ON}
+        return how_made(self.recipe)
+
+
+def how_made(recipe: str) -> dict[str, str]:
+    """What the metrics and the report say of how a baseline was made."""
+    return {"recipe": recipe, "chosen_on": CHOSEN_ON, "trained_on": TRAINED_ON}
 
 
 def held_back_tenth(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,14 +138,15 @@ def preset_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings,
                           test.tensors[:2], Schedule.of(t), recipes(t.learning_rate))
 
 
-def privacy_cost(baseline: nn.Module, private: nn.Module, test: tuple[torch.Tensor, torch.Tensor]) -> dict:
+def privacy_cost(baseline_right: torch.Tensor, private: nn.Module, test: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """What DP cost in accuracy on the test split, in points (the baseline's minus the DP
     model's), with a 95 % interval from the paired outcomes: both models are scored on the
     same records, so only the records they disagree on carry the difference and its noise.
     On the demo's feedback (500 test texts) the DP model scored 0.728 to 0.756 over four
     noise seeds and good baselines 0.746 to 0.760: a point either way is the split's noise,
-    and an auditor should read it as such, not as DP gaining or costing accuracy."""
-    gained = correct_predictions(baseline, *test).float() - correct_predictions(private, *test).float()
+    and an auditor should read it as such, not as DP gaining or costing accuracy.
+    `baseline_right`: which test records the baseline got right (BaselineOutcome.correct)."""
+    gained = baseline_right.float() - correct_predictions(private, *test).float()
     n = len(gained)
     points = 100 * float(gained.mean()) if n else float("nan")
     half = 100 * 1.96 * float(gained.std()) / math.sqrt(n) if n > 1 else float("nan")

@@ -21,6 +21,7 @@ from privflow.privacy.noise import noise_source
 from privflow.progress import report_progress
 from privflow.settings import Settings
 from privflow.training.baseline import Baseline, preset_baseline, privacy_cost
+from privflow.training.baseline_memo import entry_name, remembered_baseline
 from privflow.training.canaries import audit_gate, with_canaries
 from privflow.training.charge import privacy_unit_bound
 from privflow.training.io import load_split, read_pretrained, save_model
@@ -84,10 +85,11 @@ def train_charged(args, settings: Settings, vault: Vault, description: dict, can
     """Everything after the charge: decrypt, train, gate, write the model and its metrics."""
     t, bound = settings.train, privacy_unit_bound(description, settings)
     extra_rows = int(canaries.included.sum()) if canaries else 0
-    pretraining, _ = read_pretrained(args.pretrained)
+    pretraining, start = read_pretrained(args.pretrained)
     trained = run_training(settings, description, args.data, args.pretrained, canaries, plan, run_id, checkpoint)
     result, real, test = trained.result, trained.train, trained.test
-    baseline = trained.baseline()
+    name = entry_name(vault, settings.dataset.name, t, start, trained.card, real.tensors[:2], test.tensors[:2])
+    baseline = remembered_baseline(vault, settings.dataset.name, name, trained.baseline, test.tensors[:2])
     anchor = open_ledger(settings, vault).anchor(run_id)
     if result.steps != plan.steps:
         raise PrivacyError(f"training took {result.steps} steps, the charge covers {plan.steps}")
@@ -115,7 +117,7 @@ def train_charged(args, settings: Settings, vault: Vault, description: dict, can
                  "dropped_by_unit_bound": result.dropped_rows},
         "pretraining": pretraining, **trained.card,
         "accuracy": {"private": result.curve[-1]["test_accuracy"], "non_private_baseline": baseline.accuracy},
-        "baseline": baseline.record(), "privacy_cost": privacy_cost(baseline.model, result.model, test.tensors[:2]),
+        "baseline": baseline.record(), "privacy_cost": privacy_cost(baseline.correct, result.model, test.tensors[:2]),
     })
     write_json(args.curve, result.curve)
     if checkpoint is not None:

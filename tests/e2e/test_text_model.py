@@ -126,6 +126,9 @@ def test_dpddp_fine_tunes_the_text_model_over_two_processes_with_the_epsilon_of_
     # computations differed in the last bit (2.992763509779631 against 2.99276350977963)
     assert double["privacy"]["epsilon_spent"] == pytest.approx(single["privacy"]["epsilon_spent"], rel=1e-12)
     assert double["text"] == single["text"] and double["accuracy"]["private"] > 0.6
+    # the same split and settings but DP's own: the baseline's sealed outcome, not a second fit
+    assert not single["baseline"]["reused_from_an_earlier_run"] and double["baseline"]["reused_from_an_earlier_run"]
+    assert double["accuracy"]["non_private_baseline"] == single["accuracy"]["non_private_baseline"]
 
 
 def test_the_audit_puts_text_canaries_through_the_encoder_and_gates_the_text_model(text_run):
@@ -140,3 +143,4 @@ def test_the_audit_puts_text_canaries_through_the_encoder_and_gates_the_text_mod
     assert metrics["rows"]["canaries"] == audit["included"] > 0 and metrics["rows"]["train"] + metrics["rows"]["test"] \
         == ROWS - 4  # canaries are counted apart: the dataset's rows are the same
     assert audit["epsilon_lower_bound"] <= audit["claimed_epsilon"] == metrics["privacy"]["epsilon_spent"]
+    assert metrics["baseline"]["reused_from_an_earlier_run"]  # canaries train the DP model only

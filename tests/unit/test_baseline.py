@@ -163,7 +163,7 @@ def test_privacy_cost_is_the_paired_gap_with_its_interval(only_baseline, only_pr
         def forward(self, x):
             return self.inner(x[:, self.which])
 
-    cost = privacy_cost(Reads(0), Reads(1), (features, labels))
+    cost = privacy_cost(baseline_right, Reads(1), (features, labels))
     gained = baseline_right.float() - private_right.float()
     half = 1.96 * 100 * float(gained.std()) / math.sqrt(n)
     assert cost["points"] == pytest.approx(100 * (only_baseline - only_private) / n)
