@@ -260,6 +260,7 @@ def test_predict_scores_new_records_with_the_exported_model(pipeline_run):
 
 def test_metrics_diff_shows_a_change_of_epsilon(pipeline_run):
     workspace, _ = pipeline_run
+    before = json.loads(workspace.metrics("train").read_text())
     workspace.edit_params(train={"target_epsilon": 1.5})
     workspace.run("dvc", "repro", check=True)
     diff = workspace.run("dvc", "metrics", "diff", "--json", check=True)
@@ -267,6 +268,11 @@ def test_metrics_diff_shows_a_change_of_epsilon(pipeline_run):
     assert changes["privacy.epsilon_spent"]["old"] == pytest.approx(3.0, abs=0.02)
     assert changes["privacy.epsilon_spent"]["new"] == pytest.approx(1.5, abs=0.02)
     assert "diff" in changes["budget.spent_total"]
+    # only DP's target changed: the baseline is the earlier run's, and the report says so
+    after = json.loads(workspace.metrics("train").read_text())
+    assert after["baseline"]["reused_from_an_earlier_run"]
+    assert after["accuracy"]["non_private_baseline"] == before["accuracy"]["non_private_baseline"]
+    assert "its outcome reused" in (workspace.reports() / "report.html").read_text()
 
 
 def test_sweep_runs_in_temporary_workspaces_are_charged(pipeline_run):
