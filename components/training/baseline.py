@@ -50,9 +50,6 @@ class Baseline:
     recipe: str
     model: nn.Module = field(repr=False, compare=False)
 
-    def record(self) -> dict[str, str]:
-        return how_made(self.recipe)
-
 
 def how_made(recipe: str) -> dict[str, str]:
     """What the metrics and the report say of how a baseline was made."""

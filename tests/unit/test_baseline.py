@@ -14,7 +14,7 @@ from privflow.data.schema_file import load_schema
 from privflow.demo_data import write_demo_data
 from privflow.modeling.models import weights_of
 from privflow.privacy.accounting import plan_dp_sgd
-from privflow.training.baseline import (Recipe, Schedule, fit, held_back_tenth, preset_baseline, privacy_cost,
+from privflow.training.baseline import (Recipe, Schedule, fit, held_back_tenth, how_made, preset_baseline, privacy_cost,
                                        train_baseline)
 from privflow.training.demo_splits import demo_splits
 from privflow.training.loop import train_private
@@ -96,7 +96,7 @@ def test_the_recipe_chosen_on_the_held_back_tenth_is_refit_on_the_whole_split():
 
     result = train_baseline(initial, (features, labels), (features, labels), schedule, candidates)
     assert result.recipe == "Adam at 0.05" and result.accuracy > 0.95
-    assert result.record() == {"recipe": "Adam at 0.05", "chosen_on": "a held-back tenth of the training split",
+    assert how_made(result.recipe) == {"recipe": "Adam at 0.05", "chosen_on": "a held-back tenth of the training split",
                                "trained_on": "the whole training split"}
     assert len(built) == 3 and result.model is built[-1]  # each candidate once, then the refit
     held, rest = held_back_tenth(200, 0)
