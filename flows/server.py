@@ -4,14 +4,24 @@
   otherwise cannot schedule). Uses $PREFECT_API_URL when set (a team's server, see infra/);
   else starts `prefect server start` on this machine, on Prefect's SQLite database in the
   project's .privflow/prefect, for as long as `privflow serve` runs.
-- `privflow run`: Prefect's own temporary server, started in the background while the plan
-  is made (`warm_temporary_server`), on a database seeded from a migrated template
-  (`seed_database`) when the project has none yet.
+- `privflow run`: the temporary server a flow run would start for itself (the same
+  command as Prefect's ephemeral mode: the API and the ephemeral services, no UI), started
+  here while the plan is made (`warm_temporary_server`) and handed to the flow as its API
+  URL (`temporary_api`), on a database seeded from a migrated template (`seed_database`)
+  when the project has none yet. Started here rather than by Prefect, because Prefect's own
+  launcher imports the whole server (FastAPI, SQLAlchemy, every route: 5.7 s on this 2-core
+  machine) in the CLI's process only to start it in another one; and because the server then
+  dies with the run even when the run is SIGKILLed.
+
+A seeded database already holds Prefect's block types (the template was copied after its
+server registered them), so the server on it is told not to register them again: Prefect's
+memo of that registration is kept per database URL, so every new project would otherwise
+redo it (about 1 s of the server's start on this 2-core machine).
 """
 
 from __future__ import annotations
 
-import logging
+import atexit
 import os
 import signal
 import socket
@@ -22,7 +32,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import prefect
@@ -32,6 +43,12 @@ from privflow.errors import PrivflowError
 from privflow.stageserver import die_with_parent
 
 START_TIMEOUT = 180
+SKIP_BLOCKS = {"PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false"}  # for a server on a seeded database
+# What prefect.server.api.server.SubprocessASGIServer runs (Prefect is pinned in constraints.txt)
+TEMPORARY = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1]), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--log-level", "error", "--lifespan", "on"]
+TEMPORARY_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+SERVE = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--no-ui"]
 
 
 def _free_port() -> int:
@@ -41,9 +58,10 @@ def _free_port() -> int:
 
 
 def _stop_with_parent() -> None:
-    """In the server's process, before exec: SIGTERM when `privflow serve` dies, even by
-    SIGKILL, so no server is left orphaned. (Nothing is imported here: after fork, before
-    exec, another thread may hold the import lock.)"""
+    """In the server's process, before exec: SIGTERM when the thread that started it (the
+    main thread of `privflow run` or `privflow serve`) dies, even by SIGKILL, so no server is
+    left orphaned. (Nothing is imported here: after fork, before exec, another thread may
+    hold the import lock.)"""
     die_with_parent(signal.SIGTERM)
 
 
@@ -55,36 +73,56 @@ def _healthy(url: str) -> bool:
         return False
 
 
+@dataclass
+class LocalServer:
+    """A Prefect API server process on this machine's loopback."""
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    @classmethod
+    def launch(cls, command: list[str], env: dict[str, str], log: Path) -> LocalServer:
+        """Must be called from the thread that outlives the server (see _stop_with_parent)."""
+        port = _free_port()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as output:
+            process = subprocess.Popen([*command, "--port", str(port)], stdout=output, stderr=subprocess.STDOUT,
+                                       env=env, preexec_fn=_stop_with_parent)
+        return cls(process, f"http://127.0.0.1:{port}/api", log)
+
+    def wait_until_healthy(self) -> LocalServer:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _healthy(self.url):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise PrivflowError(f"the local Prefect server did not start; see {self.log}")
+            time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 @contextmanager
 def prefect_api(log: Path) -> Iterator[str]:
     """The API URL to serve against; a local server is started (and stopped) when none is set."""
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
-    url = f"http://127.0.0.1:{_free_port()}/api"
-    port = url.rsplit(":", 1)[1].split("/")[0]
     database = default_database()
-    if database is not None:
-        seed_database(database)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as output:
-        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                   "--port", port, "--no-ui"], stdout=output, stderr=subprocess.STDOUT,
-                                  preexec_fn=_stop_with_parent)
+    seeded = database is not None and seed_database(database)
+    server = LocalServer.launch(SERVE, {**os.environ, **(SKIP_BLOCKS if seeded else {})}, log)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise PrivflowError(f"the local Prefect server did not start; see {log}")
-            time.sleep(0.5)
-        with temporary_settings({PREFECT_API_URL: url}):  # settings are cached: set them, not the env
-            yield url
+        server.wait_until_healthy()
+        with temporary_settings({PREFECT_API_URL: server.url}):  # settings are cached: set them, not the env
+            yield server.url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
 
 
 def default_database() -> Path | None:
@@ -104,20 +142,21 @@ def template_path() -> Path:
     return cache / f"prefect-{prefect.__version__}.db"
 
 
-def seed_database(database: Path) -> None:
+def seed_database(database: Path) -> bool:
     """A new project's database starts as a copy of the template, when there is one: the
     first server on a new SQLite file applies Prefect's migrations (8-17 s on this 2-core
-    machine), the copy of the 1 MB result takes milliseconds."""
+    machine), the copy of the 1 MB result takes milliseconds. Whether this call seeded it."""
     template = template_path()
     if database.exists() or not template.exists():
-        return
+        return False
     database.parent.mkdir(parents=True, exist_ok=True)
     partial = database.with_name(f".{database.name}.{os.getpid()}")
     partial.write_bytes(template.read_bytes())
     try:
         os.link(partial, database)  # never over a database another run's server already opened
+        return True
     except FileExistsError:
-        pass
+        return False
     finally:
         partial.unlink()
 
@@ -139,28 +178,44 @@ def keep_as_template(database: Path) -> None:
         partial.unlink()
 
 
-def warm_temporary_server() -> Future:
-    """Start Prefect's temporary server (the one a flow run starts for itself when no API is
-    set) in a background thread, so its start overlaps the plan; the flow then finds it
-    running. Wait on the result before the flow starts. A new project's database is seeded
-    from the template, or, on a machine without one yet, becomes it once migrated."""
-    def start() -> None:
-        settings = get_current_settings()
-        if settings.api.url or not settings.server.ephemeral.enabled:
-            return  # a team's server, or none allowed: the flow says so itself
-        database = default_database()
-        new = database is not None and not database.exists()
-        if new:
-            seed_database(database)
-        from prefect.server.api.server import SubprocessASGIServer, subprocess_server_logger
+def warm_temporary_server() -> Future | None:
+    """Start the run's temporary Prefect server now, so that its start overlaps the plan (and
+    the stage host's); None when the run uses a team's server (or Prefect allows none: the flow
+    says so itself). The future gives the LocalServer once it answers; `temporary_api` hands
+    it to the flow. A new project's database is seeded from the template, or, on a machine
+    without one yet, becomes it once migrated."""
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return None
+    database = default_database()
+    new = database is not None and not database.exists()
+    seeded = new and seed_database(database)
+    env = {**os.environ, **settings.to_environment_variables(exclude_unset=True), **TEMPORARY_ENV,
+           **(SKIP_BLOCKS if seeded else {})}
+    server = LocalServer.launch(TEMPORARY, env, Path(settings.home) / "temporary-server.log")
+    # stopped as Prefect stops its own: at exit, after Prefect's exit hooks (threading's, which
+    # run first) have sent the run's last logs and events to it
+    atexit.register(server.stop)
 
-        # "Starting temporary server on ..." would land on the terminal, ahead of the run's log
-        subprocess_server_logger.setLevel(logging.WARNING)
-        SubprocessASGIServer().start()
+    def healthy() -> LocalServer:
+        server.wait_until_healthy()
         if new and not template_path().exists():
             keep_as_template(database)
+        return server
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="privflow-prefect")
-    started = pool.submit(start)
-    pool.shutdown(wait=False)  # the thread ends with the start; nothing waits for it here
+    started = pool.submit(healthy)
+    pool.shutdown(wait=False)  # the thread ends once the server answers; nothing waits for it here
     return started
+
+
+@contextmanager
+def temporary_api(started: Future | None) -> Iterator[None]:
+    """The flow's API is the server `warm_temporary_server` started. Without one (none was
+    started, or it failed) the flow starts Prefect's own, or says why it cannot."""
+    try:
+        server = started.result() if started is not None else None
+    except Exception:  # noqa: BLE001 (the flow then starts its own server, and says why it cannot)
+        server = None
+    with temporary_settings({PREFECT_API_URL: server.url}) if server else nullcontext():
+        yield

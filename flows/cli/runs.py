@@ -100,6 +100,7 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     from privflow.flows.board import StageBoard
     from privflow.flows.pipeline import pipeline
     from privflow.flows.run_output import new_log_path, output_to_log, stage_said
+    from privflow.flows.server import temporary_api
     from privflow.flows.stages import StageFailed
     from privflow.progress import PROGRESS_DIR_ENV
     from privflow.stagehost import share_cores
@@ -123,8 +124,7 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     if not verbose:
         console.print(f"log: {log}", highlight=False)
     try:
-        with stage_host():  # its imports overlap the rest of Prefect's start
-            _wait_for(server)
+        with stage_host(), temporary_api(server):  # the host's imports overlap the rest of Prefect's start
             with (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
                     StageBoard(stages, terminal, live, progress):
                 ran = flow(str(root), datasets, side_by_side=workers > 1 or bool(dask_address))
@@ -140,16 +140,6 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
         shutil.rmtree(progress, ignore_errors=True)
         logging.getLogger("prefect").setLevel(logging.WARNING)  # its exit lines ("Stopping temporary server")
     return {stage for stage, did in ran.items() if did}
-
-
-def _wait_for(server: Future | None) -> None:
-    """The temporary server started during the plan (flows.server.warm_temporary_server)."""
-    if server is None:
-        return
-    try:
-        server.result()
-    except Exception:  # noqa: BLE001 (the flow starts the server itself, and says why it cannot)
-        pass
 
 
 def serve(root: Path = Path("."),

@@ -5,6 +5,7 @@ over an existing database, never for a database or server Prefect was pointed at
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -52,6 +53,33 @@ def test_the_first_server_leaves_a_migrated_template_and_later_projects_start_fr
     assert sorted(p.name for p in (tmp_path / "second").iterdir()) == ["prefect.db"]  # no partial copy left
     in_project(WARM, tmp_path / "third", cache)
     assert template.read_bytes() == kept  # made once
+    # the seeded database's server did not register Prefect's block types again: they are the template's
+    assert block_types(tmp_path / "third" / "prefect.db") == block_types(template)
+
+
+def block_types(database: Path) -> dict[str, str]:
+    """Each block type and when it was last registered."""
+    with closing(sqlite3.connect(database)) as connection:
+        return dict(connection.execute("SELECT slug, updated FROM block_type").fetchall())
+
+
+def test_the_run_server_dies_with_a_sigkilled_run(tmp_path):
+    """`privflow run` starts the flow's server itself (flows.server.warm_temporary_server): a
+    run killed by SIGKILL, which no handler sees, leaves no server (and no open database) behind."""
+    import psutil
+
+    code = ("import time; from privflow.flows.server import warm_temporary_server as w; "
+            "print(w().result().process.pid, flush=True); time.sleep(600)")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={
+        **environment, "PREFECT_HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    server = psutil.Process(int(run.stdout.readline()))
+    assert server.is_running() and "uvicorn" in server.cmdline()
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    gone, alive = psutil.wait_procs([server], timeout=60)
+    assert gone and not alive
 
 
 def test_an_existing_database_or_one_kept_elsewhere_is_left_alone(tmp_path):
