@@ -30,8 +30,7 @@ from privflow.stagehost import HOST_ENV, STAGE_PACKAGE, address, same_interprete
 # The libraries the stages import (directly or through privflow's modules), heaviest first.
 PRELOADED = (
     "torch", "opacus", "opacus.accountants", "opacus.validators", "opacus.layers", "opacus.grad_sample",
-    "onnxruntime", "onnxruntime.quantization", "onnx", "transformers", "transformers.models.bert", "tokenizers",
-    "safetensors.torch", "pandas", "pyarrow", "pyarrow.parquet", "pyarrow.csv", "pandera.pandas", "numpy",
+    "onnxruntime", "onnxruntime.quantization", "onnx", "safetensors.torch", "pandas", "pyarrow", "pyarrow.parquet", "pyarrow.csv", "pandera.pandas", "numpy",
     "cryptography.hazmat.primitives.ciphers.aead", "matplotlib.pyplot", "jinja2", "pydantic", "yaml",
     "dp_accounting.rdp", "dp_accounting.pld", "sqlalchemy", "blake3",
     # torch's ONNX exporter (compress): torch.export, onnxscript and its op library load at the
@@ -39,18 +38,19 @@ PRELOADED = (
     "torch.export", "torch.export._trace", "onnxscript", "torch.onnx._internal.exporter._core",
     "onnxscript.function_libs.torch_lib.ops",
 )
+TEXT_PRELOADED = ("transformers", "transformers.models.bert", "tokenizers")  # the text model's only: 2 s here
 _MESSAGE = 1 << 20  # a request: arguments and environment, well under this
 
 
 @contextmanager
-def stage_host() -> Iterator[None]:
-    """A host for the stages this process's DVC runs, named in the environment its stage
-    commands inherit; stopped on exit. `PRIVFLOW_STAGE_HOST=none` in the environment turns
-    it off: each stage then imports its libraries itself, as under plain `dvc repro`."""
+def stage_host(text: bool = True) -> Iterator[None]:
+    """A host for the stages this process's DVC runs (`text`: one uses the text model), named in
+    the environment its stage commands inherit; stopped on exit. `PRIVFLOW_STAGE_HOST=none`
+    turns it off: each stage then imports its libraries itself, as under plain `dvc repro`."""
     if os.environ.get(HOST_ENV):
         yield
         return
-    name, host = start_host()
+    name, host = start_host(text)
     os.environ[HOST_ENV] = name
     try:
         yield
@@ -59,10 +59,11 @@ def stage_host() -> Iterator[None]:
         stop_host(host)
 
 
-def start_host() -> tuple[str, subprocess.Popen]:
+def start_host(text: bool = True) -> tuple[str, subprocess.Popen]:
     """A new host, serving once its imports are done, and its name (for HOST_ENV)."""
     name = secrets.token_hex(16)
-    return name, subprocess.Popen([sys.executable, "-m", "privflow.stageserver", name, str(os.getpid())],
+    return name, subprocess.Popen([sys.executable, "-m", "privflow.stageserver", name, str(os.getpid()),
+                                   "text" if text else "tabular"],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -91,27 +92,27 @@ def wait_until_serving(name: str, timeout: float = 120.0) -> bool:
     return False
 
 
-def preload() -> None:
-    """Import the heavy libraries; one that fails is left for the stage to import (and fail on)."""
+def preload(text: bool) -> None:
+    """Import the heavy libraries (the text model's if `text`); one that fails is left to its stage."""
     import importlib
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for module in PRELOADED:
+        for module in PRELOADED + (TEXT_PRELOADED if text else ()):
             try:
                 importlib.import_module(module)
             except Exception:  # noqa: BLE001 (an optional library: the stage that needs it says so)
                 pass
 
 
-def serve(name: str, parent: int) -> None:
+def serve(name: str, parent: int, text: bool = True) -> None:
     """Accept stage commands until `privflow run` ends: SIGTERM on its way out, or its death
     (checked every second: a parent-death signal would follow the thread that started the
     host, and Prefect may start it from a worker thread). Each command is forked, watched, and
     its status sent back; the children left when the host stops are killed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the stages, not for the host
-    preload()
+    preload(text)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(address(name))
     listener.listen(64)
@@ -296,4 +297,4 @@ def _fresh_process_state() -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]))
+    serve(sys.argv[1], int(sys.argv[2]), sys.argv[3:] != ["tabular"])

@@ -126,8 +126,21 @@ def pipeline(root: str = ".", datasets: list[str] | None = None, wait_seconds: f
     """Run every stage of dvc.yaml that is out of date (of the named datasets, or all);
     return which stages ran. `side_by_side`: one task per dataset, submitted to the flow's
     task runner (a Dask cluster: `privflow run --workers 2` or `--dask-address`)."""
-    with project_lock(Path(root), wait_seconds), stage_host():  # `privflow run` started one already; serve's runs
+    text = text_model_in(Path(root), datasets)
+    with project_lock(Path(root), wait_seconds), stage_host(text):  # for serve's runs; `privflow run` has one
         return _run_stages(root, datasets, side_by_side)
+
+
+def text_model_in(root: Path, datasets: list[str] | None) -> bool:
+    """Whether one of the datasets (all, if None) trains the text model: only then does the
+    stage host import its libraries (transformers, tokenizers). When unsure, it does."""
+    from privflow.settings import dataset_names, load_settings
+
+    params = root / "params.yaml"
+    try:
+        return any(load_settings(name, params).train.model == "text" for name in datasets or dataset_names(params))
+    except PrivflowError:  # the stage that reads these settings says what is wrong with them
+        return True
 
 
 def _run_stages(root: str, datasets: list[str] | None, side_by_side: bool = False) -> dict[str, bool]:

@@ -98,7 +98,7 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     from contextlib import nullcontext
 
     from privflow.flows.board import StageBoard
-    from privflow.flows.pipeline import pipeline
+    from privflow.flows.pipeline import pipeline, text_model_in
     from privflow.flows.run_output import new_log_path, output_to_log, stage_said
     from privflow.flows.server import temporary_api
     from privflow.flows.stages import StageFailed
@@ -124,7 +124,8 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     if not verbose:
         console.print(f"log: {log}", highlight=False)
     try:
-        with stage_host(), temporary_api(server):  # the host's imports overlap the rest of Prefect's start
+        # the host's imports overlap the rest of Prefect's start
+        with stage_host(text_model_in(root, datasets)), temporary_api(server):
             with (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
                     StageBoard(stages, terminal, live, progress):
                 ran = flow(str(root), datasets, side_by_side=workers > 1 or bool(dask_address))

@@ -121,3 +121,28 @@ def test_a_hosted_stage_takes_its_thread_count_from_its_own_environment():
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "1", result.stderr
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_the_host_loads_the_text_models_libraries_only_for_a_run_that_trains_one(text):
+    """The tokenizers' native library is mapped into the host only when asked for (2 s of imports here)."""
+    from privflow.stageserver import start_host, stop_host
+
+    name, host = start_host(text)
+    try:
+        assert wait_until_serving(name), "the host never started serving"
+        mapped = open(f"/proc/{host.pid}/maps").read()
+        assert ("site-packages/tokenizers/" in mapped) == text
+        assert "site-packages/torch/" in mapped  # what every run's stages use
+    finally:
+        stop_host(host)
+
+
+def test_a_run_needs_the_text_models_libraries_when_one_of_its_datasets_trains_it(tmp_path):
+    from privflow.flows.pipeline import text_model_in
+    from tests.conftest import ROOT
+
+    assert not text_model_in(ROOT, ["breast_cancer", "churn"])
+    assert text_model_in(ROOT, ["breast_cancer", "feedback"]) and text_model_in(ROOT, None)
+    (tmp_path / "params.yaml").write_text("datasets: {x: {source: a.csv, schema: nosuch.yaml}}\ntrain: {epochs: -1}\n")
+    assert text_model_in(tmp_path, None)  # unsure: loaded (train's own check says what is wrong)
