@@ -53,9 +53,19 @@ class Dag:
         return self.outputs[f"report@{dataset}"][0].parent
 
 
+_READ: dict[tuple, Dag] = {}  # this process's reads, by what the stage graph is made of
+
+
 def read_dag(root: Path, with_status: bool = False) -> Dag:
-    """The project's stages, their order and outputs; with DVC's status when asked (one index load)."""
+    """The project's stages, their order and outputs; with DVC's status when asked (one index load).
+    Without status, a graph this process already read from the same dvc.yaml and params.yaml
+    (its `foreach` runs over the datasets) is not loaded again: a run's flow asks for the order,
+    then for each dataset's reports folder. The repository is still opened each time: opening it
+    mends a dvc.lock that a killed run cut (a run that waited for that one must not trust it)."""
+    key = (root.resolve(), *(_contents(root / name) for name in ("dvc.yaml", "params.yaml")))
     with open_repo(root) as repo:
+        if not with_status and key in _READ:
+            return _READ[key]
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         ordered = reversed(list(nx.lexicographical_topological_sort(graph, key=str)))
         order = [stage.name for stage in ordered if isinstance(stage, PipelineStage)]
@@ -66,7 +76,12 @@ def read_dag(root: Path, with_status: bool = False) -> Dag:
         readers.add_edges_from((upstream.name, stage.name) for stage, upstream in graph.edges
                                if isinstance(stage, PipelineStage) and isinstance(upstream, PipelineStage))
         stale = {name.split(":")[-1]: entries for name, entries in repo.status().items()} if with_status else {}
-    return Dag(order, outputs, readers, stale)
+    _READ[key] = Dag(order, outputs, readers, {})
+    return Dag(order, outputs, readers, stale) if with_status else _READ[key]
+
+
+def _contents(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
 
 
 def stage_order(root: Path) -> list[str]:

@@ -119,6 +119,20 @@ def test_privflow_writes_dvc_lock_by_rename_so_a_kill_leaves_old_or_new(project)
     assert not [p for p in os.listdir(project) if p.endswith(".partial")]
 
 
+def test_a_graph_read_before_is_not_loaded_again_but_a_cut_lock_is_still_mended(project, capsys):
+    """A run's flow asks for the stage graph several times (the order, each reports folder)."""
+    first = read_dag(project)
+    lock = project / "dvc.lock"
+    lock.write_text(lock.read_text()[:40])  # another run, killed while DVC wrote it
+    assert read_dag(project) is first  # the same dvc.yaml and params.yaml: from memory
+    assert "dvc.lock was cut short" in capsys.readouterr().err  # and mended all the same
+    assert dvc(project, "status").returncode == 0
+    pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
+    pipeline["stages"]["third"]["outs"] = ["d.txt"]
+    (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    assert read_dag(project).outputs["third"] == [project / "d.txt"]  # an edited dvc.yaml is read anew
+
+
 def test_a_cut_path_lock_file_is_replaced_and_privflow_writes_it_by_rename(project, capsys):
     from dvc import rwlock
     from dvc.fs import localfs
