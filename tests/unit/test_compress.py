@@ -84,6 +84,17 @@ def test_onnx_export_round_trip_matches_the_model(tmp_path):
     assert onnx_logits(session((tmp_path / "m.onnx").read_bytes()), inputs.numpy()[:1]).shape == (1, 2)
 
 
+def test_a_session_over_many_inputs_uses_the_threads_asked_for_and_computes_the_same(tmp_path):
+    """Latency is timed on one thread; a pass over a whole sample (text fidelity) or a scored
+    file (predict: 0, every core) may take more, for the same logits."""
+    model = trained_like(n_features=256, hidden=512)
+    export_onnx(model, 256, tmp_path / "m.onnx")
+    raw, inputs = (tmp_path / "m.onnx").read_bytes(), synthetic_inputs(256, 2000, seed=5).numpy()
+    one, two = session(raw), session(raw, threads=2)
+    assert (one.get_session_options().intra_op_num_threads, two.get_session_options().intra_op_num_threads) == (1, 2)
+    np.testing.assert_allclose(onnx_logits(two, inputs), onnx_logits(one, inputs), rtol=1e-5, atol=1e-6)
+
+
 def test_int8_export_is_faithful_smaller_and_written_compressed(tmp_path):
     model = trained_like(n_features=256, hidden=512)  # weights dominate biases (kept fp32)
     metrics = compress_model(model, 256, SETTINGS.model_copy(update={"prune_amount": 0.0}), tmp_path)
@@ -162,6 +173,7 @@ def demo_csv(path, drop_column=None, bad_row=None):
 
 def test_predict_scores_valid_rows_and_names_the_rest(served, tmp_path):
     model_dir, schema = served
+    assert load_export(model_dir)[0].get_session_options().intra_op_num_threads == 0  # a whole file: every core
     source = demo_csv(tmp_path / "new.csv", bad_row=7)
     scored = score(source, schema, IngestSettings(source=source), model_dir)
     # no target column needed; the demo's own defects (rows 3 and 10) are named too
