@@ -22,7 +22,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from privflow.stagehost import HOST_ENV, STAGE_PACKAGE, address, same_interpreter
@@ -30,9 +30,9 @@ from privflow.stagehost import HOST_ENV, STAGE_PACKAGE, address, same_interprete
 # The libraries the stages import (directly or through privflow's modules), heaviest first.
 PRELOADED = (
     "torch", "opacus", "opacus.accountants", "opacus.validators", "opacus.layers", "opacus.grad_sample",
-    "onnxruntime", "onnxruntime.quantization", "onnx", "safetensors.torch", "pandas", "pyarrow", "pyarrow.parquet", "pyarrow.csv", "pandera.pandas", "numpy",
-    "cryptography.hazmat.primitives.ciphers.aead", "matplotlib.pyplot", "jinja2", "pydantic", "yaml",
-    "dp_accounting.rdp", "dp_accounting.pld", "sqlalchemy", "blake3",
+    "onnxruntime", "onnxruntime.quantization", "onnx", "safetensors.torch", "pandas", "pyarrow", "pyarrow.parquet",
+    "pyarrow.csv", "pandera.pandas", "numpy", "cryptography.hazmat.primitives.ciphers.aead", "matplotlib.pyplot",
+    "jinja2", "pydantic", "yaml", "dp_accounting.rdp", "dp_accounting.pld", "sqlalchemy", "blake3",
     # torch's ONNX exporter (compress): torch.export, onnxscript and its op library load at the
     # first export, seconds that every compress stage paid again
     "torch.export", "torch.export._trace", "onnxscript", "torch.onnx._internal.exporter._core",
@@ -43,14 +43,14 @@ _MESSAGE = 1 << 20  # a request: arguments and environment, well under this
 
 
 @contextmanager
-def stage_host(text: bool = True) -> Iterator[None]:
-    """A host for the stages this process's DVC runs (`text`: one uses the text model), named in
-    the environment its stage commands inherit; stopped on exit. `PRIVFLOW_STAGE_HOST=none`
-    turns it off: each stage then imports its libraries itself, as under plain `dvc repro`."""
+def stage_host(needs_text: Callable[[], bool] = lambda: True) -> Iterator[None]:
+    """A host for the stages this process's DVC runs (asked whether one uses the text model only
+    if a host starts), named in the environment its stage commands inherit; stopped on exit.
+    `PRIVFLOW_STAGE_HOST=none` turns it off: each stage imports its libraries, as under `dvc repro`."""
     if os.environ.get(HOST_ENV):
         yield
         return
-    name, host = start_host(text)
+    name, host = start_host(needs_text())
     os.environ[HOST_ENV] = name
     try:
         yield

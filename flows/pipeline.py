@@ -126,8 +126,8 @@ def pipeline(root: str = ".", datasets: list[str] | None = None, wait_seconds: f
     """Run every stage of dvc.yaml that is out of date (of the named datasets, or all);
     return which stages ran. `side_by_side`: one task per dataset, submitted to the flow's
     task runner (a Dask cluster: `privflow run --workers 2` or `--dask-address`)."""
-    text = text_model_in(Path(root), datasets)
-    with project_lock(Path(root), wait_seconds), stage_host(text):  # for serve's runs; `privflow run` has one
+    # a host for serve's runs; `privflow run` started one already
+    with project_lock(Path(root), wait_seconds), stage_host(lambda: text_model_in(Path(root), datasets)):
         return _run_stages(root, datasets, side_by_side)
 
 

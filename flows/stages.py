@@ -53,7 +53,7 @@ class Dag:
         return self.outputs[f"report@{dataset}"][0].parent
 
 
-_READ: dict[tuple, Dag] = {}  # this process's reads, by what the stage graph is made of
+_READ: dict[Path, tuple[tuple, Dag]] = {}  # this process's last read of each project: what it was made of, the graph
 
 
 def read_dag(root: Path, with_status: bool = False) -> Dag:
@@ -62,10 +62,11 @@ def read_dag(root: Path, with_status: bool = False) -> Dag:
     (its `foreach` runs over the datasets) is not loaded again: a run's flow asks for the order,
     then for each dataset's reports folder. The repository is still opened each time: opening it
     mends a dvc.lock that a killed run cut (a run that waited for that one must not trust it)."""
-    key = (root.resolve(), *(_contents(root / name) for name in ("dvc.yaml", "params.yaml")))
+    made_of = tuple(_contents(root / name) for name in ("dvc.yaml", "params.yaml"))
     with open_repo(root) as repo:
-        if not with_status and key in _READ:
-            return _READ[key]
+        known = _READ.get(root.resolve())
+        if not with_status and known and known[0] == made_of:
+            return known[1]
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         ordered = reversed(list(nx.lexicographical_topological_sort(graph, key=str)))
         order = [stage.name for stage in ordered if isinstance(stage, PipelineStage)]
@@ -76,8 +77,8 @@ def read_dag(root: Path, with_status: bool = False) -> Dag:
         readers.add_edges_from((upstream.name, stage.name) for stage, upstream in graph.edges
                                if isinstance(stage, PipelineStage) and isinstance(upstream, PipelineStage))
         stale = {name.split(":")[-1]: entries for name, entries in repo.status().items()} if with_status else {}
-    _READ[key] = Dag(order, outputs, readers, {})
-    return Dag(order, outputs, readers, stale) if with_status else _READ[key]
+    _READ[root.resolve()] = made_of, Dag(order, outputs, readers, {})
+    return Dag(order, outputs, readers, stale) if with_status else _READ[root.resolve()][1]
 
 
 def _contents(path: Path) -> bytes | None:

@@ -125,7 +125,7 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
         console.print(f"log: {log}", highlight=False)
     try:
         # the host's imports overlap the rest of Prefect's start
-        with stage_host(text_model_in(root, datasets)), temporary_api(server):
+        with stage_host(lambda: text_model_in(root, datasets)), temporary_api(server):
             with (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
                     StageBoard(stages, terminal, live, progress):
                 ran = flow(str(root), datasets, side_by_side=workers > 1 or bool(dask_address))

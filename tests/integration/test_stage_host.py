@@ -146,3 +146,10 @@ def test_a_run_needs_the_text_models_libraries_when_one_of_its_datasets_trains_i
     assert text_model_in(ROOT, ["breast_cancer", "feedback"]) and text_model_in(ROOT, None)
     (tmp_path / "params.yaml").write_text("datasets: {x: {source: a.csv, schema: nosuch.yaml}}\ntrain: {epochs: -1}\n")
     assert text_model_in(tmp_path, None)  # unsure: loaded (train's own check says what is wrong)
+
+
+def test_whether_a_run_needs_the_text_libraries_is_asked_only_when_a_host_starts(monkeypatch):
+    """The flow of `privflow run` finds the run's host already named: it reads no settings for one."""
+    monkeypatch.setenv(HOST_ENV, "the-runs-own-host")
+    with stage_host(lambda: pytest.fail("asked, though no host starts")):
+        assert os.environ[HOST_ENV] == "the-runs-own-host"
