@@ -1,8 +1,16 @@
-"""The int8 ONNX export: exported by torch's dynamo exporter, quantized and served by onnxruntime.
+"""The int8 ONNX export: exported by torch's ONNX exporter, quantized and served by onnxruntime.
 
 Why ONNX (and onnxruntime for quantization and serving): a portable file with no pickle and
 no Python code in it, served without torch by `privflow predict` or any ONNX runtime; torch's
 own eager int8 path (`torch.ao.quantization`) and TorchScript are deprecated in torch 2.13.
+
+Which exporter: torch's TorchScript-based one (`dynamo=False`), not the torch.export-based
+default. Both trace the same eager model to the same graph; measured side by side here
+(README), the default took 6.6 s on a first export in a process (1.8 s later) against 0.04 s
+for a 1k-parameter MLP, and 15.4 s against 1.7 s for the 22.6 M-parameter text classifier,
+with the same logits (max difference 4e-7) and the same int8 agreement. It is deprecated
+since torch 2.9 and torch is pinned (2.13); the day it goes, `dynamo=True` with
+`dynamic_shapes` is the one-line change back, and the export tests say so.
 """
 
 from __future__ import annotations
@@ -28,15 +36,19 @@ from privflow.modeling.pruning import synthetic_inputs
 FIDELITY_INPUTS = 4096
 
 
-def export_onnx(model: nn.Module, n_features: int, path: Path) -> None:
-    """fp32 ONNX with a dynamic batch dimension (torch's dynamo exporter)."""
-    example = (synthetic_inputs(n_features, 2),)
+def export_traced(model: nn.Module, example: dict[str, torch.Tensor], path: Path) -> None:
+    """fp32 ONNX of `model` called on the named example inputs (in that order), the batch
+    dimension of every input and of the logits left dynamic."""
+    batch = {name: {0: "batch"} for name in [*example, "logits"]}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, example, dynamo=True, verbose=False,
-                                    input_names=["features"], output_names=["logits"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
-    program.save(str(path))
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes: see the docstring
+        torch.onnx.export(model, tuple(example.values()), str(path), dynamo=False, verbose=False,
+                          input_names=list(example), output_names=["logits"], dynamic_axes=batch, opset_version=17)
+
+
+def export_onnx(model: nn.Module, n_features: int, path: Path) -> None:
+    """fp32 ONNX of a table, image or sequence model, its batch dimension dynamic."""
+    export_traced(model, {"features": synthetic_inputs(n_features, 2)}, path)
 
 
 class _SyntheticCalibration(CalibrationDataReader):

@@ -29,7 +29,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from privflow.catalog import EXPORT
 from privflow.data.public_text import ORIGIN, film_reviews
-from privflow.modeling.export import median_ms, onnx_logits, probabilities, session
+from privflow.modeling.export import export_traced, median_ms, onnx_logits, probabilities, session
 from privflow.modeling.pruning import prune_magnitude, sparsity
 from privflow.modeling.text_classifier import TextClassifier
 from privflow.modeling.text_encoder import load_tokenizer, pretrained, tokenize
@@ -48,14 +48,8 @@ def public_tokens(text_card: dict, count: int, seed: int = 3) -> dict[str, np.nd
 
 
 def export_text_onnx(model: TextClassifier, example: dict[str, np.ndarray], path: Path) -> None:
-    """fp32 ONNX with a dynamic batch dimension (torch's dynamo exporter)."""
-    inputs = tuple(torch.from_numpy(example[name][:2]) for name in INPUTS)
-    batch = torch.export.Dim("batch")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, inputs, dynamo=True, verbose=False, input_names=list(INPUTS),
-                                    output_names=["logits"], dynamic_shapes=({0: batch}, {0: batch}))
-    program.save(str(path))
+    """fp32 ONNX taking token ids and attention masks, the batch dimension dynamic."""
+    export_traced(model, {name: torch.from_numpy(example[name][:2]) for name in INPUTS}, path)
 
 
 @torch.inference_mode()

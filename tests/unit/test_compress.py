@@ -21,6 +21,7 @@ from privflow.data.schema_file import load_schema
 from privflow.errors import DatasetError, PrivflowError, SchemaError
 from privflow.modeling.compress import compress_model
 from privflow.modeling.export import export_onnx, load_export, onnx_logits, session
+from privflow.modeling.models import build_model
 from privflow.modeling.predict import score
 from privflow.modeling.pruning import prune_magnitude, prune_neurons, synthetic_inputs
 from privflow.settings import CompressSettings, IngestSettings
@@ -74,14 +75,18 @@ def test_compress_main_never_opens_the_vault_or_keyring(tmp_path, monkeypatch):
     assert (tmp_path / "out" / EXPORT).exists() and (tmp_path / "out" / "MODEL_CARD.md").exists()
 
 
-def test_onnx_export_round_trip_matches_the_model(tmp_path):
-    model = trained_like()
-    export_onnx(model, 30, tmp_path / "m.onnx")
-    inputs = synthetic_inputs(30, 500, seed=3)
-    exported = onnx_logits(session((tmp_path / "m.onnx").read_bytes()), inputs.numpy())
-    with torch.no_grad():
-        np.testing.assert_allclose(exported, model(inputs).numpy(), atol=1e-5)
-    assert onnx_logits(session((tmp_path / "m.onnx").read_bytes()), inputs.numpy()[:1]).shape == (1, 2)
+@pytest.mark.parametrize("preset, n_features, shape", [("mlp", 30, None), ("cnn", 64, (1, 8, 8)),
+                                                      ("lstm", 32, (32, 1)), ("transformer", 32, (32, 1))])
+def test_onnx_export_round_trip_matches_every_preset_at_any_batch(tmp_path, preset, n_features, shape):
+    """Traced at a batch of 2: a size the tracer froze into the graph would show at 1 or 500."""
+    torch.manual_seed(0)
+    model = build_model(preset, n_features, 3, 16, shape).eval()
+    export_onnx(model, n_features, tmp_path / "m.onnx")
+    runtime = session((tmp_path / "m.onnx").read_bytes())
+    for rows in (1, 500):
+        inputs = synthetic_inputs(n_features, rows, seed=3)
+        with torch.no_grad():
+            np.testing.assert_allclose(onnx_logits(runtime, inputs.numpy()), model(inputs).numpy(), atol=1e-5)
 
 
 def test_a_session_over_many_inputs_uses_the_threads_asked_for_and_computes_the_same(tmp_path):
