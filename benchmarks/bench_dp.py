@@ -4,7 +4,7 @@ Step time (CPU, 1 thread, same process, steps interleaved, median of 200): a pla
 step; privflow's DP step (components/privacy/dp_sgd.py: clipping from activations and output
 gradients, plus noise); stock Opacus hooks mode (GradSampleModule + DPOptimizer) and ghost
 clipping (PrivacyEngine, grad_sample_mode="ghost"), all on the same model and batch. Also
-the cost per step of drawing the noise from the secure ChaCha20 source against torch's.
+the cost per step of drawing the noise from the secure AES-256-CTR source against torch's.
 Goals (issue 5): MLP (batch 256) <= 1.5x, CNN (batch 128) <= 1.3x a non-private step.
 
 Accuracy (epsilon 3, delta 1e-5): each demo dataset's preset, trained with the pipeline's

@@ -16,7 +16,7 @@ no one privacy; it stands in for a customer-feedback export.
    interleaved (this machine is noisy: ratios): a plain step; privflow's DP step; Opacus'
    hooks (GradSampleModule) and ghost clipping. Goal <= 1.3x. Peak memory of each engine:
    how far its steps raise its own process's resident set above what the set-up took.
-3. Noise per DP step: what the secure ChaCha20 source adds to privflow's DP step (its draw
+3. Noise per DP step: what the secure AES-256-CTR source adds to privflow's DP step (its draw
    made ahead in the background while the step computes): 1 - (step without noise / step with
    secure noise), steps in blocks; beside it, its draw alone against that step, and per
    parameter. Goal <= 10% of the DP step.

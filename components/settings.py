@@ -173,7 +173,7 @@ class PrivacySettings(_Section):
     # ledger there would lose the charge; every workspace on the machine must see one budget.
     ledger: str = "~/.local/share/privflow/ledger.sqlite"
     profile: Literal["dev", "prod"] = "dev"  # prod: secure noise required, no noise seed
-    secure_noise: bool = False  # ChaCha20 CSPRNG for sampling and noise (components/privacy/noise.py)
+    secure_noise: bool = False  # AES-256-CTR CSPRNG for sampling and noise (components/privacy/noise.py)
     # parameters: a float32 model's noise drawn in float32 from 24-bit uniforms, as Opacus' secure
     # mode; float64: from 52-bit uniforms for every model, a wider margin against floating-point
     # attacks (2^156 against 2^72 by Holohan & Braghin's count) at 3x the draw's cost

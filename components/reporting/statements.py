@@ -41,7 +41,7 @@ def _noise_statement(p: dict) -> str:
         return f"Sampling and noise came from a cryptographically secure generator: {source}."
     return (f"Sampling and noise came from {source}: not a cryptographically secure generator, which "
             "matters only against an attacker who can reconstruct its state (privacy.secure_noise switches "
-            "to a ChaCha20 CSPRNG; the prod profile requires it).")
+            "to an AES-256-CTR CSPRNG; the prod profile requires it).")
 
 
 def _pretraining_statement(pretraining: dict) -> str:
