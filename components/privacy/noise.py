@@ -2,9 +2,10 @@
 
 Three sources, one interface:
 - `SecureNoise`: an AES-256 counter-mode keystream (the `cryptography` package, i.e. OpenSSL,
-  with AES-NI) keyed from the OS, turned into uniforms and, by Box-Muller, into Gaussians: in the parameters'
-  precision (float32 from 24-bit uniforms, as Opacus' secure mode on float32 parameters) or,
-  with privacy.secure_noise_precision: float64, always in float64 from 52-bit uniforms. Opacus' own
+  with AES-NI) keyed from the OS, turned into uniforms and, by Box-Muller (in numpy or torch,
+  whichever is faster on the CPU), into Gaussians: in the parameters' precision (float32 from
+  24-bit uniforms, as Opacus' secure mode on float32 parameters) or, with
+  privacy.secure_noise_precision: float64, always in float64 from 52-bit uniforms. Opacus' own
   secure mode needs `torchcsprng`, which has no build for current torch. Like Opacus, each
   Gaussian is the sum of 4 draws divided by 2 (Holohan & Braghin 2021, sec. 5.1, n = 2), so
   the low bits of a released float no longer pin down the draw (the floating-point attack
@@ -65,6 +66,8 @@ class SecureNoise:
         self._buffers: list[_ChunkBuffers] = []  # one per worker, kept across steps
         self._ahead: tuple[tuple, Future] | None = None  # (request, its draw) for the next step
         self._drawer = ThreadPoolExecutor(1, thread_name_prefix="privflow-noise")
+        for dtype in (torch.float32, torch.float64):  # timed now, on an idle core, not beside a step
+            _faster_library(dtype)
 
     def _nonce(self, streams: int = 1) -> int:
         with self._stream_lock:
