@@ -8,7 +8,8 @@ sequences: an image is its pixels in row-major order, a sequence its steps in ti
 - `cnn`: images, `input_shape: [channels, height, width]`. Two 3x3 convolutions (no batch
   norm: it mixes samples, which DP-SGD forbids).
 - `lstm`: sequences, `input_shape: [steps, channels]`. Opacus' DPLSTM, whose gates are
-  Linear layers that per-sample gradients can see.
+  Linear layers that per-sample gradients can see; the head reads its outputs averaged over
+  time (SequenceLSTM says why).
 - `transformer`: tables or sequences, `input_shape: [tokens, channels]` (a table: one token
   per feature). One pre-norm encoder block built from Linear and LayerNorm only, with fixed
   sinusoidal positions (a learnt embedding table would be one more layer type to clip).
@@ -77,6 +78,12 @@ def _cnn(shape: tuple[int, ...], n_classes: int, hidden: int) -> nn.Module:
 
 
 class SequenceLSTM(nn.Module):
+    """The head reads the LSTM's outputs averaged over the steps, not its last state: every step
+    then has a short gradient path to the loss. Measured under DP (the activity demo, epsilon 3,
+    held-back tenth of the training split, noise seeds 1-8): the last state at learning rate 1.0
+    scored 0.737-0.955 (seeds 1-4), stuck near chance for some draws at lower rates, and
+    0.33-0.95 in demo runs; the average over time at 0.5 scored 0.876-0.966, mean 0.918."""
+
     def __init__(self, shape: tuple[int, ...], n_classes: int, hidden: int):
         super().__init__()
         self.shape = shape
@@ -86,8 +93,8 @@ class SequenceLSTM(nn.Module):
         self.head = nn.Linear(hidden, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, (hidden, _) = self.lstm(x.reshape(-1, *self.shape))
-        return self.head(hidden[-1])
+        outputs, _ = self.lstm(x.reshape(-1, *self.shape))
+        return self.head(outputs.mean(dim=1))
 
 
 class EncoderBlock(nn.Module):

@@ -30,7 +30,7 @@ CASES = {
     "churn (mlp)": ("churn", {}),
     "churn (mlp) after public pretraining": ("churn", "pretrained"),
     "digits (cnn)": ("digits", {}),
-    "activity (lstm), 5 of its 20 epochs": ("activity", {"epochs": 5}),
+    "activity (lstm), 10 of its 20 epochs": ("activity", {"epochs": 10}),
     "activity (transformer)": ("activity", {"model": "transformer", "hidden_units": 32, "learning_rate": 0.5,
                                             "epochs": 5}),
 }
@@ -77,6 +77,20 @@ def test_the_baseline_does_not_lose_to_its_dp_twin(sources, case):
         f"{case}: baseline {baseline.accuracy:.3f} ({baseline.recipe}) vs DP {dp.curve[-1]['test_accuracy']:.3f}: "
         f"DP alone right on {dp_only} test rows, the baseline alone on {baseline_only}")
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("noise_seed", [2, 3])
+def test_the_lstm_learns_under_dp_whatever_the_noise_draw(sources, noise_seed):
+    """The activity demo's LSTM at its own settings: before its head read the outputs averaged
+    over time, these two noise draws ended at 0.673 and 0.583 (0.33 in a demo run) against
+    0.961 without noise."""
+    splits = demo_splits("activity", sources / SOURCES["activity"], ROOT / "params.yaml")
+    t = splits.settings.train.model_copy(update={"noise_seed": noise_seed})
+    plan = plan_dp_sgd(rows=len(splits.train), batch_size=t.batch_size, epochs=t.epochs, target_epsilon=3.0,
+                       target_delta=1e-5, accountant=t.accountant)
+    dp = train_private(splits.train, splits.test, plan, t, splits.n_classes)
+    assert dp.curve[-1]["test_accuracy"] >= 0.8, dp.curve
 
 def test_the_recipe_chosen_on_the_held_back_tenth_is_refit_on_the_whole_split():
     # Two candidates on a task only one can learn in the time given: a learning rate of zero
