@@ -55,6 +55,42 @@ def test_no_plaintext_in_ciphertext_and_no_partial_left(vault, identity, tmp_pat
     assert [p.name for p in path.parent.iterdir()] == ["a.sealed"]
 
 
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from privflow.crypto.keys import Keyring
+from privflow.crypto.vault import ArtifactIdentity, Vault
+def pieces():
+    yield b"x" * 1000
+    Path(sys.argv[2]).write_text("writing")  # half the artifact is on its way to disk
+    time.sleep(60)
+    yield b"never"
+Vault(Keyring.open(Path(sys.argv[1])), chunk_size=64).seal_stream(
+    pieces(), ArtifactIdentity("demo", "train", "checkpoint.sealed", "none"), Path(sys.argv[3]))
+"""
+
+
+def test_a_writer_killed_mid_seal_leaves_nothing_behind(keyring, tmp_path):
+    """As a SIGKILLed training in its checkpoint: no file, named or not, may outlive it (a
+    `.partial` in the checkpoint folder stayed when DVC then restored the stage from its run cache)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder, started = tmp_path / "checkpoints", tmp_path / "started"
+    folder.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(keyring.path), str(started),
+                               str(folder / "train.sealed")])
+    deadline = time.monotonic() + 60
+    while not started.exists() and writer.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists() and writer.poll() is None
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert list(folder.iterdir()) == []
+
 def test_every_flipped_bit_is_rejected_and_messages_leak_nothing(vault, identity, tmp_path, keyring):
     path = sealed_file(vault, identity, tmp_path)
     _, key = keyring.dataset_key(identity.dataset)
