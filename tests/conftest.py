@@ -97,10 +97,14 @@ def demo_schema():
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect API (SQLite) for the in-process flow tests of this session."""
+    """One temporary Prefect API (SQLite) for the in-process flow tests of this session. Its
+    start may take longer than Prefect's 30 s on a loaded machine (it timed out in a suite run
+    of three workers on two cores): as long as privflow waits for its own servers."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    from privflow.flows.server import START_TIMEOUT
+
+    with prefect_test_harness(server_startup_timeout=START_TIMEOUT):
         yield
 
 
