@@ -78,7 +78,6 @@ def test_the_baseline_does_not_lose_to_its_dp_twin(sources, case):
         f"DP alone right on {dp_only} test rows, the baseline alone on {baseline_only}")
 
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("noise_seed", [2, 3])
 def test_the_lstm_learns_under_dp_whatever_the_noise_draw(sources, noise_seed):
@@ -91,6 +90,7 @@ def test_the_lstm_learns_under_dp_whatever_the_noise_draw(sources, noise_seed):
                        target_delta=1e-5, accountant=t.accountant)
     dp = train_private(splits.train, splits.test, plan, t, splits.n_classes)
     assert dp.curve[-1]["test_accuracy"] >= 0.8, dp.curve
+
 
 def test_the_recipe_chosen_on_the_held_back_tenth_is_refit_on_the_whole_split():
     # Two candidates on a task only one can learn in the time given: a learning rate of zero

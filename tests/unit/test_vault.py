@@ -55,7 +55,6 @@ def test_no_plaintext_in_ciphertext_and_no_partial_left(vault, identity, tmp_pat
     assert [p.name for p in path.parent.iterdir()] == ["a.sealed"]
 
 
-
 WRITER = """
 import sys, time
 from pathlib import Path
