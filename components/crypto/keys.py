@@ -26,6 +26,7 @@ from typing import Literal, Protocol
 
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from privflow.crypto.files import replacing
 from privflow.errors import KeyringError
 
 KeyState = Literal["primary", "decrypt-only", "retired"]
@@ -155,13 +156,8 @@ class Keyring:
                              for d in self.dataset_keys.values()],
         }
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        partial = self.path.with_name(self.path.name + ".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(doc, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, self.path)
+        with replacing(self.path, mode=0o600) as handle:  # never readable by others
+            handle.write(json.dumps(doc, indent=1).encode("utf-8"))
 
     @contextmanager
     def exclusive(self) -> Iterator[Keyring]:

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -37,6 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from privflow.crypto.files import replacing
 from privflow.errors import IntegrityError
 
 MAGIC = b"PFVAULT2"
@@ -146,40 +145,6 @@ def _file_chunks(handle: BinaryIO, size: int) -> Iterator[tuple[memoryview, bool
         current, turn = following, 1 - turn
 
 
-@contextmanager
-def _replacing(dest: Path) -> Iterator[BinaryIO]:
-    """A file that replaces `dest` once written and synced. Written unnamed (O_TMPFILE) where
-    the file system allows: a writer killed mid-way (a SIGKILLed training in its checkpoint)
-    then leaves nothing behind, where a named `.partial` stayed wherever no later run cleared
-    it (a checkpoint directory, when DVC restored the stage from its run cache). Elsewhere
-    (no O_TMPFILE: not Linux, an older overlayfs), and between naming and renaming, a
-    `.partial` beside `dest`."""
-    named = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    try:
-        fd, unnamed = os.open(dest.parent, os.O_TMPFILE | os.O_WRONLY, 0o666), True
-    except (AttributeError, OSError):
-        fd, unnamed = os.open(named, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), False
-    with os.fdopen(fd, "wb") as handle:
-        yield handle
-        handle.flush()
-        os.fsync(handle.fileno())
-        if unnamed:
-            named.unlink(missing_ok=True)  # left by a killed writer that had this pid
-            _name_unnamed(fd, named)
-    os.replace(named, dest)
-
-
-def _name_unnamed(fd: int, name: Path) -> None:
-    """linkat(2) with AT_SYMLINK_FOLLOW on /proc's link to `fd`, as open(2) documents for
-    O_TMPFILE. (os.link calls link(2), which would link the /proc symlink itself, unless a
-    directory fd is given.)"""
-    folder = os.open(name.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.link(f"/proc/self/fd/{fd}", name.name, dst_dir_fd=folder, follow_symlinks=True)
-    finally:
-        os.close(folder)
-
-
 class Vault:
     def __init__(self, keys: DataKeys, chunk_size: int = CHUNK_SIZE):
         self._keys = keys
@@ -204,7 +169,7 @@ class Vault:
         out = bytearray(NONCE_SIZE + self._chunk_size + TAG_SIZE)
         dest.parent.mkdir(parents=True, exist_ok=True)
         total = 0
-        with _replacing(dest) as handle:
+        with replacing(dest) as handle:
             handle.write(MAGIC + _LEN.pack(len(header)) + header)
             for index, (chunk, final) in enumerate(chunks):
                 block = memoryview(out)[: NONCE_SIZE + len(chunk) + TAG_SIZE]
