@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def serve(root: Path = Path("."),
           cron: str = typer.Option(None, help='cron schedule, e.g. "0 3 * * *" (03:00 every day)'),
           interval: int = typer.Option(None, min=1, help="or: every N seconds"),
           name: str = typer.Option("privflow-scheduled", help="deployment name")) -> None:
-    """Serve the pipeline on a schedule (Prefect `flow.serve`); runs until stopped (Ctrl-C).
+    """Serve the pipeline on a schedule (Prefect `flow.serve`); runs until stopped (Ctrl-C, or
+    SIGTERM as systemd, docker or kubernetes send it: either pauses the deployment and stops the server).
 
     Each scheduled run is an ordinary run: stages that are up to date are skipped and charge
     nothing; a run that finds another in progress waits for it.
@@ -164,6 +166,9 @@ def serve(root: Path = Path("."),
         # one run at a time: a schedule that fires while a run is in progress waits in Prefect's
         # queue, not as a started process (about 360 MB each) blocked on the project lock; with a
         # short interval and a slow run those piled up until the machine ran out of memory
+        # Prefect's SIGTERM handler calls the async Runner.stop without awaiting it (it pauses the
+        # deployment all the same): its "never awaited" warning is nothing a user can act on
+        warnings.filterwarnings("ignore", "coroutine 'Runner.astop' was never awaited", RuntimeWarning)
         pipeline.serve(name=name, cron=cron, interval=interval, parameters={"root": str(root.resolve())}, limit=1)
 
 

@@ -61,11 +61,13 @@ def test_a_scheduled_flow_fires_and_completes(tmp_path, prefect_database):
         while completed_scheduled_runs(database) < 2 and time.monotonic() < deadline and server.poll() is None:
             time.sleep(2)
         assert completed_scheduled_runs(database) >= 2, (tmp_path / "logs" / "serve.log").read_text()[-3000:]
+        # stopped as a service manager stops it (systemd, docker, kubernetes: SIGTERM); it must
+        # exit cleanly, not be killed. In suite runs a SIGINT was sometimes not acted on until
+        # the test's 60 s were up (never reproduced alone): 2 minutes of a 15-minute suite.
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0, (tmp_path / "logs" / "serve.log").read_text()[-3000:]
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        if server.poll() is None:
             server.kill()
         log.close()
     assert (workspace.reports() / "report.html").exists()
