@@ -203,32 +203,38 @@ def test_the_frozen_pass_runs_in_bf16_only_where_native_and_close_to_fp32(encode
         assert frozen_precision(encoder, ids, mask, 5, "auto", cpu) == ("fp32", None)
 
 
-AUDIT_SETTINGS = TrainSettings(model="text", text={"fine_tune": "head", "max_tokens": 16}, hidden_units=1, epochs=150,
-                               batch_size=64, learning_rate=0.5, max_grad_norm=1.0, target_epsilon=0.25,
-                               target_delta=1e-5, device="cpu")
+# Per mode, the epochs at which a trainer without noise is caught (the canaries are memorised):
+# the bound without noise, 3 canary draws each, was 0.49-0.56 for the head at 30 epochs (so 150 here),
+# 1.34-1.44 for LoRA at 30 and 0.66-0.96 at 10 (4 draws), against a claim of 0.25; with noise, 0.0 in every run.
+AUDIT_MODES = {"head": ({"fine_tune": "head"}, 150), "lora": ({"fine_tune": "lora", "last_k": 1, "lora_rank": 4}, 10)}
 
 
-@pytest.fixture(scope="module")
-def audit_inputs():
+def audit_settings(mode: str) -> TrainSettings:
+    text, epochs = AUDIT_MODES[mode]
+    return TrainSettings(model="text", text={**text, "max_tokens": 16}, hidden_units=1, epochs=epochs, batch_size=64,
+                         learning_rate=0.5, max_grad_norm=1.0, target_epsilon=0.25, target_delta=1e-5, device="cpu")
+
+
+@pytest.fixture(scope="module", params=list(AUDIT_MODES))
+def audit_inputs(request):
     """Real reviews and 1,000 canary texts, prepared as the train stage prepares them: the
     canaries take the real texts' way (tokenizer, frozen encoder), then join the training rows."""
+    t = audit_settings(request.param)
     reviews = film_reviews()[:600]
     canaries = draw_text_canaries(1000, 2, np.random.default_rng())
 
     def split(part):
         return [r.text for r in part], torch.tensor([LABELS.index(r.label) for r in part]), torch.arange(len(part))
 
-    text = prepare_text_training(AUDIT_SETTINGS, "feedback", 2, (split(reviews[:400]), split(reviews[400:])),
-                                 canaries)
+    text = prepare_text_training(t, "feedback", 2, (split(reviews[:400]), split(reviews[400:])), canaries)
     assert text.canaries.features.shape == (1000, 16, 385) and text.canaries.texts == canaries.texts
     train = with_canaries(text.train, text.canaries)
     assert len(train) == 400 + int(canaries.included.sum())
-    return text, train
+    return t, text, train
 
 
 def audited_text_run(audit_inputs, noise_off: bool) -> AuditResult:
-    text, train = audit_inputs
-    t = AUDIT_SETTINGS
+    t, text, train = audit_inputs
     plan = plan_dp_sgd(rows=len(train), batch_size=t.batch_size, epochs=t.epochs, target_epsilon=t.target_epsilon,
                        target_delta=t.target_delta, accountant="prv")
     if noise_off:  # the deliberately broken trainer: clipping still on, noise switched off
