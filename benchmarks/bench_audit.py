@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     args = parser.parse_args()
     rows = [audited(mode, args.epochs, draw) for mode in args.modes for draw in range(1, args.draws + 1)]
-    table = Table("mode", "epochs", "claimed ε", "bound without noise (goal > claim)", "bound with noise (goal ≤ claim)",
-                  title="one-run audit of text fine-tuning: power per mode")
+    table = Table("mode", "epochs", "claimed ε", "bound without noise (goal > claim)",
+                  "bound with noise (goal ≤ claim)", title="one-run audit of text fine-tuning: power per mode")
     for mode in args.modes:
         own = [r for r in rows if r["mode"] == mode]
         span = {k: f"{min(r[k]['bound'] for r in own):.2f}-{max(r[k]['bound'] for r in own):.2f}"
