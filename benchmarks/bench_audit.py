@@ -25,14 +25,15 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch.utils.data import TensorDataset
 
 from privflow.data.public_text import LABELS, film_reviews
 from privflow.privacy.accounting import plan_dp_sgd
-from privflow.privacy.audit import audit, draw_text_canaries
+from privflow.privacy.audit import AuditResult, Canaries, audit, draw_text_canaries
 from privflow.settings import TrainSettings
 from privflow.training.canaries import with_canaries
 from privflow.training.loop import train_private
-from privflow.training.text_finetune import prepare_text_training
+from privflow.training.text_finetune import TextTraining, prepare_text_training
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-results" / "audit.json"
@@ -41,35 +42,48 @@ MODES = {"head": {"fine_tune": "head"}, "last_layers": {"fine_tune": "last_layer
 TRAIN, TEST, CANARIES = 400, 200, 1000
 
 
-def settings(mode: str, epochs: int) -> TrainSettings:
+def audit_settings(mode: str, epochs: int) -> TrainSettings:
     return TrainSettings(model="text", text={**MODES[mode], "max_tokens": 16}, hidden_units=1, epochs=epochs,
                          batch_size=64, learning_rate=0.5, max_grad_norm=1.0, target_epsilon=0.25, target_delta=1e-5,
                          device="cpu")
 
 
-def split(reviews) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def labelled(reviews) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(texts, labels, units): one review per person."""
     return [r.text for r in reviews], torch.tensor([LABELS.index(r.label) for r in reviews]), torch.arange(len(reviews))
+
+
+def prepared_for_audit(t: TrainSettings, canaries: Canaries) -> tuple[TextTraining, TensorDataset]:
+    """TRAIN and TEST real reviews and the canaries prepared as the train stage prepares them
+    (tokenizer, frozen layers), and the training rows with the included canaries joined."""
+    reviews = film_reviews()[:TRAIN + TEST]
+    text = prepare_text_training(t, "feedback", len(LABELS), (labelled(reviews[:TRAIN]), labelled(reviews[TRAIN:])),
+                                 canaries)
+    return text, with_canaries(text.train, text.canaries)
+
+
+def audited_run(t: TrainSettings, text: TextTraining, train: TensorDataset, noise_off: bool) -> AuditResult:
+    """privflow's trainer at the plan for `t` (noise_off: the deliberately broken trainer, clipping
+    kept), then the one-run audit of what it trained."""
+    plan = plan_dp_sgd(rows=len(train), batch_size=t.batch_size, epochs=t.epochs, target_epsilon=t.target_epsilon,
+                       target_delta=t.target_delta, accountant="prv")
+    if noise_off:
+        plan = dataclasses.replace(plan, noise_multiplier=0.0)
+    model = train_private(train, text.test, plan, t, len(LABELS), model=copy.deepcopy(text.top)).model
+    return audit(model, text.canaries, claimed_epsilon=plan.epsilon)
 
 
 def audited(mode: str, epochs: int, draw: int) -> dict:
     """One canary draw of one mode: the bound with the noise off and with it on."""
-    t = settings(mode, epochs)
-    reviews = film_reviews()[:TRAIN + TEST]
-    canaries = draw_text_canaries(CANARIES, len(LABELS), np.random.default_rng(draw))
-    text = prepare_text_training(t, "feedback", len(LABELS), (split(reviews[:TRAIN]), split(reviews[TRAIN:])),
-                                 canaries)
-    train = with_canaries(text.train, text.canaries)
-    plan = plan_dp_sgd(rows=len(train), batch_size=t.batch_size, epochs=t.epochs, target_epsilon=t.target_epsilon,
-                       target_delta=t.target_delta, accountant="prv")
-    row = {"mode": mode, "epochs": epochs, "draw": draw, "claimed_epsilon": plan.epsilon}
-    for name, noise in (("without_noise", 0.0), ("with_noise", plan.noise_multiplier)):
+    t = audit_settings(mode, epochs)
+    text, train = prepared_for_audit(t, draw_text_canaries(CANARIES, len(LABELS), np.random.default_rng(draw)))
+    row = {"mode": mode, "epochs": epochs, "draw": draw}
+    for name, noise_off in (("without_noise", True), ("with_noise", False)):
         started = time.perf_counter()
-        model = train_private(train, text.test, dataclasses.replace(plan, noise_multiplier=noise), t, len(LABELS),
-                              model=copy.deepcopy(text.top)).model
-        result = audit(model, text.canaries, claimed_epsilon=plan.epsilon)
+        result = audited_run(t, text, train, noise_off)
         row[name] = {"bound": result.epsilon_lower_bound, "guesses": result.guesses, "correct": result.correct,
                      "seconds": time.perf_counter() - started}
-    return row
+    return {**row, "claimed_epsilon": result.claimed_epsilon}
 
 
 def main() -> None:

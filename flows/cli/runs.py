@@ -163,12 +163,12 @@ def serve(root: Path = Path("."),
     with prefect_api(root / ".privflow" / "prefect-server.log") as url:
         console.print(f"serving {root.resolve()} as deployment '{name}' on {url}: "
                       + (f"cron {cron!r}" if cron else f"every {interval} s"))
-        # one run at a time: a schedule that fires while a run is in progress waits in Prefect's
-        # queue, not as a started process (about 360 MB each) blocked on the project lock; with a
-        # short interval and a slow run those piled up until the machine ran out of memory
         # Prefect's SIGTERM handler calls the async Runner.stop without awaiting it (it pauses the
         # deployment all the same): its "never awaited" warning is nothing a user can act on
         warnings.filterwarnings("ignore", "coroutine 'Runner.astop' was never awaited", RuntimeWarning)
+        # one run at a time: a schedule that fires while a run is in progress waits in Prefect's
+        # queue, not as a started process (about 360 MB each) blocked on the project lock; with a
+        # short interval and a slow run those piled up until the machine ran out of memory
         pipeline.serve(name=name, cron=cron, interval=interval, parameters={"root": str(root.resolve())}, limit=1)
 
 

@@ -13,17 +13,17 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from benchmarks.bench_audit import audit_settings, audited_run, prepared_for_audit
 from privflow.data.public_text import LABELS, film_reviews
 from privflow.errors import PrivflowError
 from privflow.modeling.text_encoder import load_encoder, load_tokenizer, pretrained, tokenize
 from privflow.privacy.accounting import plan_dp_sgd
-from privflow.privacy.audit import AuditResult, audit, draw_text_canaries
+from privflow.privacy.audit import draw_text_canaries
 from privflow.privacy.dp_sgd import PrivateGradient, unsupported_parameters
 from privflow.settings import TrainSettings
 from privflow.training.loop import train_private
 from privflow.training.baseline import Schedule
-from privflow.training.canaries import with_canaries
-from privflow.training.text_finetune import encoder_top, frozen_outputs, prepare_text_training, text_baseline
+from privflow.training.text_finetune import encoder_top, frozen_outputs, text_baseline
 from tests.unit.test_dp_training import reference_clipped_sum
 
 MINILM = pretrained("all-MiniLM-L6-v2")
@@ -203,44 +203,23 @@ def test_the_frozen_pass_runs_in_bf16_only_where_native_and_close_to_fp32(encode
         assert frozen_precision(encoder, ids, mask, 5, "auto", cpu) == ("fp32", None)
 
 
-# Per mode, the epochs at which a trainer without noise is caught (the canaries are memorised):
-# the bound without noise, 3 canary draws each, was 0.49-0.56 for the head at 30 epochs (so 150 here),
-# 1.34-1.44 for LoRA at 30 and 0.66-0.96 at 10 (4 draws), against a claim of 0.25; with noise, 0.0 in every run.
-AUDIT_MODES = {"head": ({"fine_tune": "head"}, 150), "lora": ({"fine_tune": "lora", "last_k": 1, "lora_rank": 4}, 10)}
+# Per mode, the epochs at which a trainer without noise is caught (the canaries are memorised),
+# at benchmarks/bench_audit.py's settings: the bound without noise, 3 canary draws each, was
+# 0.49-0.56 for the head at 30 epochs (so 150 here), 1.34-1.44 for LoRA at 30 and 0.66-0.96 at 10
+# (4 draws), against a claim of 0.25; with noise, 0.0 in every run.
+AUDIT_EPOCHS = {"head": 150, "lora": 10}
 
 
-def audit_settings(mode: str) -> TrainSettings:
-    text, epochs = AUDIT_MODES[mode]
-    return TrainSettings(model="text", text={**text, "max_tokens": 16}, hidden_units=1, epochs=epochs, batch_size=64,
-                         learning_rate=0.5, max_grad_norm=1.0, target_epsilon=0.25, target_delta=1e-5, device="cpu")
-
-
-@pytest.fixture(scope="module", params=list(AUDIT_MODES))
+@pytest.fixture(scope="module", params=list(AUDIT_EPOCHS))
 def audit_inputs(request):
     """Real reviews and 1,000 canary texts, prepared as the train stage prepares them: the
     canaries take the real texts' way (tokenizer, frozen encoder), then join the training rows."""
-    t = audit_settings(request.param)
-    reviews = film_reviews()[:600]
+    t = audit_settings(request.param, AUDIT_EPOCHS[request.param])
     canaries = draw_text_canaries(1000, 2, np.random.default_rng())
-
-    def split(part):
-        return [r.text for r in part], torch.tensor([LABELS.index(r.label) for r in part]), torch.arange(len(part))
-
-    text = prepare_text_training(t, "feedback", 2, (split(reviews[:400]), split(reviews[400:])), canaries)
+    text, train = prepared_for_audit(t, canaries)
     assert text.canaries.features.shape == (1000, 16, 385) and text.canaries.texts == canaries.texts
-    train = with_canaries(text.train, text.canaries)
     assert len(train) == 400 + int(canaries.included.sum())
     return t, text, train
-
-
-def audited_text_run(audit_inputs, noise_off: bool) -> AuditResult:
-    t, text, train = audit_inputs
-    plan = plan_dp_sgd(rows=len(train), batch_size=t.batch_size, epochs=t.epochs, target_epsilon=t.target_epsilon,
-                       target_delta=t.target_delta, accountant="prv")
-    if noise_off:  # the deliberately broken trainer: clipping still on, noise switched off
-        plan = dataclasses.replace(plan, noise_multiplier=0.0)
-    model = train_private(train, text.test, plan, t, 2, model=copy.deepcopy(text.top)).model
-    return audit(model, text.canaries, claimed_epsilon=plan.epsilon)
 
 
 def test_text_canaries_are_texts_no_one_wrote_each_different():
@@ -252,12 +231,12 @@ def test_text_canaries_are_texts_no_one_wrote_each_different():
 
 @pytest.mark.slow
 def test_the_text_audit_fails_a_trainer_without_noise(audit_inputs):
-    result = audited_text_run(audit_inputs, noise_off=True)
+    result = audited_run(*audit_inputs, noise_off=True)
     assert not result.passed and result.epsilon_lower_bound > result.claimed_epsilon, result
     assert result.canary_kind == "texts of 6 words of random letters"
 
 
 @pytest.mark.slow
 def test_the_text_audit_passes_the_correct_trainer(audit_inputs):
-    result = audited_text_run(audit_inputs, noise_off=False)
+    result = audited_run(*audit_inputs, noise_off=False)
     assert result.passed and result.epsilon_lower_bound <= result.claimed_epsilon, result

@@ -90,6 +90,7 @@ def test_a_writer_killed_mid_seal_leaves_nothing_behind(keyring, tmp_path):
     writer.wait()
     assert list(folder.iterdir()) == []
 
+
 def test_every_flipped_bit_is_rejected_and_messages_leak_nothing(vault, identity, tmp_path, keyring):
     path = sealed_file(vault, identity, tmp_path)
     _, key = keyring.dataset_key(identity.dataset)
