@@ -42,10 +42,11 @@ MODES = {"head": {"fine_tune": "head"}, "last_layers": {"fine_tune": "last_layer
 TRAIN, TEST, CANARIES = 400, 200, 1000
 
 
-def audit_settings(mode: str, epochs: int) -> TrainSettings:
+def audit_settings(mode: str, epochs: int, noise_seed: int | None = None) -> TrainSettings:
+    """The bench's settings; noise_seed (tests only) makes the sampling and noise one fixed draw."""
     return TrainSettings(model="text", text={**MODES[mode], "max_tokens": 16}, hidden_units=1, epochs=epochs,
                          batch_size=64, learning_rate=0.5, max_grad_norm=1.0, target_epsilon=0.25, target_delta=1e-5,
-                         device="cpu")
+                         device="cpu", noise_seed=noise_seed)
 
 
 def labelled(reviews) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -70,7 +71,7 @@ def audited_run(t: TrainSettings, text: TextTraining, train: TensorDataset, nois
     if noise_off:
         plan = dataclasses.replace(plan, noise_multiplier=0.0)
     model = train_private(train, text.test, plan, t, len(LABELS), model=copy.deepcopy(text.top)).model
-    return audit(model, text.canaries, claimed_epsilon=plan.epsilon)
+    return audit(model, text.canaries, plan.epsilon, plan.delta)
 
 
 def audited(mode: str, epochs: int, draw: int) -> dict:

@@ -106,7 +106,7 @@ class TextModelSettings(_Section):
     lora_alpha: float = Field(default=16.0, gt=0)  # lora: the update is scaled by alpha / r
     max_tokens: int = Field(default=64, ge=8, le=512)  # texts are cut to this many tokens
     # the frozen layers' forward pass: auto = bf16 where the device has it natively and it stays
-    # within 2% of fp32 on the first texts (privflow.training.text_finetune.frozen_precision)
+    # within 2% of fp32 on public film reviews (privflow.training.text_finetune.frozen_precision)
     frozen_precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 

@@ -93,7 +93,7 @@ def train_charged(args, settings: Settings, vault: Vault, description: dict, can
     anchor = open_ledger(settings, vault).anchor(run_id)
     if result.steps != plan.steps:
         raise PrivacyError(f"training took {result.steps} steps, the charge covers {plan.steps}")
-    audited = audit_gate(result.model, trained.canaries, result.epsilon, t.audit_confidence)
+    audited = audit_gate(result.model, trained.canaries, (result.epsilon, plan.delta), t.audit_confidence)
     save_model(result.model, args.out, {
         "run_id": run_id, "preset": t.model, "hidden_units": t.hidden_units,
         "input_shape": list(t.input_shape) if t.input_shape else None, "features": description["features"],

@@ -106,6 +106,7 @@ def test_audit_gate_runs_in_the_pipeline_and_reaches_the_report(workspace):
     assert training["audit"]["passed"] and training["rows"]["canaries"] == training["audit"]["included"] > 0
     report = (workspace.reports() / "report.html").read_text()
     assert "Passed: 500 synthetic canaries" in report
+    assert f"accounted ε = {training['audit']['claimed_epsilon']:.3f} at δ = 1e-05" in report
 
 
 def test_a_folder_of_gzip_csv_and_parquet_runs_through_dvc(workspace):

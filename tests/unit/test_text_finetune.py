@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from benchmarks.bench_audit import audit_settings, audited_run, prepared_for_audit
+from benchmarks.bench_audit import audit_settings, audited_run, labelled, prepared_for_audit
 from privflow.data.public_text import LABELS, film_reviews
 from privflow.errors import PrivflowError
 from privflow.modeling.text_encoder import load_encoder, load_tokenizer, pretrained, tokenize
@@ -203,19 +203,43 @@ def test_the_frozen_pass_runs_in_bf16_only_where_native_and_close_to_fp32(encode
         assert frozen_precision(encoder, ids, mask, 5, "auto", cpu) == ("fp32", None)
 
 
+def test_the_bf16_check_reads_public_reviews_and_never_the_private_texts(encoder, tokenizer):
+    """The deviation is published in the model card and the report: computed from the private
+    texts, it would leak them outside the DP guarantee."""
+    from privflow.training.text_finetune import frozen_precision, prepare_text_training, public_check_tokens
+
+    t = TrainSettings(model="text", text={"fine_tune": "last_layers", "max_tokens": 16, "frozen_precision": "bf16"},
+                      hidden_units=1, epochs=1, batch_size=8, learning_rate=0.1, max_grad_norm=1.0,
+                      target_epsilon=1.0, target_delta=1e-5, device="cpu")
+    reviews = film_reviews()
+    held_back = labelled(reviews[-8:])
+    cards = [prepare_text_training(t, "feedback", 2, (labelled(reviews[start:start + 8]), held_back)).card
+             for start in (1000, 2000)]
+    public = frozen_precision(encoder, *public_check_tokens(tokenizer), 5, "bf16", torch.device("cpu"))
+    assert [(c["frozen_precision"], c["frozen_deviation_from_fp32"]) for c in cards] == [public, public]
+    private = tokenize(tokenizer, [r.text for r in reviews[1000:1008]])
+    assert frozen_precision(encoder, *private, 5, "bf16", torch.device("cpu"))[1] != public[1]
+
+
 # Per mode, the epochs at which a trainer without noise is caught (the canaries are memorised),
 # at benchmarks/bench_audit.py's settings: the bound without noise, 3 canary draws each, was
-# 0.49-0.56 for the head at 30 epochs (so 150 here), 1.34-1.44 for LoRA at 30 and 0.66-0.96 at 10
-# (4 draws), against a claim of 0.25; with noise, 0.0 in every run.
+# 0.49-0.56 for the head at 30 epochs (so 150 here), 1.34-1.44 for LoRA at 30 and 0.57-1.11 at 10
+# (8 draws), against a claim of 0.25; with noise, 0.0 in every run.
 AUDIT_EPOCHS = {"head": 150, "lora": 10}
+# One fixed draw of the canaries, the sampling, the noise and dropout. A correct trainer fails
+# the gate by chance: at 95% confidence in at most 1 run in 20, and here in far fewer (28 noised
+# LoRA runs at these settings got at most 59 of 100 guesses right; 68 fail), yet CI drew 68 once
+# (2026-12-06). Seeded, the tests check the trainer and the gate, not CI's luck; the chance
+# itself is the bench's to measure, over fresh draws.
+AUDIT_SEED = 2026
 
 
 @pytest.fixture(scope="module", params=list(AUDIT_EPOCHS))
 def audit_inputs(request):
     """Real reviews and 1,000 canary texts, prepared as the train stage prepares them: the
     canaries take the real texts' way (tokenizer, frozen encoder), then join the training rows."""
-    t = audit_settings(request.param, AUDIT_EPOCHS[request.param])
-    canaries = draw_text_canaries(1000, 2, np.random.default_rng())
+    t = audit_settings(request.param, AUDIT_EPOCHS[request.param], noise_seed=AUDIT_SEED)
+    canaries = draw_text_canaries(1000, 2, np.random.default_rng(AUDIT_SEED))
     text, train = prepared_for_audit(t, canaries)
     assert text.canaries.features.shape == (1000, 16, 385) and text.canaries.texts == canaries.texts
     assert len(train) == 400 + int(canaries.included.sum())
@@ -231,6 +255,7 @@ def test_text_canaries_are_texts_no_one_wrote_each_different():
 
 @pytest.mark.slow
 def test_the_text_audit_fails_a_trainer_without_noise(audit_inputs):
+    torch.manual_seed(AUDIT_SEED)  # dropout in a trained layer
     result = audited_run(*audit_inputs, noise_off=True)
     assert not result.passed and result.epsilon_lower_bound > result.claimed_epsilon, result
     assert result.canary_kind == "texts of 6 words of random letters"
@@ -238,5 +263,6 @@ def test_the_text_audit_fails_a_trainer_without_noise(audit_inputs):
 
 @pytest.mark.slow
 def test_the_text_audit_passes_the_correct_trainer(audit_inputs):
+    torch.manual_seed(AUDIT_SEED)
     result = audited_run(*audit_inputs, noise_off=False)
     assert result.passed and result.epsilon_lower_bound <= result.claimed_epsilon, result
