@@ -16,9 +16,11 @@ dvc repro and <= 60 lines; --help <= 0.5 s; status <= 2x dvc status; train's imp
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-results" / "cli.json"
 BIN = Path(sys.executable).parent
 BASE = Path(tempfile.mkdtemp(prefix="privflow-bench-"))
+atexit.register(shutil.rmtree, BASE, ignore_errors=True)  # it holds the demo's sources and keyrings
 PROJECT = BASE / "demo"
 
 

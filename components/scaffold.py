@@ -88,6 +88,21 @@ def _version_control(project: Path) -> list[str]:
     return done
 
 
+def _offline_dvc(project: Path) -> list[str]:
+    """DVC's usage analytics off in the project's .dvc/config, which git carries to every clone:
+    a plain `dvc repro` then stays as offline as privflow's own runs (which set
+    DVC_NO_ANALYTICS); DVC's default would post each command's name to its servers from a
+    machine that holds sensitive data. A value the team set itself is kept."""
+    from dvc.config import Config  # only init loads DVC in-process
+
+    config = Config(dvc_dir=str(project / ".dvc"))
+    if "analytics" in config.load_one("repo").get("core", {}):
+        return []
+    with config.edit("repo") as repo_config:
+        repo_config.setdefault("core", {})["analytics"] = "false"
+    return ["DVC usage analytics off in .dvc/config: a plain `dvc repro` sends nothing"]
+
+
 def _ignore(project: Path) -> list[str]:
     """Entries appended to .gitignore and .dvcignore when missing (the user's lines stay)."""
     done = []
@@ -121,7 +136,7 @@ def init_project(project: Path, demo: bool = False) -> list[str]:
             f"{', '.join(str(p) for p in conflicts)}: exists with other content; privflow init never "
             "overwrites a file: move it aside (or merge it by hand) and run init again"
             + ("; --demo needs a params.yaml without datasets of its own" if demo else ""))
-    done = _version_control(project)
+    done = _version_control(project) + _offline_dvc(project)
     for item in plan:
         if not item.path.exists() or item.path.read_text(encoding="utf-8") != item.text:
             item.path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@ are what `privflow init --demo` writes, and init never overwrites a user's file.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,30 @@ def test_init_makes_a_project_with_git_dvc_and_ignores(tmp_path):
     with pytest.raises(PrivflowError, match="no dataset declared under `datasets:` yet"):
         load_settings(path=project / "params.yaml")
     assert init_project(project) == []  # a second init finds everything in place
+
+
+def analytics_enabled(project: Path) -> bool:
+    """DVC's own answer (the check its CLI makes after every command), for a user's shell
+    without privflow's environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DVC_NO_ANALYTICS", "DVC_TEST")}
+    answer = subprocess.run([sys.executable, "-c", "from dvc import analytics; print(analytics.is_enabled())"],
+                            cwd=project, env=env, capture_output=True, text=True, check=True)
+    return answer.stdout.strip() == "True"
+
+
+def test_a_plain_dvc_command_in_an_init_project_sends_no_analytics(tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=bare, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=bare, check=True)
+    assert analytics_enabled(bare)  # DVC's default, which init turns off
+    assert "DVC usage analytics off in .dvc/config: a plain `dvc repro` sends nothing" in init_project(bare)
+    assert not analytics_enabled(bare)
+    project = tmp_path / "payroll"
+    init_project(project)
+    assert not analytics_enabled(project)
+    (project / ".dvc" / "config").write_text("[core]\n    analytics = true\n")  # the team's own choice
+    assert init_project(project) == [] and analytics_enabled(project)
 
 
 def test_init_never_overwrites_a_users_file_and_names_it(tmp_path):
