@@ -136,11 +136,13 @@ def seal_dataset(members: Iterable[Member], manifest: SnapshotManifest, schema: 
         sealed[split] = {"rows": int(mask.sum()), "units": int(units.max(initial=-1) + 1), "key_id": artifact.key_id}
     quarantine = vault.seal(quarantine_document(collected, reader, outcome),
                             quarantine_identity(dataset, snapshot_id), out_dir / QUARANTINE)
-    rows_per_unit = pd.Series(data.units).value_counts()
+    _, rows_per_unit = np.unique(data.units, return_counts=True)
     return {
         "dataset": dataset, "snapshot_id": snapshot_id, "features": data.feature_names,
         "text_columns": schema.text_columns,
         "classes": schema.classes, "privacy_unit": schema.privacy_unit,
-        "max_rows_per_unit": int(rows_per_unit.max()), "units": int(len(rows_per_unit)),
+        # whether a person has several rows, never how many the busiest has: that is one
+        # person's own figure, and this description is plaintext that DVC caches and pushes
+        "several_rows_per_unit": bool(rows_per_unit.max() > 1), "units": len(rows_per_unit),
         "splits": sealed, "quarantine": {"key_id": quarantine.key_id},
     }

@@ -46,7 +46,7 @@ def build_context(args: argparse.Namespace, title: str, ledger: PrivacyLedger, c
         "run_id": training["run_id"], "manifest": read_json(args.manifest),
         "validation": read_json(args.validation), "dataset": dataset, "training": training,
         "curve": read_json(args.curve), "compression": read_json(args.compression), "budget": budget,
-        "privacy_statement": privacy_statement(training, dataset, budget),
+        "privacy_statement": privacy_statement(training),
         "explanation": read_json(args.explanation), "pretraining": read_json(args.pretraining),
         "audit": training.get("audit"), "text": training.get("text"),
         "lineage": {"model_sha256": sha256_file(args.model), "git_commit": git_commit(),

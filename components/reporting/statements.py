@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 
-def privacy_statement(training: dict, dataset: dict, budget: dict) -> list[str]:
+def privacy_statement(training: dict) -> list[str]:
     """Plain-words statement in the style of TF Privacy's compute_dp_sgd_privacy_statement."""
     p = training["privacy"]
-    per_person = dataset["max_rows_per_unit"]
     return [
         f"DP-SGD with Poisson sampling at rate {p['sample_rate']:.4%}, noise multiplier "
         f"{p['noise_multiplier']:.4f} and per-example clipping norm {p['max_grad_norm']}, iterated over "
@@ -14,25 +13,27 @@ def privacy_statement(training: dict, dataset: dict, budget: dict) -> list[str]:
         f"(ε = {p['epsilon_spent']:.3f}, δ = {p['delta']:g})-differential privacy, as computed by "
         f"Opacus' {p['accountant'].upper()} accountant. The ε charged to the ledger before training "
         f"was {p['epsilon']:.3f}.",
-        _unit_statement(p, dataset, training),
+        _unit_statement(p, training),
         _noise_statement(p),
         _pretraining_statement(training.get("pretraining") or {"pretrained": False}),
-        f"Not covered by the guarantee: the accuracy figures (computed on a held-out split of "
+        f"Not covered by the guarantee: the accuracy and loss figures (computed on a held-out split of "
         f"{training['rows']['test']} records), the non-private baseline's accuracy, the row counts of "
-        "the validation summary, the schema and the existence of the dataset. Features are scaled by "
+        f"the validation summary and of the split, whether a {p['privacy_unit']} has more than one record "
+        "(and, under a bound, how many records it left out), the schema and the existence of the dataset. "
+        "How many records the busiest one has is not published: one person's figure. Features are scaled by "
         "bounds declared in the schema, not by statistics of the data, so scaling spends no budget.",
     ]
 
 
-def _unit_statement(p: dict, dataset: dict, training: dict) -> str:
+def _unit_statement(p: dict, training: dict) -> str:
     unit, bound = p["privacy_unit"], p.get("rows_per_unit_bound", 1)
     if bound > 1:
         dropped = training["rows"].get("dropped_by_unit_bound", 0)
-        return (f"User-level privacy: the (ε, δ) protects each {unit}, not just each record. A {unit} has up to "
-                f"{dataset['max_rows_per_unit']} records; training kept at most {bound} per {unit} (the first in "
-                f"snapshot order; {dropped} records left out), sampled, clipped and accounted each {unit} as one.")
-    return (f"The guarantee bounds what the released weights reveal about any single record; each {unit} "
-            f"has at most {dataset['max_rows_per_unit']} record, so the same (ε, δ) protects each {unit}.")
+        return (f"User-level privacy: the (ε, δ) protects each {unit}, not just each record. Training kept at "
+                f"most {bound} records per {unit} (the first in snapshot order; {dropped} records left out), "
+                f"sampled, clipped and accounted each {unit} as one.")
+    return (f"The guarantee bounds what the released weights reveal about any single record; no {unit} has "
+            f"more than one record (checked before training), so the same (ε, δ) protects each {unit}.")
 
 
 def _noise_statement(p: dict) -> str:

@@ -26,16 +26,16 @@ from privflow.settings import Settings
 def privacy_unit_bound(description: dict, settings: Settings) -> int:
     """Rows per privacy unit that training keeps: 1 for example-level data, else the declared
     bound; several rows per person without a bound are refused."""
-    most = description["max_rows_per_unit"]
-    if most <= 1:
+    if not description["several_rows_per_unit"]:
         return 1
     bound = settings.privacy.max_rows_per_unit
     if bound is None:
+        unit = description["privacy_unit"]
         raise PrivacyError(
-            f"some {description['privacy_unit']} has {most} rows: example-level DP would understate "
-            f"that person's epsilon. Set privacy.max_rows_per_unit (e.g. {min(most, 10)}) to train with "
-            "user-level DP (each person's first rows kept, clipped and accounted as one), or declare "
-            "the unit column unique in the schema")
+            f"some {unit} has several rows: example-level DP would understate that person's epsilon. "
+            f"Set privacy.max_rows_per_unit (the most rows of one {unit} that training keeps, e.g. 10) to "
+            "train with user-level DP (each person's first rows kept, clipped and accounted as one), or "
+            "declare the unit column unique in the schema")
     return bound
 
 

@@ -69,3 +69,6 @@ def test_several_rows_per_person_train_with_user_level_dp_when_bounded(tmp_path)
     assert metrics["privacy"]["sample_rate"] == pytest.approx(1 / -(-units // 64))
     report = (workspace.reports() / "report.html").read_text()
     assert "User-level privacy: the (ε, δ) protects each patient_id" in report
+    assert "Training kept at most 2 records per patient_id" in report
+    assert "3 records" not in report and "several_rows_per_unit" in dataset  # no one person's count, anywhere
+    assert "max_rows_per_unit" not in dataset

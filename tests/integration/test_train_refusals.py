@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 from tests.integration.test_ledger import charge_for
 
 DESCRIPTION = {"dataset": "demo", "snapshot_id": "sha256:s", "privacy_unit": "patient_id",
-               "max_rows_per_unit": 1, "classes": ["a", "b"], "features": ["x"],
+               "several_rows_per_unit": False, "classes": ["a", "b"], "features": ["x"],
                "splits": {"train": {"rows": 1000}, "test": {"rows": 200}}}
 
 
@@ -55,8 +55,8 @@ def test_overspend_is_refused_before_any_decryption(project):
 
 def test_several_rows_per_person_are_refused_before_decryption(project):
     folder, opened = project
-    write_json(folder / "data" / "dataset.json", {**DESCRIPTION, "max_rows_per_unit": 3})
-    with pytest.raises(PrivacyError, match="has 3 rows"):
+    write_json(folder / "data" / "dataset.json", {**DESCRIPTION, "several_rows_per_unit": True})
+    with pytest.raises(PrivacyError, match="some patient_id has several rows.*privacy.max_rows_per_unit"):
         train.main()
     assert opened == [] and PrivacyLedger(folder / "ledger.sqlite").charges() == []
 
