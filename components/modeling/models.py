@@ -180,6 +180,21 @@ def correct_predictions(model: nn.Module, features: torch.Tensor, labels: torch.
                       for i in range(0, len(labels), batch)]) if len(labels) else torch.zeros(0, dtype=torch.bool)
 
 
+@torch.no_grad()
+def held_out_scores(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
+                    batch: int = 1024) -> dict[str, float]:
+    """Mean cross-entropy and accuracy on a held-out split, in one pass by batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    loss, right = 0.0, 0
+    for start in range(0, len(labels), batch):
+        logits, target = model(features[start:start + batch].to(device)), labels[start:start + batch].to(device)
+        loss += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+        right += int((logits.argmax(dim=1) == target).sum())
+    rows = len(labels) or float("nan")
+    return {"test_loss": loss / rows, "test_accuracy": right / rows}
+
+
 def accuracy(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch: int = 1024) -> float:
     right = correct_predictions(model, features, labels, batch)
     return int(right.sum()) / len(right) if len(right) else float("nan")

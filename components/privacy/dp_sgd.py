@@ -231,12 +231,6 @@ def _clipped_sums(layer: _Activations, factors: torch.Tensor) -> dict[nn.Paramet
     return sums
 
 
-@dataclass
-class StepResult:
-    loss_sum: torch.Tensor | float  # a tensor: reading it each step would cost a sync on a GPU
-    units: int
-
-
 class PrivateGradient:
     """Accumulates per-unit clipped gradient sums over physical batches, then noises them once."""
 
@@ -250,12 +244,13 @@ class PrivateGradient:
         self._sums: dict[nn.Parameter, torch.Tensor] = {}
 
     def accumulate(self, features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
-                   rows_per_unit: int = 1) -> StepResult:
+                   rows_per_unit: int = 1) -> None:
         """Add the clipped gradients of these units. Rows come unit by unit, `rows_per_unit`
-        each; a padding row has weight 0 (and so contributes nothing)."""
+        each; a padding row has weight 0 (and so contributes nothing). Nothing else is
+        returned: the training rows' loss would be a statistic outside the guarantee."""
         rows = features.shape[0]
         if rows == 0:
-            return StepResult(0.0, 0)
+            return
         units = rows // rows_per_unit
         with self._capture.recording():
             logits = self.model(features)
@@ -275,7 +270,6 @@ class PrivateGradient:
                 for parameter, total in _clipped_sums(layer, factors).items():
                     previous = self._sums.get(parameter)
                     self._sums[parameter] = total if previous is None else previous + total
-        return StepResult(losses.detach().sum(), units)
 
     def release(self, noise: NoiseSource | None, noise_multiplier: float, expected_units: float,
                 reduce=None) -> None:

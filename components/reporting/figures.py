@@ -22,8 +22,8 @@ def _svg(figure) -> str:
 def curve_svg(curve: list[dict]) -> str:
     figure, axes = plt.subplots(1, 3, figsize=(10, 3))
     epochs = [p["epoch"] for p in curve]
-    for ax, key, title, colour in zip(axes, ("train_loss", "test_accuracy", "epsilon"),
-                                      ("Training loss", "Test accuracy", "Privacy spent (ε)"),
+    for ax, key, title, colour in zip(axes, ("test_loss", "test_accuracy", "epsilon"),
+                                      ("Held-out loss", "Held-out accuracy", "Privacy spent (ε)"),
                                       ("#6b4fa1", "#1d5fa8", "#b3261e")):
         ax.plot(epochs, [p[key] for p in curve], color=colour)
         ax.set(title=title, xlabel="epoch")

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from privflow.errors import PrivacyError
-from privflow.modeling.models import accuracy, initial_model
+from privflow.modeling.models import held_out_scores, initial_model
 from privflow.privacy.accounting import DpSgdPlan, create_accountant, quiet_rdp_bound
 from privflow.privacy.dp_sgd import PrivateGradient
 from privflow.privacy.noise import NoiseSource, noise_source
@@ -135,23 +135,21 @@ def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t:
         first, curve = restore_state(state, model, optimizer, accountant, noise,
                                      sampler if world.rank == world.leader else None)
     model.train()
-    epoch_loss, epoch_units = 0.0, 0
     for step in range(first, plan.steps):
         chosen = mine[sampler.bernoulli(len(mine), plan.sample_rate)]
         for part in chosen.split(chunk):
             rows, weights = layout.batch(part)
-            result = engine.accumulate(features[rows], labels[rows],
-                                       None if weights is None else weights.to(device), layout.rows_per_unit)
-            epoch_loss, epoch_units = epoch_loss + result.loss_sum, epoch_units + result.units
+            engine.accumulate(features[rows], labels[rows], None if weights is None else weights.to(device),
+                              layout.rows_per_unit)
         engine.release(noise, plan.noise_multiplier, expected, world.reduce)
         optimizer.step()
         accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
         if (step + 1) % steps_per_epoch == 0 or step + 1 == plan.steps:
+            # the held-out split's loss, never the training rows': an unnoised mean over every
+            # sampled training row would be published (curve, report) outside the guarantee
             curve.append({"epoch": len(curve) + 1, "epsilon": _spent(accountant, plan),
-                          "train_loss": float(epoch_loss) / max(epoch_units, 1),
-                          "test_accuracy": accuracy(model, *test.tensors[:2])})  # to its device by batch
+                          **held_out_scores(model, *test.tensors[:2])})  # to its device by batch
             model.train()
-            epoch_loss, epoch_units = 0.0, 0
             if on_epoch is not None:
                 on_epoch({"epoch": len(curve), "epochs": -(-plan.steps // steps_per_epoch),
                           "epsilon": curve[-1]["epsilon"]})

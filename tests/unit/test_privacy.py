@@ -70,3 +70,20 @@ def test_a_remembered_noise_level_is_used_only_where_the_search_would_end(tmp_pa
         assert plan_dp_sgd(**args) == fresh, edited
     assert len(searches) == 5
     assert json.loads(accounting.NOISE_MEMO.read_text()) == {key: fresh.noise_multiplier}  # mended
+
+
+def statement_of(bound: int, dropped: int = 0) -> str:
+    from privflow.reporting.statements import privacy_statement
+
+    training = {"privacy": {"sample_rate": 0.01, "noise_multiplier": 1.1, "max_grad_norm": 1.0, "steps": 300,
+                            "epsilon_spent": 2.9, "delta": 1e-5, "accountant": "prv", "epsilon": 3.0,
+                            "privacy_unit": "patient_id", "rows_per_unit_bound": bound},
+                "rows": {"train": 900, "test": 100, "dropped_by_unit_bound": dropped}}
+    return " ".join(privacy_statement(training))
+
+
+def test_the_statement_names_the_declared_bound_and_what_the_guarantee_leaves_out():
+    user_level = statement_of(bound=4, dropped=17)
+    assert "Training kept at most 4 records per patient_id" in user_level and "17 records left out" in user_level
+    assert "whether a patient_id has more than one record" in user_level  # listed as not covered
+    assert "no patient_id has more than one record (checked before training)" in statement_of(bound=1)
