@@ -1,8 +1,9 @@
 """A source's sealed snapshot and its manifest: written by ingest, read by validate and encrypt.
 
-The snapshot id is the SHA-256 of the source bytes, so re-ingesting identical bytes yields
-the same id. The manifest holds no time: identical bytes give identical outputs (and DVC
-hashes), so nothing downstream re-runs. When each snapshot was taken goes to an append-only log.
+The snapshot id is a keyed digest of the source bytes (Vault.snapshot_id), so re-ingesting
+identical bytes yields the same id, and no one without the keyring can test a guess of them.
+The manifest holds no time: identical bytes give identical outputs (and DVC hashes), so
+nothing downstream re-runs. When each snapshot was taken goes to an append-only log.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def ingest_snapshot(dataset: str, settings: IngestSettings, vault: Vault, out_di
         hashed = [(p.name, HashingReader(stack.enter_context(open(p, "rb")))) for p in paths]
         header, rows = describe_source(hashed, str(settings.source),
                                        delimiter=settings.delimiter, encoding=settings.encoding)
-        snapshot = combine_ids([(name, reader.hexdigest()) for name, reader in hashed], folder)
-    sealed = vault.seal_stream(pack_stream(paths, folder, snapshot), snapshot_identity(dataset, snapshot),
+        content = combine_ids([(name, reader.hexdigest()) for name, reader in hashed], folder)
+    snapshot = vault.snapshot_id(content)
+    sealed = vault.seal_stream(pack_stream(paths, folder, content), snapshot_identity(dataset, snapshot),
                                out_dir / SNAPSHOT)
     named = declared_header(header, schema)
     manifest = SnapshotManifest(

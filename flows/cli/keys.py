@@ -14,6 +14,7 @@ app = typer.Typer(help="Key-encryption keys of the local keyring.")
 def keys_list() -> None:
     """Key ids, states and what wraps what (never key material)."""
     from privflow.crypto.keys import Keyring
+    from privflow.crypto.vault import SNAPSHOT_IDS
     from privflow.settings import keyring_path
 
     keyring = Keyring.open(keyring_path(), create=False)
@@ -21,7 +22,8 @@ def keys_list() -> None:
     for kek in keyring.keks.keks.values():
         table.add_row(kek.kek_id, "KEK", kek.state, kek.created)
     for key in keyring.dataset_keys.values():
-        table.add_row(key.key_id, f"data key of {key.dataset}", key.wrapped.kek_id, key.created)
+        kind = "snapshot-id key" if key.dataset == SNAPSHOT_IDS else f"data key of {key.dataset}"
+        table.add_row(key.key_id, kind, key.wrapped.kek_id, key.created)
     console.print(table)
 
 

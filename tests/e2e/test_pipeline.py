@@ -172,7 +172,7 @@ def test_restore_drill_fresh_clone_pull_decrypt(pipeline_run, tmp_path):
     vault = Vault(Keyring.open(workspace.base / "keys" / "keyring.json", create=False))
     plaintext = vault.open(clone / "artifacts" / "breast_cancer" / "ingest" / "snapshot.sealed",
                            snapshot_identity(manifest.dataset, manifest.snapshot_id))
-    assert "sha256:" + hashlib.sha256(plaintext).hexdigest() == manifest.snapshot_id
+    assert vault.snapshot_id("sha256:" + hashlib.sha256(plaintext).hexdigest()) == manifest.snapshot_id
     assert plaintext == workspace.source.read_bytes()
 
 

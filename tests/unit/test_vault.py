@@ -4,7 +4,8 @@ import struct
 import pytest
 
 from privflow.crypto.keys import Keyring
-from privflow.crypto.vault import MAGIC, NONCE_SIZE, TAG_SIZE, ArtifactIdentity, Vault, _ChunkCipher
+from privflow.crypto.vault import MAGIC, NONCE_SIZE, SNAPSHOT_IDS, TAG_SIZE, ArtifactIdentity, Vault, _ChunkCipher
+from privflow.data.sources import snapshot_id
 from privflow.errors import IntegrityError, KeyringError
 
 CHUNK = 64
@@ -175,3 +176,21 @@ def test_not_an_artifact(vault, identity, tmp_path):
     path.write_bytes(b"a,b\n1,2\n")
     with pytest.raises(IntegrityError, match="bad magic"):
         vault.open(path, identity)
+
+
+def test_a_snapshot_id_is_keyed_survives_kek_rotation_and_takes_one_key_for_all_datasets(keyring, tmp_path):
+    """A bare digest of the private source in public metadata would let an adversary who knows
+    every other record test guesses of the last one; the id needs the keyring."""
+    source = tmp_path / "visits.csv"
+    source.write_bytes(b"patient_id,age,diagnosis\nP-1,52,benign\n")
+    digest = snapshot_id([source], False)
+    keyed = Vault(keyring).snapshot_id(digest)
+    assert keyed.startswith("hmac-sha256:") and digest.split(":")[1] not in keyed
+    assert Vault(Keyring.open(keyring.path)).snapshot_id(digest) == keyed  # the same bytes, the same id
+    keyring.rotate()  # a KEK rotation re-wraps the key and changes no id (nothing downstream re-runs)
+    assert Vault(Keyring.open(keyring.path)).snapshot_id(digest) == keyed
+    other_keyring = Keyring.open(tmp_path / "other" / "keyring.json")
+    assert Vault(other_keyring).snapshot_id(digest) != keyed  # guesses cannot be tested without the key
+    source.write_bytes(b"patient_id,age,diagnosis\nP-1,52,malignant\n")
+    assert Vault(keyring).snapshot_id(snapshot_id([source], False)) != keyed
+    assert [k.dataset for k in Keyring.open(keyring.path).dataset_keys.values()] == [SNAPSHOT_IDS]
