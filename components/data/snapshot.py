@@ -31,7 +31,6 @@ class SnapshotManifest:
     dataset: str
     snapshot_id: str
     source: str
-    source_bytes: int
     rows: int
     columns: list[str]  # the header's names, only when they are the schema's (else it may be a data row)
     key_id: str
@@ -64,7 +63,7 @@ def ingest_snapshot(dataset: str, settings: IngestSettings, vault: Vault, out_di
     named = declared_header(header, schema)
     manifest = SnapshotManifest(
         dataset=dataset, snapshot_id=snapshot, source=str(settings.source),
-        source_bytes=sum(p.stat().st_size for p in paths), rows=rows, columns=named or [], key_id=sealed.key_id,
+        rows=rows, columns=named or [], key_id=sealed.key_id,
         files=[p.name for p in paths], folder=folder, header_fields=len(header), header_matches_schema=bool(named),
     )
     write_json(out_dir / MANIFEST, asdict(manifest))

@@ -1,7 +1,8 @@
 """Stage `ingest`: seal a versioned snapshot of the source and describe it.
 
-The snapshot id is the SHA-256 of the source bytes, so re-ingesting identical bytes yields
-the same id. It travels through every later artifact to the model and the report (lineage).
+The snapshot id is a keyed digest of the source bytes (HMAC under the keyring's snapshot-id
+key), so re-ingesting identical bytes yields the same id, and it tells no one without the
+keyring anything about them. It travels through every later artifact to the model and the report (lineage).
 The manifest holds no time: identical bytes give identical outputs (and DVC hashes), so
 nothing downstream re-runs. When each snapshot was taken goes to an append-only log.
 """

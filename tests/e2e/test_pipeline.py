@@ -93,6 +93,11 @@ def test_two_datasets_side_by_side_through_the_same_code(pipeline_run):
     manifests = {d: json.loads((workspace.artifacts("ingest", d) / "manifest.json").read_text()) for d in DATASETS}
     assert manifests["churn"]["files"] == ["churn.csv.gz"] and len(manifests["churn"]["columns"]) == 20
     assert manifests["breast_cancer"]["snapshot_id"] != manifests["churn"]["snapshot_id"]
+    # plaintext metadata only: a keyed id, counts and names; no size in bytes, which would give
+    # whoever knows every other record the length of the last one (its digits, its words)
+    assert set(manifests["churn"]) == {"dataset", "snapshot_id", "source", "rows", "columns", "key_id", "files",
+                                       "folder", "header_fields", "header_matches_schema"}
+    assert all(m["snapshot_id"].startswith("hmac-sha256:") for m in manifests.values())
     ledger = workspace.open_ledger()
     assert [len(ledger.charges(d)) for d in DATASETS] == [1, 1]  # one budget per dataset
     for dataset in DATASETS:
