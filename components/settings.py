@@ -119,6 +119,7 @@ class TrainSettings(_Section):
     batch_size: int = Field(ge=1)  # expected units per logical step (Poisson); rows when each unit has one
     physical_batch_size: int | None = Field(default=None, ge=1)  # virtual batches: units per forward pass
     learning_rate: float = Field(gt=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: the rate decays to 0 over the run (no privacy cost)
     max_grad_norm: float = Field(gt=0)
     target_epsilon: float = Field(gt=0)
     target_delta: float = Field(gt=0, lt=1)

@@ -16,7 +16,7 @@ candidates, not a sweep: one fit of the LSTM costs 30–40 s on this machine, mo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +27,7 @@ from torch.utils.data import TensorDataset
 from privflow.modeling.models import accuracy, correct_predictions, initial_model
 from privflow.privacy.dp_sgd import PrivateGradient
 from privflow.settings import TrainSettings
+from privflow.training.rates import RateSchedule, rate_at, set_rate
 
 ADAM_LEARNING_RATES = (1e-2,)
 CHOSEN_ON = "a held-back tenth of the training split"
@@ -78,17 +79,26 @@ def recipes(learning_rate: float, adam_rates: tuple[float, ...] = ADAM_LEARNING_
 
 @dataclass(frozen=True)
 class Schedule:
-    """The DP run's shape the baseline keeps: epochs, batch size, physical batch, clipping norm."""
+    """The DP run's shape the baseline keeps: epochs, batch size, physical batch, clipping norm,
+    and how the learning rate decays (every candidate's, Adam's too: the same shape of run)."""
 
     epochs: int
     batch_size: int
     physical_batch_size: int | None
     max_grad_norm: float
     seed: int
+    lr_schedule: RateSchedule = "cosine"
 
     @classmethod
     def of(cls, t: TrainSettings) -> Schedule:
-        return cls(t.epochs, t.batch_size, t.physical_batch_size, t.max_grad_norm, t.init_seed)
+        return cls(t.epochs, t.batch_size, t.physical_batch_size, t.max_grad_norm, t.init_seed, t.lr_schedule)
+
+
+def _shuffled_batches(rows: int, s: Schedule) -> Iterator[torch.Tensor]:
+    """The schedule's epochs of seeded shuffles, batch by batch."""
+    generator = torch.Generator().manual_seed(s.seed)
+    for _ in range(s.epochs):
+        yield from torch.randperm(rows, generator=generator).split(s.batch_size)
 
 
 def fit(model: nn.Module, recipe: Recipe, features: torch.Tensor, labels: torch.Tensor, s: Schedule) -> nn.Module:
@@ -97,18 +107,18 @@ def fit(model: nn.Module, recipe: Recipe, features: torch.Tensor, labels: torch.
     engine = PrivateGradient(model, s.max_grad_norm) if recipe.clipped else None
     optimizer = (torch.optim.SGD(trainable, lr=recipe.learning_rate, momentum=0.9) if recipe.clipped
                  else torch.optim.Adam(trainable, lr=recipe.learning_rate))
-    generator = torch.Generator().manual_seed(s.seed)
-    for _ in range(s.epochs):
-        model.train()
-        for batch in torch.randperm(len(labels), generator=generator).split(s.batch_size):
-            if engine is not None:
-                for part in batch.split(s.physical_batch_size or len(batch)):
-                    engine.accumulate(features[part], labels[part])
-                engine.release(None, 0.0, len(batch))  # no noise source: the clipped mean alone
-            else:
-                optimizer.zero_grad()
-                functional.cross_entropy(model(features[batch]), labels[batch]).backward()
-            optimizer.step()
+    steps = s.epochs * -(-len(labels) // s.batch_size)
+    model.train()
+    for step, batch in enumerate(_shuffled_batches(len(labels), s)):
+        set_rate(optimizer, rate_at(recipe.learning_rate, step, steps, s.lr_schedule))
+        if engine is not None:
+            for part in batch.split(s.physical_batch_size or len(batch)):
+                engine.accumulate(features[part], labels[part])
+            engine.release(None, 0.0, len(batch))  # no noise source: the clipped mean alone
+        else:
+            optimizer.zero_grad()
+            functional.cross_entropy(model(features[batch]), labels[batch]).backward()
+        optimizer.step()
     return model.eval()
 
 

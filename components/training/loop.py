@@ -22,6 +22,7 @@ from privflow.privacy.dp_sgd import PrivateGradient
 from privflow.privacy.noise import NoiseSource, noise_source
 from privflow.settings import TrainSettings
 from privflow.training.checkpoint import capture_state, restore_state
+from privflow.training.rates import rate_at, set_rate
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ def train_private(train: TensorDataset, test: TensorDataset, plan: DpSgdPlan, t:
             engine.accumulate(features[rows], labels[rows], None if weights is None else weights.to(device),
                               layout.rows_per_unit)
         engine.release(noise, plan.noise_multiplier, expected, world.reduce)
+        set_rate(optimizer, rate_at(t.learning_rate, step, plan.steps, t.lr_schedule))
         optimizer.step()
         accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
         if (step + 1) % steps_per_epoch == 0 or step + 1 == plan.steps:

@@ -458,3 +458,37 @@ def test_cuda_step_matches_cpu_and_trains():
     train, test = breast_cancer_splits()
     result = train_private(train, test, plan_for(400), TRAIN.model_copy(update={"device": "cuda"}), 2, secure=True)
     assert result.curve[-1]["test_accuracy"] > 0.7 and math.isfinite(result.epsilon)
+
+
+def test_the_rate_decays_on_a_cosine_from_the_configured_one_or_stays():
+    from privflow.training.rates import rate_at
+
+    assert [rate_at(2.0, step, 100, "cosine") for step in (0, 50)] == [2.0, pytest.approx(1.0)]
+    assert 0 < rate_at(2.0, 99, 100, "cosine") < 0.001 and rate_at(2.0, 99, 100, "constant") == 2.0
+
+
+@pytest.mark.slow
+def test_a_decayed_rate_releases_a_better_cnn_than_a_constant_one():
+    """The digits CNN at its demo settings, three seeded noise draws each: at a constant rate the
+    last steps knock the weights about (in one demo run, 0.853 at epoch 7, 0.774 at epoch 10);
+    measured over six draws, median 0.843 constant against 0.922 decayed."""
+    import statistics
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    features, labels = torch.from_numpy((digits.data / 16.0).astype(np.float32)), torch.from_numpy(digits.target)
+    train_rows, test_rows = order[:1437], order[1437:]
+    train = TensorDataset(features[train_rows], labels[train_rows], torch.arange(len(train_rows)))
+    test = TensorDataset(features[test_rows], labels[test_rows])
+    finals = {}
+    for schedule in ("constant", "cosine"):
+        runs = []
+        for seed in (100, 101, 102):
+            t = TrainSettings(model="cnn", input_shape=[1, 8, 8], hidden_units=8, epochs=10, batch_size=256,
+                              learning_rate=2.0, lr_schedule=schedule, max_grad_norm=1.0, target_epsilon=3.0,
+                              target_delta=1e-5, noise_seed=seed)
+            runs.append(train_private(train, test, plan_for(len(train_rows), t), t, 10).curve[-1]["test_accuracy"])
+        finals[schedule] = statistics.median(runs)
+    assert finals["cosine"] > finals["constant"] + 0.03, finals
