@@ -132,7 +132,8 @@ def text_baseline(top: EncoderTop, train: tuple[torch.Tensor, torch.Tensor], tes
     on a head (a Linear on cached features) it costs milliseconds, but per-example clipping
     through an encoder layer costs a DP run per train stage (the text e2e test went from
     121 to 203 s with it), where Adam has always been the stronger (bench_text)."""
-    candidates = recipes(learning_rate, TEXT_ADAM_RATES) if not top.layers else adam_recipes(TEXT_ADAM_RATES)
+    candidates = (recipes(learning_rate, TEXT_ADAM_RATES, schedule.lr_schedule) if not top.layers
+                  else adam_recipes(TEXT_ADAM_RATES))
     return train_baseline(lambda: copy.deepcopy(top), train, test, schedule, candidates)
 
 
