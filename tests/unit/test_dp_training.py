@@ -491,4 +491,4 @@ def test_a_decayed_rate_releases_a_better_cnn_than_a_constant_one():
                               target_delta=1e-5, noise_seed=seed)
             runs.append(train_private(train, test, plan_for(len(train_rows), t), t, 10).curve[-1]["test_accuracy"])
         finals[schedule] = statistics.median(runs)
-    assert finals["cosine"] > finals["constant"] + 0.03, finals
+    assert finals["cosine"] > finals["constant"] + 0.02, finals  # 0.089 here; 0.02 leaves CPU-to-CPU room
