@@ -18,6 +18,7 @@ sequences: an image is its pixels in row-major order, a sequence its steps in ti
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
@@ -169,26 +170,31 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Modul
     return model
 
 
-@torch.no_grad()
-def correct_predictions(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
-                        batch: int = 1024) -> torch.Tensor:
-    """Whether each row is predicted right, on the model's device, in batches: a transformer's
+def _batched_logits(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
+                    batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits, labels) batch by batch, on the model's device, in eval mode: a transformer's
     activations over a whole test split would not fit."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([model(features[i:i + batch].to(device)).argmax(dim=1).cpu() == labels[i:i + batch].cpu()
-                      for i in range(0, len(labels), batch)]) if len(labels) else torch.zeros(0, dtype=torch.bool)
+    for start in range(0, len(labels), batch):
+        yield model(features[start:start + batch].to(device)), labels[start:start + batch].to(device)
+
+
+@torch.no_grad()
+def correct_predictions(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
+                        batch: int = 1024) -> torch.Tensor:
+    """Whether each row is predicted right."""
+    return torch.cat([(logits.argmax(dim=1) == target).cpu() for logits, target
+                      in _batched_logits(model, features, labels, batch)]) if len(labels) \
+        else torch.zeros(0, dtype=torch.bool)
 
 
 @torch.no_grad()
 def held_out_scores(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
                     batch: int = 1024) -> dict[str, float]:
     """Mean cross-entropy and accuracy on a held-out split, in one pass by batch."""
-    model.eval()
-    device = next(model.parameters()).device
     loss, right = 0.0, 0
-    for start in range(0, len(labels), batch):
-        logits, target = model(features[start:start + batch].to(device)), labels[start:start + batch].to(device)
+    for logits, target in _batched_logits(model, features, labels, batch):
         loss += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
         right += int((logits.argmax(dim=1) == target).sum())
     rows = len(labels) or float("nan")
