@@ -10,13 +10,14 @@ venv's site-packages/privflow in a user's project) or absolute.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from privflow import catalog as c
 from privflow.codedeps import ROOT, STAGES, stage_code, stage_module
+from privflow.data.fingerprint import FINGERPRINT
 
 CODE_VAR = "privflow_code"
 GENERATED = "# Written by `privflow init` (privflow.project): regenerate it rather than edit it."
@@ -44,12 +45,17 @@ class StageSpec:
     metrics: tuple[str, ...] = ()
     plots: tuple[dict, ...] = ()
     comment: str = ""
-    extra: dict = field(default_factory=dict)
+    always_changed: bool = False  # DVC runs it every time: for a stage that must not declare what it reads
+    cache: bool = True  # False: its outs stay out of DVC's cache and remote, and DVC leaves them in place
 
 
 CSV_PARAMS = ("ingest.delimiter", "ingest.encoding", "ingest.decimal")
 SPECS = {
-    "ingest": StageSpec((("out", f"{A}/ingest"),), ("${item.source}",), ("ingest",), outs=(f"{A}/ingest",)),
+    "fingerprint": StageSpec(
+        (("out", f"{A}/{FINGERPRINT}"),), (), (), outs=(f"{A}/{FINGERPRINT}",), always_changed=True, cache=False,
+        comment="the source's keyed id, its only trace in dvc.lock: always run, cheap when nothing changed"),
+    "ingest": StageSpec((("fingerprint", f"{A}/{FINGERPRINT}"), ("out", f"{A}/ingest")), (f"{A}/{FINGERPRINT}",),
+                        ("ingest",), outs=(f"{A}/ingest",)),
     "validate": StageSpec(
         (("snapshot", f"{A}/ingest"), ("out", f"{A}/validate"), ("metrics", f"{M}/{c.VALIDATE_METRICS}")),
         (f"{A}/ingest", "${item.schema}"), (*CSV_PARAMS, "validate"), outs=(f"{A}/validate",),
@@ -92,6 +98,16 @@ SPECS = {
 assert tuple(SPECS) == STAGES
 
 
+def always_run_outputs(project: Path, stage: str) -> list[Path]:
+    """The outputs of a stage DVC runs every time (`fingerprint@churn`), as dvc.yaml names them;
+    none for any other stage."""
+    kind, _, dataset = stage.partition("@")
+    spec = SPECS.get(kind)
+    if spec is None or not spec.always_changed:
+        return []
+    return [project / out.replace("${key}", dataset) for out in spec.outs]
+
+
 def code_root(project: Path) -> str:
     """Where privflow's code is, as dvc.yaml names it: relative to the project if inside it."""
     try:
@@ -110,11 +126,14 @@ def stage_entry(stage: str) -> dict:
     entry = {"cmd": _command(stage, spec),
              "deps": [*spec.deps, *(f"${{{CODE_VAR}}}/{path}" for path in stage_code(stage))],
              "params": ["datasets.${key}", *spec.params]}
-    for key in ("outs", "metrics"):
-        if getattr(spec, key):
-            entry[key] = list(getattr(spec, key))
+    if spec.outs:
+        entry["outs"] = [out if spec.cache else {out: {"cache": False, "persist": True}} for out in spec.outs]
+    if spec.metrics:
+        entry["metrics"] = list(spec.metrics)
     if spec.plots:
         entry["plots"] = list(spec.plots)
+    if spec.always_changed:
+        entry["always_changed"] = True
     return entry
 
 

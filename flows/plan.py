@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from privflow.catalog import DATASET
+from privflow.data.fingerprint import FINGERPRINT
 from privflow.errors import PrivflowError
 from privflow.flows.stages import Dag, read_dag
 from privflow.project import declared_code
@@ -38,8 +39,9 @@ def _changed_code(entries: list, code: str | None) -> tuple[str, ...]:
                         for path in entry.get("changed deps", {}) if path.startswith(prefix)))
 
 
-def _reasons(entries: list, code: str | None) -> list[str]:
-    """DVC's status of one stage, in words: which deps, params, outputs or command changed."""
+def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset()) -> list[str]:
+    """DVC's status of one stage, in words: which deps, params, outputs or command changed
+    (`recorded`: the deps dvc.lock holds for it)."""
     prefix = f"{Path(code)}/" if code else None
     said = []
     for entry in entries:
@@ -51,6 +53,9 @@ def _reasons(entries: list, code: str | None) -> list[str]:
                 said += [f"param {name} {what}" for name, what in change.items()]
             elif prefix and path.startswith(prefix):
                 said.append(f"privflow code {path.removeprefix(prefix)} {change}")
+            elif Path(path).name == FINGERPRINT:  # the source, as DVC sees it (privflow.data.fingerprint)
+                said.append("the source changed" if path in recorded else
+                            "the source is now seen through its keyed fingerprint (once, after an upgrade)")
             else:
                 said.append(f"{path} {change}")
         said += [f"output {path} {change}" for path, change in entry.get("changed outs", {}).items()]
@@ -62,10 +67,12 @@ def _reasons(entries: list, code: str | None) -> list[str]:
     return said or ["never run"]
 
 
-def _locked(root: Path) -> set[str]:
-    """The stages dvc.lock has a record of (a stage without one has never run here)."""
+def _locked(root: Path) -> dict[str, set[str]]:
+    """The stages dvc.lock has a record of (a stage without one has never run here), each with
+    the paths of its recorded deps."""
     lock = root / "dvc.lock"
-    return set((yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})) if lock.exists() else set()
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}) if lock.exists() else {}
+    return {name: {dep["path"] for dep in entry.get("deps", [])} for name, entry in stages.items()}
 
 
 def stale_stages(root: Path, datasets: list[str], dag: Dag | None = None) -> list[PlannedStage]:
@@ -80,7 +87,7 @@ def stale_stages(root: Path, datasets: list[str], dag: Dag | None = None) -> lis
     for stage in wanted:
         if stage in dag.stale:
             if stage in locked:
-                planned.append(PlannedStage(stage, "; ".join(_reasons(dag.stale[stage], code)), True,
+                planned.append(PlannedStage(stage, "; ".join(_reasons(dag.stale[stage], code, locked[stage])), True,
                                             code_files=_changed_code(dag.stale[stage], code)))
             else:  # every dep of a stage that never ran counts as changed: none is news
                 planned.append(PlannedStage(stage, "never run", True))

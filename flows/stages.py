@@ -21,6 +21,7 @@ from dvc.stage import PipelineStage
 from privflow.errors import EXIT_TRANSIENT, PrivflowError
 from privflow.flows import dvcfiles  # noqa: F401 (how DVC writes and reads its files here)
 from privflow.lockfile import LOCK, looks_complete, restore_lock, write_atomically
+from privflow.project import always_run_outputs
 
 
 class StageFailed(Exception):
@@ -76,9 +77,28 @@ def read_dag(root: Path, with_status: bool = False) -> Dag:
         readers.add_nodes_from(order)
         readers.add_edges_from((upstream.name, stage.name) for stage, upstream in graph.edges
                                if isinstance(stage, PipelineStage) and isinstance(upstream, PipelineStage))
-        stale = {name.split(":")[-1]: entries for name, entries in repo.status().items()} if with_status else {}
+        stale = _status(root, repo, outputs) if with_status else {}
     _READ[root.resolve()] = made_of, Dag(order, outputs, readers, {})
     return Dag(order, outputs, readers, stale) if with_status else _READ[root.resolve()][1]
+
+
+def _status(root: Path, repo: Repo, outputs: dict[str, list[Path]]) -> dict[str, list]:
+    """DVC's status of each out-of-date stage, once the sources' fingerprints are up to date.
+    DVC calls a fingerprint stage changed every time (it must, having no dep it may hash); with
+    its output refreshed first, whether the source changed shows where it matters, as ingest's
+    changed dep, and the fingerprint stage itself is left out."""
+    from privflow.data.fingerprint import refresh_fingerprints
+
+    fingerprints = {dataset_of(name): paths[0] for name, paths in outputs.items() if always_run_outputs(root, name)}
+    settled = {f"fingerprint@{dataset}" for dataset in refresh_fingerprints(root, fingerprints)}
+    stale = {name.split(":")[-1]: entries for name, entries in repo.status().items()}
+    return {name: entries for name, entries in stale.items() if name not in settled}
+
+
+def _recorded_outputs(repo: Repo, target: str) -> list:
+    """What dvc.lock records of a stage's outputs now (their hashes; empty ones if never run)."""
+    (stage,) = repo.stage.collect(target)
+    return [out.hash_info for out in stage.outs]
 
 
 def _contents(path: Path) -> bytes | None:
@@ -222,7 +242,10 @@ def reproduce_stage(root: Path, stage: str) -> bool:
         with open_repo(root, mend=False, _wait_for_lock=True) as repo:
             # a bare stage name resolves against the current directory, not against `root`
             target = f"{Path(repo.root_dir) / 'dvc.yaml'}:{stage}"
-            return bool(repo.reproduce(targets=[target], single_item=True))
+            recorded = _recorded_outputs(repo, target) if always_run_outputs(Path(repo.root_dir), stage) else None
+            ran = repo.reproduce(targets=[target], single_item=True)
+            # a stage DVC runs every time "ran" only when what dvc.lock records of it changed (a new fingerprint)
+            return bool(ran) and (recorded is None or recorded != [out.hash_info for out in ran[0].outs])
     except ReproductionError as error:
         # DVC's messages name stages, commands and paths, never data.
         messages = _causes(error)

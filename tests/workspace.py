@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import gzip
+import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -35,6 +37,10 @@ class Workspace:
     repo: Path
     source: Path
     env: dict = field(default_factory=dict)
+
+    def out_of_date(self) -> set[str]:
+        """What `dvc status` finds out of date (privflow.flows.stages does the same in process)."""
+        return out_of_date(json.loads(self.run("dvc", "status", "--json", check=True).stdout or "{}"))
 
     def artifacts(self, stage: str, dataset: str = DATASET) -> Path:
         return self.repo / "artifacts" / dataset / stage
@@ -198,3 +204,18 @@ def files_containing(roots: list[Path], needles: list[bytes]) -> dict[str, list[
                 if found:
                     hits[str(path)] = found
     return hits
+
+
+def out_of_date(status: dict) -> set[str]:
+    """The stages in DVC's status (`dvc status --json`, Repo.status()) that are out of date,
+    apart from the fingerprint stages: DVC calls those "always changed" every time (they have no
+    dep it may hash; privflow.data.fingerprint), and must say nothing else while the source is
+    as it was."""
+    always = {name.split(":")[-1] for name, entries in status.items() if entries == ["always changed"]}
+    assert all(name.startswith("fingerprint@") for name in always), always
+    return {name.split(":")[-1] for name in status} - always
+
+
+def stages_ran(dvc_output: str) -> set[str]:
+    """The stages whose commands DVC ran, from what `dvc repro` printed."""
+    return set(re.findall(r"Running stage '([^']+)'", dvc_output))

@@ -21,6 +21,7 @@ from privflow.catalog import MANIFEST, SNAPSHOT, snapshot_identity
 from privflow.crypto.vault import Vault
 from privflow.data.records import describe_source
 from privflow.data.schema import DatasetSchema
+from privflow.errors import DatasetError
 from privflow.data.sources import (PIECE, ChunkStream, HashingReader, Member, combine_ids, list_source, pack_stream,
                                    snapshot_members)
 from privflow.settings import IngestSettings
@@ -49,8 +50,10 @@ def declared_header(header: list[str], schema: DatasetSchema | None) -> list[str
 
 
 def ingest_snapshot(dataset: str, settings: IngestSettings, vault: Vault, out_dir: Path,
-                    schema: DatasetSchema | None = None) -> SnapshotManifest:
-    """Hash and describe the source in one streaming pass, then seal it in a second."""
+                    schema: DatasetSchema | None = None, expected_id: str | None = None) -> SnapshotManifest:
+    """Hash and describe the source in one streaming pass, then seal it in a second. With
+    `expected_id` (the fingerprint DVC ran ingest for), bytes that differ from it are refused
+    before anything is written: the lineage in dvc.lock would name other data."""
     paths, folder = list_source(settings.source), settings.source.is_dir()
     with ExitStack() as stack:
         hashed = [(p.name, HashingReader(stack.enter_context(open(p, "rb")))) for p in paths]
@@ -58,6 +61,10 @@ def ingest_snapshot(dataset: str, settings: IngestSettings, vault: Vault, out_di
                                        delimiter=settings.delimiter, encoding=settings.encoding)
         content = combine_ids([(name, reader.hexdigest()) for name, reader in hashed], folder)
     snapshot = vault.snapshot_id(content)
+    if expected_id is not None and snapshot != expected_id:
+        raise DatasetError(f"{settings.source}: its bytes are not the ones its fingerprint was taken of (it changed "
+                           f"since); nothing was ingested. Once it is written in full, run `privflow run -d {dataset}` "
+                           f"(or `dvc repro ingest@{dataset}`, which takes the fingerprint first)")
     sealed = vault.seal_stream(pack_stream(paths, folder, content), snapshot_identity(dataset, snapshot),
                                out_dir / SNAPSHOT)
     named = declared_header(header, schema)

@@ -9,6 +9,7 @@ checkout's editable privflow is not visible there: `privflow.__file__` is checke
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import yaml
 
 from privflow.codedeps import STAGES, stage_code
 from tests.conftest import ROOT
+from tests.workspace import out_of_date, stages_ran
 
 pytestmark = pytest.mark.slow
 TOUCHED = {".py": "\n# touched by the code-deps test\n", ".j2": "\n{# touched by the code-deps test #}\n"}
@@ -93,8 +95,9 @@ def test_a_full_run_then_a_noop_dvc_repro(project):
     code = yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["privflow_code"]
     assert Path(code) == project["site"]  # the venv is outside the project: an absolute path
     repro = _sh(["dvc", "repro"], root, env)
-    assert "Running stage" not in repro.stdout, repro.stdout
-    assert "up to date" in _sh(["dvc", "status"], root, env).stdout
+    assert stages_ran(repro.stdout) == {"fingerprint@breast_cancer"}, repro.stdout  # DVC takes it every time
+    assert "Stage 'ingest@breast_cancer' didn't change, skipping" in repro.stdout
+    assert stale_stages(root, env) == set()
     assert "ingest@breast_cancer" in _sh(["dvc", "dag"], root, env).stdout
     status = _sh(["privflow", "status"], root, env).stdout
     assert "breast_cancer" in status and "none" in status
@@ -113,7 +116,7 @@ def test_every_file_a_stage_loaded_is_one_of_its_deps(project):
 
 def stale_stages(root: Path, env: dict) -> set[str]:
     status = json.loads(_sh(["dvc", "status", "--json"], root, env).stdout or "{}")
-    return {name.split(":")[-1].split("@")[0] for name in status}
+    return {name.split("@")[0] for name in out_of_date(status)}
 
 
 # One process, DVC's own `Repo.status()` (what `dvc status` prints) after each edit: a `dvc
@@ -128,7 +131,7 @@ for path, touch in json.load(sys.stdin):
     Path(path).write_bytes(original + touch.encode())
     try:
         with Repo(".") as repo:
-            stale[path] = sorted(repo.status())
+            stale[path] = sorted(name for name, said in repo.status().items() if said != ["always changed"])
     finally:
         Path(path).write_bytes(original)
 print(json.dumps(stale))
@@ -185,3 +188,32 @@ def test_an_upgrade_reruns_what_changed_and_says_train_will_spend_first(project)
     assert "ingest@breast_cancer: up to date" in printed
     ran = re.search(r"(?<![@\w])breast_cancer: ran ([^;]+);", printed).group(1).split(", ")  # the summary line
     assert "train" in ran and "ingest" not in ran, printed
+
+
+def test_plain_dvc_repro_sees_a_changed_source_through_its_fingerprint_alone(project):
+    """No privflow process: DVC takes the fingerprint, finds it changed, and re-runs ingest;
+    the source's bytes put back, the old snapshot comes back from DVC's run cache. dvc.lock
+    names the fingerprint, never the source."""
+    root, env = project["path"], project["env"]
+    source = root / "data" / "source" / "breast_cancer.csv"
+    original = source.read_bytes()
+    lines = original.decode().splitlines(keepends=True)
+    source.write_text("".join(lines[:-1]))  # the export lost its last record
+    try:
+        assert stale_stages(root, env) == set()  # plain DVC cannot know before the fingerprint is taken
+        planned = " ".join(_sh(["privflow", "run", "--plan"], root, env).stdout.split())
+        assert "plan: ingest@breast_cancer runs: the source changed" in planned, planned
+        assert "plan: train@breast_cancer may run" in planned
+        assert stale_stages(root, env) == {"fingerprint", "ingest"}  # privflow took it: now DVC's status says so
+        assert "ingest" in _sh(["privflow", "status"], root, env).stdout
+        repro = _sh(["dvc", "repro", "ingest@breast_cancer"], root, env)
+        assert stages_ran(repro.stdout) == {"fingerprint@breast_cancer", "ingest@breast_cancer"}, repro.stdout
+        assert "validate" in stale_stages(root, env)
+    finally:
+        source.write_bytes(original)
+    back = _sh(["dvc", "repro", "ingest@breast_cancer"], root, env)
+    assert "Stage 'ingest@breast_cancer' is cached - skipping run, checking out outputs" in back.stdout, back.stdout
+    assert stale_stages(root, env) == set()
+    lock = (root / "dvc.lock").read_text()
+    assert "data/source" not in "".join(line for line in lock.splitlines() if "path:" in line)
+    assert hashlib.md5(original).hexdigest() not in lock

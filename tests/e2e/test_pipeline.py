@@ -17,7 +17,7 @@ from privflow.data.snapshot import read_manifest
 from privflow.demo_data import demo_table
 from privflow.flows.stages import stage_order
 from tests.conftest import DEMO_SCHEMA, ROOT
-from tests.workspace import files_containing, make_workspace
+from tests.workspace import files_containing, make_workspace, stages_ran
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +26,9 @@ CANARY_VALUE = "13.1415926535"           # a numeric value of a valid row
 CANARY_QUARANTINED = "CANARY-BAD-9d2b77"  # a value that fails validation
 CANARY_ID = "P-987654"                   # a person id of a valid row
 CANARIES = [CANARY_NOTE, CANARY_VALUE, CANARY_QUARANTINED, CANARY_ID]
-STAGES = ["ingest", "validate", "pretrain", "encrypt", "train", "explain", "compress", "report"]
-BEFORE = [("ingest", "validate"), ("validate", "encrypt"), ("encrypt", "train"), ("pretrain", "train"),
+STAGES = ["fingerprint", "ingest", "validate", "pretrain", "encrypt", "train", "explain", "compress", "report"]
+BEFORE = [("fingerprint", "ingest"), ("ingest", "validate"), ("validate", "encrypt"), ("encrypt", "train"),
+          ("pretrain", "train"),
           ("train", "compress"), ("train", "explain"), ("compress", "report"), ("explain", "report")]
 DATASETS = ["breast_cancer", "churn"]
 
@@ -157,14 +158,38 @@ def test_no_plaintext_leaves_memory(pipeline_run):
 
 
 def test_second_repro_runs_nothing_and_charges_nothing(pipeline_run):
+    """Only the fingerprints are taken again (DVC runs them every time); they find the sources
+    unchanged, so ingest and all after it are skipped."""
     workspace, _ = pipeline_run
     result = workspace.run("dvc", "repro", check=True)
-    assert "Running stage" not in result.stdout
-    assert "Data and pipelines are up to date" in result.stdout
-    status = workspace.run("dvc", "status", check=True)
-    assert "up to date" in status.stdout
+    assert stages_ran(result.stdout) == {f"fingerprint@{d}" for d in DATASETS}
+    assert all(f"Stage 'ingest@{d}' didn't change, skipping" in result.stdout for d in DATASETS)
+    assert workspace.out_of_date() == set()
     with sqlite3.connect(workspace.ledger) as db:
         assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == len(DATASETS)
+
+
+def test_the_repository_holds_no_digest_or_size_of_the_private_source(pipeline_run):
+    """dvc.lock (committed), DVC's run cache and the pushed remote know each source only by its
+    keyed fingerprint: DVC's own MD5 of it, or a SHA-256, would let whoever knows every record
+    but one test guesses of that one; its size would give that record's length."""
+    workspace, _ = pipeline_run
+    sources = [workspace.source, workspace.base / "bank" / "churn.csv.gz"]
+    digests = [hashlib.new(kind, path.read_bytes()).hexdigest().encode()
+               for path in sources for kind in ("md5", "sha256")]
+    roots = [workspace.repo / "dvc.lock", workspace.repo / ".dvc" / "cache", workspace.base / "remote",
+             workspace.repo / "metrics", workspace.repo / "reports", workspace.repo / "artifacts"]
+    assert files_containing(roots, digests) == {}
+    lock = yaml.safe_load((workspace.repo / "dvc.lock").read_text())
+    recorded = [dep for stage in lock["stages"].values() for dep in stage.get("deps", [])]
+    assert not [dep for dep in recorded if dep["path"].rpartition("/")[2] in {path.name for path in sources}]
+    assert not {dep["size"] for dep in recorded} & {path.stat().st_size for path in sources}
+    for dataset in DATASETS:
+        ingest_deps = [dep["path"] for dep in lock["stages"][f"ingest@{dataset}"]["deps"]]
+        assert f"artifacts/{dataset}/fingerprint.json" in ingest_deps
+        fingerprint = json.loads((workspace.repo / "artifacts" / dataset / "fingerprint.json").read_text())
+        manifest = json.loads((workspace.artifacts("ingest", dataset) / "manifest.json").read_text())
+        assert fingerprint == {"dataset": dataset, "snapshot_id": manifest["snapshot_id"]}
 
 
 def test_restore_drill_fresh_clone_pull_decrypt(pipeline_run, tmp_path):
@@ -186,12 +211,12 @@ def test_rotation_and_forced_reencrypt_leave_dvc_status_clean(pipeline_run):
     lock_before = (workspace.repo / "dvc.lock").read_text()
     rotated = workspace.run("privflow", "keys", "rotate", check=True)
     assert "re-wrapped" in rotated.stdout
-    assert "Data and pipelines are up to date" in workspace.run("dvc", "status", check=True).stdout
+    assert workspace.out_of_date() == set()  # the snapshot ids' key is re-wrapped, not changed
     forced = workspace.run("dvc", "repro", "--force", "--single-item", "ingest", "validate", "encrypt", check=True)
     assert forced.stdout.count("Running stage") == 3 * len(DATASETS)
     assert (workspace.repo / "dvc.lock").read_text() == lock_before  # every tracked hash unchanged
-    assert "Data and pipelines are up to date" in workspace.run("dvc", "status", check=True).stdout
-    assert "Running stage" not in workspace.run("dvc", "repro", check=True).stdout  # train not re-run
+    assert workspace.out_of_date() == set()
+    assert all(s.startswith("fingerprint@") for s in stages_ran(workspace.run("dvc", "repro", check=True).stdout))
 
 
 def test_report_renders_in_chromium_without_errors(pipeline_run):

@@ -19,3 +19,10 @@ def test_an_upgrade_is_counted_not_listed():
 
 def test_a_stage_never_run_says_so():
     assert _reasons([], "components") == ["never run"]
+
+
+def test_a_changed_fingerprint_is_said_as_the_source_or_as_the_upgrade_that_added_it():
+    status = [{"changed deps": {"artifacts/x/fingerprint.json": "modified"}}]
+    assert _reasons(status, "components", {"artifacts/x/fingerprint.json"}) == ["the source changed"]
+    assert _reasons(status, "components", {"data/source/x.csv"}) == [
+        "the source is now seen through its keyed fingerprint (once, after an upgrade)"]
