@@ -219,3 +219,50 @@ def temporary_api(started: Future | None) -> Iterator[None]:
         server = None
     with temporary_settings({PREFECT_API_URL: server.url}) if server else nullcontext():
         yield
+
+
+RUN_STOP_SECONDS = 30  # for a flow run to reschedule itself and exit, once told to stop
+
+
+def _stopped(pid: int) -> bool:
+    """Whether a child process has ended (exited or a zombie its parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def stop_runs_before_the_server() -> None:
+    """On SIGTERM, `privflow serve` stops its flow runs before anything else. Prefect's own
+    handler (Runner.handle_sigterm) exits at once: the local API server went down with it while
+    a run was still in flight, and the run, and with it the serve process, then hung retrying
+    an API that was gone (reproduced: SIGTERM during any scheduled run). Now each run's process
+    gets SIGTERM first: Prefect's engine marks the run for resubmission (AwaitingRetry) while
+    the API is still up and exits, its stages dying with it (killed at any point, a stage
+    leaves no partial output; a killed training resumes from its checkpoint). Then the
+    deployment is paused, and Prefect's handler ends the serve; the server stops last."""
+    from prefect.client.orchestration import get_client
+    from prefect.runner import Runner
+
+    prefect_handler = Runner.handle_sigterm
+    if getattr(prefect_handler, "privflow_runs_first", False):
+        return
+
+    def handle_sigterm(self, *args, **kwargs):
+        pids = [handle.pid for handle in list(self._process_manager._process_map.values()) if handle.pid]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + RUN_STOP_SECONDS
+        while not all(_stopped(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with get_client(sync_client=True) as client:  # while the API is surely up (Prefect's own pause raced it)
+            for deployment in self._deployment_registry.get_deployment_ids():
+                client.pause_deployment(deployment)
+        return prefect_handler(self, *args, **kwargs)
+
+    handle_sigterm.privflow_runs_first = True
+    Runner.handle_sigterm = handle_sigterm

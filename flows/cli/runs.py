@@ -155,11 +155,12 @@ def serve(root: Path = Path("."),
     nothing; a run that finds another in progress waits for it.
     """
     from privflow.flows.pipeline import pipeline
-    from privflow.flows.server import prefect_api
+    from privflow.flows.server import prefect_api, stop_runs_before_the_server
 
     if (cron is None) == (interval is None):
         raise PrivflowError("give exactly one of --cron or --interval")
     ensure_keyring(root)
+    stop_runs_before_the_server()
     with prefect_api(root / ".privflow" / "prefect-server.log") as url:
         console.print(f"serving {root.resolve()} as deployment '{name}' on {url}: "
                       + (f"cron {cron!r}" if cron else f"every {interval} s"))
