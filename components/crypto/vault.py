@@ -1,10 +1,13 @@
 """The only code that turns sensitive bytes into ciphertext and back.
 
-Format v2: MAGIC | u32 header length | header JSON | chunk* , chunk = nonce(12) | ct | tag(16).
+Format v3: MAGIC | u32 header length | header JSON | chunk* , chunk = nonce(12) | ct | tag(16).
 The header names the dataset key id, the chunk size and the artifact's identity. Per
 artifact, HKDF derives an encryption key and a nonce key from the dataset key and the
 identity. Each chunk is AES-256-GCM with a synthetic nonce, BLAKE3-keyed(index, final flag,
 chunk) truncated to 96 bits, and associated data SHA-256(header) | index | final flag.
+Every v3 chunk's plaintext is a whole chunk (data length, data, zeros) and the chunk count is
+padded, so a sealed file's size shows only its bucket, not its plaintext's length
+(privflow.crypto.chunks says why). v2 files (no framing, exact sizes) are still read.
 
 Why synthetic nonces: encryption is deterministic, so sealing unchanged plaintext again
 (a forced re-run, a rotation) yields the same bytes and the same DVC hash, and training is
@@ -36,6 +39,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from privflow.crypto.chunks import DATA_LENGTH, file_chunks, fixed_chunks, framed, unframed
 from privflow.crypto.files import replacing
 from privflow.errors import IntegrityError
 
@@ -47,6 +51,7 @@ TAG_SIZE = 16
 _LEN = struct.Struct(">I")
 _POSITION = struct.Struct(">IB")  # chunk index, final flag
 _MAX_HEADER = 1 << 16
+VERSION, READABLE = 3, (2, 3)
 
 
 @dataclass(frozen=True)
@@ -92,9 +97,9 @@ def gcm_open(aead: AESGCM, block: bytes | memoryview, aad: bytes) -> bytes:
 class _ChunkCipher:
     """AES-256-GCM under one artifact's derived keys, with synthetic nonces."""
 
-    def __init__(self, dataset_key: bytes, identity: ArtifactIdentity, header: bytes):
+    def __init__(self, dataset_key: bytes, identity: ArtifactIdentity, header: bytes, version: int = VERSION):
         derived = HKDF(hashes.SHA256(), 64, salt=None,
-                       info=b"privflow vault v2\x00" + identity.canonical()).derive(dataset_key)
+                       info=f"privflow vault v{version}\x00".encode() + identity.canonical()).derive(dataset_key)
         self.aead = AESGCM(derived[:32])
         self.nonce_key = derived[32:]
         self.header_digest = hashlib.sha256(MAGIC + header).digest()
@@ -113,40 +118,8 @@ class _ChunkCipher:
 
 
 def _header(key_id: str, chunk_size: int, identity: ArtifactIdentity) -> bytes:
-    return json.dumps({"v": 2, "alg": ALGORITHM, "key_id": key_id, "chunk_size": chunk_size,
+    return json.dumps({"v": VERSION, "alg": ALGORITHM, "key_id": key_id, "chunk_size": chunk_size,
                        "identity": asdict(identity)}, sort_keys=True).encode()
-
-
-def _fixed_chunks(pieces: Iterable[bytes], size: int) -> Iterator[tuple[memoryview, bool]]:
-    """Regroup pieces of any size into `size`-byte chunks, flagging the last (maybe empty)."""
-    buffer = bytearray()
-    ready: bytes | None = None
-    for piece in pieces:
-        buffer += piece
-        while len(buffer) > size:
-            if ready is not None:
-                yield memoryview(ready), False
-            ready = bytes(buffer[:size])
-            del buffer[:size]
-    if ready is not None:
-        yield memoryview(ready), not buffer
-        if not buffer:
-            return
-    yield memoryview(bytes(buffer)), True
-
-
-def _file_chunks(handle: BinaryIO, size: int) -> Iterator[tuple[memoryview, bool]]:
-    """Chunks of an open file through two reused buffers: constant memory, no copies."""
-    buffers = [bytearray(size), bytearray(size)]
-    current = memoryview(buffers[0])[: handle.readinto(buffers[0])]
-    turn = 1
-    while True:
-        following = memoryview(buffers[turn])[: handle.readinto(buffers[turn])]
-        final = len(following) == 0
-        yield current, final
-        if final:
-            return
-        current, turn = following, 1 - turn
 
 
 class Vault:
@@ -155,14 +128,18 @@ class Vault:
         self._chunk_size = chunk_size
 
     def seal(self, data: bytes, identity: ArtifactIdentity, dest: Path) -> SealedArtifact:
-        return self._write(_fixed_chunks([data], self._chunk_size), identity, dest)
+        return self._write(fixed_chunks([data], self._data_size), identity, dest)
 
     def seal_stream(self, pieces: Iterable[bytes], identity: ArtifactIdentity, dest: Path) -> SealedArtifact:
-        return self._write(_fixed_chunks(pieces, self._chunk_size), identity, dest)
+        return self._write(fixed_chunks(pieces, self._data_size), identity, dest)
 
     def seal_file(self, source: Path, identity: ArtifactIdentity, dest: Path) -> SealedArtifact:
         with open(source, "rb") as handle:
-            return self._write(_file_chunks(handle, self._chunk_size), identity, dest)
+            return self._write(file_chunks(handle, self._data_size), identity, dest)
+
+    @property
+    def _data_size(self) -> int:  # a chunk's data: what its frame leaves
+        return self._chunk_size - DATA_LENGTH.size
 
     def _write(self, chunks: Iterator[tuple[memoryview, bool]], identity: ArtifactIdentity,
                dest: Path) -> SealedArtifact:
@@ -173,13 +150,18 @@ class Vault:
         out = bytearray(NONCE_SIZE + self._chunk_size + TAG_SIZE)
         dest.parent.mkdir(parents=True, exist_ok=True)
         total = 0
+
+        def counted() -> Iterator[tuple[memoryview, bool]]:
+            nonlocal total
+            for chunk, final in chunks:
+                total += len(chunk)
+                yield chunk, final
+
         with replacing(dest) as handle:
             handle.write(MAGIC + _LEN.pack(len(header)) + header)
-            for index, (chunk, final) in enumerate(chunks):
-                block = memoryview(out)[: NONCE_SIZE + len(chunk) + TAG_SIZE]
-                cipher.seal(index, final, chunk, block)
-                handle.write(block)
-                total += len(chunk)
+            for index, (chunk, final) in enumerate(framed(counted(), self._chunk_size)):
+                cipher.seal(index, final, chunk, memoryview(out))
+                handle.write(out)
         return SealedArtifact(dest, key_id, total)
 
     @property
@@ -214,15 +196,19 @@ class Vault:
                 raise IntegrityError(
                     f"{src}: sealed as {meta['identity']}, expected {asdict(identity)}; "
                     "an artifact was swapped or is stale: re-run the stage that produces it")
-            cipher = _ChunkCipher(self._keys.key_by_id(meta["key_id"]), identity, header)
-            blocks = _file_chunks(handle, NONCE_SIZE + meta["chunk_size"] + TAG_SIZE)
-            for index, (block, final) in enumerate(blocks):
+            version, size = meta["v"], meta["chunk_size"]
+            cipher = _ChunkCipher(self._keys.key_by_id(meta["key_id"]), identity, header, version)
+            for index, (block, final) in enumerate(file_chunks(handle, NONCE_SIZE + size + TAG_SIZE)):
                 try:
-                    yield cipher.open(index, final, block)
+                    plaintext = cipher.open(index, final, block)
                 except (InvalidTag, ValueError):
                     raise IntegrityError(
                         f"{src}: chunk {index} failed authentication: the file was modified, truncated, "
                         "extended or reordered; restore it (`dvc checkout`) or re-run its stage") from None
+                data = plaintext if version == 2 else unframed(plaintext, size)
+                if data is None:
+                    raise IntegrityError(f"{src}: chunk {index} is not a whole frame; re-run its stage")
+                yield data
 
 
 def read_header(src: Path) -> dict:
@@ -239,7 +225,7 @@ def _read_header(handle: BinaryIO, src: Path) -> tuple[bytes, dict]:
     header = handle.read(length) if length <= _MAX_HEADER else b""
     try:
         meta = json.loads(header)
-        valid = (meta["v"] == 2 and meta["alg"] == ALGORITHM and isinstance(meta["key_id"], str)
+        valid = (meta["v"] in READABLE and meta["alg"] == ALGORITHM and isinstance(meta["key_id"], str)
                  and isinstance(meta["chunk_size"], int) and meta["chunk_size"] > 0
                  and isinstance(meta["identity"], dict))
     except (ValueError, KeyError, TypeError):
