@@ -15,13 +15,8 @@ def show_plan(root: Path, stale: list, dag) -> list:
     planned = with_spending(root, stale, dag)
     if not planned:
         console.print("plan: every stage is up to date; nothing runs, nothing is spent", highlight=False)
-    # a first run: one line per dataset for the stages that never ran and spend nothing
-    never = {}
-    for item in planned:
-        if item.why == "never run" and item.epsilon is None:
-            never.setdefault(item.stage.partition("@")[2], []).append(item.stage.partition("@")[0])
-    for name, stages in never.items():
-        console.print(f"plan: {', '.join(stages)} of {name} run: never run", highlight=False)
+    for line in never_run_lines(planned):
+        console.print(line, highlight=False)
     for item in (p for p in planned if p.why != "never run" or p.epsilon is not None):
         spend = ""
         if item.epsilon is not None:
@@ -29,6 +24,19 @@ def show_plan(root: Path, stale: list, dag) -> list:
                      f"{'' if item.exact else 'at least '}{item.left_after:.3f} left after")
         console.print(f"plan: {item.stage} {'runs' if item.certain else 'may run'}: {item.why}{spend}", highlight=False)
     return planned
+
+
+def never_run_lines(planned: list) -> list[str]:
+    """A first run: the stages that never ran and spend nothing, one line for all the datasets
+    that share the same list of them (the demo's five: one line, not five)."""
+    never: dict[str, list[str]] = {}
+    for item in planned:
+        if item.why == "never run" and item.epsilon is None:
+            never.setdefault(item.stage.partition("@")[2], []).append(item.stage.partition("@")[0])
+    shared: dict[tuple[str, ...], list[str]] = {}
+    for name, stages in never.items():
+        shared.setdefault(tuple(stages), []).append(name)
+    return [f"plan: {', '.join(stages)} of {', '.join(names)} run: never run" for stages, names in shared.items()]
 
 
 def announce_code_spending(root: Path, planned: list) -> None:

@@ -26,3 +26,14 @@ def test_a_changed_fingerprint_is_said_as_the_source_or_as_the_upgrade_that_adde
     assert _reasons(status, "components", {"artifacts/x/fingerprint.json"}) == ["the source changed"]
     assert _reasons(status, "components", {"data/source/x.csv"}) == [
         "the source is now seen through its keyed fingerprint (once, after an upgrade)"]
+
+
+def test_a_first_run_says_never_run_once_for_datasets_with_the_same_stages():
+    from privflow.flows.cli.plan_view import never_run_lines
+    from privflow.flows.plan import PlannedStage
+
+    planned = [PlannedStage(f"{stage}@{name}", "never run", True)
+               for name in ("a", "b") for stage in ("ingest", "report")]
+    planned += [PlannedStage("ingest@c", "never run", True), PlannedStage("train@a", "never run", True, epsilon=3.0)]
+    assert never_run_lines(planned) == ["plan: ingest, report of a, b run: never run",
+                                        "plan: ingest of c run: never run"]
