@@ -21,7 +21,7 @@ from dvc.stage import PipelineStage
 from privflow.errors import EXIT_TRANSIENT, PrivflowError
 from privflow.flows import dvcfiles  # noqa: F401 (how DVC writes and reads its files here)
 from privflow.lockfile import LOCK, looks_complete, restore_lock, write_atomically
-from privflow.project import always_run_outputs
+from privflow.project import runs_every_time
 
 
 class StageFailed(Exception):
@@ -82,6 +82,9 @@ def read_dag(root: Path, with_status: bool = False) -> Dag:
     return Dag(order, outputs, readers, stale) if with_status else _READ[root.resolve()][1]
 
 
+FINGERPRINTS = "fingerprint@"  # the stages privflow.data.fingerprint can bring up to date in process
+
+
 def _status(root: Path, repo: Repo, outputs: dict[str, list[Path]]) -> dict[str, list]:
     """DVC's status of each out-of-date stage, once the sources' fingerprints are up to date.
     DVC calls a fingerprint stage changed every time (it must, having no dep it may hash); with
@@ -89,8 +92,8 @@ def _status(root: Path, repo: Repo, outputs: dict[str, list[Path]]) -> dict[str,
     changed dep, and the fingerprint stage itself is left out."""
     from privflow.data.fingerprint import refresh_fingerprints
 
-    fingerprints = {dataset_of(name): paths[0] for name, paths in outputs.items() if always_run_outputs(root, name)}
-    settled = {f"fingerprint@{dataset}" for dataset in refresh_fingerprints(root, fingerprints)}
+    fingerprints = {dataset_of(name): paths[0] for name, paths in outputs.items() if name.startswith(FINGERPRINTS)}
+    settled = {FINGERPRINTS + dataset for dataset in refresh_fingerprints(root, fingerprints)}
     stale = {name.split(":")[-1]: entries for name, entries in repo.status().items()}
     return {name: entries for name, entries in stale.items() if name not in settled}
 
@@ -242,7 +245,7 @@ def reproduce_stage(root: Path, stage: str) -> bool:
         with open_repo(root, mend=False, _wait_for_lock=True) as repo:
             # a bare stage name resolves against the current directory, not against `root`
             target = f"{Path(repo.root_dir) / 'dvc.yaml'}:{stage}"
-            recorded = _recorded_outputs(repo, target) if always_run_outputs(Path(repo.root_dir), stage) else None
+            recorded = _recorded_outputs(repo, target) if runs_every_time(stage) else None
             ran = repo.reproduce(targets=[target], single_item=True)
             # a stage DVC runs every time "ran" only when what dvc.lock records of it changed (a new fingerprint)
             return bool(ran) and (recorded is None or recorded != [out.hash_info for out in ran[0].outs])

@@ -58,15 +58,11 @@ def source_id(source: Path, vault: Vault, cache: Path | None = None) -> str:
     return keyed
 
 
-def fingerprint_document(dataset: str, keyed_id: str) -> dict:
-    return {"dataset": dataset, "snapshot_id": keyed_id}
-
-
 def write_fingerprint(path: Path, dataset: str, keyed_id: str) -> bool:
     """Write the fingerprint unless it already says the same; True if it changed. An unchanged
     file keeps its mtime, so DVC need not even hash it again."""
-    document = fingerprint_document(dataset, keyed_id)
-    if path.exists() and read_fingerprint(path) == document:
+    document = {"dataset": dataset, "snapshot_id": keyed_id}
+    if read_fingerprint(path) == document:
         return False
     write_json(path, document)
     return True
@@ -79,10 +75,11 @@ def read_fingerprint(path: Path) -> dict | None:
         return None
 
 
-def refresh_fingerprint(dataset: str, source: Path, vault: Vault, out: Path, project: Path = Path(".")) -> bool:
-    """Bring one dataset's fingerprint up to date with its source; True if it changed."""
-    cache = project / STAT_CACHE / f"{dataset}.json"
-    return write_fingerprint(out, dataset, source_id(source, vault, cache))
+def refresh_fingerprint(dataset: str, source: Path, vault: Vault, out: Path,
+                        project: Path = Path(".")) -> tuple[str, bool]:
+    """Bring one dataset's fingerprint up to date with its source: the id, and whether it changed."""
+    keyed = source_id(source, vault, project / STAT_CACHE / f"{dataset}.json")
+    return keyed, write_fingerprint(out, dataset, keyed)
 
 
 def refresh_fingerprints(project: Path, outputs: dict[str, Path]) -> set[str]:

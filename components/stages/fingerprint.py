@@ -9,7 +9,7 @@ bytes (privflow.data.fingerprint says why). Unchanged files are not read again.
 from __future__ import annotations
 
 from privflow.artifacts import open_vault, stage_paths
-from privflow.data.fingerprint import read_fingerprint, refresh_fingerprint
+from privflow.data.fingerprint import refresh_fingerprint
 from privflow.errors import run_stage
 from privflow.settings import load_settings
 
@@ -17,8 +17,7 @@ from privflow.settings import load_settings
 def main() -> None:
     args = stage_paths(__doc__, "out")
     settings = load_settings(args.dataset)
-    changed = refresh_fingerprint(settings.dataset.name, settings.ingest.source, open_vault(), args.out)
-    keyed = read_fingerprint(args.out)["snapshot_id"]
+    keyed, changed = refresh_fingerprint(settings.dataset.name, settings.ingest.source, open_vault(), args.out)
     print(f"fingerprint: source {'changed' if changed else 'unchanged'}, snapshot {keyed[:19]}")
 
 

@@ -118,10 +118,10 @@ def fit(model: nn.Module, recipe: Recipe, features: torch.Tensor, labels: torch.
     optimizer = (torch.optim.SGD(trainable, lr=recipe.learning_rate, momentum=0.9) if recipe.clipped
                  else torch.optim.Adam(trainable, lr=recipe.learning_rate))
     steps = s.epochs * -(-len(labels) // s.batch_size)
+    schedule = s.lr_schedule if recipe.clipped and not recipe.constant_rate else "constant"
     model.train()
     for step, batch in enumerate(_shuffled_batches(len(labels), s)):
-        decaying = recipe.clipped and not recipe.constant_rate
-        set_rate(optimizer, rate_at(recipe.learning_rate, step, steps, s.lr_schedule if decaying else "constant"))
+        set_rate(optimizer, rate_at(recipe.learning_rate, step, steps, schedule))
         if engine is not None:
             for part in batch.split(s.physical_batch_size or len(batch)):
                 engine.accumulate(features[part], labels[part])

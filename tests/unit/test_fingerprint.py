@@ -16,7 +16,7 @@ from privflow.data import fingerprint
 from privflow.data.fingerprint import read_fingerprint, refresh_fingerprint, source_id, write_fingerprint
 from privflow.data.snapshot import ingest_snapshot
 from privflow.errors import DatasetError
-from privflow.project import SPECS, always_run_outputs, stage_entry
+from privflow.project import SPECS, runs_every_time, stage_entry
 from privflow.settings import IngestSettings
 from tests.conftest import ROOT
 
@@ -86,9 +86,9 @@ def test_a_cut_cache_is_only_a_miss(source, vault, tmp_path):
 
 def test_writing_the_same_fingerprint_leaves_the_file_alone(source, vault, tmp_path):
     out = tmp_path / "artifacts" / "d" / "fingerprint.json"
-    assert refresh_fingerprint("d", source, vault, out, tmp_path) is True
+    assert refresh_fingerprint("d", source, vault, out, tmp_path) == (source_id(source, vault), True)
     before = out.stat().st_mtime_ns, out.stat().st_ino
-    assert refresh_fingerprint("d", source, vault, out, tmp_path) is False
+    assert refresh_fingerprint("d", source, vault, out, tmp_path) == (source_id(source, vault), False)
     assert (out.stat().st_mtime_ns, out.stat().st_ino) == before  # DVC need not hash it again
     assert read_fingerprint(out) == {"dataset": "d", "snapshot_id": source_id(source, vault)}
     assert write_fingerprint(out, "d", "hmac-sha256:other") is True
@@ -118,6 +118,6 @@ def test_dvc_sees_the_source_only_through_the_fingerprint():
     assert stage_entry("ingest")["deps"][0] == "artifacts/${key}/fingerprint.json"
 
 
-def test_always_run_outputs_name_the_fingerprint_only(tmp_path):
-    assert always_run_outputs(tmp_path, "fingerprint@churn") == [tmp_path / "artifacts/churn/fingerprint.json"]
-    assert always_run_outputs(tmp_path, "ingest@churn") == []
+def test_only_the_fingerprint_stage_runs_every_time():
+    assert runs_every_time("fingerprint@churn") and not runs_every_time("ingest@churn")
+    assert not runs_every_time("no-such-stage@churn")
