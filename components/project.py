@@ -17,21 +17,22 @@ import yaml
 
 from privflow import catalog as c
 from privflow.codedeps import ROOT, STAGES, stage_code, stage_module
-from privflow.data.fingerprint import FINGERPRINT
+from privflow.data.fingerprint import FINGERPRINTS
 
 CODE_VAR = "privflow_code"
 GENERATED = "# Written by `privflow init` (privflow.project): regenerate it rather than edit it."
 HEADER = f"""{GENERATED}
 # The pipeline DAG: the Prefect flow (privflow.flows.pipeline) reads its stage order from this
-# file and runs each stage through DVC. Every stage runs once per dataset declared under
-# `datasets:` in params.yaml (stage names like `train@churn`); a dataset's entry is a params
-# dependency of its own stages only, so editing one never re-runs another. A stage's code
+# file and runs each stage through DVC. Every stage but `fingerprint` runs once per dataset
+# declared under `datasets:` in params.yaml (stage names like `train@churn`); a dataset's entry
+# is a params dependency of its own stages only, so editing one never re-runs another. A stage's code
 # deps are exactly the files its module imports (found from the source): editing one re-runs
 # the stages that load it and no other.
 """
 
 A, M = f"{c.ARTIFACTS}/${{key}}", f"{c.METRICS}/${{key}}"
 PUBLIC = f"{c.PUBLIC_DATA}/${{key}}"
+FINGERPRINT_FOLDER = f"{c.ARTIFACTS}/{FINGERPRINTS}"
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,17 @@ class StageSpec:
     comment: str = ""
     always_changed: bool = False  # DVC runs it every time: for a stage that must not declare what it reads
     cache: bool = True  # False: its outs stay out of DVC's cache and remote, and DVC leaves them in place
+    per_dataset: bool = True  # a `foreach` over the datasets (`ingest@churn`); else one stage for all
 
 
 CSV_PARAMS = ("ingest.delimiter", "ingest.encoding", "ingest.decimal")
 SPECS = {
     "fingerprint": StageSpec(
-        (("out", f"{A}/{FINGERPRINT}"),), (), (), outs=(f"{A}/{FINGERPRINT}",), always_changed=True, cache=False,
-        comment="the source's keyed id, its only trace in dvc.lock: always run, cheap when nothing changed"),
-    "ingest": StageSpec((("fingerprint", f"{A}/{FINGERPRINT}"), ("out", f"{A}/ingest")), (f"{A}/{FINGERPRINT}",),
-                        ("ingest",), outs=(f"{A}/ingest",)),
+        (("out", FINGERPRINT_FOLDER),), (), (), outs=(FINGERPRINT_FOLDER,), always_changed=True, cache=False,
+        per_dataset=False,
+        comment="each source's keyed id, its only trace in dvc.lock: always run, cheap when nothing changed"),
+    "ingest": StageSpec((("fingerprint", f"{FINGERPRINT_FOLDER}/${{key}}.json"), ("out", f"{A}/ingest")),
+                        (f"{FINGERPRINT_FOLDER}/${{key}}.json",), ("ingest",), outs=(f"{A}/ingest",)),
     "validate": StageSpec(
         (("snapshot", f"{A}/ingest"), ("out", f"{A}/validate"), ("metrics", f"{M}/{c.VALIDATE_METRICS}")),
         (f"{A}/ingest", "${item.schema}"), (*CSV_PARAMS, "validate"), outs=(f"{A}/validate",),
@@ -99,7 +102,7 @@ assert tuple(SPECS) == STAGES
 
 
 def runs_every_time(stage: str) -> bool:
-    """Whether dvc.yaml marks the stage (`fingerprint@churn`) always_changed: DVC runs it on
+    """Whether dvc.yaml marks the stage (`fingerprint`) always_changed: DVC runs it on
     every repro, so that it ran says nothing; only a change in what it records does."""
     spec = SPECS.get(stage.partition("@")[0])
     return spec is not None and spec.always_changed
@@ -115,14 +118,15 @@ def code_root(project: Path) -> str:
 
 def _command(stage: str, spec: StageSpec) -> str:
     options = " ".join(f"--{name} {path}" for name, path in spec.paths)
-    return f"python -m {stage_module(stage)} --dataset ${{key}} {options}"
+    return f"python -m {stage_module(stage)} {'--dataset ${key} ' if spec.per_dataset else ''}{options}"
 
 
 def stage_entry(stage: str) -> dict:
     spec = SPECS[stage]
     entry = {"cmd": _command(stage, spec),
-             "deps": [*spec.deps, *(f"${{{CODE_VAR}}}/{path}" for path in stage_code(stage))],
-             "params": ["datasets.${key}", *spec.params]}
+             "deps": [*spec.deps, *(f"${{{CODE_VAR}}}/{path}" for path in stage_code(stage))]}
+    if spec.per_dataset or spec.params:
+        entry["params"] = [*(["datasets.${key}"] if spec.per_dataset else []), *spec.params]
     if spec.outs:
         entry["outs"] = [out if spec.cache else {out: {"cache": False, "persist": True}} for out in spec.outs]
     if spec.metrics:
@@ -139,7 +143,8 @@ def render_dvc_yaml(code: str) -> str:
     lines = [HEADER, "vars:", f"  - {CODE_VAR}: {code}", "", "stages:"]
     for stage in STAGES:
         comment = f"  # {SPECS[stage].comment}" if SPECS[stage].comment else ""
-        body = yaml.safe_dump({"foreach": "${datasets}", "do": stage_entry(stage)}, sort_keys=False, width=10_000)
+        entry = {"foreach": "${datasets}", "do": stage_entry(stage)} if SPECS[stage].per_dataset else stage_entry(stage)
+        body = yaml.safe_dump(entry, sort_keys=False, width=10_000)
         lines.append(f"  {stage}:{comment}")
         lines.extend("    " + line for line in body.splitlines())
         lines.append("")
@@ -151,8 +156,9 @@ def declared_code(dvc_yaml: Path) -> tuple[str | None, dict[str, list[str]]]:
     document = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}
     root = next((v[CODE_VAR] for v in document.get("vars", []) if isinstance(v, dict) and CODE_VAR in v), None)
     prefix = f"${{{CODE_VAR}}}/"
-    stages = {name: sorted(d.removeprefix(prefix) for d in stage.get("do", {}).get("deps", []) if d.startswith(prefix))
-              for name, stage in document.get("stages", {}).items()}
+    entries = {name: stage.get("do", stage) for name, stage in document.get("stages", {}).items()}  # foreach or not
+    stages = {name: sorted(d.removeprefix(prefix) for d in entry.get("deps", []) if d.startswith(prefix))
+              for name, entry in entries.items()}
     return root, stages
 
 

@@ -95,10 +95,12 @@ class StageBoard:
         return f"[{colour}]{row.state}{took}[/{colour}]"
 
     def table(self) -> Table:
-        """A row per stage, a column per dataset: stages are few and fixed, datasets are the user's."""
+        """A row per stage, a column per dataset: stages are few and fixed, datasets are the user's.
+        A stage shared by every dataset (`fingerprint`) shows its one state in each column."""
         kinds = list(dict.fromkeys(stage.partition("@")[0] for stage in self.stages))
-        datasets = list(dict.fromkeys(stage.partition("@")[2] for stage in self.stages))
+        datasets = list(dict.fromkeys(stage.partition("@")[2] for stage in self.stages if "@" in stage))
         table = Table("stage", *datasets)
         for kind in kinds:
-            table.add_row(kind, *(self.cell(f"{kind}@{dataset}") for dataset in datasets))
+            shared = kind in self.rows
+            table.add_row(kind, *(self.cell(kind if shared else f"{kind}@{dataset}") for dataset in datasets))
         return table

@@ -144,16 +144,18 @@ def text_model_in(root: Path, datasets: list[str] | None) -> bool:
 
 
 def _run_stages(root: str, datasets: list[str] | None, side_by_side: bool = False) -> dict[str, bool]:
-    stages = [s for s in stage_order(Path(root)) if datasets is None or dataset_of(s) in datasets]
-    if datasets is not None and (unknown := set(datasets) - {dataset_of(s) for s in stages}):
+    order = stage_order(Path(root))
+    shared = [s for s in order if not dataset_of(s)]  # the fingerprints: every dataset's, taken first
+    stages = [s for s in order if dataset_of(s) and (datasets is None or dataset_of(s) in datasets)]
+    names = list(dict.fromkeys(dataset_of(s) for s in stages))
+    if datasets is not None and (unknown := set(datasets) - set(names)):
         raise PrivflowError(f"no stages for dataset(s) {sorted(unknown)}: declare them under `datasets:` "
                             "in params.yaml")
-    for dataset in dict.fromkeys(dataset_of(s) for s in stages):
+    for dataset in names:
         ensure_public_folder(Path(root), dataset)
+    ran = {stage: run_stage(root, stage) for stage in shared}
     if side_by_side:
-        chains = [run_dataset_stages.submit(root, [s for s in stages if dataset_of(s) == name])
-                  for name in dict.fromkeys(dataset_of(s) for s in stages)]
-        ran = {}
+        chains = [run_dataset_stages.submit(root, [s for s in stages if dataset_of(s) == name]) for name in names]
         for chain in chains:
             worker, done = chain.result()
             for stage, did in done.items():  # the worker's own announcements stayed in its process
@@ -163,7 +165,7 @@ def _run_stages(root: str, datasets: list[str] | None, side_by_side: bool = Fals
             say(said)
             ran.update(done)
     else:
-        ran = {stage: run_stage(root, stage) for stage in stages}
-    for dataset in dict.fromkeys(dataset_of(s) for s in stages):
+        ran.update({stage: run_stage(root, stage) for stage in stages})
+    for dataset in names:
         publish_report(root, dataset)
     return ran

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from privflow.catalog import DATASET
-from privflow.data.fingerprint import FINGERPRINT
+from privflow.data.fingerprint import is_fingerprint
 from privflow.errors import PrivflowError
 from privflow.flows.stages import Dag, read_dag
 from privflow.project import declared_code
@@ -53,9 +53,9 @@ def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset()) 
                 said += [f"param {name} {what}" for name, what in change.items()]
             elif prefix and path.startswith(prefix):
                 said.append(f"privflow code {path.removeprefix(prefix)} {change}")
-            elif Path(path).name == FINGERPRINT:  # the source, as DVC sees it (privflow.data.fingerprint)
+            elif is_fingerprint(path):  # the source, as DVC sees it (privflow.data.fingerprint)
                 said.append("the source changed" if path in recorded else
-                            "the source is now seen through its keyed fingerprint (once, after an upgrade)")
+                            f"the source is now seen through its keyed fingerprint, {path} (once, after an upgrade)")
             else:
                 said.append(f"{path} {change}")
         said += [f"output {path} {change}" for path, change in entry.get("changed outs", {}).items()]

@@ -68,7 +68,7 @@ def read_dag(root: Path, with_status: bool = False) -> Dag:
         known = _READ.get(root.resolve())
         if not with_status and known and known[0] == made_of:
             return known[1]
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        graph = _graph(root, repo)
         ordered = reversed(list(nx.lexicographical_topological_sort(graph, key=str)))
         order = [stage.name for stage in ordered if isinstance(stage, PipelineStage)]
         outputs = {stage.name: [Path(out.fs_path) for out in stage.outs]
@@ -82,20 +82,35 @@ def read_dag(root: Path, with_status: bool = False) -> Dag:
     return Dag(order, outputs, readers, stale) if with_status else _READ[root.resolve()][1]
 
 
-FINGERPRINTS = "fingerprint@"  # the stages privflow.data.fingerprint can bring up to date in process
+def _graph(root: Path, repo: Repo) -> nx.DiGraph:
+    """DVC's stage graph (edges point from a stage to the stages it depends on); a dataset named
+    like the fingerprints' folder would write inside it, and is refused in words."""
+    from dvc.exceptions import OverlappingOutputPathsError
+
+    from privflow.data.fingerprint import FINGERPRINTS
+
+    try:
+        return repo.index.graph
+    except OverlappingOutputPathsError as error:
+        if f"{FINGERPRINTS}@" not in str(error) and f"@{FINGERPRINTS}" not in str(error):
+            raise
+        raise PrivflowError(f"{root / 'params.yaml'}: a dataset may not be called '{FINGERPRINTS}' "
+                            f"(artifacts/{FINGERPRINTS}/ holds every dataset's fingerprint); rename it") from None
+
+
+FINGERPRINT_STAGE = "fingerprint"  # the one stage that takes every dataset's fingerprint (privflow.data.fingerprint)
 
 
 def _status(root: Path, repo: Repo, outputs: dict[str, list[Path]]) -> dict[str, list]:
     """DVC's status of each out-of-date stage, once the sources' fingerprints are up to date.
-    DVC calls a fingerprint stage changed every time (it must, having no dep it may hash); with
-    its output refreshed first, whether the source changed shows where it matters, as ingest's
-    changed dep, and the fingerprint stage itself is left out."""
+    DVC calls the fingerprint stage changed every time (it must, having no dep it may hash);
+    with its output refreshed first, whether a source changed shows where it matters, as that
+    dataset's ingest's changed dep, and the fingerprint stage itself is left out."""
     from privflow.data.fingerprint import refresh_fingerprints
 
-    fingerprints = {dataset_of(name): paths[0] for name, paths in outputs.items() if name.startswith(FINGERPRINTS)}
-    settled = {FINGERPRINTS + dataset for dataset in refresh_fingerprints(root, fingerprints)}
+    settled = FINGERPRINT_STAGE in outputs and refresh_fingerprints(root, outputs[FINGERPRINT_STAGE][0])
     stale = {name.split(":")[-1]: entries for name, entries in repo.status().items()}
-    return {name: entries for name, entries in stale.items() if name not in settled}
+    return {name: entries for name, entries in stale.items() if not (settled and name == FINGERPRINT_STAGE)}
 
 
 def _recorded_outputs(repo: Repo, target: str) -> list:
@@ -206,8 +221,14 @@ def stage_outputs(root: Path, stage: str) -> list[Path]:
 
 
 def dataset_of(stage: str) -> str:
-    """`train@churn` -> `churn`: dvc.yaml runs every stage once per dataset."""
+    """`train@churn` -> `churn`: dvc.yaml runs every stage once per dataset, but one for all
+    (`fingerprint` -> "")."""
     return stage.partition("@")[2]
+
+
+def stages_for(order: list[str], datasets: list[str]) -> list[str]:
+    """The stages a run of `datasets` goes through: theirs, and the ones shared by every dataset."""
+    return [stage for stage in order if dataset_of(stage) in ("", *datasets)]
 
 
 def reports_dir(root: Path, dataset: str) -> Path:

@@ -1,24 +1,28 @@
-"""Stage `fingerprint`: the source's keyed snapshot id, the only thing of it dvc.lock records.
+"""Stage `fingerprint`: every source's keyed snapshot id, the only thing of it dvc.lock records.
 
 DVC runs it on every `dvc repro` (it has no deps, and dvc.yaml marks it always_changed) and
-re-runs ingest only when the id it writes changes: so a changed source is noticed as before,
-while dvc.lock, which teams commit, holds a digest of this file and never one of the private
-bytes (privflow.data.fingerprint says why). Unchanged files are not read again.
+re-runs a dataset's ingest only when the id written for it changes: so a changed source is
+noticed as before, while dvc.lock, which teams commit, holds a digest of this file and never
+one of the private bytes (privflow.data.fingerprint says why, and why one stage serves every
+dataset). Unchanged files are not read again.
 """
 
 from __future__ import annotations
 
-from privflow.artifacts import open_vault, stage_paths
-from privflow.data.fingerprint import refresh_fingerprint
+import argparse
+from pathlib import Path
+
+from privflow.data.fingerprint import take_fingerprints
 from privflow.errors import run_stage
-from privflow.settings import load_settings
 
 
 def main() -> None:
-    args = stage_paths(__doc__, "out")
-    settings = load_settings(args.dataset)
-    keyed, changed = refresh_fingerprint(settings.dataset.name, settings.ingest.source, open_vault(), args.out)
-    print(f"fingerprint: source {'changed' if changed else 'unchanged'}, snapshot {keyed[:19]}")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="the folder of the fingerprints, one file a dataset")
+    args = parser.parse_args()
+    news = take_fingerprints(Path("."), args.out)
+    for dataset, said in news.items():
+        print(f"fingerprint of {dataset}: source {said}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ def main() -> None:
     if not fingerprint:
         raise DatasetError(f"{args.fingerprint}: missing or unreadable; it is the fingerprint stage's output "
                            f"(`dvc repro ingest@{args.dataset}` runs that stage first)")
+    if "unavailable" in fingerprint:  # the fingerprint stage could not read the source, and says why
+        raise DatasetError(fingerprint["unavailable"])
     manifest = ingest_snapshot(settings.dataset.name, settings.ingest, open_vault(), args.out, schema,
                                expected_id=fingerprint["snapshot_id"])
     print(f"ingest: {manifest.rows} rows, {manifest.header_fields} columns"

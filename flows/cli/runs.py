@@ -53,7 +53,7 @@ def run(root: Path = Path("."),
     from privflow.flows.run_output import summary
     from privflow.flows.cli.plan_view import announce_code_spending, show_plan
     from privflow.flows.plan import stale_stages
-    from privflow.flows.stages import read_dag
+    from privflow.flows.stages import read_dag, stages_for
     from privflow.preflight import check_dataset
     from privflow.project import refresh_dvc_yaml
     from privflow.settings import dataset_names, load_settings
@@ -82,8 +82,7 @@ def run(root: Path = Path("."),
         if spends and not yes and sys.stdin.isatty() and not typer.confirm(
                 f"spend privacy budget in {len(spends)} train stage(s)?", default=True):
             raise typer.Exit(1)
-        ran = run_flow(root, dataset or None, [s for s in dag.order if s.partition("@")[2] in chosen],
-                       workers, dask_address, verbose, server)
+        ran = run_flow(root, dataset or None, stages_for(dag.order, chosen), workers, dask_address, verbose, server)
     else:  # nothing stale: like a build tool's no-op, no flow run (Prefect is not even started)
         ran = set()
     if not ran:

@@ -63,10 +63,12 @@ def pipeline_run(tmp_path_factory):
 def test_flow_runs_every_stage_and_writes_the_report(pipeline_run):
     workspace, result = pipeline_run
     order = stage_order(workspace.repo)
-    assert sorted(order) == sorted(f"{s}@{d}" for s in STAGES for d in DATASETS)
+    # one fingerprint stage for every dataset, then each dataset's own stages
+    assert sorted(order) == sorted(["fingerprint", *(f"{s}@{d}" for s in STAGES[1:] for d in DATASETS)])
     for dataset in DATASETS:  # each dataset's stages in DAG order
+        named = {stage: stage if stage == "fingerprint" else f"{stage}@{dataset}" for stage in STAGES}
         for first, then in BEFORE:
-            assert order.index(f"{first}@{dataset}") < order.index(f"{then}@{dataset}")
+            assert order.index(named[first]) < order.index(named[then])
     report = (workspace.reports() / "report.html").read_text()
     for section in ("Privacy statement", "Data validation", "Compression", "Privacy budget ledger", "Lineage"):
         assert section in report
@@ -158,11 +160,11 @@ def test_no_plaintext_leaves_memory(pipeline_run):
 
 
 def test_second_repro_runs_nothing_and_charges_nothing(pipeline_run):
-    """Only the fingerprints are taken again (DVC runs them every time); they find the sources
-    unchanged, so ingest and all after it are skipped."""
+    """Only the fingerprints are taken again, by their one stage (DVC runs it every time); they
+    find the sources unchanged, so ingest and all after it are skipped."""
     workspace, _ = pipeline_run
     result = workspace.run("dvc", "repro", check=True)
-    assert stages_ran(result.stdout) == {f"fingerprint@{d}" for d in DATASETS}
+    assert stages_ran(result.stdout) == {"fingerprint"}
     assert all(f"Stage 'ingest@{d}' didn't change, skipping" in result.stdout for d in DATASETS)
     assert workspace.out_of_date() == set()
     with sqlite3.connect(workspace.ledger) as db:
@@ -186,8 +188,8 @@ def test_the_repository_holds_no_digest_or_size_of_the_private_source(pipeline_r
     assert not {dep["size"] for dep in recorded} & {path.stat().st_size for path in sources}
     for dataset in DATASETS:
         ingest_deps = [dep["path"] for dep in lock["stages"][f"ingest@{dataset}"]["deps"]]
-        assert f"artifacts/{dataset}/fingerprint.json" in ingest_deps
-        fingerprint = json.loads((workspace.repo / "artifacts" / dataset / "fingerprint.json").read_text())
+        assert f"artifacts/fingerprints/{dataset}.json" in ingest_deps
+        fingerprint = json.loads((workspace.repo / "artifacts" / "fingerprints" / f"{dataset}.json").read_text())
         manifest = json.loads((workspace.artifacts("ingest", dataset) / "manifest.json").read_text())
         assert fingerprint == {"dataset": dataset, "snapshot_id": manifest["snapshot_id"]}
 
@@ -216,7 +218,7 @@ def test_rotation_and_forced_reencrypt_leave_dvc_status_clean(pipeline_run):
     assert forced.stdout.count("Running stage") == 3 * len(DATASETS)
     assert (workspace.repo / "dvc.lock").read_text() == lock_before  # every tracked hash unchanged
     assert workspace.out_of_date() == set()
-    assert all(s.startswith("fingerprint@") for s in stages_ran(workspace.run("dvc", "repro", check=True).stdout))
+    assert stages_ran(workspace.run("dvc", "repro", check=True).stdout) == {"fingerprint"}
 
 
 def test_report_renders_in_chromium_without_errors(pipeline_run):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from privflow.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
@@ -20,9 +22,13 @@ def test_missing_source_names_the_file_and_writes_nothing(workspace):
     result = workspace.run("privflow", "run")
     assert result.returncode != 0
     assert str(workspace.source) in result.stdout + result.stderr
-    assert not (workspace.repo / "artifacts").exists()
+    # only the fingerprint, which says why the source cannot be read: no snapshot, no data
+    written = [path.relative_to(workspace.repo).as_posix() for path in (workspace.repo / "artifacts").rglob("*")]
+    assert written == ["artifacts/fingerprints", "artifacts/fingerprints/breast_cancer.json"]
+    fingerprint = json.loads((workspace.repo / "artifacts" / "fingerprints" / "breast_cancer.json").read_text())
+    assert set(fingerprint) == {"dataset", "unavailable"} and str(workspace.source) in fingerprint["unavailable"]
     output = " ".join((result.stdout + result.stderr).split())
-    assert "next: fix what stage fingerprint@breast_cancer said above (full output: .privflow/logs/" in output
+    assert "next: fix what stage ingest@breast_cancer said above (full output: .privflow/logs/" in output
     assert "then `privflow run -d breast_cancer` again" in output
     said = result.stderr.splitlines()[0]  # the stage's own words first, from the run's log
     assert said.startswith("privflow: ") and str(workspace.source) in said, result.stderr
@@ -128,7 +134,7 @@ def test_a_folder_of_gzip_csv_and_parquet_runs_through_dvc(workspace):
     assert manifest["files"] == ["part-1.csv.gz", "part-2.parquet"] and manifest["rows"] == 568
     validation = json.loads(workspace.metrics("validate").read_text())
     assert (validation["rows_in"], validation["rows_valid"]) == (568, 561)
-    assert stages_ran(workspace.run("dvc", "repro", "encrypt", check=True).stdout) == {"fingerprint@breast_cancer"}
+    assert stages_ran(workspace.run("dvc", "repro", "encrypt", check=True).stdout) == {"fingerprint"}
 
 
 def test_quarantine_command_names_file_row_column_and_hides_values(workspace):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,20 @@ def test_help_says_what_happens_with_several_datasets(command, says):
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and says in " ".join(result.output.split())
     assert "the only one" not in result.output
+
+
+def test_a_dataset_named_like_the_fingerprints_folder_is_refused_in_words(tmp_path):
+    """Its outputs would sit inside artifacts/fingerprints/, the one stage's output for every
+    dataset: DVC itself only says that two outputs overlap."""
+    import yaml
+
+    env = {**os.environ, KEYRING_ENV: str(tmp_path / "keyring.json"), "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([PRIVFLOW, "init"], cwd=tmp_path, env=env, capture_output=True, check=True)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["datasets"] = {"fingerprints": {"source": "data/source/x.csv", "schema": "schemas/example.yaml"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([PRIVFLOW, "status"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0 and "a dataset may not be called 'fingerprints'" in output and "rename it" in output
+    assert "Traceback" not in output

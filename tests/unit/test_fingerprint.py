@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ import yaml
 from privflow.crypto.keys import Keyring
 from privflow.crypto.vault import Vault
 from privflow.data import fingerprint
-from privflow.data.fingerprint import read_fingerprint, refresh_fingerprint, source_id, write_fingerprint
+from privflow.data.fingerprint import read_fingerprint, source_id, take_fingerprints
 from privflow.data.snapshot import ingest_snapshot
 from privflow.errors import DatasetError
 from privflow.project import SPECS, runs_every_time, stage_entry
@@ -84,14 +85,47 @@ def test_a_cut_cache_is_only_a_miss(source, vault, tmp_path):
     assert source_id(source, vault, cache) == first
 
 
-def test_writing_the_same_fingerprint_leaves_the_file_alone(source, vault, tmp_path):
-    out = tmp_path / "artifacts" / "d" / "fingerprint.json"
-    assert refresh_fingerprint("d", source, vault, out, tmp_path) == (source_id(source, vault), True)
-    before = out.stat().st_mtime_ns, out.stat().st_ino
-    assert refresh_fingerprint("d", source, vault, out, tmp_path) == (source_id(source, vault), False)
-    assert (out.stat().st_mtime_ns, out.stat().st_ino) == before  # DVC need not hash it again
-    assert read_fingerprint(out) == {"dataset": "d", "snapshot_id": source_id(source, vault)}
-    assert write_fingerprint(out, "d", "hmac-sha256:other") is True
+def _project(tmp_path, datasets: dict) -> Path:
+    """A project whose params.yaml is this repository's, with `datasets` declared instead."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"] = {name: {**entry, "schema": "schemas/test.yaml"} for name, entry in datasets.items()}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def test_one_taking_writes_every_datasets_fingerprint_and_rewrites_only_a_changed_one(source, vault, tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_bytes(b"id,age\nQ-1,33\n")
+    # "other.csv": a relative source is the project's
+    project = _project(tmp_path, {"d": {"source": str(source)}, "e": {"source": "other.csv"}})
+    folder = tmp_path / "artifacts" / "fingerprints"
+    assert take_fingerprints(project, folder, vault) == {"d": "changed", "e": "changed"}
+    assert read_fingerprint(folder / "d.json") == {"dataset": "d", "snapshot_id": source_id(source, vault)}
+    assert read_fingerprint(folder / "e.json") == {"dataset": "e", "snapshot_id": source_id(other, vault)}
+    before = {path.name: (path.stat().st_mtime_ns, path.stat().st_ino) for path in folder.iterdir()}
+    other.write_bytes(b"id,age\nQ-1,34\n")
+    assert take_fingerprints(project, folder, vault) == {"d": "unchanged", "e": "changed"}
+    d = folder / "d.json"
+    assert (d.stat().st_mtime_ns, d.stat().st_ino) == before["d.json"]  # left alone: DVC need not hash it again
+    assert read_fingerprint(folder / "e.json")["snapshot_id"] == source_id(other, vault)
+
+
+def test_a_source_that_cannot_be_read_is_said_in_its_fingerprint_and_stops_no_other(source, vault, tmp_path):
+    project = _project(tmp_path, {"d": {"source": str(source)}, "gone": {"source": "nowhere/export.csv"}})
+    folder = tmp_path / "artifacts" / "fingerprints"
+    news = take_fingerprints(project, folder, vault)
+    assert news["d"] == "changed" and news["gone"].startswith("unavailable: ") and "source not found" in news["gone"]
+    said = read_fingerprint(folder / "gone.json")
+    assert set(said) == {"dataset", "unavailable"} and "nowhere/export.csv" in said["unavailable"]
+    assert read_fingerprint(folder / "d.json")["snapshot_id"] == source_id(source, vault)
+
+
+def test_a_dataset_no_longer_declared_loses_its_fingerprint(source, vault, tmp_path):
+    folder = tmp_path / "artifacts" / "fingerprints"
+    take_fingerprints(_project(tmp_path, {"d": {"source": str(source)}, "old": {"source": str(source)}}), folder, vault)
+    (folder / "d.json.partial").write_text("{")  # a killed write's leftover
+    take_fingerprints(_project(tmp_path, {"d": {"source": str(source)}}), folder, vault)
+    assert sorted(path.name for path in folder.iterdir()) == ["d.json"]
 
 
 def test_ingest_refuses_bytes_that_are_not_the_fingerprinted_ones(source, vault, tmp_path):
@@ -106,18 +140,20 @@ def test_ingest_refuses_bytes_that_are_not_the_fingerprinted_ones(source, vault,
 
 def test_dvc_sees_the_source_only_through_the_fingerprint():
     """In dvc.yaml the fingerprint stage has no data dep (DVC would record its MD5 and size in
-    dvc.lock) and DVC runs it every time; ingest depends on its output, not on the source."""
+    dvc.lock) and DVC runs it every time, once for every dataset; each ingest depends on its
+    dataset's file in the stage's output, not on the source."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    taken, ingest = stages["fingerprint"]["do"], stages["ingest"]["do"]
-    assert taken["always_changed"] is True
+    taken, ingest = stages["fingerprint"], stages["ingest"]["do"]
+    assert "foreach" not in taken and taken["always_changed"] is True and "params" not in taken
     assert [d for d in taken["deps"] if not d.startswith("${privflow_code}/")] == []
-    assert taken["outs"] == [{"artifacts/${key}/fingerprint.json": {"cache": False, "persist": True}}]
-    assert "artifacts/${key}/fingerprint.json" in ingest["deps"]
-    assert not any("${item.source}" in str(d) for stage in stages.values() for d in stage["do"]["deps"])
+    assert taken["outs"] == [{"artifacts/fingerprints": {"cache": False, "persist": True}}]
+    assert "--dataset" not in taken["cmd"]
+    assert "artifacts/fingerprints/${key}.json" in ingest["deps"]
+    assert not any("${item.source}" in str(d) for stage in stages.values() for d in stage.get("do", stage)["deps"])
     assert [name for name, spec in SPECS.items() if spec.always_changed] == ["fingerprint"]
-    assert stage_entry("ingest")["deps"][0] == "artifacts/${key}/fingerprint.json"
+    assert stage_entry("ingest")["deps"][0] == "artifacts/fingerprints/${key}.json"
 
 
 def test_only_the_fingerprint_stage_runs_every_time():
-    assert runs_every_time("fingerprint@churn") and not runs_every_time("ingest@churn")
+    assert runs_every_time("fingerprint") and not runs_every_time("ingest@churn")
     assert not runs_every_time("no-such-stage@churn")

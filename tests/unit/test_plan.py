@@ -22,10 +22,12 @@ def test_a_stage_never_run_says_so():
 
 
 def test_a_changed_fingerprint_is_said_as_the_source_or_as_the_upgrade_that_added_it():
-    status = [{"changed deps": {"artifacts/x/fingerprint.json": "modified"}}]
-    assert _reasons(status, "components", {"artifacts/x/fingerprint.json"}) == ["the source changed"]
-    assert _reasons(status, "components", {"data/source/x.csv"}) == [
-        "the source is now seen through its keyed fingerprint (once, after an upgrade)"]
+    status = [{"changed deps": {"artifacts/fingerprints/x.json": "modified"}}]
+    assert _reasons(status, "components", {"artifacts/fingerprints/x.json"}) == ["the source changed"]
+    upgrade = ["the source is now seen through its keyed fingerprint, artifacts/fingerprints/x.json "
+               "(once, after an upgrade)"]
+    assert _reasons(status, "components", {"data/source/x.csv"}) == upgrade  # from the source itself
+    assert _reasons(status, "components", {"artifacts/x/fingerprint.json"}) == upgrade  # from one stage a dataset
 
 
 def test_a_first_run_says_never_run_once_for_datasets_with_the_same_stages():

@@ -56,6 +56,16 @@ def test_the_live_table_shows_a_running_train_with_its_epoch_and_epsilon(tmp_pat
     assert [c.header for c in table.columns] == ["stage", "churn", "digits"] and table.row_count == 2
 
 
+def test_the_stage_every_dataset_shares_shows_its_one_state_under_each_dataset():
+    board = StageBoard(["fingerprint", *STAGES], io.StringIO(), live=False)
+    board.update("fingerprint", RUNNING)
+    board.update("fingerprint", UP_TO_DATE)
+    table = board.table()
+    assert [c.header for c in table.columns] == ["stage", "churn", "digits"] and table.row_count == 3
+    first_row = [list(column.cells)[0] for column in table.columns]
+    assert first_row == ["fingerprint", "[dim]up to date[/dim]", "[dim]up to date[/dim]"]
+
+
 def test_progress_is_written_only_when_a_run_asks_for_it(tmp_path, monkeypatch):
     monkeypatch.delenv(PROGRESS_DIR_ENV, raising=False)
     report_progress("train@churn", epoch=1, epochs=5, epsilon=0.5)  # plain `dvc repro`: nowhere
