@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from privflow.catalog import DATASET
-from privflow.data.fingerprint import is_fingerprint
+from privflow.data.fingerprint import is_fingerprint, unreadable
 from privflow.errors import PrivflowError
 from privflow.flows.stages import Dag, read_dag
 from privflow.project import declared_code
@@ -39,9 +39,9 @@ def _changed_code(entries: list, code: str | None) -> tuple[str, ...]:
                         for path in entry.get("changed deps", {}) if path.startswith(prefix)))
 
 
-def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset()) -> list[str]:
+def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset(), root: Path = Path(".")) -> list[str]:
     """DVC's status of one stage, in words: which deps, params, outputs or command changed
-    (`recorded`: the deps dvc.lock holds for it)."""
+    (`recorded`: the deps dvc.lock holds for it; `root`: the project DVC's paths are under)."""
     prefix = f"{Path(code)}/" if code else None
     said = []
     for entry in entries:
@@ -53,6 +53,8 @@ def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset()) 
                 said += [f"param {name} {what}" for name, what in change.items()]
             elif prefix and path.startswith(prefix):
                 said.append(f"privflow code {path.removeprefix(prefix)} {change}")
+            elif is_fingerprint(path) and (why := unreadable(root / path)):  # ingest will refuse with it
+                said.append(f"its source cannot be read ({why})")
             elif is_fingerprint(path):  # the source, as DVC sees it (privflow.data.fingerprint)
                 said.append("the source changed" if path in recorded else
                             f"the source is now seen through its keyed fingerprint, {path} (once, after an upgrade)")
@@ -87,8 +89,8 @@ def stale_stages(root: Path, datasets: list[str], dag: Dag | None = None) -> lis
     for stage in wanted:
         if stage in dag.stale:
             if stage in locked:
-                planned.append(PlannedStage(stage, "; ".join(_reasons(dag.stale[stage], code, locked[stage])), True,
-                                            code_files=_changed_code(dag.stale[stage], code)))
+                why = "; ".join(_reasons(dag.stale[stage], code, locked[stage], root))
+                planned.append(PlannedStage(stage, why, True, code_files=_changed_code(dag.stale[stage], code)))
             else:  # every dep of a stage that never ran counts as changed: none is news
                 planned.append(PlannedStage(stage, "never run", True))
             running.add(stage)

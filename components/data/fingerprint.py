@@ -90,6 +90,12 @@ def read_fingerprint(path: Path) -> dict | None:
         return None
 
 
+def unreadable(path: Path) -> str | None:
+    """Why the source of the fingerprint at `path` could not be read when it was taken, if it could not."""
+    document = read_fingerprint(path)
+    return document.get("unavailable") if isinstance(document, dict) else None
+
+
 def _fingerprint(project: Path, dataset: str, vault: Vault) -> dict:
     """One dataset's fingerprint: its id, or why its source (or its settings) cannot be read."""
     try:

@@ -197,6 +197,14 @@ def test_plain_dvc_repro_sees_a_changed_source_through_its_fingerprint_alone(pro
     root, env = project["path"], project["env"]
     source = root / "data" / "source" / "breast_cancer.csv"
     original = source.read_bytes()
+    source.rename(source.with_name("moved.csv"))  # gone: its fingerprint says why, and so does the plan
+    try:
+        planned = " ".join(_sh(["privflow", "run", "--plan"], root, env).stdout.split())
+        assert "plan: ingest@breast_cancer runs: its source cannot be read (" in planned, planned
+        assert "breast_cancer.csv: source not found" in planned
+    finally:
+        source.with_name("moved.csv").rename(source)
+    assert "ingest" not in _sh(["privflow", "status"], root, env).stdout  # back: the same id, nothing to run
     lines = original.decode().splitlines(keepends=True)
     source.write_text("".join(lines[:-1]))  # the export lost its last record
     try:

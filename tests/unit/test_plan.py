@@ -30,6 +30,15 @@ def test_a_changed_fingerprint_is_said_as_the_source_or_as_the_upgrade_that_adde
     assert _reasons(status, "components", {"artifacts/x/fingerprint.json"}) == upgrade  # from one stage a dataset
 
 
+def test_a_fingerprint_that_says_its_source_cannot_be_read_is_said_with_the_reason(tmp_path):
+    folder = tmp_path / "artifacts" / "fingerprints"
+    folder.mkdir(parents=True)
+    (folder / "x.json").write_text('{"dataset": "x", "unavailable": "data/x.csv: source not found; set ..."}')
+    status = [{"changed deps": {"artifacts/fingerprints/x.json": "modified"}}]
+    assert _reasons(status, "components", {"artifacts/fingerprints/x.json"}, tmp_path) == [
+        "its source cannot be read (data/x.csv: source not found; set ...)"]
+
+
 def test_a_first_run_says_never_run_once_for_datasets_with_the_same_stages():
     from privflow.flows.cli.plan_view import never_run_lines
     from privflow.flows.plan import PlannedStage
