@@ -15,9 +15,9 @@ def show_plan(root: Path, stale: list, dag) -> list:
     planned = with_spending(root, stale, dag)
     if not planned:
         console.print("plan: every stage is up to date; nothing runs, nothing is spent", highlight=False)
-    for line in never_run_lines(planned):
+    for line in grouped_lines(planned):
         console.print(line, highlight=False)
-    for item in (p for p in planned if p.why != "never run" or p.epsilon is not None):
+    for item in (p for p in planned if not _grouped(p)):
         spend = ""
         if item.epsilon is not None:
             spend = (f"; spends {'' if item.exact else 'up to '}epsilon {item.epsilon:.3f} of budget {item.budget}, "
@@ -26,17 +26,31 @@ def show_plan(root: Path, stale: list, dag) -> list:
     return planned
 
 
-def never_run_lines(planned: list) -> list[str]:
-    """A first run: the stages that never ran and spend nothing, one line for all the datasets
-    that share the same list of them (the demo's five: one line, not five)."""
-    never: dict[str, list[str]] = {}
+NEVER_RUN = "run: never run"
+MAY_RUN = "may run: if the stages before them write new outputs"
+
+
+def _grouped(item) -> str | None:
+    """Which shared line a stage that spends nothing is said in: never run, or runs only if a
+    stage upstream writes new outputs (e.g. after an upgrade that re-runs ingest). Stages that
+    run for a reason of their own, and every train, keep a line each."""
+    if item.epsilon is not None:
+        return None
+    return NEVER_RUN if item.why == "never run" else MAY_RUN if not item.certain else None
+
+
+def grouped_lines(planned: list) -> list[str]:
+    """The stages that spend nothing and never ran, or may run only because of a stage before
+    them: one line for all the datasets that share the same list of them (a first run of the
+    demo's five: one line, not 35)."""
+    lists: dict[tuple[str, str], list[str]] = {}
     for item in planned:
-        if item.why == "never run" and item.epsilon is None:
-            never.setdefault(item.stage.partition("@")[2], []).append(item.stage.partition("@")[0])
-    shared: dict[tuple[str, ...], list[str]] = {}
-    for name, stages in never.items():
-        shared.setdefault(tuple(stages), []).append(name)
-    return [f"plan: {', '.join(stages)} of {', '.join(names)} run: never run" for stages, names in shared.items()]
+        if said := _grouped(item):
+            lists.setdefault((said, item.stage.partition("@")[2]), []).append(item.stage.partition("@")[0])
+    shared: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for (said, name), stages in lists.items():
+        shared.setdefault((said, tuple(stages)), []).append(name)
+    return [f"plan: {', '.join(stages)} of {', '.join(names)} {said}" for (said, stages), names in shared.items()]
 
 
 def announce_code_spending(root: Path, planned: list) -> None:

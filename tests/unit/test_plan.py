@@ -39,12 +39,19 @@ def test_a_fingerprint_that_says_its_source_cannot_be_read_is_said_with_the_reas
         "its source cannot be read (data/x.csv: source not found; set ...)"]
 
 
-def test_a_first_run_says_never_run_once_for_datasets_with_the_same_stages():
-    from privflow.flows.cli.plan_view import never_run_lines
+def test_stages_that_spend_nothing_are_said_once_for_datasets_with_the_same_stages():
+    """Never run, or may run only because a stage before them does: one line for the datasets
+    that share the list; a stage that runs for its own reason, and every train, keep their own."""
+    from privflow.flows.cli.plan_view import grouped_lines
     from privflow.flows.plan import PlannedStage
 
     planned = [PlannedStage(f"{stage}@{name}", "never run", True)
                for name in ("a", "b") for stage in ("ingest", "report")]
     planned += [PlannedStage("ingest@c", "never run", True), PlannedStage("train@a", "never run", True, epsilon=3.0)]
-    assert never_run_lines(planned) == ["plan: ingest, report of a, b run: never run",
-                                        "plan: ingest of c run: never run"]
+    planned += [PlannedStage(f"{stage}@{name}", f"if the outputs of ingest@{name} change", False)
+                for name in ("d", "e") for stage in ("validate", "encrypt")]
+    planned += [PlannedStage("ingest@d", "the source changed", True),
+                PlannedStage("train@d", "if the outputs of encrypt@d change", False, epsilon=3.0)]
+    assert grouped_lines(planned) == [
+        "plan: ingest, report of a, b run: never run", "plan: ingest of c run: never run",
+        "plan: validate, encrypt of d, e may run: if the stages before them write new outputs"]
