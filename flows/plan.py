@@ -53,10 +53,10 @@ def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset(), 
                 said += [f"param {name} {what}" for name, what in change.items()]
             elif prefix and path.startswith(prefix):
                 said.append(f"privflow code {path.removeprefix(prefix)} {change}")
-            elif is_fingerprint(path) and (why := unreadable(root / path)):  # ingest will refuse with it
-                said.append(f"its source cannot be read ({why})")
             elif is_fingerprint(path):  # the source, as DVC sees it (privflow.data.fingerprint)
-                said.append("the source changed" if path in recorded else
+                why = unreadable(root / path)  # ingest will refuse with it
+                said.append(f"its source cannot be read ({why})" if why else
+                            "the source changed" if path in recorded else
                             f"the source is now seen through its keyed fingerprint, {path} (once, after an upgrade)")
             else:
                 said.append(f"{path} {change}")

@@ -92,7 +92,7 @@ def _graph(root: Path, repo: Repo) -> nx.DiGraph:
     try:
         return repo.index.graph
     except OverlappingOutputPathsError as error:
-        if f"{FINGERPRINTS}@" not in str(error) and f"@{FINGERPRINTS}" not in str(error):
+        if f"@{FINGERPRINTS}" not in str(error):  # not a stage of a dataset called so (e.g. `ingest@fingerprints`)
             raise
         raise PrivflowError(f"{root / 'params.yaml'}: a dataset may not be called '{FINGERPRINTS}' "
                             f"(artifacts/{FINGERPRINTS}/ holds every dataset's fingerprint); rename it") from None
