@@ -14,9 +14,9 @@ from pathlib import Path
 import yaml
 
 from privflow.catalog import DATASET
-from privflow.data.fingerprint import is_fingerprint, unreadable
+from privflow.data.fingerprint import fingerprint_file, is_fingerprint, unreadable
 from privflow.errors import PrivflowError
-from privflow.flows.stages import Dag, read_dag
+from privflow.flows.stages import FINGERPRINT_STAGE, Dag, read_dag
 from privflow.project import declared_code
 
 
@@ -77,6 +77,14 @@ def _locked(root: Path) -> dict[str, set[str]]:
     return {name: {dep["path"] for dep in entry.get("deps", [])} for name, entry in stages.items()}
 
 
+def unreadable_sources(datasets: list[str], dag: Dag) -> dict[str, str]:
+    """The datasets whose source could not be read when the fingerprints were last taken (by
+    `read_dag(with_status=True)`), each with why: their ingest would refuse with those words."""
+    folder = dag.outputs.get(FINGERPRINT_STAGE, [None])[0]
+    said = {name: unreadable(fingerprint_file(folder, name)) for name in datasets} if folder else {}
+    return {name: why for name, why in said.items() if why}
+
+
 def stale_stages(root: Path, datasets: list[str], dag: Dag | None = None) -> list[PlannedStage]:
     """Stale stages (certain) and the stages downstream of them (may run), in DAG order."""
     code, _ = declared_code(root / "dvc.yaml")
@@ -91,8 +99,10 @@ def stale_stages(root: Path, datasets: list[str], dag: Dag | None = None) -> lis
             if stage in locked:
                 why = "; ".join(_reasons(dag.stale[stage], code, locked[stage], root))
                 planned.append(PlannedStage(stage, why, True, code_files=_changed_code(dag.stale[stage], code)))
-            else:  # every dep of a stage that never ran counts as changed: none is news
-                planned.append(PlannedStage(stage, "never run", True))
+            else:  # every dep of a stage that never ran counts as changed: none is news, but a lost source
+                why = unreadable_sources([stage.partition("@")[2]], dag) if stage.startswith("ingest@") else {}
+                planned.append(PlannedStage(stage, "; ".join(["never run", *(f"its source cannot be read ({w})"
+                                                                              for w in why.values())]), True))
             running.add(stage)
         elif upstream := sorted(set(dag.readers.predecessors(stage)) & running):
             planned.append(PlannedStage(stage, f"if the outputs of {', '.join(upstream)} change", False))

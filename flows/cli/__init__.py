@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from privflow.errors import PrivflowError
 from privflow.flows.cli import budget, data_owner, keys, runs
-from privflow.flows.cli.common import app, console, ensure_keyring, quiet_tracebacks
+from privflow.flows.cli.common import app, console, ensure_keyring, one_line_summaries, quiet_tracebacks
 
 __all__ = ["app", "ensure_keyring", "main", "quiet_tracebacks"]
 
@@ -15,6 +15,7 @@ for command in (runs.init, runs.run, runs.serve, runs.status, runs.repair, runs.
 app.add_typer(data_owner.schema_app, name="schema")
 app.add_typer(keys.app, name="keys")
 app.add_typer(budget.app, name="budget")
+one_line_summaries(app)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ Importing privflow.flows first sets Prefect's embedded defaults before Prefect l
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -19,6 +20,17 @@ console = Console(soft_wrap=True)  # long lines stay whole: greppable in logs an
 ONE_DATASET = typer.Option(None, "--dataset", "-d",
                           help="a dataset of params.yaml; needed when it declares several")
 EVERY_DATASET = typer.Option(None, "--dataset", "-d", help="only this dataset of params.yaml (default: every one)")
+
+
+def one_line_summaries(commands: typer.Typer) -> None:
+    """Each command's line in a group's list is its docstring's first paragraph, unwrapped: in
+    rich markup mode typer keeps that paragraph's line breaks there (not in the command's own
+    --help), so a wrapped docstring printed as ragged lines."""
+    for info in commands.registered_commands:
+        if info.short_help is None and info.callback is not None and info.callback.__doc__:
+            info.short_help = " ".join(inspect.cleandoc(info.callback.__doc__).split("\n\n")[0].split())
+    for group in commands.registered_groups:
+        one_line_summaries(group.typer_instance)
 
 
 def chosen_settings(dataset: str | None) -> list:

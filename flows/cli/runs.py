@@ -52,7 +52,7 @@ def run(root: Path = Path("."),
     on a terminal, one line per stage elsewhere; the full output goes to .privflow/logs/."""
     from privflow.flows.run_output import summary
     from privflow.flows.cli.plan_view import announce_code_spending, show_plan
-    from privflow.flows.plan import stale_stages
+    from privflow.flows.plan import stale_stages, unreadable_sources
     from privflow.flows.stages import read_dag, stages_for
     from privflow.preflight import check_dataset
     from privflow.project import refresh_dvc_yaml
@@ -64,10 +64,16 @@ def run(root: Path = Path("."),
         console.print(f"dvc.yaml: code deps of {', '.join(refreshed)} rewritten for the installed privflow", highlight=False)
     for name in chosen:  # before Prefect starts: a schema or settings mistake costs seconds, not a run
         check_dataset(load_settings(name, root / "params.yaml"))
+    if not plan:
+        ensure_keyring(root)  # a refusal here comes before any server starts; the fingerprints need it
     dag = read_dag(root, with_status=True)
     stale = stale_stages(root, chosen, dag)
-    if not plan:
-        ensure_keyring(root)  # a refusal here comes before any server starts
+    lost = {} if plan else unreadable_sources(chosen, dag)
+    if lost:  # their ingest would refuse: the others run, these are said now and again at the end
+        refuse_lost_sources(lost, everything=len(lost) == len(chosen))
+        chosen = [name for name in chosen if name not in lost]
+        stale = [item for item in stale if item.stage.partition("@")[2] in chosen]
+        dataset = chosen
     server = None
     if stale and not plan and not (workers > 1 or dask_address):
         from privflow.flows.server import warm_temporary_server  # Prefect: only when a flow will run
@@ -89,6 +95,19 @@ def run(root: Path = Path("."),
         console.print("stages run: none (all up to date)", highlight=False)
     for line in summary(root, dag, chosen, ran):
         console.print(line, highlight=False)
+    if lost:
+        refuse_lost_sources(lost, everything=True)
+
+
+def refuse_lost_sources(lost: dict[str, str], everything: bool) -> None:
+    """Say each dataset whose source cannot be read, and why (the fingerprint's words: the file
+    and the setting to fix). `everything`: nothing else runs, so refuse now (exit 2)."""
+    for name, why in lost.items():
+        console.print(f"[red]privflow: dataset {name} does not run: its source cannot be read: {why}[/red]",
+                      highlight=False)
+    if everything:
+        names = " ".join(f"-d {name}" for name in lost)
+        raise PrivflowError(f"not run: {', '.join(lost)}; fix the source named above, then `privflow run {names}`")
 
 
 def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers: int, dask_address: str | None,
@@ -189,6 +208,7 @@ def status(root: Path = Path(".")) -> None:
     """Per dataset: which stages are out of date, the latest report, and the privacy budget."""
     from privflow.artifacts import read_json
     from privflow.budget import budget_name
+    from privflow.flows.plan import unreadable_sources
     from privflow.flows.stages import dataset_of, read_dag
     from privflow.privacy.ledger import PrivacyLedger
     from privflow.settings import dataset_names, ledger_location, load_settings
@@ -207,6 +227,8 @@ def status(root: Path = Path(".")) -> None:
                       f"{latest['generated_at']} (run {latest['run_id'][:12]})" if latest else "none yet",
                       f"{budget.spent:.3f} / {budget.cap:g} ({budget.runs} run(s))")
     console.print(table)
+    for name, why in unreadable_sources(dataset_names(root / "params.yaml"), dag).items():
+        console.print(f"[yellow]{name}: its source cannot be read: {why}[/yellow]", highlight=False)
 
 
 def repair(root: Path = Path(".")) -> None:

@@ -203,6 +203,11 @@ def test_plain_dvc_repro_sees_a_changed_source_through_its_fingerprint_alone(pro
         planned = " ".join(_sh(["privflow", "run", "--plan"], root, env).stdout.split())
         assert "plan: ingest@breast_cancer runs: its source cannot be read (" in planned, planned
         assert "breast_cancer.csv: source not found" in planned
+        # the run refuses before Prefect starts (no run log): its only dataset could not run
+        result = _sh(["privflow", "run", "--yes"], root, env, check=False)
+        said = " ".join((result.stdout + result.stderr).split())
+        assert result.returncode == 2 and "privflow: not run: breast_cancer; fix the source named above" in said
+        assert "breast_cancer.csv: source not found" in said and "log: " not in said, said
     finally:
         source.with_name("moved.csv").rename(source)
     assert "ingest" not in _sh(["privflow", "status"], root, env).stdout  # back: the same id, nothing to run

@@ -171,6 +171,28 @@ def test_second_repro_runs_nothing_and_charges_nothing(pipeline_run):
         assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == len(DATASETS)
 
 
+def test_a_dataset_whose_source_is_lost_is_left_out_and_named_and_the_others_run(pipeline_run):
+    """Its ingest could only refuse, and a sequential run would stop there: the run says so
+    before anything starts, runs the other datasets (up to date here), and exits 2 naming it."""
+    workspace, _ = pipeline_run
+    source = workspace.base / "bank" / "churn.csv.gz"
+    source.rename(source.with_name("moved.csv.gz"))
+    try:
+        result = workspace.run("privflow", "run", "--yes")
+        status = " ".join(workspace.run("privflow", "status", check=True).stdout.split())
+    finally:
+        source.with_name("moved.csv.gz").rename(source)
+    assert f"churn: its source cannot be read: {source}: source not found" in status, status
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, said
+    assert said.startswith(f"privflow: dataset churn does not run: its source cannot be read: {source}: source not "
+                           "found; set the dataset's `source:`"), said
+    assert "stages run: none (all up to date)" in said and "breast_cancer: " in said  # checked, not held up
+    assert said.endswith("privflow: not run: churn; fix the source named above, then `privflow run -d churn`")
+    assert "churn: " not in said.replace("dataset churn", "").replace("not run: churn;", ""), said
+    assert "ingest" not in workspace.run("privflow", "status", check=True).stdout  # back: nothing to run
+
+
 def test_the_repository_holds_no_digest_or_size_of_the_private_source(pipeline_run):
     """dvc.lock (committed), DVC's run cache and the pushed remote know each source only by its
     keyed fingerprint: DVC's own MD5 of it, or a SHA-256, would let whoever knows every record

@@ -72,6 +72,22 @@ def test_help_says_what_happens_with_several_datasets(command, says):
     assert "the only one" not in result.output
 
 
+@pytest.mark.parametrize("group, command, says", [  # each across a line break of the docstring
+    ([], "serve", "(Ctrl-C, or SIGTERM as systemd"),
+    ([], "join", "train.rendezvous. This host needs"),
+    (["budget"], "verify", "kept outside it (sealed beside"),
+])
+def test_a_command_list_says_each_summary_as_one_paragraph(group, command, says):
+    """A wrapped docstring's line breaks are not kept in the list of commands (typer's rich
+    mode kept them there: ragged lines); at 200 columns its words run on."""
+    import privflow.flows.cli  # noqa: F401  (registers the commands)
+    from privflow.flows.cli.common import app
+
+    result = CliRunner().invoke(app, [*group, "--help"], env={"COLUMNS": "200"})
+    (line,) = [line for line in result.output.splitlines() if line.strip("│ ").startswith(command + " ")]
+    assert result.exit_code == 0 and says in line, line
+
+
 def test_a_dataset_named_like_the_fingerprints_folder_is_refused_in_words(tmp_path):
     """Its outputs would sit inside artifacts/fingerprints/, the one stage's output for every
     dataset: DVC itself only says that two outputs overlap."""

@@ -55,3 +55,19 @@ def test_stages_that_spend_nothing_are_said_once_for_datasets_with_the_same_stag
     assert grouped_lines(planned) == [
         "plan: ingest, report of a, b run: never run", "plan: ingest of c run: never run",
         "plan: validate, encrypt of d, e may run: if the stages before them write new outputs"]
+
+
+def test_the_datasets_whose_source_cannot_be_read_are_named_with_the_reason(tmp_path):
+    """From the fingerprints as last taken: `privflow run` leaves these datasets out and says why."""
+    import networkx as nx
+
+    from privflow.flows.plan import unreadable_sources
+    from privflow.flows.stages import Dag
+
+    folder = tmp_path / "artifacts" / "fingerprints"
+    folder.mkdir(parents=True)
+    (folder / "x.json").write_text('{"dataset": "x", "unavailable": "data/x.csv: source not found; set ..."}')
+    (folder / "y.json").write_text('{"dataset": "y", "snapshot_id": "0f"}')
+    dag = Dag(["fingerprint"], {"fingerprint": [folder]}, nx.DiGraph(), {})
+    assert unreadable_sources(["x", "y", "z"], dag) == {"x": "data/x.csv: source not found; set ..."}
+    assert unreadable_sources(["x"], Dag([], {}, nx.DiGraph(), {})) == {}  # a project made before fingerprints
