@@ -121,6 +121,7 @@ def draft_schema(source: Path, ingest, dataset: str) -> str:
                 next((n for n in header if not profiles[n].repeated and profiles[n].type == "string"), header[0]))
     few = [n for n in header if n != unit and profiles[n].distinct and 2 <= len(profiles[n].distinct) <= MAX_ALLOWED]
     target = next((n for n in few if _TARGET_NAME.search(n)), few[-1] if few else header[-1])
+    others = [n for n in few if n != target]
     lines = [
         f"# Draft schema for {dataset}, read from {source} ({rows} records) by `privflow schema draft`.",
         "# Check every line: types and candidate `allowed:` lists come from the rows you have now.",
@@ -129,7 +130,8 @@ def draft_schema(source: Path, ingest, dataset: str) -> str:
         "# so privflow scales features by declared bounds only and refuses to train until they are set.",
         f"dataset: {dataset}",
         f"privacy_unit: {unit}    # candidate: values never repeat{'' if _ID_NAME.search(unit) else ' (check it)'}",
-        f"target: {target}    # candidate: a column with few values; the class order is its allowed list",
+        f"target: {target}    # candidate: a column with few values; the class order is its allowed list"
+        + (f" (others: {', '.join(others)})" if others else ""),
         "strict: true",
         "columns:",
     ]
@@ -149,8 +151,8 @@ def _column_line(profile: _ColumnProfile, role: bool) -> tuple[str, str]:
     parts = [f"type: {kind}"]
     if profile.missing:
         parts.append("nullable: true")
-    if not profile.repeated and profile.present > 1 and kind != "bool":
-        parts.append("unique: true")
+    if not profile.repeated and profile.present > 1 and (kind == "string" or kind in INTEGER_TYPES):
+        parts.append("unique: true")  # an id; distinct measures (a salary, a time) are chance, not a rule
     few = profile.distinct is not None and profile.repeated
     if few and (kind == "string" or (role and kind != "bool")):
         values = sorted(profile.distinct, key=lambda v: (float(v) if numeric else 0.0, v))

@@ -24,8 +24,8 @@ def main() -> None:
     try:
         app()
     except PrivflowError as error:
-        console.print(f"[red]privflow: {error}[/red]", highlight=False)
+        console.print(f"privflow: {error}", style="red", highlight=False)
         raise SystemExit(2) from None
     except Exception as error:  # noqa: BLE001 (never a raw traceback: one line, the frames in a file)
-        console.print(f"[red]privflow: {describe_unexpected(error, 'cli')}[/red]", highlight=False)
+        console.print(f"privflow: {describe_unexpected(error, 'cli')}", style="red", highlight=False)
         raise SystemExit(EXIT_UNEXPECTED) from None

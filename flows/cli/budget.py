@@ -65,7 +65,7 @@ def budget_verify(dataset: str = EVERY_DATASET) -> None:
         console.print(f"ledger {ledger.engine.url.render_as_string(hide_password=True)}: {ledger.count()} "
                       f"entries, {len(anchors)} anchor(s) checked", highlight=False)
     for problem in problems:
-        console.print(f"[red]{problem}[/red]", highlight=False)
+        console.print(problem, style="red", highlight=False)
     if problems:
         console.print("restore the ledger from its backup; until it verifies, train refuses to charge it")
         raise typer.Exit(1)
@@ -94,7 +94,7 @@ def budget_audit(dataset: str = EVERY_DATASET) -> None:
         problems += [p for row in rows for p in row.problems]
         checked += len(charges)
     for problem in problems:
-        console.print(f"[red]{problem}[/red]")
+        console.print(problem, style="red")
     if problems:
         raise typer.Exit(1)
     console.print(f"{checked} charge(s) confirmed by an independent accountant")

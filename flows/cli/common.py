@@ -16,7 +16,10 @@ import privflow.flows  # noqa: F401  (sets Prefect's embedded defaults before Pr
 from privflow.errors import PrivflowError
 
 app = typer.Typer(help="Train models on sensitive data under differential privacy, with an audit trail.")
-console = Console(soft_wrap=True)  # long lines stay whole: greppable in logs and CI
+# long lines stay whole (greppable in logs and CI); no markup: what is printed holds users' words
+# (paths, settings, messages such as "allowed: [false, true]", which markup would swallow), so
+# styles are given as `style=`
+console = Console(soft_wrap=True, markup=False)
 ONE_DATASET = typer.Option(None, "--dataset", "-d",
                           help="a dataset of params.yaml; needed when it declares several")
 EVERY_DATASET = typer.Option(None, "--dataset", "-d", help="only this dataset of params.yaml (default: every one)")

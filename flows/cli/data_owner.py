@@ -24,7 +24,7 @@ def quarantine(values: bool = typer.Option(False, "--values", help="also show th
     snapshot_dir, data_dir = (stage_outputs(Path("."), f"{stage}@{name}")[0] for stage in ("ingest", "encrypt"))
     source, spans, records = read_quarantine(open_vault(), snapshot_dir, data_dir)
     if values:
-        console.print("[yellow]showing quarantined values: sensitive data on this terminal[/yellow]")
+        console.print("showing quarantined values: sensitive data on this terminal", style="yellow")
     for record in records:
         for column, check in record["failures"]:
             line = RowFailure(record["row"], column, check).describe(spans, source)
@@ -57,6 +57,6 @@ def schema_draft(source: Path = typer.Argument(..., help="the export: .csv, .csv
     text = draft_schema(source, ingest, name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
-    console.print(f"draft schema: [bold]{out}[/bold]. Next: declare min/max of each numeric or date feature, check "
+    console.print(f"draft schema: {out}. Next: declare min/max of each numeric or date feature, check "
                   f"the privacy_unit and target, then add `{name}: {{source: {source}, schema: {out}}}` under "
                   "`datasets:` in params.yaml")

@@ -69,6 +69,6 @@ def announce_code_spending(root: Path, planned: list) -> None:
         left = PrivacyLedger(ledger_location(settings)).budget(name, settings.privacy.epsilon_cap,
                                                                  from_memo=True).remaining
         shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-        console.print(f"[yellow]{stage} will re-run because privflow's code changed ({shown}): it will spend up "
-                      f"to epsilon {settings.train.target_epsilon:g} of budget {name} ({left:.3f} left)[/yellow]",
-                      highlight=False)
+        console.print(f"{stage} will re-run because privflow's code changed ({shown}): it will spend up "
+                      f"to epsilon {settings.train.target_epsilon:g} of budget {name} ({left:.3f} left)",
+                      style="yellow", highlight=False)

@@ -103,7 +103,7 @@ def refuse_lost_sources(lost: dict[str, str], everything: bool) -> None:
     """Say each dataset whose source cannot be read, and why (the fingerprint's words: the file
     and the setting to fix). `everything`: nothing else runs, so refuse now (exit 2)."""
     for name, why in lost.items():
-        console.print(f"[red]privflow: dataset {name} does not run: its source cannot be read: {why}[/red]",
+        console.print(f"privflow: dataset {name} does not run: its source cannot be read: {why}", style="red",
                       highlight=False)
     if everything:
         names = " ".join(f"-d {name}" for name in lost)
@@ -149,10 +149,10 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
                     StageBoard(stages, terminal, live, progress):
                 ran = flow(str(root), datasets, side_by_side=workers > 1 or bool(dask_address))
     except StageFailed as failure:
-        errors = Console(stderr=True, soft_wrap=True, highlight=False)
+        errors = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
         for line in ([] if verbose else stage_said(log, failure.stage)):
-            errors.print(line, style="red", markup=False)
-        errors.print(f"[red]privflow: {failure}[/red]")
+            errors.print(line, style="red")
+        errors.print(f"privflow: {failure}", style="red")
         errors.print(f"next: fix what stage {failure.stage} said above (full output: {log}), then `privflow run -d "
                       f"{failure.stage.partition('@')[2]}` again; stages that finished are not run again")
         raise typer.Exit(2) from None
@@ -228,7 +228,7 @@ def status(root: Path = Path(".")) -> None:
                       f"{budget.spent:.3f} / {budget.cap:g} ({budget.runs} run(s))")
     console.print(table)
     for name, why in unreadable_sources(dataset_names(root / "params.yaml"), dag).items():
-        console.print(f"[yellow]{name}: its source cannot be read: {why}[/yellow]", highlight=False)
+        console.print(f"{name}: its source cannot be read: {why}", style="yellow", highlight=False)
 
 
 def repair(root: Path = Path(".")) -> None:
@@ -264,7 +264,7 @@ def report(out: Path = typer.Option(None, help="copy the report (HTML, Markdown,
         for name in REPORT_FILES:
             shutil.copyfile(reports / name, out / name)
         target = out
-    console.print(f"report: [bold]{(target / html).resolve()}[/bold]; all runs: {index.resolve()}")
+    console.print(f"report: {(target / html).resolve()}; all runs: {index.resolve()}")
     if open_browser:
         webbrowser.open((target / html).resolve().as_uri())
 

@@ -103,3 +103,22 @@ def test_a_dataset_named_like_the_fingerprints_folder_is_refused_in_words(tmp_pa
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0 and "a dataset may not be called 'fingerprints'" in output and "rename it" in output
     assert "Traceback" not in output
+
+
+def test_an_error_is_printed_as_written_even_where_it_looks_like_markup(tmp_path):
+    """The example in "needs `allowed:` ... e.g. `allowed: [false, true]`" once printed as
+    "e.g. `allowed: `": rich read the brackets as a style tag and dropped them."""
+    import yaml
+
+    env = {**os.environ, KEYRING_ENV: str(tmp_path / "keyring.json"), "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([PRIVFLOW, "init"], cwd=tmp_path, env=env, capture_output=True, check=True)
+    example = tmp_path / "schemas" / "example.yaml"
+    target = "left_within_a_year: {type: bool, allowed: [false, true]}"
+    assert target in example.read_text()
+    example.write_text(example.read_text().replace(target, "left_within_a_year: {type: bool}"))
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["datasets"] = {"payroll": {"source": "data/source/x.csv", "schema": "schemas/example.yaml"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([PRIVFLOW, "run", "--plan"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2 and "the class labels in order, e.g. `allowed: [false, true]`" in output, output

@@ -74,3 +74,18 @@ def read_yaml_text(tmp_path: Path, text: str) -> dict:
     path.write_text(text)
     assert yaml.safe_load(text)  # plain YAML for any tool, too
     return read_yaml(path)
+
+
+def test_only_ids_are_drafted_unique_and_the_other_target_candidates_are_named(tmp_path):
+    """Distinct salaries or dates are chance, not a rule: drafted `unique`, a later export
+    with two equal salaries would be quarantined. Where several columns could be the target,
+    the draft names the others beside its pick."""
+    path = tmp_path / "payroll.csv"
+    rows = [f"E{i:05d},{i % 2 == 0},{20 + i % 40},{30000 + 17.5 * i},2020-01-{1 + i % 28:02d},{'ny'[i % 2]}"
+            for i in range(60)]
+    path.write_text("employee_id,left,age,salary,hired_on,remote\n" + "\n".join(rows) + "\n")
+    text = draft_schema(path, IngestSettings(source=path), "payroll")
+    columns = read_yaml_text(tmp_path, text)["columns"]
+    assert columns["employee_id"] == {"type": "string", "unique": True}
+    assert "unique" not in columns["salary"] and columns["salary"]["type"] == "float"
+    assert "(others: left)" in text and read_yaml_text(tmp_path, text)["target"] == "remote"
