@@ -36,6 +36,33 @@ def one_line_summaries(commands: typer.Typer) -> None:
         one_line_summaries(group.typer_instance)
 
 
+PROJECT_YAML = ("params.yaml", "dvc.yaml", "dvc.lock")  # read as YAML by privflow itself (schemas say their own)
+
+
+def yaml_error_said(root: Path = Path(".")) -> str | None:
+    """Which of the project's YAML files does not parse (or is no mapping), where, and what is wrong (no
+    line of it is shown: a settings file may hold paths a user would rather not paste)."""
+    import yaml
+
+    for name in PROJECT_YAML:
+        try:
+            document = yaml.safe_load((root / name).read_text(encoding="utf-8"))
+            if document is not None and not isinstance(document, dict):
+                return (f"{root / name}: its top level is a {type(document).__name__}, not sections such as "
+                        "`datasets:`; compare it with the file `privflow init` writes")
+        except OSError:
+            continue
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            if (opened := getattr(error, "context_mark", None)) and error.context:  # e.g. where a bracket opened
+                where += f" ({error.context} at line {opened.line + 1})"
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            return (f"{root / name}: not valid YAML: {problem}{where}; fix that line (usually an unclosed bracket "
+                    "or quote, a tab, or an indent that does not match the lines around it)")
+    return None
+
+
 def chosen_settings(dataset: str | None) -> list:
     """Settings of the named dataset, or of every declared dataset."""
     from privflow.settings import dataset_names, load_settings

@@ -122,3 +122,23 @@ def test_an_error_is_printed_as_written_even_where_it_looks_like_markup(tmp_path
     result = subprocess.run([PRIVFLOW, "run", "--plan"], cwd=tmp_path, env=env, capture_output=True, text=True)
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 2 and "the class labels in order, e.g. `allowed: [false, true]`" in output, output
+
+
+@pytest.mark.parametrize("text, says", [
+    ("datasets:\n  payroll: {source: data/x.csv\n",
+     "params.yaml: not valid YAML: expected ',' or '}', but got '<stream end>' at line 3, column 1 (while parsing a "
+     "flow mapping at line 2); fix that line"),
+    ("datasets:\n\tpayroll: {source: data/x.csv}\n",
+     "params.yaml: not valid YAML: found character '\\t' that cannot start any token at line 2, column 1"),
+    ("- datasets\n", "params.yaml: its top level is a list, not sections such as `datasets:`"),
+])
+def test_a_params_file_that_does_not_parse_is_named_with_its_line(tmp_path, text, says):
+    """A hand-edited params.yaml is the likeliest YAML a user breaks: named with the line, not
+    an "unexpected ParserError, please report it"."""
+    env = {**os.environ, KEYRING_ENV: str(tmp_path / "keyring.json"), "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([PRIVFLOW, "init"], cwd=tmp_path, env=env, capture_output=True, check=True)
+    (tmp_path / "params.yaml").write_text(text)
+    for command in (["run", "--plan"], ["status"], ["budget", "show"]):
+        result = subprocess.run([PRIVFLOW, *command], cwd=tmp_path, env=env, capture_output=True, text=True)
+        output = " ".join((result.stdout + result.stderr).split())
+        assert result.returncode == 2 and output.startswith(f"privflow: {says}"), (command, output)
