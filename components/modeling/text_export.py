@@ -9,7 +9,8 @@ embeddings (11.7 M) are stored as int8; activations stay fp32:
 Measured on a fine-tuned MiniLM over 512 public reviews (README): this agrees with fp32 on
 99.8 % of them; dynamic int8 of the matrices too (activations quantized per batch) ran 2x
 faster at batch 32 but agreed on only 96.5-96.9 %, too far from the model that was trained.
-Magnitude pruning zeroes `prune_amount` of the trained top's weights only: 20 % of the
+Magnitude pruning zeroes at most `prune_amount` of the trained top's weights only (halved
+until the top's decisions on the public texts stay within the fidelity floor): 20 % of the
 pretrained encoder's weights, pruned globally, changed 10 % of its predictions in fp32.
 Fidelity and latency read public film reviews only (privflow.data.public_text), never the
 dataset's rows: post-processing a DP model spends no privacy only if it reads no private data.
@@ -29,6 +30,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from privflow.catalog import EXPORT
 from privflow.data.public_text import ORIGIN, film_reviews
+from privflow.modeling.compress import FIDELITY_FLOOR, pruning_amounts
 from privflow.modeling.export import export_traced, median_ms, onnx_logits, probabilities, session
 from privflow.modeling.pruning import prune_magnitude, sparsity
 from privflow.modeling.text_classifier import TextClassifier
@@ -101,12 +103,39 @@ def quantize_weights_int8(fp32: Path, int8: Path) -> None:
     embedded.unlink()
 
 
+def _pruned_within_the_floor(model: TextClassifier, asked: float, public: dict[str, np.ndarray]):
+    """A copy of `model` with the largest share of its top pruned (`asked`, halved as in
+    privflow.modeling.compress) whose decisions on the public texts agree with the model's on
+    at least FIDELITY_FLOOR of them, checked in torch before the one export; the share and the
+    tries. Pruning touches the top only, so the frozen bottom runs once (its output caught on
+    the way into the top) and each try runs the top alone. With `asked` 0 nothing is checked.
+    The copies are made outside inference mode: the export could not trace inference tensors."""
+    tops_input: list[torch.Tensor] = []
+    if asked > 0:
+        catch = model.top.register_forward_pre_hook(lambda _, args: tops_input.append(args[0]))
+        try:
+            reference = _torch_logits(model, public).argmax(1)
+        finally:
+            catch.remove()
+    tried = []
+    for amount in pruning_amounts(asked):
+        pruned = copy.deepcopy(model)
+        prune_magnitude(pruned.top, amount)
+        if not tops_input:
+            break
+        with torch.inference_mode():
+            decided = torch.cat([pruned.top(part) for part in tops_input]).argmax(1).numpy()
+        tried.append({"amount": amount, "agreement": float((decided == reference).mean())})
+        if tried[-1]["agreement"] >= FIDELITY_FLOOR:
+            break
+    return pruned, amount, tried
+
+
 def compress_text_model(model: TextClassifier, text_card: dict, settings, out_dir: Path) -> dict:
     """Prune the classifier's matrices, export, quantize to int8, measure; writes the gzip'd
     int8 ONNX file and returns the metrics. `model` is the fp32 reference and is left as is."""
     public = public_tokens(text_card, FIDELITY_TEXTS)
-    pruned = copy.deepcopy(model)
-    prune_magnitude(pruned.top, settings.prune_amount)
+    pruned, amount, tried = _pruned_within_the_floor(model, settings.prune_amount, public)
     with tempfile.TemporaryDirectory(dir=out_dir) as work:  # the model only: DP output and public weights
         fp32, int8 = Path(work) / "model.fp32.onnx", Path(work) / "model.int8.onnx"
         export_text_onnx(pruned, public, fp32)
@@ -117,7 +146,8 @@ def compress_text_model(model: TextClassifier, text_card: dict, settings, out_di
     repeats = max(3, settings.latency_repeats // 10)  # a batch of 32 texts takes a second on one core
     parameters = sum(p.numel() for p in model.parameters())
     return {
-        "prune_amount": settings.prune_amount, "pruned": "the trained top's weights", "sparsity": sparsity(pruned.top),
+        "prune_amount": amount, "prune_amount_asked": settings.prune_amount, "fidelity_floor": FIDELITY_FLOOR,
+        "pruning_tried": tried, "pruned": "the trained top's weights", "sparsity": sparsity(pruned.top),
         "quantization": "int8 weights: matrices by MatMulNBits (8 bits, symmetric, blocks of 32), embeddings by "
                         "dynamic Gather quantization; activations fp32",
         "export": EXPORT, "parameters": {"dense": parameters, "trained": text_card["trained_parameters"]},

@@ -39,7 +39,9 @@ def main() -> None:
     write_json(args.metrics, compression)
     write_model_card(args.out, card, read_json(args.training), compression)
     sizes, parameters = compression["size_bytes"], compression["parameters"]
-    print(f"compress: {parameters['dense']} parameters, sparsity {compression['sparsity']:.2f}, "
+    asked, pruned = compression.get("prune_amount_asked", 0.0), compression["prune_amount"]
+    backed_off = f" ({pruned:.1%} pruned of {asked:.1%} asked: the fidelity floor)" if pruned < asked else ""
+    print(f"compress: {parameters['dense']} parameters, sparsity {compression['sparsity']:.2f}{backed_off}, "
           f"ONNX {sizes['fp32_onnx']} B fp32 -> {sizes['int8_onnx']} B int8, "
           f"agreement with fp32 {compression['fidelity']['agreement']:.4f}")
 

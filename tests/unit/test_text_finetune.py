@@ -266,3 +266,29 @@ def test_the_text_audit_passes_the_correct_trainer(audit_inputs):
     torch.manual_seed(AUDIT_SEED)
     result = audited_run(*audit_inputs, noise_off=False)
     assert result.passed and result.epsilon_lower_bound <= result.claimed_epsilon, result
+
+
+def test_the_text_models_pruning_is_halved_until_its_decisions_on_public_text_stay(tmp_path):
+    """As for the tabular models (test_compress): prune_amount is a ceiling. The tries run the
+    top alone on the frozen bottom's output, caught once; the copy chosen exports (it is not
+    made under inference mode, whose tensors the exporter cannot trace)."""
+    from privflow.modeling.compress import FIDELITY_FLOOR, pruning_amounts
+    from privflow.modeling.text_classifier import text_classifier
+    from privflow.modeling.text_export import _pruned_within_the_floor, _torch_logits, export_text_onnx, public_tokens
+
+    card = {"encoder": "all-MiniLM-L6-v2", "trained_layers": 0, "fine_tune": "head", "frozen_layers": 6,
+            "max_tokens": 16}
+    torch.manual_seed(0)
+    model = text_classifier(card, 2)
+    public = public_tokens(card, 96)
+    pruned, amount, tried = _pruned_within_the_floor(model, 0.8, public)
+    assert [t["amount"] for t in tried] == pruning_amounts(0.8)[:len(tried)] and len(tried) > 1, tried
+    assert amount == tried[-1]["amount"] < 0.8 and all(t["agreement"] < FIDELITY_FLOOR for t in tried[:-1])
+    agreement = (_torch_logits(pruned, public).argmax(1) == _torch_logits(model, public).argmax(1)).mean()
+    assert agreement == pytest.approx(tried[-1]["agreement"])  # the whole model decides as the top alone did
+    assert agreement >= FIDELITY_FLOOR or amount == 0.0
+    export_text_onnx(pruned, public, tmp_path / "pruned.onnx")
+    assert (tmp_path / "pruned.onnx").stat().st_size > 80_000_000
+    unpruned, none, no_tries = _pruned_within_the_floor(model, 0.0, public)
+    assert none == 0.0 and no_tries == [] and all(torch.equal(a, b) for a, b in
+                                                  zip(unpruned.parameters(), model.parameters()))
