@@ -142,6 +142,9 @@ def test_each_target_type_trains_through_privflow_run(own_data_run, name):
     assert card["classes"] == CLASSES[name]
     report = json.loads((workspace.reports(name) / "report.json").read_text())
     assert report["run_id"] == training["run_id"]
+    failures = json.loads(workspace.metrics("validate", name).read_text())["failures_by_check"]
+    said = (workspace.reports(name) / "report.html").read_text().split('id="validation"')[1].split("</section>")[0]
+    assert ("<table>" in said) == bool(failures) and ("No record failed a check" in said) == (not failures), said
 
 
 @pytest.mark.parametrize("name", ["survey", "screening", "grades"])
