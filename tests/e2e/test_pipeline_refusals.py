@@ -26,7 +26,8 @@ def test_missing_source_names_the_file_and_writes_nothing(workspace):
     output = " ".join((result.stdout + result.stderr).split())
     assert (f"privflow: dataset breast_cancer does not run: its source cannot be read: {workspace.source}: "
             "source not found; set the dataset's `source:` under `datasets:` in params.yaml") in output
-    assert "privflow: not run: breast_cancer; fix the source named above, then `privflow run -d breast_cancer`" in output
+    assert ("privflow: not run: breast_cancer; fix the source named above, then `privflow run -d breast_cancer`"
+            in output)
     assert not (workspace.repo / ".privflow" / "logs").exists()  # no flow run: no run log
     # only the fingerprint, which says why the source cannot be read: no snapshot, no data
     written = [path.relative_to(workspace.repo).as_posix() for path in (workspace.repo / "artifacts").rglob("*")]
