@@ -16,7 +16,7 @@ import yaml
 from privflow.catalog import DATASET
 from privflow.data.fingerprint import fingerprint_file, is_fingerprint, unreadable
 from privflow.errors import PrivflowError
-from privflow.flows.stages import FINGERPRINT_STAGE, Dag, read_dag
+from privflow.flows.stages import FINGERPRINT_STAGE, Dag, dataset_of, read_dag
 from privflow.project import declared_code
 
 
@@ -55,7 +55,7 @@ def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset(), 
                 said.append(f"privflow code {path.removeprefix(prefix)} {change}")
             elif is_fingerprint(path):  # the source, as DVC sees it (privflow.data.fingerprint)
                 why = unreadable(root / path)  # ingest will refuse with it
-                said.append(f"its source cannot be read ({why})" if why else
+                said.append(_source_lost(why) if why else
                             "the source changed" if path in recorded else
                             f"the source is now seen through its keyed fingerprint, {path} (once, after an upgrade)")
             else:
@@ -67,6 +67,10 @@ def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset(), 
     if len(code_changes) > 3:  # an upgrade changes many files: count them
         said = [s for s in said if not s.startswith("privflow code ")] + [f"privflow code: {len(code_changes)} files changed"]
     return said or ["never run"]
+
+
+def _source_lost(why: str) -> str:
+    return f"its source cannot be read ({why})"
 
 
 def _locked(root: Path) -> dict[str, set[str]]:
@@ -100,9 +104,9 @@ def stale_stages(root: Path, datasets: list[str], dag: Dag | None = None) -> lis
                 why = "; ".join(_reasons(dag.stale[stage], code, locked[stage], root))
                 planned.append(PlannedStage(stage, why, True, code_files=_changed_code(dag.stale[stage], code)))
             else:  # every dep of a stage that never ran counts as changed: none is news, but a lost source
-                why = unreadable_sources([stage.partition("@")[2]], dag) if stage.startswith("ingest@") else {}
-                planned.append(PlannedStage(stage, "; ".join(["never run", *(f"its source cannot be read ({w})"
-                                                                              for w in why.values())]), True))
+                lost = unreadable_sources([dataset_of(stage)], dag) if stage.startswith("ingest@") else {}
+                why = "; ".join(["never run", *map(_source_lost, lost.values())])
+                planned.append(PlannedStage(stage, why, True))
             running.add(stage)
         elif upstream := sorted(set(dag.readers.predecessors(stage)) & running):
             planned.append(PlannedStage(stage, f"if the outputs of {', '.join(upstream)} change", False))

@@ -30,7 +30,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from privflow.catalog import EXPORT
 from privflow.data.public_text import ORIGIN, film_reviews
-from privflow.modeling.compress import FIDELITY_FLOOR, pruning_amounts
+from privflow.modeling.compress import FIDELITY_FLOOR, within_the_floor
 from privflow.modeling.export import export_traced, median_ms, onnx_logits, probabilities, session
 from privflow.modeling.pruning import prune_magnitude, sparsity
 from privflow.modeling.text_classifier import TextClassifier
@@ -104,31 +104,30 @@ def quantize_weights_int8(fp32: Path, int8: Path) -> None:
 
 
 def _pruned_within_the_floor(model: TextClassifier, asked: float, public: dict[str, np.ndarray]):
-    """A copy of `model` with the largest share of its top pruned (`asked`, halved as in
-    privflow.modeling.compress) whose decisions on the public texts agree with the model's on
-    at least FIDELITY_FLOOR of them, checked in torch before the one export; the share and the
-    tries. Pruning touches the top only, so the frozen bottom runs once (its output caught on
-    the way into the top) and each try runs the top alone. With `asked` 0 nothing is checked.
-    The copies are made outside inference mode: the export could not trace inference tensors."""
+    """A copy of `model` with the largest share of its top pruned (at most `asked`, as
+    privflow.modeling.compress.within_the_floor tries them) whose decisions on the public texts
+    agree with the model's on at least FIDELITY_FLOOR of them, checked in torch before the one
+    export; the share and the tries. Pruning touches the top only, so the frozen bottom runs
+    once (its output caught on the way into the top) and each try runs the top alone. With
+    `asked` 0 nothing is checked. The copies are made outside inference mode: the export could
+    not trace inference tensors."""
+    if asked == 0:
+        return copy.deepcopy(model), 0.0, []
     tops_input: list[torch.Tensor] = []
-    if asked > 0:
-        catch = model.top.register_forward_pre_hook(lambda _, args: tops_input.append(args[0]))
-        try:
-            reference = _torch_logits(model, public).argmax(1)
-        finally:
-            catch.remove()
-    tried = []
-    for amount in pruning_amounts(asked):
+    catch = model.top.register_forward_pre_hook(lambda _, args: tops_input.append(args[0]))
+    try:
+        reference = _torch_logits(model, public).argmax(1)
+    finally:
+        catch.remove()
+
+    def attempt(amount: float) -> tuple[TextClassifier, float]:
         pruned = copy.deepcopy(model)
         prune_magnitude(pruned.top, amount)
-        if not tops_input:
-            break
         with torch.inference_mode():
             decided = torch.cat([pruned.top(part) for part in tops_input]).argmax(1).numpy()
-        tried.append({"amount": amount, "agreement": float((decided == reference).mean())})
-        if tried[-1]["agreement"] >= FIDELITY_FLOOR:
-            break
-    return pruned, amount, tried
+        return pruned, float((decided == reference).mean())
+
+    return within_the_floor(asked, attempt)
 
 
 def compress_text_model(model: TextClassifier, text_card: dict, settings, out_dir: Path) -> dict:

@@ -67,13 +67,11 @@ def run(root: Path = Path("."),
     if not plan:
         ensure_keyring(root)  # a refusal here comes before any server starts; the fingerprints need it
     dag = read_dag(root, with_status=True)
-    stale = stale_stages(root, chosen, dag)
     lost = {} if plan else unreadable_sources(chosen, dag)
     if lost:  # their ingest would refuse: the others run, these are said now and again at the end
         refuse_lost_sources(lost, everything=len(lost) == len(chosen))
-        chosen = [name for name in chosen if name not in lost]
-        stale = [item for item in stale if item.stage.partition("@")[2] in chosen]
-        dataset = chosen
+        dataset = chosen = [name for name in chosen if name not in lost]
+    stale = stale_stages(root, chosen, dag)
     server = None
     if stale and not plan and not (workers > 1 or dask_address):
         from privflow.flows.server import warm_temporary_server  # Prefect: only when a flow will run
