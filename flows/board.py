@@ -16,12 +16,14 @@ from rich.table import Table
 from privflow.progress import read_progress
 
 QUEUED, RUNNING, RAN, UP_TO_DATE, FAILED = "queued", "running", "ran", "up to date", "failed"
+NOT_RUN = "not run"  # its dataset stopped at a failed stage before it
 
 _boards: list[StageBoard] = []  # the boards watching this process's pipeline (none when scheduled)
 
 
 def announce(stage: str, state: str) -> None:
-    """The pipeline says a stage started (RUNNING) or ended (RAN, UP_TO_DATE, FAILED)."""
+    """The pipeline says a stage started (RUNNING) or ended (RAN, UP_TO_DATE, FAILED), or that
+    it will not run (NOT_RUN)."""
     for board in list(_boards):
         board.update(stage, state)
 
@@ -70,6 +72,8 @@ class StageBoard:
 
     def update(self, stage: str, state: str) -> None:
         row = self.rows.setdefault(stage, _Stage())
+        if state == row.state:  # said again (datasets side by side: the flow repeats what a worker said)
+            return
         now = time.monotonic()
         if state == RUNNING:
             row.started = now
@@ -90,7 +94,7 @@ class StageBoard:
             if done:
                 text += f" epoch {done['epoch']}/{done['epochs']}, ε {done['epsilon']:.2f}"
             return text
-        colour = {RAN: "green", FAILED: "red", UP_TO_DATE: "dim", QUEUED: "dim"}[row.state]
+        colour = {RAN: "green", FAILED: "red", UP_TO_DATE: "dim", QUEUED: "dim", NOT_RUN: "yellow"}[row.state]
         took = f" {row.seconds:.0f}s" if row.state in (RAN, FAILED) and row.seconds is not None else ""
         return f"[{colour}]{row.state}{took}[/{colour}]"
 

@@ -16,8 +16,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from privflow.artifacts import read_json
 from privflow.catalog import REPORT_FILES
 from privflow.errors import PrivflowError
-from privflow.flows.board import FAILED, RAN, RUNNING, UP_TO_DATE, announce, say
+from privflow.flows.board import FAILED, NOT_RUN, RAN, RUNNING, UP_TO_DATE, announce, say
 from privflow.flows.stages import (
+    DatasetsFailed,
     StageFailed,
     TransientStageFailure,
     dataset_of,
@@ -60,7 +61,14 @@ def run_dataset_stages(root: str, stages: list[str]) -> tuple[str, dict[str, boo
     by side on the cluster's workers. DVC releases its repository lock while a stage's
     command runs and guards each path with its own read/write lock, so stages of different
     datasets (disjoint outputs) run at once; each waits its turn only to check and record."""
-    ran = {stage: _reproduce_announced(root, stage) for stage in stages}
+    ran = {}
+    for stage in stages:
+        try:
+            ran[stage] = _reproduce_announced(root, stage)
+        except TransientStageFailure:
+            raise  # this task is retried: the stages that ran are up to date the next time
+        except StageFailed as failure:  # the flow shows which of this dataset's stages ran before it
+            raise DatasetsFailed([failure], ran) from None
     return f"{socket.gethostname()}:{os.getpid()}", ran
 
 
@@ -144,6 +152,10 @@ def text_model_in(root: Path, datasets: list[str] | None) -> bool:
 
 
 def _run_stages(root: str, datasets: list[str] | None, side_by_side: bool = False) -> dict[str, bool]:
+    """Every stage in order, the fingerprints first. A failed stage stops its own dataset's later
+    stages and no other dataset's (they share no artifact but the fingerprints): a scheduled run
+    of three datasets, one of which cannot be read or has spent its budget, still brings the
+    other two up to date and publishes their reports; then the flow fails, naming that one."""
     order = stage_order(Path(root))
     shared = [s for s in order if not dataset_of(s)]  # the fingerprints: every dataset's, taken first
     stages = [s for s in order if dataset_of(s) and (datasets is None or dataset_of(s) in datasets)]
@@ -153,19 +165,63 @@ def _run_stages(root: str, datasets: list[str] | None, side_by_side: bool = Fals
                             "in params.yaml")
     for dataset in names:
         ensure_public_folder(Path(root), dataset)
-    ran = {stage: run_stage(root, stage) for stage in shared}
-    if side_by_side:
-        chains = [run_dataset_stages.submit(root, [s for s in stages if dataset_of(s) == name]) for name in names]
-        for chain in chains:
-            worker, done = chain.result()
-            for stage, did in done.items():  # the worker's own announcements stayed in its process
-                announce(stage, RAN if did else UP_TO_DATE)
-            said = f"dataset {dataset_of(next(iter(done)))}: stages ran in worker {worker}"
+    ran = {stage: run_stage(root, stage) for stage in shared}  # failing, it stops every dataset
+    done, failures = _side_by_side(root, stages, names) if side_by_side else _one_after_another(root, stages)
+    ran.update(done)
+    failed = {dataset_of(failure.stage) for failure in failures}
+    for dataset in names:
+        if dataset not in failed:
+            publish_report(root, dataset)
+    if failures:
+        raise DatasetsFailed(failures, ran)
+    return ran
+
+
+def _one_after_another(root: str, stages: list[str]) -> tuple[dict[str, bool], list[StageFailed]]:
+    ran: dict[str, bool] = {}
+    failures: list[StageFailed] = []
+    for stage in stages:
+        if dataset_of(stage) in {dataset_of(failure.stage) for failure in failures}:
+            announce(stage, NOT_RUN)
+            continue
+        try:
+            ran[stage] = run_stage(root, stage)
+        except StageFailed as failure:
+            failures.append(failure)
+    return ran, failures
+
+
+def _side_by_side(root: str, stages: list[str], names: list[str]) -> tuple[dict[str, bool], list[StageFailed]]:
+    """One task per dataset on the flow's task runner (the stages' announcements stay in the
+    worker's process, so they are made again here)."""
+    chains = {name: [s for s in stages if dataset_of(s) == name] for name in names}
+    futures = {name: run_dataset_stages.submit(root, chain) for name, chain in chains.items()}
+    ran: dict[str, bool] = {}
+    failures: list[StageFailed] = []
+    for name, future in futures.items():
+        worker, stopped_at = None, None
+        try:
+            worker, done = future.result()
+        except DatasetsFailed as failed:
+            failures += failed.failures
+            done, stopped_at = failed.ran, failed.stage
+        except StageFailed as failure:  # a transient failure, retried until the task gave up
+            failures.append(failure)
+            done, stopped_at = {}, failure.stage
+        _announce_chain(chains[name], done, stopped_at)
+        if worker is not None:
+            said = f"dataset {name}: stages ran in worker {worker}"
             get_run_logger().info(said)
             say(said)
-            ran.update(done)
-    else:
-        ran.update({stage: run_stage(root, stage) for stage in stages})
-    for dataset in names:
-        publish_report(root, dataset)
-    return ran
+        ran.update(done)
+    return ran, failures
+
+
+def _announce_chain(chain: list[str], done: dict[str, bool], stopped_at: str | None) -> None:
+    for stage in chain:
+        if stage in done:
+            announce(stage, RAN if done[stage] else UP_TO_DATE)
+        elif stage == stopped_at:
+            announce(stage, FAILED)
+        elif stopped_at is not None and chain.index(stage) > chain.index(stopped_at):
+            announce(stage, NOT_RUN)

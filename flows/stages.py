@@ -39,6 +39,19 @@ class TransientStageFailure(StageFailed):
     """A stage exited with EX_TEMPFAIL: the flow may retry it."""
 
 
+class DatasetsFailed(StageFailed):
+    """A stage of one or more datasets failed: each of those datasets stopped there, the others
+    ran to their end. `failures`: the failed stages, each with its words; `ran`: every stage
+    that finished, and whether it ran or was up to date."""
+
+    def __init__(self, failures: list[StageFailed], ran: dict[str, bool]):
+        super().__init__("; ".join(str(failure) for failure in failures), failures[0].stage)
+        self.failures, self.ran = failures, ran
+
+    def __reduce__(self):  # Dask workers pickle it (see StageFailed)
+        return type(self), (self.failures, self.ran)
+
+
 @dataclass(frozen=True)
 class Dag:
     """dvc.yaml as DVC resolves it, read once: loading DVC's index costs about a second here,

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
 import sys
 import warnings
-from concurrent.futures import Future
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from privflow.catalog import REPORT_FILES, REPORT_JSON
 from privflow.errors import PrivflowError
-from privflow.flows.cli.common import (
-    ONE_DATASET,
-    console,
-    ensure_keyring,
-    one_dataset,
-    quiet_tracebacks,
-)
+from privflow.flows.cli.common import ONE_DATASET, console, ensure_keyring, one_dataset
 
 
 def init(folder: Path = typer.Argument(Path("."), help="the project folder: empty, new, or an existing repository"),
@@ -53,6 +42,7 @@ def run(root: Path = Path("."),
     from privflow.flows.run_output import summary
     from privflow.flows.cli.plan_view import announce_code_spending, show_plan
     from privflow.flows.plan import stale_stages, unreadable_sources
+    from privflow.flows.cli.pipeline_run import run_flow, say_lost_sources, stop_unless_all_ran, stopped_datasets
     from privflow.flows.stages import read_dag, stages_for
     from privflow.preflight import check_dataset
     from privflow.project import refresh_dvc_yaml
@@ -69,7 +59,9 @@ def run(root: Path = Path("."),
     dag = read_dag(root, with_status=True)
     lost = {} if plan else unreadable_sources(chosen, dag)
     if lost:  # their ingest would refuse: the others run, these are said now and again at the end
-        refuse_lost_sources(lost, everything=len(lost) == len(chosen))
+        say_lost_sources(lost)
+        if len(lost) == len(chosen):
+            stop_unless_all_ran(lost, [], None, verbose)
         dataset = chosen = [name for name in chosen if name not in lost]
     stale = stale_stages(root, chosen, dag)
     server = None
@@ -86,78 +78,16 @@ def run(root: Path = Path("."),
         if spends and not yes and sys.stdin.isatty() and not typer.confirm(
                 f"spend privacy budget in {len(spends)} train stage(s)?", default=True):
             raise typer.Exit(1)
-        ran = run_flow(root, dataset or None, stages_for(dag.order, chosen), workers, dask_address, verbose, server)
+        ran, failures, log = run_flow(root, dataset or None, stages_for(dag.order, chosen), workers, dask_address,
+                                      verbose, server)
     else:  # nothing stale: like a build tool's no-op, no flow run (Prefect is not even started)
-        ran = set()
-    if not ran:
+        ran, failures, log = set(), [], None
+    if not ran and not failures:
         console.print("stages run: none (all up to date)", highlight=False)
-    for line in summary(root, dag, chosen, ran):
+    stopped = stopped_datasets(failures, chosen)
+    for line in summary(root, dag, [name for name in chosen if name not in stopped], ran):
         console.print(line, highlight=False)
-    if lost:
-        refuse_lost_sources(lost, everything=True)
-
-
-def refuse_lost_sources(lost: dict[str, str], everything: bool) -> None:
-    """Say each dataset whose source cannot be read, and why (the fingerprint's words: the file
-    and the setting to fix). `everything`: nothing else runs, so refuse now (exit 2)."""
-    for name, why in lost.items():
-        console.print(f"privflow: dataset {name} does not run: its source cannot be read: {why}", style="red",
-                      highlight=False)
-    if everything:
-        names = " ".join(f"-d {name}" for name in lost)
-        raise PrivflowError(f"not run: {', '.join(lost)}; fix the source named above, then `privflow run {names}`")
-
-
-def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers: int, dask_address: str | None,
-             verbose: bool, server: Future | None = None) -> set[str]:
-    """The Prefect flow, its output in the run's log (unless verbose), a board on the terminal;
-    the stages that ran. A failed stage's own words are shown, then the next step."""
-    from contextlib import nullcontext
-
-    from privflow.flows.board import StageBoard
-    from privflow.flows.pipeline import pipeline, text_model_in
-    from privflow.flows.run_output import new_log_path, output_to_log, stage_said
-    from privflow.flows.server import temporary_api
-    from privflow.flows.stages import StageFailed
-    from privflow.progress import PROGRESS_DIR_ENV
-    from privflow.stagehost import share_cores
-    from privflow.stageserver import stage_host
-
-    quiet_tracebacks()
-    flow = pipeline
-    if workers > 1 or dask_address:
-        from prefect_dask import DaskTaskRunner
-
-        if not dask_address:  # a local cluster's workers, and their stages, share this machine's cores
-            share_cores(workers)
-        runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
-            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
-        flow = pipeline.with_options(task_runner=runner)
-    log = new_log_path(root)
-    progress = log.with_suffix(".progress")
-    progress.mkdir()
-    os.environ[PROGRESS_DIR_ENV] = str(progress.resolve())
-    live = sys.stdout.isatty() and not verbose
-    if not verbose:
-        console.print(f"log: {log}", highlight=False)
-    try:
-        # the host's imports overlap the rest of Prefect's start
-        with stage_host(lambda: text_model_in(root, datasets)), temporary_api(server):
-            with (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
-                    StageBoard(stages, terminal, live, progress):
-                ran = flow(str(root), datasets, side_by_side=workers > 1 or bool(dask_address))
-    except StageFailed as failure:
-        errors = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
-        for line in ([] if verbose else stage_said(log, failure.stage)):
-            errors.print(line, style="red")
-        errors.print(f"privflow: {failure}", style="red")
-        errors.print(f"next: fix what stage {failure.stage} said above (full output: {log}), then `privflow run -d "
-                      f"{failure.stage.partition('@')[2]}` again; stages that finished are not run again")
-        raise typer.Exit(2) from None
-    finally:
-        shutil.rmtree(progress, ignore_errors=True)
-        logging.getLogger("prefect").setLevel(logging.WARNING)  # its exit lines ("Stopping temporary server")
-    return {stage for stage, did in ran.items() if did}
+    stop_unless_all_ran(lost, failures, log, verbose, chosen)
 
 
 def serve(root: Path = Path("."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import subprocess
 
@@ -191,6 +192,47 @@ def test_a_dataset_whose_source_is_lost_is_left_out_and_named_and_the_others_run
     assert said.endswith("privflow: not run: churn; fix the source named above, then `privflow run -d churn`")
     assert "churn: " not in said.replace("dataset churn", "").replace("not run: churn;", ""), said
     assert "ingest" not in workspace.run("privflow", "status", check=True).stdout  # back: nothing to run
+
+
+SCHEDULED_RUN = """
+import json
+from privflow.flows.pipeline import pipeline
+from privflow.flows.stages import DatasetsFailed
+try:
+    pipeline(".")  # as `privflow serve` runs it: no plan, no refusal before the flow
+except DatasetsFailed as failed:
+    print(json.dumps({"failed": [failure.stage for failure in failed.failures], "ran": failed.ran}))
+"""
+
+
+def test_a_scheduled_run_that_cannot_read_a_source_still_runs_the_other_datasets(pipeline_run):
+    """The flow itself (a schedule's run) stops only the dataset whose stage failed: churn's
+    stages come first, yet breast cancer's are all checked and its report published."""
+    workspace, _ = pipeline_run
+    order = stage_order(workspace.repo)
+    assert order.index("ingest@churn") < order.index("ingest@breast_cancer")  # what makes the test tell
+    archived = [next((workspace.reports(name) / "runs").glob("*.json")) for name in DATASETS]
+    for path in archived:
+        os.utime(path, (0, 0))
+    source = workspace.base / "bank" / "churn.csv.gz"
+    source.rename(source.with_name("moved.csv.gz"))
+    try:
+        result = workspace.run("python", "-c", SCHEDULED_RUN)
+        published = [path.stat().st_mtime > 0 for path in archived]
+    finally:
+        source.with_name("moved.csv.gz").rename(source)
+        # DVC deleted churn's snapshot as its ingest started; with the source back, the next run
+        # takes it from DVC's run cache (same source, same command) and spends nothing
+        again = workspace.run("privflow", "run", "--yes")
+    assert result.returncode == 0 and result.stdout.strip(), result.stdout + result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["failed"] == ["ingest@churn"]
+    assert outcome["ran"].pop("fingerprint") is not None  # taken first, for every dataset
+    assert outcome["ran"] == {f"{stage}@breast_cancer": False for stage in STAGES[1:]}  # checked: up to date
+    assert published == [True, False]  # breast cancer's report was published, churn's not
+    assert "source not found" in result.stdout + result.stderr
+    said = " ".join(again.stdout.split())
+    assert again.returncode == 0 and "churn: ran ingest; epsilon spent 0.000" in said, said + again.stderr
 
 
 def test_the_repository_holds_no_digest_or_size_of_the_private_source(pipeline_run):
