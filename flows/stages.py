@@ -20,7 +20,6 @@ from dvc.stage import PipelineStage
 
 from privflow.errors import EXIT_TRANSIENT, PrivflowError
 from privflow.flows import dvcfiles  # noqa: F401 (how DVC writes and reads its files here)
-from privflow.lockfile import LOCK, looks_complete, restore_lock, write_atomically
 from privflow.project import runs_every_time
 
 
@@ -118,12 +117,24 @@ def _status(root: Path, repo: Repo, outputs: dict[str, list[Path]]) -> dict[str,
     """DVC's status of each out-of-date stage, once the sources' fingerprints are up to date.
     DVC calls the fingerprint stage changed every time (it must, having no dep it may hash);
     with its output refreshed first, whether a source changed shows where it matters, as that
-    dataset's ingest's changed dep, and the fingerprint stage itself is left out."""
+    dataset's ingest's changed dep, and the fingerprint stage itself is left out, unless what
+    dvc.lock records of its output is not what was just taken (see record_fingerprints)."""
     from privflow.data.fingerprint import refresh_fingerprints
 
     settled = FINGERPRINT_STAGE in outputs and refresh_fingerprints(root, outputs[FINGERPRINT_STAGE][0])
     stale = {name.split(":")[-1]: entries for name, entries in repo.status().items()}
-    return {name: entries for name, entries in stale.items() if not (settled and name == FINGERPRINT_STAGE)}
+    if settled and FINGERPRINT_STAGE in stale:
+        stale[FINGERPRINT_STAGE] = [entry for entry in stale[FINGERPRINT_STAGE] if entry != "always changed"]
+    return {name: entries for name, entries in stale.items() if entries or name != FINGERPRINT_STAGE}
+
+
+def record_fingerprints(root: Path) -> None:
+    """Have dvc.lock record the fingerprints as the plan just took them, for a run that starts no
+    flow: a run that found a source missing recorded that, and once it is back nothing else is
+    stale (the failed ingest's snapshot was put back), so no stage would record it; `dvc
+    status` would then call the fingerprints changed until some run ran their stage."""
+    with open_repo(root, mend=False) as repo:
+        repo.commit(f"{Path(repo.root_dir) / 'dvc.yaml'}:{FINGERPRINT_STAGE}", force=True)
 
 
 def _recorded_outputs(repo: Repo, target: str) -> list:
@@ -149,83 +160,12 @@ def open_repo(root: Path, mend: bool = True, **options) -> Repo:
     except NotDvcRepoError:
         raise PrivflowError(f"{root.resolve()}: not a privflow project (no DVC repository); "
                             "run privflow from the project's root, or make one with `privflow init`") from None
+    from privflow.flows.dvc_repairs import repair_lock, repair_rwlock
+
     for mended in ([repair_lock(repo), repair_rwlock(repo)] if mend else []):
         if mended:
             print(f"privflow: {mended}", file=sys.stderr)
     return repo
-
-
-def lock_problem(repo: Repo) -> str | None:
-    """Why the project's dvc.lock cannot be trusted as it stands, or None: DVC refuses it, or
-    DVC would load it but did not finish writing it (privflow.lockfile.looks_complete). Those
-    cuts are the dangerous ones: an empty lock reads as "nothing recorded", an out cut before
-    its hash as "changed", and taking them at their word runs stages again (train spending
-    anew)."""
-    from dvc.dvcfile import Lockfile
-    from dvc.exceptions import DvcException
-
-    root = Path(repo.root_dir)
-    lock = root / LOCK
-    if not lock.exists():
-        return None
-    try:
-        Lockfile(repo, str(lock), verify=False).load()
-    except DvcException as error:
-        return " ".join(str(error).split())
-    if not looks_complete(lock.read_text(encoding="utf-8", errors="replace")):
-        return "it ends part-way through what DVC was writing" if lock.stat().st_size else "it is empty"
-    return None
-
-
-def repair_lock(repo: Repo) -> str | None:
-    """Put back the last complete dvc.lock if DVC cannot use this one; what was done, or None."""
-    problem = lock_problem(repo)
-    if not problem:
-        return None
-    mended = restore_lock(Path(repo.root_dir), problem)
-    if mended is None:
-        raise PrivflowError(
-            f"{Path(repo.root_dir) / LOCK}: {problem}, and privflow holds no complete copy of it; put back the "
-            f"committed one (`git checkout {LOCK}`), then run again: stages recorded since then run again")
-    return mended
-
-
-def repair_rwlock(repo: Repo) -> str | None:
-    """DVC records which process reads or writes which path in .dvc/tmp/rwlock, rewriting it
-    in place (`open(path, "w")`, then the JSON) as every stage starts and ends; a run killed
-    in that instant leaves it cut, and DVC then refuses every stage ("Unable to read
-    RWLock-file ... JSON structure is corrupted"). Its entries only matter while their
-    processes live, and DVC already ignores those of dead ones; so a cut one is replaced by
-    an empty one, under DVC's own guard for that file (the cut file kept for an audit)."""
-    import json
-    import shutil
-
-    from dvc.lock import make_lock
-    from dvc.rwlock import RWLOCK_FILE, RWLOCK_LOCK
-
-    path = Path(repo.tmp_dir) / RWLOCK_FILE
-
-    def readable() -> bool:
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return True
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return True
-
-    if readable():
-        return None
-    with make_lock(str(path.with_name(RWLOCK_LOCK)), tmp_dir=repo.tmp_dir,
-                   hardlink_lock=repo.config["core"].get("hardlink_lock", False)):
-        if readable():  # another process mended it first
-            return None
-        kept = Path(repo.root_dir) / ".privflow" / "dvc-rwlock.cut"
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, kept)
-        write_atomically(path, "{}")
-    return (f"{path} was cut short (a run was killed while DVC recorded its path locks); replaced by an empty "
-            f"one, as no killed process holds a lock. The cut file is kept as {kept}")
 
 
 def stage_outputs(root: Path, stage: str) -> list[Path]:
@@ -288,4 +228,19 @@ def reproduce_stage(root: Path, stage: str) -> bool:
         messages = _causes(error)
         status = _exit_status(messages)
         failure = TransientStageFailure if status == EXIT_TRANSIENT else StageFailed
+        restore_recorded_outputs(root, stage)
         raise failure(f"stage '{stage}' failed: {'; '.join(messages)}", stage) from None
+
+
+def restore_recorded_outputs(root: Path, stage: str) -> None:
+    """Put back what dvc.lock records of a failed stage's outputs: DVC deleted them as the stage
+    started, so a refused train took the last good model with it (`privflow predict` and the
+    report's links then found nothing until a run succeeded). A stage never run has nothing to
+    put back; neither has one whose outputs were never cached (DVC leaves those as they are)."""
+    from dvc.exceptions import DvcException
+
+    with open_repo(root, mend=False, _wait_for_lock=True) as repo:
+        try:
+            repo.checkout(targets=[f"{Path(repo.root_dir) / 'dvc.yaml'}:{stage}"], force=True, allow_missing=True)
+        except DvcException:  # e.g. the cache lost the files: the outputs stay deleted, as DVC left them
+            pass

@@ -18,12 +18,22 @@ def show_plan(root: Path, stale: list, dag) -> list:
     for line in grouped_lines(planned):
         console.print(line, highlight=False)
     for item in (p for p in planned if not _grouped(p)):
-        spend = ""
-        if item.epsilon is not None:
-            spend = (f"; spends {'' if item.exact else 'up to '}epsilon {item.epsilon:.3f} of budget {item.budget}, "
-                     f"{'' if item.exact else 'at least '}{item.left_after:.3f} left after")
+        spend = "" if item.epsilon is None else f"; {spending(item)}"
         console.print(f"plan: {item.stage} {'runs' if item.certain else 'may run'}: {item.why}{spend}", highlight=False)
     return planned
+
+
+def spending(item) -> str:
+    """What a train stage will charge and what is left after it; past the cap, that train will
+    (or may) refuse and charge nothing, and what to change."""
+    spends = f"spends {'' if item.exact else 'up to '}epsilon {item.epsilon:.3f} of budget {item.budget}"
+    if item.left_after >= 0:
+        return f"{spends}, {'' if item.exact else 'at least '}{item.left_after:.3f} left after"
+    over = (f"over its cap by {-item.left_after:.3f}: it will refuse before reading any data, and charge nothing"
+            if item.exact else
+            f"which may go over its cap (by up to {-item.left_after:.3f}, composed with its earlier runs once its "
+            "data is known): then it refuses before reading any data, and charges nothing")
+    return f"{spends}, {over}; lower train.target_epsilon, or have the data owner raise privacy.epsilon_cap"
 
 
 NEVER_RUN = "run: never run"

@@ -43,7 +43,7 @@ def run(root: Path = Path("."),
     from privflow.flows.cli.plan_view import announce_code_spending, show_plan
     from privflow.flows.plan import stale_stages, unreadable_sources
     from privflow.flows.cli.pipeline_run import run_flow, say_lost_sources, stop_unless_all_ran, stopped_datasets
-    from privflow.flows.stages import read_dag, stages_for
+    from privflow.flows.stages import FINGERPRINT_STAGE, read_dag, record_fingerprints, stages_for
     from privflow.preflight import check_dataset
     from privflow.project import refresh_dvc_yaml
     from privflow.settings import dataset_names, load_settings
@@ -82,6 +82,8 @@ def run(root: Path = Path("."),
                                       verbose, server)
     else:  # nothing stale: like a build tool's no-op, no flow run (Prefect is not even started)
         ran, failures, log = set(), [], None
+        if FINGERPRINT_STAGE in dag.stale:
+            record_fingerprints(root)
     if not ran and not failures:
         console.print("stages run: none (all up to date)", highlight=False)
     stopped = stopped_datasets(failures, chosen)
@@ -163,7 +165,8 @@ def repair(root: Path = Path(".")) -> None:
     """Mend what a killed `dvc repro` can leave cut short: dvc.lock (DVC then refuses every run
     with "'./dvc.lock' validation failed", or misreads it) gets back the copy taken as the
     last stage started; DVC's path-lock file (.dvc/tmp/rwlock) an empty one."""
-    from privflow.flows.stages import open_repo, repair_lock, repair_rwlock
+    from privflow.flows.dvc_repairs import repair_lock, repair_rwlock
+    from privflow.flows.stages import open_repo
 
     with open_repo(root, mend=False) as repo:
         mended = [m for m in (repair_lock(repo), repair_rwlock(repo)) if m]

@@ -219,11 +219,11 @@ def test_a_scheduled_run_that_cannot_read_a_source_still_runs_the_other_datasets
     try:
         result = workspace.run("python", "-c", SCHEDULED_RUN)
         published = [path.stat().st_mtime > 0 for path in archived]
+        # DVC deleted churn's snapshot as its ingest started; the flow put back what dvc.lock records
+        snapshot_back = (workspace.artifacts("ingest", "churn") / "manifest.json").exists()
     finally:
         source.with_name("moved.csv.gz").rename(source)
-        # DVC deleted churn's snapshot as its ingest started; with the source back, the next run
-        # takes it from DVC's run cache (same source, same command) and spends nothing
-        again = workspace.run("privflow", "run", "--yes")
+        again = workspace.run("privflow", "run", "--yes")  # the source back: nothing to do, nothing spent
     assert result.returncode == 0 and result.stdout.strip(), result.stdout + result.stderr
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["failed"] == ["ingest@churn"]
@@ -231,8 +231,10 @@ def test_a_scheduled_run_that_cannot_read_a_source_still_runs_the_other_datasets
     assert outcome["ran"] == {f"{stage}@breast_cancer": False for stage in STAGES[1:]}  # checked: up to date
     assert published == [True, False]  # breast cancer's report was published, churn's not
     assert "source not found" in result.stdout + result.stderr
+    assert snapshot_back
     said = " ".join(again.stdout.split())
-    assert again.returncode == 0 and "churn: ran ingest; epsilon spent 0.000" in said, said + again.stderr
+    assert again.returncode == 0 and "churn: ran nothing (up to date); epsilon spent 0.000" in said, said + again.stderr
+    assert workspace.out_of_date() == set()  # dvc.lock records the fingerprints as they are again
 
 
 def test_the_repository_holds_no_digest_or_size_of_the_private_source(pipeline_run):

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 STEP = f"""
 import pathlib, sys
 dataset, step = sys.argv[1:]
-if dataset == "b" and step == "make":
+if dataset in pathlib.Path("refused.txt").read_text().split() and step == "make":
     print("privflow: dataset b refused: its budget is spent")
     sys.exit({EXIT_REFUSED})
 out = pathlib.Path("out", dataset, step + ".txt")
@@ -32,15 +32,16 @@ out.write_text(step)
 """
 
 
-def three_datasets(root: Path) -> Path:
-    """Stages `make` then `after` for datasets a, b, c; b's `make` refuses."""
+def three_datasets(root: Path, refused: str = "b") -> Path:
+    """Stages `make` then `after` for datasets a, b, c; the `make` of those in refused.txt refuses."""
     root.mkdir()
     (root / "step.py").write_text(STEP)
+    (root / "refused.txt").write_text(refused)
     python = sys.executable
     (root / "dvc.yaml").write_text(
         "stages:\n"
         f"  make:\n    foreach: [a, b, c]\n    do:\n      cmd: {python} step.py ${{item}} make\n"
-        "      deps: [step.py]\n      outs: ['out/${item}/make.txt']\n"
+        "      deps: [step.py, refused.txt]\n      outs: ['out/${item}/make.txt']\n"
         f"  after:\n    foreach: [a, b, c]\n    do:\n      cmd: {python} step.py ${{item}} after\n"
         "      deps: ['out/${item}/make.txt']\n      outs: ['out/${item}/after.txt']\n")
     for command in (["git", "init", "-q"], [str(Path(python).parent / "dvc"), "init", "-q"]):
@@ -80,3 +81,15 @@ def test_what_failed_crosses_to_a_dask_worker_and_back():
     back = pickle.loads(pickle.dumps(failed))
     assert (back.stage, back.ran, [str(f) for f in back.failures]) == ("train@b", {"ingest@b": True},
                                                                         ["stage 'train@b' failed: refused"])
+
+
+def test_a_failed_stage_gets_back_the_outputs_dvc_lock_records(tmp_path, prefect_harness, monkeypatch):
+    """DVC deletes a stage's outputs as it starts it; failing, the stage's last good outputs come
+    back (a refused train keeps serving the last good model)."""
+    root = three_datasets(tmp_path / "p", refused="")
+    monkeypatch.chdir(root)
+    assert one_after_another(str(root)) == ({stage: True for stage in stage_order(root)}, [])
+    (root / "refused.txt").write_text("b")
+    ran, failures = one_after_another(str(root))
+    assert [failure.stage for failure in failures] == ["make@b"] and "make@b" not in ran
+    assert (root / "out" / "b" / "make.txt").read_text() == "make"  # deleted by DVC, then put back

@@ -137,7 +137,7 @@ def test_a_cut_path_lock_file_is_replaced_and_privflow_writes_it_by_rename(proje
     from dvc import rwlock
     from dvc.fs import localfs
 
-    from privflow.flows.stages import repair_rwlock
+    from privflow.flows.dvc_repairs import repair_rwlock
 
     path = project / ".dvc" / "tmp" / "rwlock"
     path.write_text('{"read": {"a.txt": [{"pid": 1')  # a kill while DVC wrote it

@@ -71,3 +71,20 @@ def test_the_datasets_whose_source_cannot_be_read_are_named_with_the_reason(tmp_
     dag = Dag(["fingerprint"], {"fingerprint": [folder]}, nx.DiGraph(), {})
     assert unreadable_sources(["x", "y", "z"], dag) == {"x": "data/x.csv: source not found; set ..."}
     assert unreadable_sources(["x"], Dag([], {}, nx.DiGraph(), {})) == {}  # a project made before fingerprints
+
+
+def test_a_train_past_its_cap_is_said_to_refuse_not_to_leave_a_negative_budget():
+    from privflow.flows.cli.plan_view import spending
+    from privflow.flows.plan import PlannedStage
+
+    def said(left: float, exact: bool) -> str:
+        return spending(PlannedStage("train@a", "never run", True, epsilon=3.0, exact=exact, budget="a",
+                                     left_after=left))
+
+    assert said(1.5, True) == "spends epsilon 3.000 of budget a, 1.500 left after"
+    assert said(1.5, False) == "spends up to epsilon 3.000 of budget a, at least 1.500 left after"
+    assert said(-0.082, True) == ("spends epsilon 3.000 of budget a, over its cap by 0.082: it will refuse before "
+                                  "reading any data, and charge nothing; lower train.target_epsilon, or have the "
+                                  "data owner raise privacy.epsilon_cap")
+    assert said(-1.991, False).startswith("spends up to epsilon 3.000 of budget a, which may go over its cap (by up "
+                                          "to 1.991, composed with its earlier runs once its data is known)")
