@@ -18,6 +18,8 @@ import yaml
 from privflow import catalog as c
 from privflow.codedeps import ROOT, STAGES, stage_code, stage_module
 from privflow.data.fingerprint import FINGERPRINTS
+from privflow.training.settings_seen import TRAIN_FOLDER
+from privflow.upgrades import carry_train_over
 
 CODE_VAR = "privflow_code"
 GENERATED = "# Written by `privflow init` (privflow.project): regenerate it rather than edit it."
@@ -25,7 +27,8 @@ HEADER = f"""{GENERATED}
 # The pipeline DAG: the Prefect flow (privflow.flows.pipeline) reads its stage order from this
 # file and runs each stage through DVC. Every stage but `fingerprint` runs once per dataset
 # declared under `datasets:` in params.yaml (stage names like `train@churn`); a dataset's entry
-# is a params dependency of its own stages only, so editing one never re-runs another. A stage's code
+# is a params dependency of its own stages only, so editing one never re-runs another; `train`
+# depends on what it reads of the settings instead (artifacts/fingerprints/train/). A stage's code
 # deps are exactly the files its module imports (found from the source): editing one re-runs
 # the stages that load it and no other.
 """
@@ -33,6 +36,7 @@ HEADER = f"""{GENERATED}
 A, M = f"{c.ARTIFACTS}/${{key}}", f"{c.METRICS}/${{key}}"
 PUBLIC = f"{c.PUBLIC_DATA}/${{key}}"
 FINGERPRINT_FOLDER = f"{c.ARTIFACTS}/{FINGERPRINTS}"
+TRAIN_SETTINGS = f"{FINGERPRINT_FOLDER}/{TRAIN_FOLDER}/${{key}}.json"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class StageSpec:
     always_changed: bool = False  # DVC runs it every time: for a stage that must not declare what it reads
     cache: bool = True  # False: its outs stay out of DVC's cache and remote, and DVC leaves them in place
     per_dataset: bool = True  # a `foreach` over the datasets (`ingest@churn`); else one stage for all
+    whole_entry: bool = True  # a params dep on the dataset's whole entry (`datasets.churn`)
 
 
 CSV_PARAMS = ("ingest.delimiter", "ingest.encoding", "ingest.decimal")
@@ -73,9 +78,11 @@ SPECS = {
     "train": StageSpec(
         (("data", f"{A}/encrypt"), ("pretrained", f"{A}/pretrain"), ("out", f"{A}/train"),
          ("metrics", f"{M}/{c.TRAIN_METRICS}"), ("curve", f"{M}/{c.TRAIN_CURVE}")),
-        (f"{A}/encrypt", f"{A}/pretrain"), ("train", "privacy"), outs=(f"{A}/train",),
+        # what it reads of the settings, written by the fingerprint stage: not the params themselves, so
+        # editing what it does not read (e.g. compress:) spends nothing (privflow.training.settings_seen)
+        (f"{A}/encrypt", f"{A}/pretrain", TRAIN_SETTINGS), (), outs=(f"{A}/train",),
         metrics=(f"{M}/{c.TRAIN_METRICS}",), plots=({f"{M}/{c.TRAIN_CURVE}": {"x": "epoch", "y": "epsilon"}},),
-        comment="the only stage that spends privacy budget"),
+        comment="the only stage that spends privacy budget", whole_entry=False),
     "compress": StageSpec(
         (("model", f"{A}/train"), ("training", f"{M}/{c.TRAIN_METRICS}"), ("out", f"{A}/compress"),
          ("metrics", f"{M}/{c.COMPRESS_METRICS}")),
@@ -125,8 +132,9 @@ def stage_entry(stage: str) -> dict:
     spec = SPECS[stage]
     entry = {"cmd": _command(stage, spec),
              "deps": [*spec.deps, *(f"${{{CODE_VAR}}}/{path}" for path in stage_code(stage))]}
-    if spec.per_dataset or spec.params:
-        entry["params"] = [*(["datasets.${key}"] if spec.per_dataset else []), *spec.params]
+    entry_param = spec.per_dataset and spec.whole_entry
+    if entry_param or spec.params:
+        entry["params"] = [*(["datasets.${key}"] if entry_param else []), *spec.params]
     if spec.outs:
         entry["outs"] = [out if spec.cache else {out: {"cache": False, "persist": True}} for out in spec.outs]
     if spec.metrics:
@@ -176,6 +184,7 @@ def refresh_dvc_yaml(project: Path) -> list[str]:
         partial = path.with_name("dvc.yaml.partial")
         partial.write_text(current, encoding="utf-8")
         os.replace(partial, path)
+    carry_train_over(project)  # after dvc.yaml: what it reads is left to carry, so a cut run is finished later
     return changed
 
 

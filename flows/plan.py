@@ -18,6 +18,7 @@ from privflow.data.fingerprint import fingerprint_file, is_fingerprint, unreadab
 from privflow.errors import PrivflowError
 from privflow.flows.stages import FINGERPRINT_STAGE, Dag, dataset_of, read_dag
 from privflow.project import declared_code
+from privflow.training.settings_seen import is_train_settings
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset(), 
                 said.append(_source_lost(why) if why else
                             "the source changed" if path in recorded else
                             f"the source is now seen through its keyed fingerprint, {path} (once, after an upgrade)")
+            elif is_train_settings(path):  # what train reads of params.yaml (privflow.training.settings_seen)
+                said.append("what it reads of the settings changed (train, privacy, or the dataset's entry)"
+                            if path in recorded else f"its settings changed since it last ran (now seen as {path})")
             else:
                 said.append(f"{path} {change}")
         said += [f"output {path} {change}" for path, change in entry.get("changed outs", {}).items()]

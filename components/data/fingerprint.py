@@ -31,6 +31,7 @@ from privflow.crypto.vault import Vault
 from privflow.data.sources import list_source, snapshot_id
 from privflow.errors import PrivflowError
 from privflow.settings import dataset_names, keyring_path, load_settings
+from privflow.training.settings_seen import TRAIN_FOLDER, settings_seen_by_train, train_settings_file
 
 FINGERPRINTS = "fingerprints"  # artifacts/fingerprints/: the fingerprint stage's output, <dataset>.json in it
 STAT_CACHE = Path(".privflow") / "fingerprints"  # under the project: local state, git-ignored
@@ -120,10 +121,13 @@ def take_fingerprints(project: Path, folder: Path, vault: Vault | None = None) -
         changed = write_fingerprint(fingerprint_file(folder, dataset), document)
         news[dataset] = (f"unavailable: {document['unavailable']}" if "unavailable" in document
                          else "changed" if changed else "unchanged")
-    kept = {fingerprint_file(folder, dataset).name for dataset in news}
-    for stale in folder.iterdir():  # a removed dataset's fingerprint, a killed write's .partial
-        if stale.name not in kept and stale.is_file():
-            stale.unlink()
+        # the settings train reads, its dep in place of the params (privflow.training.settings_seen)
+        write_fingerprint(train_settings_file(folder, dataset), settings_seen_by_train(project, dataset))
+    for files in (folder, folder / TRAIN_FOLDER):  # a removed dataset's, a killed write's .partial
+        kept = {fingerprint_file(files, dataset).name for dataset in news}
+        for stale in files.iterdir():
+            if stale.name not in kept and stale.is_file():
+                stale.unlink()
     return news
 
 

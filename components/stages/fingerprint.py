@@ -5,6 +5,10 @@ re-runs a dataset's ingest only when the id written for it changes: so a changed
 noticed as before, while dvc.lock, which teams commit, holds a digest of this file and never
 one of the private bytes (privflow.data.fingerprint says why, and why one stage serves every
 dataset). Unchanged files are not read again.
+
+It also writes what each dataset's `train` reads of the settings (artifacts/fingerprints/train/,
+privflow.training.settings_seen): train depends on that file rather than on params.yaml, so
+an edit it does not read re-runs no training.
 """
 
 from __future__ import annotations

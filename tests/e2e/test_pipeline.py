@@ -237,6 +237,37 @@ def test_a_scheduled_run_that_cannot_read_a_source_still_runs_the_other_datasets
     assert workspace.out_of_date() == set()  # dvc.lock records the fingerprints as they are again
 
 
+def stages_said(summary: str) -> list[str]:
+    """The stages a run's summary line says ran: `churn: ran ingest, validate; epsilon ...`."""
+    return summary.split(";")[0].partition(": ran ")[2].split(", ")
+
+
+def test_editing_what_train_does_not_read_spends_nothing(pipeline_run):
+    """A dataset's entry holds settings of every stage; train depends only on what it reads of
+    them (privflow.training.settings_seen), so a new report title re-runs no training."""
+    workspace, _ = pipeline_run
+    entry = yaml.safe_load((workspace.repo / "params.yaml").read_text())["datasets"]["churn"]
+    with sqlite3.connect(workspace.ledger) as db:
+        charges = db.execute("SELECT COUNT(*) FROM charges").fetchone()[0]
+    try:
+        workspace.edit_dataset("churn", report={"title": "Churn, for the audit committee"})
+        plan = " ".join(workspace.run("privflow", "run", "--plan", check=True).stdout.split())
+        edited = workspace.run("privflow", "run", "--yes", check=True)
+    finally:
+        params = yaml.safe_load((workspace.repo / "params.yaml").read_text())
+        params["datasets"]["churn"] = entry
+        (workspace.repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "report@churn runs: param datasets.churn modified" in plan and "plan: train@churn runs" not in plan, plan
+    ran = next(line for line in edited.stdout.splitlines() if line.startswith("churn: ran"))
+    assert "report" in stages_said(ran) and "train" not in stages_said(ran) and "epsilon spent 0.000" in ran, ran
+    assert "Churn, for the audit committee" in (workspace.reports("churn") / "report.html").read_text()
+    back = workspace.run("privflow", "run", "--yes", check=True).stdout  # the title as it was: again no train
+    ran = next(line for line in back.splitlines() if line.startswith("churn: ran"))
+    assert "report" in stages_said(ran) and "train" not in stages_said(ran), ran
+    with sqlite3.connect(workspace.ledger) as db:
+        assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == charges
+
+
 def test_the_repository_holds_no_digest_or_size_of_the_private_source(pipeline_run):
     """dvc.lock (committed), DVC's run cache and the pushed remote know each source only by its
     keyed fingerprint: DVC's own MD5 of it, or a SHA-256, would let whoever knows every record

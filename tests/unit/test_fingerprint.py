@@ -125,7 +125,8 @@ def test_a_dataset_no_longer_declared_loses_its_fingerprint(source, vault, tmp_p
     take_fingerprints(_project(tmp_path, {"d": {"source": str(source)}, "old": {"source": str(source)}}), folder, vault)
     (folder / "d.json.partial").write_text("{")  # a killed write's leftover
     take_fingerprints(_project(tmp_path, {"d": {"source": str(source)}}), folder, vault)
-    assert sorted(path.name for path in folder.iterdir()) == ["d.json"]
+    assert sorted(path.name for path in folder.iterdir() if path.is_file()) == ["d.json"]
+    assert [path.name for path in (folder / "train").iterdir()] == ["d.json"]  # what train reads, likewise
 
 
 def test_ingest_refuses_bytes_that_are_not_the_fingerprinted_ones(source, vault, tmp_path):

@@ -1,0 +1,70 @@
+"""Carrying a project's dvc.lock across a change in the shape of dvc.yaml, so that an upgrade of
+privflow does not re-run a stage whose inputs did not change: above all `train`, which would
+spend privacy budget on the same data.
+
+DVC decides whether a stage is stale by comparing its deps in dvc.yaml with what dvc.lock
+recorded of them. When `train` stopped depending on params (`datasets.<name>`, `train`,
+`privacy`) and started depending on the file of what it reads of them
+(privflow.training.settings_seen), every train in every project would have looked stale once.
+Where dvc.lock's record of those params is exactly what params.yaml says now (DVC would have
+called them unchanged), the file written from them now stands for the same settings, and its
+hash is recorded in their place. Where they differ, nothing is carried over: train runs, as it
+would have without the upgrade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from privflow.catalog import ARTIFACTS
+from privflow.data.fingerprint import FINGERPRINTS, write_fingerprint
+from privflow.lockfile import LOCK, write_atomically
+from privflow.training.settings_seen import settings_seen_by_train, train_settings_file
+
+PARAMS = "params.yaml"
+OLD_TRAIN_PARAMS = ("datasets.${key}", "train", "privacy")  # what train's params were before
+
+
+def carry_train_over(project: Path) -> list[str]:
+    """For each train in dvc.lock whose recorded params equal params.yaml's now: write the
+    settings file it depends on from now on and record its hash in place of the params. Returns
+    the stages carried over (the others run at the next `privflow run`, as they were due to).
+    It reads dvc.lock itself for what is left to carry, so a run killed between the rewrite of
+    dvc.yaml and this one is finished by the next."""
+    lock_path = project / LOCK
+    text = lock_path.read_text(encoding="utf-8") if lock_path.is_file() else ""
+    if "\n      params.yaml:\n        datasets." not in text:  # no stage records a dataset's entry: nothing to do
+        return []
+    # DVC's own YAML (1.2): it wrote dvc.lock and compares params.yaml with it so (`1e-05` is a
+    # number to it, a string to PyYAML)
+    from dvc.utils.serialize import dumps_yaml, parse_yaml
+
+    lock = parse_yaml(text, str(lock_path)) or {}
+    params = parse_yaml((project / PARAMS).read_text(encoding="utf-8"), PARAMS) or {}
+    carried = []
+    for stage, entry in (lock.get("stages") or {}).items():
+        dataset = stage.partition("@")[2]
+        if not stage.startswith("train@") or not _unchanged(entry, params, dataset):
+            continue
+        path = train_settings_file(project / ARTIFACTS / FINGERPRINTS, dataset)
+        write_fingerprint(path, settings_seen_by_train(project, dataset))
+        content = path.read_bytes()
+        del entry["params"]
+        entry["deps"] = [*entry.get("deps", []), {"path": path.relative_to(project).as_posix(), "hash": "md5",
+                                                  "md5": hashlib.md5(content).hexdigest(), "size": len(content)}]
+        carried.append(stage)
+    if carried:
+        write_atomically(lock_path, dumps_yaml(lock))
+    return carried
+
+
+def _unchanged(entry: dict, params: dict, dataset: str) -> bool:
+    """Whether the params dvc.lock recorded for a train are what params.yaml says now."""
+    recorded = (entry.get("params") or {}).get(PARAMS)
+    names = [name.replace("${key}", dataset) for name in OLD_TRAIN_PARAMS]
+    if not isinstance(recorded, dict) or set(recorded) != set(names):
+        return False
+    now = {"train": params.get("train"), "privacy": params.get("privacy"),
+           f"datasets.{dataset}": (params.get("datasets") or {}).get(dataset)}
+    return recorded == now

@@ -1,0 +1,68 @@
+"""An upgrade that changes train's deps (params → the settings file) keeps an up-to-date train
+up to date in DVC's own eyes, and leaves a train whose params changed to run: real DVC."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from privflow.data.fingerprint import write_fingerprint
+from privflow.training.settings_seen import settings_seen_by_train, train_settings_file
+from privflow.upgrades import carry_train_over
+
+pytestmark = pytest.mark.slow
+
+DVC = str(Path(sys.executable).parent / "dvc")
+TRAIN = "python -c \"import pathlib; pathlib.Path('out', '${key}').mkdir(parents=True, exist_ok=True); " \
+        "pathlib.Path('out', '${key}', 'model').write_text('m')\""
+BEFORE = f"""stages:
+  train:
+    foreach: ${{datasets}}
+    do:
+      cmd: {TRAIN}
+      params: ['datasets.${{key}}', train, privacy]
+      outs: ['out/${{key}}']
+"""
+AFTER = f"""stages:
+  train:
+    foreach: ${{datasets}}
+    do:
+      cmd: {TRAIN}
+      deps: ['artifacts/fingerprints/train/${{key}}.json']
+      outs: ['out/${{key}}']
+"""
+# `1.0e-05`: DVC's YAML writes it to dvc.lock as `1e-05`, which PyYAML reads as a string
+PARAMS = """datasets:
+  a: {source: a.csv, schema: s.yaml}
+  b: {source: b.csv, schema: s.yaml}
+train: {epochs: 3, target_delta: 1.0e-05}
+privacy: {epsilon_cap: 3.0}
+"""
+
+
+def status(root: Path) -> dict:
+    return json.loads(subprocess.run([DVC, "status", "--json"], cwd=root, check=True, capture_output=True,
+                                     text=True).stdout or "{}")
+
+
+def test_a_train_up_to_date_stays_so_and_one_whose_params_changed_runs(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "params.yaml").write_text(PARAMS)
+    (root / "dvc.yaml").write_text(BEFORE)
+    for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "repro", "-q"]):
+        subprocess.run(command, cwd=root, check=True)
+    assert status(root) == {}
+    (root / "params.yaml").write_text(PARAMS.replace("b: {source: b.csv,", "b: {budget: other, source: b.csv,"))
+    (root / "dvc.yaml").write_text(AFTER)  # the upgrade's new dvc.yaml; b's entry was edited before it
+    assert carry_train_over(root) == ["train@a"]
+    assert set(status(root)) == {"train@b"}  # a: carried, up to date; b: its settings changed, it runs
+    assert carry_train_over(root) == []  # done once
+    folder = root / "artifacts" / "fingerprints"  # what the fingerprint stage writes first in a real project
+    write_fingerprint(train_settings_file(folder, "b"), settings_seen_by_train(root, "b"))
+    subprocess.run([DVC, "repro", "-q"], cwd=root, check=True)
+    assert status(root) == {}
