@@ -28,7 +28,7 @@ HEADER = f"""{GENERATED}
 # file and runs each stage through DVC. Every stage but `fingerprint` runs once per dataset
 # declared under `datasets:` in params.yaml (stage names like `train@churn`); a dataset's entry
 # is a params dependency of its own stages only, so editing one never re-runs another; `train`
-# depends on what it reads of the settings instead (artifacts/fingerprints/train/). A stage's code
+# depends on what it reads of the entry instead (artifacts/fingerprints/train/). A stage's code
 # deps are exactly the files its module imports (found from the source): editing one re-runs
 # the stages that load it and no other.
 """
@@ -78,9 +78,9 @@ SPECS = {
     "train": StageSpec(
         (("data", f"{A}/encrypt"), ("pretrained", f"{A}/pretrain"), ("out", f"{A}/train"),
          ("metrics", f"{M}/{c.TRAIN_METRICS}"), ("curve", f"{M}/{c.TRAIN_CURVE}")),
-        # what it reads of the settings, written by the fingerprint stage: not the params themselves, so
-        # editing what it does not read (e.g. compress:) spends nothing (privflow.training.settings_seen)
-        (f"{A}/encrypt", f"{A}/pretrain", TRAIN_SETTINGS), (), outs=(f"{A}/train",),
+        # what it reads of the dataset's entry, written by the fingerprint stage, not the entry itself: an
+        # edit it does not read (e.g. compress:) spends nothing (privflow.training.settings_seen)
+        (f"{A}/encrypt", f"{A}/pretrain", TRAIN_SETTINGS), ("train", "privacy"), outs=(f"{A}/train",),
         metrics=(f"{M}/{c.TRAIN_METRICS}",), plots=({f"{M}/{c.TRAIN_CURVE}": {"x": "epoch", "y": "epsilon"}},),
         comment="the only stage that spends privacy budget", whole_entry=False),
     "compress": StageSpec(

@@ -3,13 +3,14 @@ privflow does not re-run a stage whose inputs did not change: above all `train`,
 spend privacy budget on the same data.
 
 DVC decides whether a stage is stale by comparing its deps in dvc.yaml with what dvc.lock
-recorded of them. When `train` stopped depending on params (`datasets.<name>`, `train`,
-`privacy`) and started depending on the file of what it reads of them
+recorded of them. When `train` stopped depending on the dataset's whole entry
+(`datasets.<name>`) and started depending on the file of what it reads of it
 (privflow.training.settings_seen), every train in every project would have looked stale once.
-Where dvc.lock's record of those params is exactly what params.yaml says now (DVC would have
-called them unchanged), the file written from them now stands for the same settings, and its
-hash is recorded in their place. Where they differ, nothing is carried over: train runs, as it
-would have without the upgrade.
+Where dvc.lock's record of the entry is exactly what params.yaml says now (DVC would have
+called it unchanged), the file written from it now stands for the same settings, and its hash
+is recorded in its place. Where they differ, nothing is carried over: train runs, as it would
+have without the upgrade. Its `train` and `privacy` sections stay params of train (DVC still
+says which changed, and `dvc params diff` still shows them).
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from privflow.lockfile import LOCK, write_atomically
 from privflow.training.settings_seen import settings_seen_by_train, train_settings_file
 
 PARAMS = "params.yaml"
-OLD_TRAIN_PARAMS = ("datasets.${key}", "train", "privacy")  # what train's params were before
 
 
 def carry_train_over(project: Path) -> list[str]:
-    """For each train in dvc.lock whose recorded params equal params.yaml's now: write the
-    settings file it depends on from now on and record its hash in place of the params. Returns
+    """For each train in dvc.lock whose recorded dataset entry is params.yaml's now: write the
+    settings file it depends on from now on and record its hash in place of the entry. Returns
     the stages carried over (the others run at the next `privflow run`, as they were due to).
     It reads dvc.lock itself for what is left to carry, so a run killed between the rewrite of
     dvc.yaml and this one is finished by the next."""
@@ -50,7 +50,7 @@ def carry_train_over(project: Path) -> list[str]:
         path = train_settings_file(project / ARTIFACTS / FINGERPRINTS, dataset)
         write_fingerprint(path, settings_seen_by_train(project, dataset))
         content = path.read_bytes()
-        del entry["params"]
+        del entry["params"][PARAMS][f"datasets.{dataset}"]  # `train` and `privacy` stay: still its params
         entry["deps"] = [*entry.get("deps", []), {"path": path.relative_to(project).as_posix(), "hash": "md5",
                                                   "md5": hashlib.md5(content).hexdigest(), "size": len(content)}]
         carried.append(stage)
@@ -60,11 +60,9 @@ def carry_train_over(project: Path) -> list[str]:
 
 
 def _unchanged(entry: dict, params: dict, dataset: str) -> bool:
-    """Whether the params dvc.lock recorded for a train are what params.yaml says now."""
+    """Whether dvc.lock recorded a train's dataset entry, and recorded it as params.yaml says it
+    now (its `train` and `privacy` sections stay params of train: DVC compares those itself)."""
     recorded = (entry.get("params") or {}).get(PARAMS)
-    names = [name.replace("${key}", dataset) for name in OLD_TRAIN_PARAMS]
-    if not isinstance(recorded, dict) or set(recorded) != set(names):
-        return False
-    now = {"train": params.get("train"), "privacy": params.get("privacy"),
-           f"datasets.{dataset}": (params.get("datasets") or {}).get(dataset)}
-    return recorded == now
+    name = f"datasets.{dataset}"
+    return (isinstance(recorded, dict) and name in recorded
+            and recorded[name] == (params.get("datasets") or {}).get(dataset))

@@ -26,6 +26,7 @@ from privflow.flows.stages import (
     reproduce_stage,
     stage_order,
 )
+from privflow.project import refresh_dvc_yaml
 from privflow.reporting.archive import archive_run
 from privflow.stageserver import stage_host
 
@@ -136,6 +137,9 @@ def pipeline(root: str = ".", datasets: list[str] | None = None, wait_seconds: f
     task runner (a Dask cluster: `privflow run --workers 2` or `--dask-address`)."""
     # a host for serve's runs; `privflow run` started one already
     with project_lock(Path(root), wait_seconds), stage_host(lambda: text_model_in(Path(root), datasets)):
+        # a scheduled or deployed run after an upgrade: dvc.yaml (and dvc.lock) as this privflow writes them
+        if refreshed := refresh_dvc_yaml(Path(root)):
+            get_run_logger().info("dvc.yaml: code deps of %s rewritten for the installed privflow", refreshed)
         return _run_stages(root, datasets, side_by_side)
 
 

@@ -60,17 +60,22 @@ def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset(), 
                             "the source changed" if path in recorded else
                             f"the source is now seen through its keyed fingerprint, {path} (once, after an upgrade)")
             elif is_train_settings(path):  # what train reads of params.yaml (privflow.training.settings_seen)
-                said.append("what it reads of the settings changed (train, privacy, or the dataset's entry)"
+                said.append(f"{SETTINGS_CHANGED} (its train, privacy, budget or pretrain settings)"
                             if path in recorded else f"its settings changed since it last ran (now seen as {path})")
             else:
                 said.append(f"{path} {change}")
         said += [f"output {path} {change}" for path, change in entry.get("changed outs", {}).items()]
         if "changed command" in entry:
             said.append("command changed")
+    if any(s.startswith("param ") for s in said):  # `param train modified` says it better than the file
+        said = [s for s in said if not s.startswith(SETTINGS_CHANGED)]
     code_changes = [s for s in said if s.startswith("privflow code ")]
     if len(code_changes) > 3:  # an upgrade changes many files: count them
         said = [s for s in said if not s.startswith("privflow code ")] + [f"privflow code: {len(code_changes)} files changed"]
     return said or ["never run"]
+
+
+SETTINGS_CHANGED = "what it reads of the dataset's entry changed"
 
 
 def _source_lost(why: str) -> str:

@@ -1,5 +1,6 @@
-"""An upgrade that changes train's deps (params → the settings file) keeps an up-to-date train
-up to date in DVC's own eyes, and leaves a train whose params changed to run: real DVC."""
+"""An upgrade that changes train's deps (the dataset's entry → the file of what train reads of
+it) keeps an up-to-date train up to date in DVC's own eyes, and leaves a train whose entry
+changed to run: real DVC."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ AFTER = f"""stages:
     do:
       cmd: {TRAIN}
       deps: ['artifacts/fingerprints/train/${{key}}.json']
+      params: [train, privacy]
       outs: ['out/${{key}}']
 """
 # `1.0e-05`: DVC's YAML writes it to dvc.lock as `1e-05`, which PyYAML reads as a string
