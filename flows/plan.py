@@ -14,11 +14,10 @@ from pathlib import Path
 import yaml
 
 from privflow.catalog import DATASET
-from privflow.data.fingerprint import fingerprint_file, is_fingerprint, unreadable
+from privflow.data.fingerprint import fingerprint_file, is_fingerprint, is_train_settings, unreadable
 from privflow.errors import PrivflowError
 from privflow.flows.stages import FINGERPRINT_STAGE, Dag, dataset_of, read_dag
 from privflow.project import declared_code
-from privflow.training.settings_seen import is_train_settings
 
 
 @dataclass(frozen=True)

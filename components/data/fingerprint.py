@@ -75,6 +75,11 @@ def is_fingerprint(path: str) -> bool:
     return Path(path).parent.name == FINGERPRINTS and path.endswith(".json")
 
 
+def is_train_settings(path: str) -> bool:
+    """Whether a dep in DVC's status is the file of what a train reads of the settings."""
+    return Path(path).parent.name == TRAIN_FOLDER and Path(path).parent.parent.name == FINGERPRINTS
+
+
 def write_fingerprint(path: Path, document: dict) -> bool:
     """Write the fingerprint unless it already says the same; True if it changed. An unchanged
     file keeps its mtime, so DVC need not even hash it again."""

@@ -40,9 +40,3 @@ def settings_seen_by_train(project: Path, dataset: str) -> dict:
         return {"dataset": dataset, "invalid": True}
     return {"dataset": dataset, "settings": settings.model_dump(mode="json", by_alias=True,
                                                                 exclude=set(NOT_READ_BY_TRAIN))}
-
-
-def is_train_settings(path: str) -> bool:
-    """Whether a dep in DVC's status is the file of what a train reads of the settings."""
-    # "fingerprints": privflow.data.fingerprint.FINGERPRINTS, which imports this module
-    return Path(path).parent.name == TRAIN_FOLDER and Path(path).parent.parent.name == "fingerprints"
