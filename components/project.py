@@ -37,6 +37,7 @@ A, M = f"{c.ARTIFACTS}/${{key}}", f"{c.METRICS}/${{key}}"
 PUBLIC = f"{c.PUBLIC_DATA}/${{key}}"
 FINGERPRINT_FOLDER = f"{c.ARTIFACTS}/{FINGERPRINTS}"
 TRAIN_SETTINGS = f"{FINGERPRINT_FOLDER}/{TRAIN_FOLDER}/${{key}}.json"
+TRAIN_PARAMS = ("train", "privacy")  # params deps of train beside TRAIN_SETTINGS: DVC's words for their edits
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ SPECS = {
          ("metrics", f"{M}/{c.TRAIN_METRICS}"), ("curve", f"{M}/{c.TRAIN_CURVE}")),
         # what it reads of the dataset's entry, written by the fingerprint stage, not the entry itself: an
         # edit it does not read (e.g. compress:) spends nothing (privflow.training.settings_seen)
-        (f"{A}/encrypt", f"{A}/pretrain", TRAIN_SETTINGS), ("train", "privacy"), outs=(f"{A}/train",),
+        (f"{A}/encrypt", f"{A}/pretrain", TRAIN_SETTINGS), TRAIN_PARAMS, outs=(f"{A}/train",),
         metrics=(f"{M}/{c.TRAIN_METRICS}",), plots=({f"{M}/{c.TRAIN_CURVE}": {"x": "epoch", "y": "epsilon"}},),
         comment="the only stage that spends privacy budget", whole_entry=False),
     "compress": StageSpec(

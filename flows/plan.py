@@ -17,7 +17,8 @@ from privflow.catalog import DATASET
 from privflow.data.fingerprint import fingerprint_file, is_fingerprint, is_train_settings, unreadable
 from privflow.errors import PrivflowError
 from privflow.flows.stages import FINGERPRINT_STAGE, Dag, dataset_of, read_dag
-from privflow.project import declared_code
+from privflow.project import TRAIN_PARAMS, declared_code
+from privflow.training.settings_seen import settings_changes
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,12 @@ def _changed_code(entries: list, code: str | None) -> tuple[str, ...]:
                         for path in entry.get("changed deps", {}) if path.startswith(prefix)))
 
 
-def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset(), root: Path = Path(".")) -> list[str]:
+def _reasons(entries: list, code: str | None, recorded: dict[str, str | None] | None = None,
+             root: Path = Path(".")) -> list[str]:
     """DVC's status of one stage, in words: which deps, params, outputs or command changed
-    (`recorded`: the deps dvc.lock holds for it; `root`: the project DVC's paths are under)."""
+    (`recorded`: the deps dvc.lock holds for it, each with its MD5; `root`: the project DVC's
+    paths are under)."""
+    recorded = recorded or {}
     prefix = f"{Path(code)}/" if code else None
     said = []
     for entry in entries:
@@ -59,14 +63,16 @@ def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset(), 
                             "the source changed" if path in recorded else
                             f"the source is now seen through its keyed fingerprint, {path} (once, after an upgrade)")
             elif is_train_settings(path):  # what train reads of params.yaml (privflow.training.settings_seen)
-                said.append(f"{SETTINGS_CHANGED} (its train, privacy, budget or pretrain settings)"
-                            if path in recorded else f"its settings changed since it last ran (now seen as {path})")
+                said.append(_settings_changed(root, path, recorded[path]) if path in recorded
+                            else f"its settings changed since it last ran (now seen as {path})")
             else:
                 said.append(f"{path} {change}")
         said += [f"output {path} {change}" for path, change in entry.get("changed outs", {}).items()]
         if "changed command" in entry:
             said.append("command changed")
-    if any(s.startswith("param ") for s in said):  # `param train modified` says it better than the file
+    if any(s.startswith(SETTINGS_NAMED) for s in said):  # keys with their values say more than DVC's param words
+        said = [s for s in said if not (s.startswith("param ") and s.split()[1].split(".")[0] in TRAIN_PARAMS)]
+    elif any(s.startswith("param ") for s in said):  # `param train modified` says it better than the file
         said = [s for s in said if not s.startswith(SETTINGS_CHANGED)]
     code_changes = [s for s in said if s.startswith("privflow code ")]
     if len(code_changes) > 3:  # an upgrade changes many files: count them
@@ -75,18 +81,27 @@ def _reasons(entries: list, code: str | None, recorded: set[str] = frozenset(), 
 
 
 SETTINGS_CHANGED = "what it reads of the dataset's entry changed"
+SETTINGS_NAMED = "its settings changed:"  # followed by the keys, each with its old and new value
+
+
+def _settings_changed(root: Path, path: str, recorded_md5: str | None) -> str:
+    """Which keys of what train reads changed since it last ran, when the version it ran with is
+    kept here; else which sections it reads."""
+    changes = settings_changes(root, Path(path).stem, recorded_md5, root / path)
+    return f"{SETTINGS_NAMED} {', '.join(changes)}" if changes else \
+        f"{SETTINGS_CHANGED} (its train, privacy, budget or pretrain settings)"
 
 
 def _source_lost(why: str) -> str:
     return f"its source cannot be read ({why})"
 
 
-def _locked(root: Path) -> dict[str, set[str]]:
+def _locked(root: Path) -> dict[str, dict[str, str | None]]:
     """The stages dvc.lock has a record of (a stage without one has never run here), each with
-    the paths of its recorded deps."""
+    its recorded deps: path -> MD5."""
     lock = root / "dvc.lock"
     stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}) if lock.exists() else {}
-    return {name: {dep["path"] for dep in entry.get("deps", [])} for name, entry in stages.items()}
+    return {name: {dep["path"]: dep.get("md5") for dep in entry.get("deps", [])} for name, entry in stages.items()}
 
 
 def unreadable_sources(datasets: list[str], dag: Dag) -> dict[str, str]:

@@ -31,7 +31,7 @@ from privflow.crypto.vault import Vault
 from privflow.data.sources import list_source, snapshot_id
 from privflow.errors import PrivflowError
 from privflow.settings import dataset_names, keyring_path, load_settings
-from privflow.training.settings_seen import TRAIN_FOLDER, settings_seen_by_train, train_settings_file
+from privflow.training.settings_seen import TRAIN_FOLDER, remember_settings, settings_seen_by_train, train_settings_file
 
 FINGERPRINTS = "fingerprints"  # artifacts/fingerprints/: the fingerprint stage's output, <dataset>.json in it
 STAT_CACHE = Path(".privflow") / "fingerprints"  # under the project: local state, git-ignored
@@ -127,7 +127,9 @@ def take_fingerprints(project: Path, folder: Path, vault: Vault | None = None) -
         news[dataset] = (f"unavailable: {document['unavailable']}" if "unavailable" in document
                          else "changed" if changed else "unchanged")
         # the settings train reads, its dep in place of the params (privflow.training.settings_seen)
-        write_fingerprint(train_settings_file(folder, dataset), settings_seen_by_train(project, dataset))
+        seen = train_settings_file(folder, dataset)
+        write_fingerprint(seen, settings_seen_by_train(project, dataset))
+        remember_settings(project, dataset, seen)
     for files in (folder, folder / TRAIN_FOLDER):  # a removed dataset's, a killed write's .partial
         kept = {fingerprint_file(files, dataset).name for dataset in news}
         for stale in files.iterdir():

@@ -171,8 +171,10 @@ def test_the_plan_says_what_would_run_and_spend_and_runs_nothing(project):
         assert stale_stages(root, env) == {"fingerprint", "train"}
     finally:
         params.write_text(original)
-    assert "plan: train@breast_cancer runs: param train" in printed, printed
-    assert "modified; spends epsilon " in printed and "plan: ingest" not in printed
+    # the key and its values, from the version of the settings train last ran with (kept in .privflow/)
+    assert "plan: train@breast_cancer runs: its settings changed: train.max_grad_norm 1.0 -> 1.5; spends epsilon " \
+        in printed, printed
+    assert "plan: ingest" not in printed
     _, tail = printed.split("spends epsilon ", 1)
     epsilon, rest = tail.split(" of budget breast_cancer, ", 1)
     assert 0 < float(epsilon) <= 3.0 and 0 < float(rest.split(" left after")[0]) < 30.0

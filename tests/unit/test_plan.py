@@ -23,11 +23,11 @@ def test_a_stage_never_run_says_so():
 
 def test_a_changed_fingerprint_is_said_as_the_source_or_as_the_upgrade_that_added_it():
     status = [{"changed deps": {"artifacts/fingerprints/x.json": "modified"}}]
-    assert _reasons(status, "components", {"artifacts/fingerprints/x.json"}) == ["the source changed"]
+    assert _reasons(status, "components", {"artifacts/fingerprints/x.json": "0f"}) == ["the source changed"]
     upgrade = ["the source is now seen through its keyed fingerprint, artifacts/fingerprints/x.json "
                "(once, after an upgrade)"]
-    assert _reasons(status, "components", {"data/source/x.csv"}) == upgrade  # from the source itself
-    assert _reasons(status, "components", {"artifacts/x/fingerprint.json"}) == upgrade  # from one stage a dataset
+    assert _reasons(status, "components", {"data/source/x.csv": "0f"}) == upgrade  # from the source itself
+    assert _reasons(status, "components", {"artifacts/x/fingerprint.json": "0f"}) == upgrade  # one stage a dataset
 
 
 def test_a_fingerprint_that_says_its_source_cannot_be_read_is_said_with_the_reason(tmp_path):
@@ -35,8 +35,36 @@ def test_a_fingerprint_that_says_its_source_cannot_be_read_is_said_with_the_reas
     folder.mkdir(parents=True)
     (folder / "x.json").write_text('{"dataset": "x", "unavailable": "data/x.csv: source not found; set ..."}')
     status = [{"changed deps": {"artifacts/fingerprints/x.json": "modified"}}]
-    assert _reasons(status, "components", {"artifacts/fingerprints/x.json"}, tmp_path) == [
+    assert _reasons(status, "components", {"artifacts/fingerprints/x.json": "0f"}, tmp_path) == [
         "its source cannot be read (data/x.csv: source not found; set ...)"]
+
+
+def test_a_change_of_what_train_reads_names_each_key_with_its_old_and_new_value(tmp_path):
+    """The version train last ran with (its MD5 in dvc.lock) is kept in the project's local
+    state; without it (a fresh clone) the plan says which sections train reads."""
+    import hashlib
+    import json
+
+    from privflow.training.settings_seen import SEEN
+
+    def settings(epochs: int, delta: float) -> bytes:
+        return json.dumps({"dataset": "x", "settings": {"train": {"epochs": epochs, "model": "mlp"},
+                                                        "privacy": {"delta": delta}}}).encode()
+
+    path = "artifacts/fingerprints/train/x.json"
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_bytes(settings(8, 1e-6))
+    ran_with = settings(5, 1e-5)
+    (tmp_path / SEEN / "x").mkdir(parents=True)
+    (tmp_path / SEEN / "x" / f"{hashlib.md5(ran_with).hexdigest()}.json").write_bytes(ran_with)
+    status = [{"changed deps": {path: "modified", "params.yaml": {"train.epochs": "modified"}}}]
+    named = ["its settings changed: train.epochs 5 -> 8, privacy.delta 1e-05 -> 1e-06"]
+    assert _reasons(status, "components", {path: hashlib.md5(ran_with).hexdigest()}, tmp_path) == named
+    # not kept here: DVC's param words, or the sections when only the dataset's entry changed
+    assert _reasons(status, "components", {path: "0f"}, tmp_path) == ["param train.epochs modified"]
+    alone = [{"changed deps": {path: "modified"}}]
+    assert _reasons(alone, "components", {path: "0f"}, tmp_path) == [
+        "what it reads of the dataset's entry changed (its train, privacy, budget or pretrain settings)"]
 
 
 def test_stages_that_spend_nothing_are_said_once_for_datasets_with_the_same_stages():

@@ -10,7 +10,8 @@ import yaml
 from privflow.codedeps import ROOT, stage_code
 from privflow.crypto.keys import Keyring
 from privflow.data.fingerprint import take_fingerprints
-from privflow.training.settings_seen import NOT_READ_BY_TRAIN, settings_seen_by_train, train_settings_file
+from privflow.training.settings_seen import (KEPT_VERSIONS, NOT_READ_BY_TRAIN, SEEN, remember_settings,
+                                             settings_changes, settings_seen_by_train, train_settings_file)
 from tests.conftest import ROOT as REPO
 
 
@@ -57,6 +58,35 @@ def test_the_fingerprint_stage_writes_one_a_dataset_and_drops_a_removed_one(tmp_
     (train_settings_file(folder, "x")).write_text("{}")  # a dataset since removed
     take_fingerprints(project, folder)
     assert not train_settings_file(folder, "x").exists()
+
+
+def test_each_version_is_kept_so_a_plan_can_name_the_keys_changed_since_train_ran(tmp_path, monkeypatch):
+    import hashlib
+
+    project = demo_project(tmp_path / "p")
+    monkeypatch.setenv("PRIVFLOW_KEYRING", str(tmp_path / "keyring.json"))
+    Keyring.open(tmp_path / "keyring.json")
+    folder = project / "artifacts" / "fingerprints"
+    take_fingerprints(project, folder)
+    seen = train_settings_file(folder, "breast_cancer")
+    ran_with = hashlib.md5(seen.read_bytes()).hexdigest()  # as dvc.lock records train's dep
+    before = json.loads(seen.read_text())["settings"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["datasets"]["breast_cancer"]["train"] = {**params["datasets"]["breast_cancer"].get("train", {}), "epochs": 3}
+    params["train"]["max_grad_norm"] = 1.5
+    params["datasets"]["breast_cancer"]["report"] = {"title": "not read by train"}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    take_fingerprints(project, folder)
+    assert set(settings_changes(project, "breast_cancer", ran_with, seen)) == {
+        f"train.epochs {before['train']['epochs']} -> 3", f"train.max_grad_norm {before['train']['max_grad_norm']} -> 1.5"}
+    assert settings_changes(project, "breast_cancer", "0" * 32, seen) == []  # not kept here: the plan says less
+    # each version is kept once; the newest KEPT_VERSIONS of a dataset stay
+    for epochs in range(KEPT_VERSIONS + 2):
+        seen.write_text(json.dumps({"dataset": "breast_cancer", "settings": {"train": {"epochs": epochs}}}))
+        remember_settings(project, "breast_cancer", seen)
+        remember_settings(project, "breast_cancer", seen)
+    kept = list((project / SEEN / "breast_cancer").iterdir())
+    assert len(kept) == KEPT_VERSIONS and (project / SEEN / "breast_cancer" / f"{hashlib.md5(seen.read_bytes()).hexdigest()}.json") in kept
 
 
 def test_train_code_reads_no_section_left_out_of_its_file():
