@@ -37,7 +37,10 @@ A, M = f"{c.ARTIFACTS}/${{key}}", f"{c.METRICS}/${{key}}"
 PUBLIC = f"{c.PUBLIC_DATA}/${{key}}"
 FINGERPRINT_FOLDER = f"{c.ARTIFACTS}/{FINGERPRINTS}"
 TRAIN_SETTINGS = f"{FINGERPRINT_FOLDER}/{TRAIN_FOLDER}/${{key}}.json"
-TRAIN_PARAMS = ("train", "privacy")  # params deps of train beside TRAIN_SETTINGS: DVC's words for their edits
+# train's params dep beside TRAIN_SETTINGS (which holds the rest of what it reads: DVC says
+# `param train modified`, and `dvc params diff` shows the section); not `privacy`, whose cap
+# is checked before a run and shapes no model (privflow.training.settings_seen)
+TRAIN_PARAMS = ("train",)
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ SPECS = {
          ("pretraining", f"{A}/pretrain/{c.PRETRAIN_DESCRIPTION}"), ("out", f"{c.REPORTS}/${{key}}")),
         (f"{A}/ingest/{c.MANIFEST}", f"{M}/{c.VALIDATE_METRICS}", f"{A}/encrypt/{c.DATASET}", f"{A}/train",
          f"{M}/{c.TRAIN_METRICS}", f"{M}/{c.TRAIN_CURVE}", f"{M}/{c.COMPRESS_METRICS}", f"{M}/{c.EXPLAIN_METRICS}",
-         f"{A}/pretrain/{c.PRETRAIN_DESCRIPTION}"), ("report",),
+         f"{A}/pretrain/{c.PRETRAIN_DESCRIPTION}"), ("report", "privacy"),  # privacy: the cap it shows
         outs=tuple(f"{c.REPORTS}/${{key}}/{name}" for name in c.REPORT_FILES)),
 }
 assert tuple(SPECS) == STAGES

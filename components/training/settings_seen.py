@@ -10,6 +10,13 @@ seeded), so DVC stops there. Now the `fingerprint` stage, which runs first on ev
 `dvc repro`, writes each dataset's effective settings less the sections train's code never
 reads to `artifacts/fingerprints/train/<dataset>.json`, and train depends on that file.
 
+The privacy budget's cap (`privacy.epsilon_cap`) is left out too, and `privacy` is no longer
+a params dep of train (only `train` is; the file holds the rest of `privacy`, overrides
+included): train reads the cap only to refuse a run that would compose past it, before any
+data is read; it shapes no model. While it was seen, a data owner who raised the cap re-ran
+every dataset's training and spent ε again for the same models (about 3 a dataset in the
+demo). The report, which shows the cap, depends on `privacy` instead.
+
 Each version of the file is also kept, under its MD5 as dvc.lock records it, in the project's
 local state (.privflow/train-settings/<dataset>/): the plan reads the version a train last ran
 with and names the keys that changed ("train.epochs 5 -> 8") rather than "the file changed".
@@ -30,6 +37,8 @@ from privflow.settings import load_settings
 
 TRAIN_FOLDER = "train"  # inside the fingerprints' folder: artifacts/fingerprints/train/<dataset>.json
 NOT_READ_BY_TRAIN = frozenset({"ingest", "compress", "explain", "report"})
+CHECKED_BEFORE_TRAINING = {"privacy": {"epsilon_cap"}}  # read by train to admit or refuse a run, never to train
+SETTINGS_LEFT_OUT = {**dict.fromkeys(NOT_READ_BY_TRAIN, True), **CHECKED_BEFORE_TRAINING}  # pydantic's exclude
 SEEN = Path(".privflow") / "train-settings"  # under the project: local state, git-ignored
 KEPT_VERSIONS = 32  # a dataset's newest versions kept: one a train ran with, edited since, is among them
 SHOWN_CHANGES = 4
@@ -48,7 +57,7 @@ def settings_seen_by_train(project: Path, dataset: str) -> dict:
     except PrivflowError:
         return {"dataset": dataset, "invalid": True}
     return {"dataset": dataset, "settings": settings.model_dump(mode="json", by_alias=True,
-                                                                exclude=set(NOT_READ_BY_TRAIN))}
+                                                                exclude=SETTINGS_LEFT_OUT)}
 
 
 def remember_settings(project: Path, dataset: str, path: Path) -> None:

@@ -248,24 +248,29 @@ def stages_said(summary: str) -> list[str]:
 
 def test_editing_what_train_does_not_read_spends_nothing(pipeline_run):
     """A dataset's entry holds settings of every stage; train depends only on what it reads of
-    them (privflow.training.settings_seen), so a new report title re-runs no training."""
+    them (privflow.training.settings_seen), so a new report title re-runs no training, and
+    neither does the data owner raising the budget's cap (every dataset's report shows it)."""
     workspace, _ = pipeline_run
-    entry = yaml.safe_load((workspace.repo / "params.yaml").read_text())["datasets"]["churn"]
+    original = (workspace.repo / "params.yaml").read_text()
+    cap = yaml.safe_load(original)["privacy"]["epsilon_cap"]
     with sqlite3.connect(workspace.ledger) as db:
         charges = db.execute("SELECT COUNT(*) FROM charges").fetchone()[0]
     try:
         workspace.edit_dataset("churn", report={"title": "Churn, for the audit committee"})
+        workspace.edit_params(privacy={"epsilon_cap": cap + 7})
         plan = " ".join(workspace.run("privflow", "run", "--plan", check=True).stdout.split())
         edited = workspace.run("privflow", "run", "--yes", check=True)
     finally:
-        params = yaml.safe_load((workspace.repo / "params.yaml").read_text())
-        params["datasets"]["churn"] = entry
-        (workspace.repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "report@churn runs: param datasets.churn modified" in plan and "plan: train@churn runs" not in plan, plan
-    ran = next(line for line in edited.stdout.splitlines() if line.startswith("churn: ran"))
-    assert "report" in stages_said(ran) and "train" not in stages_said(ran) and "epsilon spent 0.000" in ran, ran
+        (workspace.repo / "params.yaml").write_text(original)
+    assert "plan: report@churn runs: " in plan and "param datasets.churn modified" in plan, plan
+    assert "plan: report@breast_cancer runs: param privacy modified" in plan, plan
+    assert "plan: train@breast_cancer" not in plan and "plan: train@churn runs" not in plan, plan
+    for dataset in DATASETS:
+        ran = next(line for line in edited.stdout.splitlines() if line.startswith(f"{dataset}: ran"))
+        assert "report" in stages_said(ran) and "train" not in stages_said(ran) and "epsilon spent 0.000" in ran, ran
+        assert f"Cap ε = {cap + 7:g}" in (workspace.reports(dataset) / "report.html").read_text()
     assert "Churn, for the audit committee" in (workspace.reports("churn") / "report.html").read_text()
-    back = workspace.run("privflow", "run", "--yes", check=True).stdout  # the title as it was: again no train
+    back = workspace.run("privflow", "run", "--yes", check=True).stdout  # as it was: again no train
     ran = next(line for line in back.splitlines() if line.startswith("churn: ran"))
     assert "report" in stages_said(ran) and "train" not in stages_said(ran), ran
     with sqlite3.connect(workspace.ledger) as db:

@@ -34,9 +34,10 @@ AFTER = f"""stages:
     do:
       cmd: {TRAIN}
       deps: ['artifacts/fingerprints/train/${{key}}.json']
-      params: [train, privacy]
+      params: [train]
       outs: ['out/${{key}}']
 """
+WITH_PRIVACY = AFTER.replace("params: [train]", "params: [train, privacy]")  # the shape before the cap left
 # `1.0e-05`: DVC's YAML writes it to dvc.lock as `1e-05`, which PyYAML reads as a string
 PARAMS = """datasets:
   a: {source: a.csv, schema: s.yaml}
@@ -68,3 +69,44 @@ def test_a_train_up_to_date_stays_so_and_one_whose_params_changed_runs(tmp_path)
     write_fingerprint(train_settings_file(folder, "b"), settings_seen_by_train(root, "b"))
     subprocess.run([DVC, "repro", "-q"], cwd=root, check=True)
     assert status(root) == {}
+
+
+def test_a_train_recorded_with_the_cap_is_carried_and_a_new_cap_then_re_runs_no_training(tmp_path):
+    """The budget's cap left the settings file and `privacy` left train's params: an up-to-date
+    train stays so; one whose settings changed runs; after it, raising the cap re-runs none."""
+    import yaml
+
+    from privflow.upgrades import _file_with_the_cap
+    from tests.conftest import ROOT
+
+    root = tmp_path / "p"
+    root.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"] = {name: params["datasets"]["breast_cancer"] for name in ("a", "b")}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "dvc.yaml").write_text(WITH_PRIVACY)
+    folder = root / "artifacts" / "fingerprints"
+    for dataset in ("a", "b"):  # as the fingerprint stage of the release before wrote them
+        train_settings_file(folder, dataset).parent.mkdir(parents=True, exist_ok=True)
+        train_settings_file(folder, dataset).write_bytes(_file_with_the_cap(root, dataset))
+    for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "repro", "-q"]):
+        subprocess.run(command, cwd=root, check=True)
+    assert status(root) == {}
+    params["datasets"]["b"] = {**params["datasets"]["b"], "train": {"epochs": 4}}  # edited before the upgrade
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "dvc.yaml").write_text(AFTER)
+
+    def take_fingerprints() -> None:  # what the fingerprint stage writes first in a real project
+        for dataset in ("a", "b"):
+            write_fingerprint(train_settings_file(folder, dataset), settings_seen_by_train(root, dataset))
+
+    assert carry_train_over(root) == ["train@a"]
+    take_fingerprints()
+    assert set(status(root)) == {"train@b"}  # a: carried, up to date; b: its settings changed, it runs
+    subprocess.run([DVC, "repro", "-q"], cwd=root, check=True)
+    assert status(root) == {} and carry_train_over(root) == []
+    params["privacy"]["epsilon_cap"] = 2 * params["privacy"]["epsilon_cap"]  # the data owner raises the cap
+    params["datasets"]["b"]["privacy"] = {"secure_noise": True}  # what train reads of privacy is still seen
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    take_fingerprints()
+    assert set(status(root)) == {"train@b"}

@@ -27,11 +27,13 @@ def demo_project(tmp_path, **entry):
 def test_an_edit_train_never_reads_leaves_the_file_as_it_was(tmp_path):
     before = settings_seen_by_train(demo_project(tmp_path / "a"), "breast_cancer")
     for edit in ({"compress": {"prune_amount": 0.05}}, {"report": {"title": "audited"}},
-                 {"explain": {"data": "public"}}, {"source": "elsewhere/breast_cancer.csv"}):
+                 {"explain": {"data": "public"}}, {"source": "elsewhere/breast_cancer.csv"},
+                 {"privacy": {"epsilon_cap": 9}}):  # the cap admits or refuses a run; it shapes no model
         assert settings_seen_by_train(demo_project(tmp_path / next(iter(edit)), **edit), "breast_cancer") == before
     epochs = settings_seen_by_train(demo_project(tmp_path / "train", train={"epochs": 3}), "breast_cancer")
-    budget = settings_seen_by_train(demo_project(tmp_path / "privacy", privacy={"epsilon_cap": 9}), "breast_cancer")
-    assert epochs["settings"]["train"]["epochs"] == 3 and budget["settings"]["privacy"]["epsilon_cap"] == 9
+    noise = settings_seen_by_train(demo_project(tmp_path / "noise", privacy={"secure_noise": True}), "breast_cancer")
+    assert epochs["settings"]["train"]["epochs"] == 3 and noise["settings"]["privacy"]["secure_noise"] is True
+    assert "epsilon_cap" not in before["settings"]["privacy"]
     assert set(before["settings"]) & NOT_READ_BY_TRAIN == set() and {"train", "privacy", "dataset"} <= set(
         before["settings"])
 
