@@ -23,10 +23,15 @@ from privflow.data.schema import DEFAULT_FALSE, DEFAULT_TRUE, INTEGER_TYPES, Col
 from privflow.data.sources import disk_members, list_source
 
 MAX_ALLOWED = 20        # a column with at most this many distinct values gets a candidate `allowed:`
-_ID_NAME = re.compile(r"(^|_)(id|key|number|no)$|^(patient|customer|person|user|employee|member)", re.I)
+_PERSON_NAME = re.compile(r"^(patient|customer|person|user|employee|member|client|student|citizen)", re.I)
+_ID_NAME = re.compile(r"(^|_)(id|key|number|no)$|" + _PERSON_NAME.pattern, re.I)
 _TARGET_NAME = re.compile(r"(target|label|outcome|class|result|churn|churned|diagnosis|^y)$", re.I)
 _TIME_KINDS = ("date", "datetime")
 NUMBERS = (*INTEGER_TYPES, "float")
+# free text: most records have one, of several words (a note, a ticket, a review), mostly distinct
+TEXT_MIN_WORDS = 4       # mean words a value
+TEXT_MAX_MISSING = 0.05  # share of records without one: an optional note stays a string column
+DRAFT_MAX_CHARS = 2000   # declared, not measured: the longest text's length is the owner's to set
 
 
 @dataclass
@@ -41,6 +46,8 @@ class _ColumnProfile:
     repeated: bool = False
     decimal: str = "."
     not_numbers: int = 0  # values that are not numbers: a few in a numeric column are defects
+    words: int = 0        # words over every value: free text has several a value
+    over_draft_chars: int = 0  # values longer than DRAFT_MAX_CHARS: quarantined under the drafted max_chars
 
     def add(self, values: list[str | None]) -> None:
         for value in values:
@@ -49,6 +56,8 @@ class _ColumnProfile:
                 self.missing += 1
                 continue
             self.present += 1
+            self.words += len(text.split())
+            self.over_draft_chars += len(text) > DRAFT_MAX_CHARS
             key = hash(text)
             self.repeated |= key in self.hashes
             self.hashes.add(key)
@@ -65,7 +74,9 @@ class _ColumnProfile:
         for kind in ("bool", *INTEGER_TYPES, "float", "date", "datetime"):
             if kind in self.kinds and self.present:
                 return kind
-        return "string"
+        free_text = (self.distinct is None and self.words >= TEXT_MIN_WORDS * self.present
+                     and self.missing <= TEXT_MAX_MISSING * (self.present + self.missing))
+        return "text" if free_text else "string"
 
 
 def _fits(text: str, kind: str) -> bool:
@@ -117,8 +128,7 @@ def _yaml_value(value: str, kind: str) -> str:
 def draft_schema(source: Path, ingest, dataset: str) -> str:
     """The draft as commented YAML text."""
     header, profiles, rows = profile_source(source, ingest)
-    unit = next((n for n in header if not profiles[n].repeated and _ID_NAME.search(n)),
-                next((n for n in header if not profiles[n].repeated and profiles[n].type == "string"), header[0]))
+    unit, unit_comment = _privacy_unit(header, profiles)
     few = [n for n in header if n != unit and profiles[n].distinct and 2 <= len(profiles[n].distinct) <= MAX_ALLOWED]
     target = next((n for n in few if _TARGET_NAME.search(n)), few[-1] if few else header[-1])
     others = [n for n in few if n != target]
@@ -129,7 +139,7 @@ def draft_schema(source: Path, ingest, dataset: str) -> str:
         "# bounds measured on the rows would leak private extremes outside the privacy guarantee,",
         "# so privflow scales features by declared bounds only and refuses to train until they are set.",
         f"dataset: {dataset}",
-        f"privacy_unit: {unit}    # candidate: values never repeat{'' if _ID_NAME.search(unit) else ' (check it)'}",
+        f"privacy_unit: {unit}    # {unit_comment}",
         f"target: {target}    # candidate: a column with few values; the class order is its allowed list"
         + (f" (others: {', '.join(others)})" if others else ""),
         "strict: true",
@@ -144,15 +154,35 @@ def draft_schema(source: Path, ingest, dataset: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _privacy_unit(header: list[str], profiles: dict[str, _ColumnProfile]) -> tuple[str, str]:
+    """The candidate unit DP protects, and what the owner must check: a column named for a person
+    first, even when it repeats (the guarantee then covers all of a person's rows: user-level DP),
+    else an id whose values never repeat (a row-level unit protects one record, not a person)."""
+    person = next((n for n in header if _PERSON_NAME.search(n) and profiles[n].type == "string"), None)
+    if person is not None and profiles[person].repeated:
+        row_ids = [n for n in header if not profiles[n].repeated and _ID_NAME.search(n)]
+        return person, ("candidate: the person; values repeat, so set privacy.max_rows_per_unit in params.yaml "
+                        "(user-level DP: each person's rows bounded and protected together) or training refuses"
+                        + (f"; {row_ids[0]} never repeats, but as the unit it would protect one record, not a person"
+                           if row_ids else ""))
+    unit = next((n for n in header if not profiles[n].repeated and _ID_NAME.search(n)),
+                next((n for n in header if not profiles[n].repeated and profiles[n].type == "string"), header[0]))
+    return unit, f"candidate: values never repeat{'' if _ID_NAME.search(unit) else ' (check it)'}"
+
+
 def _column_line(profile: _ColumnProfile, role: bool) -> tuple[str, str]:
     """One column's entry and the comment that says what the owner must still decide."""
     kind = profile.type
+    if kind == "text" and not role:
+        return _text_line(profile)
+    kind = "string" if kind == "text" else kind  # a unit or target is never free text
     numeric = kind in INTEGER_TYPES or kind == "float"
     parts = [f"type: {kind}"]
     if profile.missing:
         parts.append("nullable: true")
-    if not profile.repeated and profile.present > 1 and (kind == "string" or kind in INTEGER_TYPES):
-        parts.append("unique: true")  # an id; distinct measures (a salary, a time) are chance, not a rule
+    one_word = profile.words == profile.present  # ids have no spaces; distinct notes are chance
+    if not profile.repeated and profile.present > 1 and ((kind == "string" and one_word) or kind in INTEGER_TYPES):
+        parts.append("unique: true")  # an id; distinct measures (a salary, a time) or notes are chance, not a rule
     few = profile.distinct is not None and profile.repeated
     if few and (kind == "string" or (role and kind != "bool")):
         values = sorted(profile.distinct, key=lambda v: (float(v) if numeric else 0.0, v))
@@ -166,6 +196,19 @@ def _column_line(profile: _ColumnProfile, role: bool) -> tuple[str, str]:
     elif kind == "string" and not role and 0 < profile.not_numbers <= 0.05 * profile.present:
         return ", ".join(parts), (f"mostly numbers, but {profile.not_numbers} value(s) are not: fix them in the "
                                   "export, or declare a numeric type and let validation quarantine those rows")
+    elif kind == "string" and not role and "unique: true" in parts:
+        return ", ".join(parts), "an id (every value distinct): never a model input"
     elif kind == "string" and not role:
         return ", ".join(parts), "free text: never a model input (give `allowed:` to make it a category)"
     return ", ".join(parts), ""
+
+
+def _text_line(profile: _ColumnProfile) -> tuple[str, str]:
+    """Free text: what the text preset (train.model: text) reads; never a tabular feature."""
+    said = [f"free text, what the text preset reads (train.model: text): set max_chars to the longest text you "
+            f"accept; longer ones are quarantined"]
+    if profile.over_draft_chars:
+        said.append(f"{profile.over_draft_chars} record(s) are longer than {DRAFT_MAX_CHARS}")
+    if profile.missing:
+        said.append(f"{profile.missing} record(s) have none: validation will quarantine them")
+    return f"type: text, max_chars: {DRAFT_MAX_CHARS}", "; ".join(said)

@@ -35,6 +35,18 @@ def budget_section(dataset: str, charges: list[Charge], cap: float, problems: li
             "delta_total": budget.delta_total, "charges": [asdict(c) for c in charges], "problems": problems}
 
 
+def model_inputs(dataset: dict, text: dict | None) -> dict:
+    """Which columns the model reads, and which it could have but does not: the text preset reads
+    its one text column and none of the tabular features; the tabular presets read the features
+    and no text column. A team that expected both learns it from the report, not by surprise."""
+    features = list(dict.fromkeys(name.partition("=")[0] for name in dataset.get("features", [])))  # one-hot: a=x
+    texts = dataset.get("text_columns", [])
+    if text:
+        return {"read": [text["column"]], "not_read": [*features, *(c for c in texts if c != text["column"])],
+                "why": "the text preset reads one text column"}
+    return {"read": features, "not_read": texts, "why": "a text column is read by the text preset only"}
+
+
 def build_context(args: argparse.Namespace, title: str, ledger: PrivacyLedger, cap: float) -> dict:
     training, dataset = read_json(args.training), read_json(args.dataset_description)
     name = training["budget"].get("name", dataset["dataset"])
@@ -49,6 +61,7 @@ def build_context(args: argparse.Namespace, title: str, ledger: PrivacyLedger, c
         "privacy_statement": privacy_statement(training),
         "explanation": read_json(args.explanation), "pretraining": read_json(args.pretraining),
         "audit": training.get("audit"), "text": training.get("text"),
+        "inputs": model_inputs(dataset, training.get("text")),
         "lineage": {"model_sha256": sha256_file(args.model), "git_commit": git_commit(),
                     "dvc_outputs": dvc_outputs(Path("dvc.lock"), dataset["dataset"]),
                     "packages": {name: version(name) for name in PACKAGES}},

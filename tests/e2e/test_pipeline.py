@@ -73,6 +73,8 @@ def test_flow_runs_every_stage_and_writes_the_report(pipeline_run):
     report = (workspace.reports() / "report.html").read_text()
     for section in ("Privacy statement", "Data validation", "Compression", "Privacy budget ledger", "Lineage"):
         assert section in report
+    inputs = report.split("<th>model inputs</th>")[1].split("</tr>")[0]  # the features; the notes are no input
+    assert "mean_radius" in inputs and "notes" not in inputs and "not read by this model" not in inputs
     training = json.loads(workspace.metrics("train").read_text())
     assert 0 < training["privacy"]["epsilon_spent"] <= 3.0
     assert f"{training['privacy']['epsilon_spent']:.3f}" in report

@@ -89,3 +89,30 @@ def test_only_ids_are_drafted_unique_and_the_other_target_candidates_are_named(t
     assert columns["employee_id"] == {"type": "string", "unique": True}
     assert "unique" not in columns["salary"] and columns["salary"]["type"] == "float"
     assert "(others: left)" in text and read_yaml_text(tmp_path, text)["target"] == "remote"
+
+
+def test_free_text_is_drafted_as_text_and_a_person_id_that_repeats_as_the_unit(tmp_path):
+    """Support tickets: several a customer, each with a ticket id. DP should protect the customer
+    (user-level DP), not one ticket; the ticket's body is what the text preset reads; an optional
+    note, missing from most records, stays a string column (a text column quarantines blanks)."""
+    import random
+
+    rng = random.Random(3)
+    words = "the app crashed again refund please my login page failed thanks for the quick help".split()
+    rows = [[f"T{i:05d}", f"C{i % 40:03d}", " ".join(rng.choices(words, k=rng.randint(4, 15))),
+             f"called {i} times about it" if i % 5 == 0 else "", str(i % 3 == 0).lower()] for i in range(200)]
+    rows[7][2] = "x" * 2500  # longer than the drafted max_chars
+    path = tmp_path / "tickets.csv"
+    path.write_text(csv_text(["ticket_id", "customer_id", "body", "agent_note", "escalated"], rows))
+    text = draft_schema(path, IngestSettings(source=path), "tickets")
+    draft = read_yaml_text(tmp_path, text)
+    columns = draft["columns"]
+    assert draft["privacy_unit"] == "customer_id" and "set privacy.max_rows_per_unit" in text
+    assert "ticket_id never repeats, but as the unit it would protect one record, not a person" in text
+    assert columns["body"] == {"type": "text", "max_chars": 2000}
+    assert "1 record(s) are longer than 2000" in text
+    assert columns["agent_note"] == {"type": "string", "nullable": True}
+    assert columns["ticket_id"] == {"type": "string", "unique": True} and "an id (every value distinct)" in text
+    schema_path = tmp_path / "tickets.yaml"
+    schema_path.write_text(text)
+    assert load_schema(schema_path).text_columns == ["body"]  # the draft loads as it is: nothing to bound
