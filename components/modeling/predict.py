@@ -1,8 +1,10 @@
 """Score new records with a dataset's compressed model: the `privflow predict` command.
 
-The records go through the same reader, coercion and schema checks as training data (the
-target column may be absent). A record that fails is named (file, row, column, check) and
-not scored; a guess on bad input would look like an answer.
+The records go through the same reader, coercion and schema checks as training data. Only
+the columns the model reads must be there: the target, ids and every other column may be
+absent (new records carry no label, and may have no visit id yet), and are checked where
+present. A record that fails is named (file, row, column, check) and not scored; a guess on
+bad input would look like an answer.
 """
 
 from __future__ import annotations
@@ -41,10 +43,17 @@ class Scored:
             yield [str(row), self.classes[int(p.argmax())], *(f"{v:.6f}" for v in p)]
 
 
-def scoring_schema(schema: DatasetSchema) -> DatasetSchema:
-    """The training schema with the target optional: new records carry no label."""
-    target = schema.columns[schema.target].model_copy(update={"nullable": True})
-    return schema.model_copy(update={"columns": {**schema.columns, schema.target: target}})
+def columns_read(schema: DatasetSchema, card: dict) -> set[str]:
+    """The columns the export reads: a text model's text column, or the tabular features."""
+    return {card["text"]["column"]} if card.get("text") else set(schema.feature_columns)
+
+
+def scoring_schema(schema: DatasetSchema, read: set[str]) -> DatasetSchema:
+    """The training schema with every column the model does not read optional (missing values
+    allowed); the target among them: new records carry no label."""
+    optional = {name: spec.model_copy(update={"nullable": True}) for name, spec in schema.columns.items()
+                if name not in read}
+    return schema.model_copy(update={"columns": {**schema.columns, **optional}})
 
 
 def text_tokenizer(text_card: dict | None, schema: DatasetSchema):
@@ -75,8 +84,9 @@ def model_inputs(valid, scoring: DatasetSchema, card: dict, tokenizer) -> np.nda
 def score(source: Path, schema: DatasetSchema, ingest: IngestSettings, model_dir: Path) -> Scored:
     runtime, card = load_export(model_dir)
     tokenizer = text_tokenizer(card.get("text"), schema)
-    scoring = scoring_schema(schema)
-    reader = RecordReader.of(str(source), scoring, ingest, optional=frozenset({schema.target}))
+    read = columns_read(schema, card)
+    scoring = scoring_schema(schema, read)
+    reader = RecordReader.of(str(source), scoring, ingest, optional=frozenset(schema.columns.keys() - read))
     checks = to_pandera(scoring, unique=False)
     rows, scored, failures = [], [], []
     for batch in reader.batches(disk_members(list_source(source))):

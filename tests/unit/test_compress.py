@@ -216,6 +216,21 @@ def test_predict_scores_valid_rows_and_names_the_rest(served, tmp_path):
     assert lines[0] == ["row", "prediction", "p_malignant", "p_benign"] and len(lines) == 48
 
 
+def test_predict_needs_only_the_columns_the_model_reads(served, tmp_path):
+    """New records may lack the person id the model never reads; a present one is still checked."""
+    model_dir, schema = served
+    source = demo_csv(tmp_path / "new.csv", drop_column="patient_id")
+    scored = score(source, schema, IngestSettings(source=source), model_dir)
+    assert sorted(set(range(1, 51)) - set(scored.rows)) == [3, 10]  # the demo's own defects, as with the id
+    with_ids = demo_csv(tmp_path / "ids.csv")
+    assert np.array_equal(score(with_ids, schema, IngestSettings(source=with_ids), model_dir).probabilities,
+                          scored.probabilities)
+    strict_id = schema.model_copy(update={"columns": {**schema.columns, "patient_id": schema.columns[
+        "patient_id"].model_copy(update={"regex": "^X-"})}})
+    failed = score(with_ids, strict_id, IngestSettings(source=with_ids), model_dir)
+    assert failed.rows == [] and {f.column for f in failed.failures} >= {"patient_id"}
+
+
 def test_predict_refusals_name_file_column_and_fix(served, tmp_path):
     model_dir, schema = served
     source = demo_csv(tmp_path / "new.csv", drop_column="mean_area")
