@@ -18,29 +18,33 @@ import yaml
 from privflow import catalog as c
 from privflow.codedeps import ROOT, STAGES, stage_code, stage_module
 from privflow.data.fingerprint import FINGERPRINTS
-from privflow.training.settings_seen import TRAIN_FOLDER
-from privflow.upgrades import carry_train_over
+from privflow.stage_settings import LEFT_OUT
+from privflow.upgrades import carry_over
 
 CODE_VAR = "privflow_code"
 GENERATED = "# Written by `privflow init` (privflow.project): regenerate it rather than edit it."
 HEADER = f"""{GENERATED}
 # The pipeline DAG: the Prefect flow (privflow.flows.pipeline) reads its stage order from this
 # file and runs each stage through DVC. Every stage but `fingerprint` runs once per dataset
-# declared under `datasets:` in params.yaml (stage names like `train@churn`); a dataset's entry
-# is a params dependency of its own stages only, so editing one never re-runs another; `train`
-# depends on what it reads of the entry instead (artifacts/fingerprints/train/). A stage's code
-# deps are exactly the files its module imports (found from the source): editing one re-runs
-# the stages that load it and no other.
+# declared under `datasets:` in params.yaml (stage names like `train@churn`). Each depends on
+# what it reads of its dataset's settings (artifacts/fingerprints/<stage>/<dataset>.json, written
+# by `fingerprint` from params.yaml), not on the whole entry: an edit re-runs the stages that
+# read it, of that dataset only. A stage's code deps are exactly the files its module imports
+# (found from the source): editing one re-runs the stages that load it and no other.
 """
 
 A, M = f"{c.ARTIFACTS}/${{key}}", f"{c.METRICS}/${{key}}"
 PUBLIC = f"{c.PUBLIC_DATA}/${{key}}"
 FINGERPRINT_FOLDER = f"{c.ARTIFACTS}/{FINGERPRINTS}"
-TRAIN_SETTINGS = f"{FINGERPRINT_FOLDER}/{TRAIN_FOLDER}/${{key}}.json"
-# train's params dep beside TRAIN_SETTINGS (which holds the rest of what it reads: DVC says
-# `param train modified`, and `dvc params diff` shows the section); not `privacy`, whose cap
-# is checked before a run and shapes no model (privflow.training.settings_seen)
+# Each stage's own sections stay params beside its settings file, which holds what it reads of
+# them and of the dataset's overrides (DVC says `param compress modified`; `dvc params diff`
+# shows them). Not `privacy` for train: its cap is checked before a run and shapes no model.
 TRAIN_PARAMS = ("train",)
+
+
+def settings_dep(stage: str) -> str:
+    """The file of what `stage` reads of its dataset's settings (privflow.stage_settings)."""
+    return f"{FINGERPRINT_FOLDER}/{stage}/${{key}}.json"
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,6 @@ class StageSpec:
     always_changed: bool = False  # DVC runs it every time: for a stage that must not declare what it reads
     cache: bool = True  # False: its outs stay out of DVC's cache and remote, and DVC leaves them in place
     per_dataset: bool = True  # a `foreach` over the datasets (`ingest@churn`); else one stage for all
-    whole_entry: bool = True  # a params dep on the dataset's whole entry (`datasets.churn`)
 
 
 CSV_PARAMS = ("ingest.delimiter", "ingest.encoding", "ingest.decimal")
@@ -82,11 +85,9 @@ SPECS = {
     "train": StageSpec(
         (("data", f"{A}/encrypt"), ("pretrained", f"{A}/pretrain"), ("out", f"{A}/train"),
          ("metrics", f"{M}/{c.TRAIN_METRICS}"), ("curve", f"{M}/{c.TRAIN_CURVE}")),
-        # what it reads of the dataset's entry, written by the fingerprint stage, not the entry itself: an
-        # edit it does not read (e.g. compress:) spends nothing (privflow.training.settings_seen)
-        (f"{A}/encrypt", f"{A}/pretrain", TRAIN_SETTINGS), TRAIN_PARAMS, outs=(f"{A}/train",),
+        (f"{A}/encrypt", f"{A}/pretrain"), TRAIN_PARAMS, outs=(f"{A}/train",),
         metrics=(f"{M}/{c.TRAIN_METRICS}",), plots=({f"{M}/{c.TRAIN_CURVE}": {"x": "epoch", "y": "epsilon"}},),
-        comment="the only stage that spends privacy budget", whole_entry=False),
+        comment="the only stage that spends privacy budget"),
     "compress": StageSpec(
         (("model", f"{A}/train"), ("training", f"{M}/{c.TRAIN_METRICS}"), ("out", f"{A}/compress"),
          ("metrics", f"{M}/{c.COMPRESS_METRICS}")),
@@ -109,7 +110,7 @@ SPECS = {
          f"{A}/pretrain/{c.PRETRAIN_DESCRIPTION}"), ("report", "privacy"),  # privacy: the cap it shows
         outs=tuple(f"{c.REPORTS}/${{key}}/{name}" for name in c.REPORT_FILES)),
 }
-assert tuple(SPECS) == STAGES
+assert tuple(SPECS) == STAGES and set(LEFT_OUT) == {stage for stage, spec in SPECS.items() if spec.per_dataset}
 
 
 def runs_every_time(stage: str) -> bool:
@@ -134,11 +135,11 @@ def _command(stage: str, spec: StageSpec) -> str:
 
 def stage_entry(stage: str) -> dict:
     spec = SPECS[stage]
+    settings = [settings_dep(stage)] if spec.per_dataset else []  # in place of the dataset's whole entry
     entry = {"cmd": _command(stage, spec),
-             "deps": [*spec.deps, *(f"${{{CODE_VAR}}}/{path}" for path in stage_code(stage))]}
-    entry_param = spec.per_dataset and spec.whole_entry
-    if entry_param or spec.params:
-        entry["params"] = [*(["datasets.${key}"] if entry_param else []), *spec.params]
+             "deps": [*spec.deps, *settings, *(f"${{{CODE_VAR}}}/{path}" for path in stage_code(stage))]}
+    if spec.params:
+        entry["params"] = list(spec.params)
     if spec.outs:
         entry["outs"] = [out if spec.cache else {out: {"cache": False, "persist": True}} for out in spec.outs]
     if spec.metrics:
@@ -188,7 +189,7 @@ def refresh_dvc_yaml(project: Path) -> list[str]:
         partial = path.with_name("dvc.yaml.partial")
         partial.write_text(current, encoding="utf-8")
         os.replace(partial, path)
-    carry_train_over(project)  # after dvc.yaml: what it reads is left to carry, so a cut run is finished later
+    carry_over(project)  # after dvc.yaml: what it reads is left to carry, so a cut run is finished later
     return changed
 
 

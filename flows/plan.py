@@ -14,11 +14,11 @@ from pathlib import Path
 import yaml
 
 from privflow.catalog import DATASET
-from privflow.data.fingerprint import fingerprint_file, is_fingerprint, is_train_settings, unreadable
+from privflow.data.fingerprint import fingerprint_file, is_fingerprint, stage_of_settings, unreadable
 from privflow.errors import PrivflowError
 from privflow.flows.stages import FINGERPRINT_STAGE, Dag, dataset_of, read_dag
-from privflow.project import TRAIN_PARAMS, declared_code
-from privflow.training.settings_seen import settings_changes
+from privflow.project import SPECS, declared_code
+from privflow.stage_settings import settings_changes
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def _reasons(entries: list, code: str | None, recorded: dict[str, str | None] | 
     paths are under)."""
     recorded = recorded or {}
     prefix = f"{Path(code)}/" if code else None
-    said = []
+    said, named = [], None  # named: the stage whose settings file says which keys changed
     for entry in entries:
         if not isinstance(entry, dict):
             said.append(str(entry))
@@ -62,16 +62,18 @@ def _reasons(entries: list, code: str | None, recorded: dict[str, str | None] | 
                 said.append(_source_lost(why) if why else
                             "the source changed" if path in recorded else
                             f"the source is now seen through its keyed fingerprint, {path} (once, after an upgrade)")
-            elif is_train_settings(path):  # what train reads of params.yaml (privflow.training.settings_seen)
-                said.append(_settings_changed(root, path, recorded[path]) if path in recorded
+            elif stage := stage_of_settings(path):  # what it reads of params.yaml (privflow.stage_settings)
+                said.append(_settings_changed(root, stage, path, recorded[path]) if path in recorded
                             else f"its settings changed since it last ran (now seen as {path})")
+                named = stage if said[-1].startswith(SETTINGS_NAMED) else named
             else:
                 said.append(f"{path} {change}")
         said += [f"output {path} {change}" for path, change in entry.get("changed outs", {}).items()]
         if "changed command" in entry:
             said.append("command changed")
-    if any(s.startswith(SETTINGS_NAMED) for s in said):  # keys with their values say more than DVC's param words
-        said = [s for s in said if not (s.startswith("param ") and s.split()[1].split(".")[0] in TRAIN_PARAMS)]
+    if named:  # the keys with their values say more than DVC's words for the stage's own sections
+        own = {param.split(".")[0] for param in SPECS[named].params}
+        said = [s for s in said if not (s.startswith("param ") and s.split()[1].split(".")[0] in own)]
     elif any(s.startswith("param ") for s in said):  # `param train modified` says it better than the file
         said = [s for s in said if not s.startswith(SETTINGS_CHANGED)]
     code_changes = [s for s in said if s.startswith("privflow code ")]
@@ -80,16 +82,15 @@ def _reasons(entries: list, code: str | None, recorded: dict[str, str | None] | 
     return said or ["never run"]
 
 
-SETTINGS_CHANGED = "what it reads of the dataset's entry changed"
+SETTINGS_CHANGED = "what it reads of the dataset's settings changed"
 SETTINGS_NAMED = "its settings changed:"  # followed by the keys, each with its old and new value
 
 
-def _settings_changed(root: Path, path: str, recorded_md5: str | None) -> str:
-    """Which keys of what train reads changed since it last ran, when the version it ran with is
-    kept here; else which sections it reads."""
-    changes = settings_changes(root, Path(path).stem, recorded_md5, root / path)
-    return f"{SETTINGS_NAMED} {', '.join(changes)}" if changes else \
-        f"{SETTINGS_CHANGED} (its train, privacy, budget or pretrain settings)"
+def _settings_changed(root: Path, stage: str, path: str, recorded_md5: str | None) -> str:
+    """Which keys of what the stage reads changed since it last ran, when the version it ran with
+    is kept here (not in a fresh clone)."""
+    changes = settings_changes(root, stage, Path(path).stem, recorded_md5, root / path)
+    return f"{SETTINGS_NAMED} {', '.join(changes)}" if changes else SETTINGS_CHANGED
 
 
 def _source_lost(why: str) -> str:

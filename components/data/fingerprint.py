@@ -31,7 +31,7 @@ from privflow.crypto.vault import Vault
 from privflow.data.sources import list_source, snapshot_id
 from privflow.errors import PrivflowError
 from privflow.settings import dataset_names, keyring_path, load_settings
-from privflow.training.settings_seen import TRAIN_FOLDER, remember_settings, settings_seen_by_train, train_settings_file
+from privflow.stage_settings import LEFT_OUT, remember_settings, settings_file, settings_seen
 
 FINGERPRINTS = "fingerprints"  # artifacts/fingerprints/: the fingerprint stage's output, <dataset>.json in it
 STAT_CACHE = Path(".privflow") / "fingerprints"  # under the project: local state, git-ignored
@@ -75,9 +75,10 @@ def is_fingerprint(path: str) -> bool:
     return Path(path).parent.name == FINGERPRINTS and path.endswith(".json")
 
 
-def is_train_settings(path: str) -> bool:
-    """Whether a dep in DVC's status is the file of what a train reads of the settings."""
-    return Path(path).parent.name == TRAIN_FOLDER and Path(path).parent.parent.name == FINGERPRINTS
+def stage_of_settings(path: str) -> str | None:
+    """The stage whose file of what it reads of the settings a dep in DVC's status is, if it is one."""
+    folder = Path(path).parent
+    return folder.name if folder.name in LEFT_OUT and folder.parent.name == FINGERPRINTS else None
 
 
 def write_fingerprint(path: Path, document: dict) -> bool:
@@ -126,11 +127,11 @@ def take_fingerprints(project: Path, folder: Path, vault: Vault | None = None) -
         changed = write_fingerprint(fingerprint_file(folder, dataset), document)
         news[dataset] = (f"unavailable: {document['unavailable']}" if "unavailable" in document
                          else "changed" if changed else "unchanged")
-        # the settings train reads, its dep in place of the params (privflow.training.settings_seen)
-        seen = train_settings_file(folder, dataset)
-        write_fingerprint(seen, settings_seen_by_train(project, dataset))
-        remember_settings(project, dataset, seen)
-    for files in (folder, folder / TRAIN_FOLDER):  # a removed dataset's, a killed write's .partial
+        for stage in LEFT_OUT:  # what each stage reads of the settings, its dep in place of the entry
+            seen = settings_file(folder, stage, dataset)
+            write_fingerprint(seen, settings_seen(project, stage, dataset))
+            remember_settings(project, stage, dataset, seen)
+    for files in (folder, *(folder / stage for stage in LEFT_OUT)):  # a removed dataset's, a killed write's .partial
         kept = {fingerprint_file(files, dataset).name for dataset in news}
         for stale in files.iterdir():
             if stale.name not in kept and stale.is_file():

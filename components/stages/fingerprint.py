@@ -6,9 +6,10 @@ noticed as before, while dvc.lock, which teams commit, holds a digest of this fi
 one of the private bytes (privflow.data.fingerprint says why, and why one stage serves every
 dataset). Unchanged files are not read again.
 
-It also writes what each dataset's `train` reads of the settings (artifacts/fingerprints/train/,
-privflow.training.settings_seen): train depends on that file rather than on params.yaml, so
-an edit it does not read re-runs no training.
+It also writes what each stage of each dataset reads of the settings
+(artifacts/fingerprints/<stage>/<dataset>.json, privflow.stage_settings): a stage depends on
+its file rather than on the dataset's whole entry, so an edit re-runs only the stages that
+read it (a report title re-runs the report; no training, no ε).
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def test_the_plan_says_what_would_run_and_spend_and_runs_nothing(project):
         printed = " ".join(_sh(["privflow", "run", "--plan"], root, env).stdout.split())
         # the plan ran nothing; it took what train reads of the settings (the fingerprint stage's
         # output, which dvc.lock records once that stage runs), and train's dep says the change
-        assert stale_stages(root, env) == {"fingerprint", "train"}
+        assert stale_stages(root, env) == {"fingerprint", "train", "explain"}  # explain builds train's model
     finally:
         params.write_text(original)
     # the key and its values, from the version of the settings train last ran with (kept in .privflow/)
@@ -178,7 +178,8 @@ def test_the_plan_says_what_would_run_and_spend_and_runs_nothing(project):
     _, tail = printed.split("spends epsilon ", 1)
     epsilon, rest = tail.split(" of budget breast_cancer, ", 1)
     assert 0 < float(epsilon) <= 3.0 and 0 < float(rest.split(" left after")[0]) < 30.0
-    grouped = "plan: explain, compress, report of breast_cancer may run: if the stages before them write new outputs"
+    assert "plan: explain@breast_cancer runs: its settings changed: train.max_grad_norm 1.0 -> 1.5" in printed
+    grouped = "plan: compress, report of breast_cancer may run: if the stages before them write new outputs"
     assert grouped in printed, printed
 
 

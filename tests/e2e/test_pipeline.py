@@ -248,10 +248,10 @@ def stages_said(summary: str) -> list[str]:
     return summary.split(";")[0].partition(": ran ")[2].split(", ")
 
 
-def test_editing_what_train_does_not_read_spends_nothing(pipeline_run):
-    """A dataset's entry holds settings of every stage; train depends only on what it reads of
-    them (privflow.training.settings_seen), so a new report title re-runs no training, and
-    neither does the data owner raising the budget's cap (every dataset's report shows it)."""
+def test_an_edit_re_runs_only_the_stages_that_read_it(pipeline_run):
+    """A dataset's entry holds settings of every stage; each stage depends only on what it reads
+    of them (privflow.stage_settings): a new report title re-runs the report alone (no ingest,
+    no training), and so does the data owner raising the budget's cap, which every report shows."""
     workspace, _ = pipeline_run
     original = (workspace.repo / "params.yaml").read_text()
     cap = yaml.safe_load(original)["privacy"]["epsilon_cap"]
@@ -264,17 +264,19 @@ def test_editing_what_train_does_not_read_spends_nothing(pipeline_run):
         edited = workspace.run("privflow", "run", "--yes", check=True)
     finally:
         (workspace.repo / "params.yaml").write_text(original)
-    assert "plan: report@churn runs: " in plan and "param datasets.churn modified" in plan, plan
-    assert "plan: report@breast_cancer runs: param privacy modified" in plan, plan
-    assert "plan: train@breast_cancer" not in plan and "plan: train@churn runs" not in plan, plan
+    # each key with its old and new value, from the version each report last ran with
+    assert (f"plan: report@churn runs: its settings changed: privacy.epsilon_cap {cap} -> {cap + 7}, "
+            f'report.title "privflow run report" -> "Churn, for the audit committee"') in plan, plan
+    assert f"plan: report@breast_cancer runs: its settings changed: privacy.epsilon_cap {cap} -> {cap + 7}" in plan
+    assert plan.count("plan: ") == 2, plan  # nothing else runs, nothing may
     for dataset in DATASETS:
         ran = next(line for line in edited.stdout.splitlines() if line.startswith(f"{dataset}: ran"))
-        assert "report" in stages_said(ran) and "train" not in stages_said(ran) and "epsilon spent 0.000" in ran, ran
+        assert stages_said(ran) == ["report"] and "epsilon spent 0.000" in ran, ran
         assert f"Cap ε = {cap + 7:g}" in (workspace.reports(dataset) / "report.html").read_text()
     assert "Churn, for the audit committee" in (workspace.reports("churn") / "report.html").read_text()
-    back = workspace.run("privflow", "run", "--yes", check=True).stdout  # as it was: again no train
+    back = workspace.run("privflow", "run", "--yes", check=True).stdout  # as it was: the reports again, no more
     ran = next(line for line in back.splitlines() if line.startswith("churn: ran"))
-    assert "report" in stages_said(ran) and "train" not in stages_said(ran), ran
+    assert stages_said(ran) == ["report"], ran
     with sqlite3.connect(workspace.ledger) as db:
         assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == charges
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from privflow.demo_data import DEFECTS, EXTRA_FIELD_ROW, demo_table
+from privflow.stage_settings import LEFT_OUT
 from tests.workspace import demo_workspace, stages_ran
 
 pytestmark = pytest.mark.slow
@@ -29,11 +30,12 @@ def test_missing_source_names_the_file_and_writes_nothing(workspace):
     assert ("privflow: not run: breast_cancer; fix the source named above, then `privflow run -d breast_cancer`"
             in output)
     assert not (workspace.repo / ".privflow" / "logs").exists()  # no flow run: no run log
-    # only the fingerprint, which says why the source cannot be read, and what train would read
-    # of the settings: no snapshot, no data
+    # only the fingerprint, which says why the source cannot be read, and what each stage would
+    # read of the settings: no snapshot, no data
     written = sorted(path.relative_to(workspace.repo).as_posix() for path in (workspace.repo / "artifacts").rglob("*"))
-    assert written == ["artifacts/fingerprints", "artifacts/fingerprints/breast_cancer.json",
-                       "artifacts/fingerprints/train", "artifacts/fingerprints/train/breast_cancer.json"]
+    assert written == sorted(["artifacts/fingerprints", "artifacts/fingerprints/breast_cancer.json", *(
+        name for stage in LEFT_OUT for name in (f"artifacts/fingerprints/{stage}",
+                                                f"artifacts/fingerprints/{stage}/breast_cancer.json"))])
     fingerprint = json.loads((workspace.repo / "artifacts" / "fingerprints" / "breast_cancer.json").read_text())
     assert set(fingerprint) == {"dataset", "unavailable"} and str(workspace.source) in fingerprint["unavailable"]
     assert "Traceback" not in output

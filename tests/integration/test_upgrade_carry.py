@@ -1,6 +1,6 @@
-"""An upgrade that changes train's deps (the dataset's entry → the file of what train reads of
-it) keeps an up-to-date train up to date in DVC's own eyes, and leaves a train whose entry
-changed to run: real DVC."""
+"""An upgrade that changes the stages' deps (the dataset's entry → the file of what each reads
+of it; then the cap and `privacy` left train's) keeps an up-to-date stage up to date in DVC's
+own eyes, and leaves one whose settings changed to run: real DVC."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 from privflow.data.fingerprint import write_fingerprint
-from privflow.training.settings_seen import settings_seen_by_train, train_settings_file
-from privflow.upgrades import carry_train_over
+from privflow.stage_settings import settings_file, settings_seen
+from privflow.upgrades import carry_over
 
 pytestmark = pytest.mark.slow
 
 DVC = str(Path(sys.executable).parent / "dvc")
 TRAIN = "python -c \"import pathlib; pathlib.Path('out', '${key}').mkdir(parents=True, exist_ok=True); " \
         "pathlib.Path('out', '${key}', 'model').write_text('m')\""
+REPORT = TRAIN.replace("'out'", "'reports'").replace("'model'", "'report.html'")
 BEFORE = f"""stages:
   train:
     foreach: ${{datasets}}
@@ -27,6 +28,12 @@ BEFORE = f"""stages:
       cmd: {TRAIN}
       params: ['datasets.${{key}}', train, privacy]
       outs: ['out/${{key}}']
+  report:
+    foreach: ${{datasets}}
+    do:
+      cmd: {REPORT}
+      params: ['datasets.${{key}}', report]
+      outs: ['reports/${{key}}']
 """
 AFTER = f"""stages:
   train:
@@ -36,14 +43,23 @@ AFTER = f"""stages:
       deps: ['artifacts/fingerprints/train/${{key}}.json']
       params: [train]
       outs: ['out/${{key}}']
+  report:
+    foreach: ${{datasets}}
+    do:
+      cmd: {REPORT}
+      deps: ['artifacts/fingerprints/report/${{key}}.json']
+      params: [report]
+      outs: ['reports/${{key}}']
 """
-WITH_PRIVACY = AFTER.replace("params: [train]", "params: [train, privacy]")  # the shape before the cap left
+TRAIN_AFTER = AFTER.split("  report:")[0]
+WITH_PRIVACY = TRAIN_AFTER.replace("params: [train]", "params: [train, privacy]")  # the shape before the cap left
 # `1.0e-05`: DVC's YAML writes it to dvc.lock as `1e-05`, which PyYAML reads as a string
 PARAMS = """datasets:
   a: {source: a.csv, schema: s.yaml}
   b: {source: b.csv, schema: s.yaml}
 train: {epochs: 3, target_delta: 1.0e-05}
 privacy: {epsilon_cap: 3.0}
+report: {title: t}
 """
 
 
@@ -52,7 +68,7 @@ def status(root: Path) -> dict:
                                      text=True).stdout or "{}")
 
 
-def test_a_train_up_to_date_stays_so_and_one_whose_params_changed_runs(tmp_path):
+def test_stages_up_to_date_stay_so_and_those_whose_entry_changed_run(tmp_path):
     root = tmp_path / "p"
     root.mkdir()
     (root / "params.yaml").write_text(PARAMS)
@@ -62,11 +78,12 @@ def test_a_train_up_to_date_stays_so_and_one_whose_params_changed_runs(tmp_path)
     assert status(root) == {}
     (root / "params.yaml").write_text(PARAMS.replace("b: {source: b.csv,", "b: {budget: other, source: b.csv,"))
     (root / "dvc.yaml").write_text(AFTER)  # the upgrade's new dvc.yaml; b's entry was edited before it
-    assert carry_train_over(root) == ["train@a"]
-    assert set(status(root)) == {"train@b"}  # a: carried, up to date; b: its settings changed, it runs
-    assert carry_train_over(root) == []  # done once
+    assert sorted(carry_over(root)) == ["report@a", "train@a"]
+    assert set(status(root)) == {"train@b", "report@b"}  # a: carried, up to date; b: its entry changed, it runs
+    assert carry_over(root) == []  # done once
     folder = root / "artifacts" / "fingerprints"  # what the fingerprint stage writes first in a real project
-    write_fingerprint(train_settings_file(folder, "b"), settings_seen_by_train(root, "b"))
+    for stage in ("train", "report"):
+        write_fingerprint(settings_file(folder, stage, "b"), settings_seen(root, stage, "b"))
     subprocess.run([DVC, "repro", "-q"], cwd=root, check=True)
     assert status(root) == {}
 
@@ -76,7 +93,7 @@ def test_a_train_recorded_with_the_cap_is_carried_and_a_new_cap_then_re_runs_no_
     train stays so; one whose settings changed runs; after it, raising the cap re-runs none."""
     import yaml
 
-    from privflow.upgrades import _file_with_the_cap
+    from privflow.upgrades import _train_file_with_the_cap
     from tests.conftest import ROOT
 
     root = tmp_path / "p"
@@ -87,24 +104,24 @@ def test_a_train_recorded_with_the_cap_is_carried_and_a_new_cap_then_re_runs_no_
     (root / "dvc.yaml").write_text(WITH_PRIVACY)
     folder = root / "artifacts" / "fingerprints"
     for dataset in ("a", "b"):  # as the fingerprint stage of the release before wrote them
-        train_settings_file(folder, dataset).parent.mkdir(parents=True, exist_ok=True)
-        train_settings_file(folder, dataset).write_bytes(_file_with_the_cap(root, dataset))
+        settings_file(folder, "train", dataset).parent.mkdir(parents=True, exist_ok=True)
+        settings_file(folder, "train", dataset).write_bytes(_train_file_with_the_cap(root, dataset))
     for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "repro", "-q"]):
         subprocess.run(command, cwd=root, check=True)
     assert status(root) == {}
     params["datasets"]["b"] = {**params["datasets"]["b"], "train": {"epochs": 4}}  # edited before the upgrade
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (root / "dvc.yaml").write_text(AFTER)
+    (root / "dvc.yaml").write_text(TRAIN_AFTER)
 
     def take_fingerprints() -> None:  # what the fingerprint stage writes first in a real project
         for dataset in ("a", "b"):
-            write_fingerprint(train_settings_file(folder, dataset), settings_seen_by_train(root, dataset))
+            write_fingerprint(settings_file(folder, "train", dataset), settings_seen(root, "train", dataset))
 
-    assert carry_train_over(root) == ["train@a"]
+    assert carry_over(root) == ["train@a"]
     take_fingerprints()
     assert set(status(root)) == {"train@b"}  # a: carried, up to date; b: its settings changed, it runs
     subprocess.run([DVC, "repro", "-q"], cwd=root, check=True)
-    assert status(root) == {} and carry_train_over(root) == []
+    assert status(root) == {} and carry_over(root) == []
     params["privacy"]["epsilon_cap"] = 2 * params["privacy"]["epsilon_cap"]  # the data owner raises the cap
     params["datasets"]["b"]["privacy"] = {"secure_noise": True}  # what train reads of privacy is still seen
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -39,13 +39,14 @@ def test_a_fingerprint_that_says_its_source_cannot_be_read_is_said_with_the_reas
         "its source cannot be read (data/x.csv: source not found; set ...)"]
 
 
-def test_a_change_of_what_train_reads_names_each_key_with_its_old_and_new_value(tmp_path):
+def test_a_change_of_what_a_stage_reads_names_each_key_with_its_old_and_new_value(tmp_path):
     """The version train last ran with (its MD5 in dvc.lock) is kept in the project's local
-    state; without it (a fresh clone) the plan says which sections train reads."""
+    state; without it (a fresh clone) the plan says its settings changed. DVC's words for the
+    stage's own sections give way to the keys; another stage's keep theirs."""
     import hashlib
     import json
 
-    from privflow.training.settings_seen import SEEN
+    from privflow.stage_settings import SEEN
 
     def settings(epochs: int, delta: float) -> bytes:
         return json.dumps({"dataset": "x", "settings": {"train": {"epochs": epochs, "model": "mlp"},
@@ -55,16 +56,23 @@ def test_a_change_of_what_train_reads_names_each_key_with_its_old_and_new_value(
     (tmp_path / path).parent.mkdir(parents=True)
     (tmp_path / path).write_bytes(settings(8, 1e-6))
     ran_with = settings(5, 1e-5)
-    (tmp_path / SEEN / "x").mkdir(parents=True)
-    (tmp_path / SEEN / "x" / f"{hashlib.md5(ran_with).hexdigest()}.json").write_bytes(ran_with)
+    (tmp_path / SEEN / "train" / "x").mkdir(parents=True)
+    (tmp_path / SEEN / "train" / "x" / f"{hashlib.md5(ran_with).hexdigest()}.json").write_bytes(ran_with)
     status = [{"changed deps": {path: "modified", "params.yaml": {"train.epochs": "modified"}}}]
     named = ["its settings changed: train.epochs 5 -> 8, privacy.delta 1e-05 -> 1e-06"]
     assert _reasons(status, "components", {path: hashlib.md5(ran_with).hexdigest()}, tmp_path) == named
     # not kept here: DVC's param words, or the sections when only the dataset's entry changed
     assert _reasons(status, "components", {path: "0f"}, tmp_path) == ["param train.epochs modified"]
     alone = [{"changed deps": {path: "modified"}}]
-    assert _reasons(alone, "components", {path: "0f"}, tmp_path) == [
-        "what it reads of the dataset's entry changed (its train, privacy, budget or pretrain settings)"]
+    assert _reasons(alone, "components", {path: "0f"}, tmp_path) == ["what it reads of the dataset's settings changed"]
+    report = "artifacts/fingerprints/report/x.json"  # the report's own section is `report`, not `train`
+    (tmp_path / report).parent.mkdir(parents=True)
+    (tmp_path / report).write_bytes(settings(8, 1e-6))
+    (tmp_path / SEEN / "report" / "x").mkdir(parents=True)
+    (tmp_path / SEEN / "report" / "x" / f"{hashlib.md5(ran_with).hexdigest()}.json").write_bytes(ran_with)
+    status = [{"changed deps": {report: "modified", "params.yaml": {"train.epochs": "modified", "report": "modified"}}}]
+    assert set(_reasons(status, "components", {report: hashlib.md5(ran_with).hexdigest()}, tmp_path)) == {
+        "param train.epochs modified", named[0]}
 
 
 def test_stages_that_spend_nothing_are_said_once_for_datasets_with_the_same_stages():
