@@ -74,11 +74,17 @@ def settings_seen(project: Path, stage: str, dataset: str) -> dict:
     """The dataset's settings as `stage` reads them (defaults filled in); settings that do not
     load are marked invalid, and the stage itself says why when it runs. Only what params.yaml
     says goes in, never how it was reached (a path to it), so every process writes the same bytes."""
+    return settings_seen_by_each_stage(project, dataset)[stage]
+
+
+def settings_seen_by_each_stage(project: Path, dataset: str) -> dict[str, dict]:
+    """`settings_seen` for every stage, from one read of params.yaml (4 ms a read)."""
     try:
         settings = load_settings(dataset, project / "params.yaml")
     except PrivflowError:
-        return {"dataset": dataset, "invalid": True}
-    return {"dataset": dataset, "settings": settings.model_dump(mode="json", by_alias=True, exclude=LEFT_OUT[stage])}
+        return {stage: {"dataset": dataset, "invalid": True} for stage in LEFT_OUT}
+    return {stage: {"dataset": dataset, "settings": settings.model_dump(mode="json", by_alias=True, exclude=left_out)}
+            for stage, left_out in LEFT_OUT.items()}
 
 
 def remember_settings(project: Path, stage: str, dataset: str, path: Path) -> None:

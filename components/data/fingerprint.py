@@ -31,7 +31,7 @@ from privflow.crypto.vault import Vault
 from privflow.data.sources import list_source, snapshot_id
 from privflow.errors import PrivflowError
 from privflow.settings import dataset_names, keyring_path, load_settings
-from privflow.stage_settings import LEFT_OUT, remember_settings, settings_file, settings_seen
+from privflow.stage_settings import LEFT_OUT, remember_settings, settings_file, settings_seen_by_each_stage
 
 FINGERPRINTS = "fingerprints"  # artifacts/fingerprints/: the fingerprint stage's output, <dataset>.json in it
 STAT_CACHE = Path(".privflow") / "fingerprints"  # under the project: local state, git-ignored
@@ -127,9 +127,10 @@ def take_fingerprints(project: Path, folder: Path, vault: Vault | None = None) -
         changed = write_fingerprint(fingerprint_file(folder, dataset), document)
         news[dataset] = (f"unavailable: {document['unavailable']}" if "unavailable" in document
                          else "changed" if changed else "unchanged")
-        for stage in LEFT_OUT:  # what each stage reads of the settings, its dep in place of the entry
+        # what each stage reads of the settings, its dep in place of the entry (privflow.stage_settings)
+        for stage, document in settings_seen_by_each_stage(project, dataset).items():
             seen = settings_file(folder, stage, dataset)
-            write_fingerprint(seen, settings_seen(project, stage, dataset))
+            write_fingerprint(seen, document)
             remember_settings(project, stage, dataset, seen)
     for files in (folder, *(folder / stage for stage in LEFT_OUT)):  # a removed dataset's, a killed write's .partial
         kept = {fingerprint_file(files, dataset).name for dataset in news}
