@@ -81,10 +81,26 @@ def model_inputs(valid, scoring: DatasetSchema, card: dict, tokenizer) -> np.nda
     return data.features
 
 
+def check_model_columns(source: Path, schema: DatasetSchema, ingest: IngestSettings, read: set[str]) -> None:
+    """Refuse a file whose first line lacks a column the model reads, saying so in scoring's
+    words (the reader's own check would advise declaring it in the schema). A first line that
+    names no declared column at all is left to the reader, which asks whether the header line
+    is missing and shows none of the line (it may be data)."""
+    reader = RecordReader(str(source), None, delimiter=ingest.delimiter, encoding=ingest.encoding)
+    for _ in reader.batches(disk_members(list_source(source)[:1]), prefetch=0):
+        break
+    missing = [name for name in schema.columns if name in read and name not in reader.header]
+    if missing and set(reader.header) & set(schema.columns):
+        raise SchemaError(f"{source}: no column {missing[0]!r}" + (f" (nor {missing[1:]})" if missing[1:] else "")
+                          + ", which the model reads; add it to the file (the label, ids and the schema's other "
+                            "columns may be left out)")
+
+
 def score(source: Path, schema: DatasetSchema, ingest: IngestSettings, model_dir: Path) -> Scored:
     runtime, card = load_export(model_dir)
     tokenizer = text_tokenizer(card.get("text"), schema)
     read = columns_read(schema, card)
+    check_model_columns(source, schema, ingest, read)
     scoring = scoring_schema(schema, read)
     reader = RecordReader.of(str(source), scoring, ingest, optional=frozenset(schema.columns.keys() - read))
     checks = to_pandera(scoring, unique=False)

@@ -234,7 +234,8 @@ def test_predict_needs_only_the_columns_the_model_reads(served, tmp_path):
 def test_predict_refusals_name_file_column_and_fix(served, tmp_path):
     model_dir, schema = served
     source = demo_csv(tmp_path / "new.csv", drop_column="mean_area")
-    with pytest.raises(DatasetError, match=r"new.csv: the first line does not name the schema's columns: missing \['mean_area'\]"):
+    with pytest.raises(SchemaError, match=r"new.csv: no column 'mean_area', which the model reads; add it to the file "
+                                          r"\(the label, ids and the schema's other columns may be left out\)"):
         score(source, schema, IngestSettings(source=source), model_dir)
     other = schema.model_copy(update={"columns": {k: v for k, v in schema.columns.items() if k != "worst_area"}})
     source = demo_csv(tmp_path / "new.csv", drop_column="worst_area")
