@@ -38,8 +38,7 @@ PUBLIC = f"{c.PUBLIC_DATA}/${{key}}"
 FINGERPRINT_FOLDER = f"{c.ARTIFACTS}/{FINGERPRINTS}"
 # Each stage's own sections stay params beside its settings file, which holds what it reads of
 # them and of the dataset's overrides (DVC says `param compress modified`; `dvc params diff`
-# shows them). Not `privacy` for train: its cap is checked before a run and shapes no model.
-TRAIN_PARAMS = ("train",)
+# shows them).
 
 
 def settings_dep(stage: str) -> str:
@@ -85,7 +84,8 @@ SPECS = {
     "train": StageSpec(
         (("data", f"{A}/encrypt"), ("pretrained", f"{A}/pretrain"), ("out", f"{A}/train"),
          ("metrics", f"{M}/{c.TRAIN_METRICS}"), ("curve", f"{M}/{c.TRAIN_CURVE}")),
-        (f"{A}/encrypt", f"{A}/pretrain"), TRAIN_PARAMS, outs=(f"{A}/train",),
+        # not `privacy`: its cap is checked before a run and shapes no model (privflow.stage_settings)
+        (f"{A}/encrypt", f"{A}/pretrain"), ("train",), outs=(f"{A}/train",),
         metrics=(f"{M}/{c.TRAIN_METRICS}",), plots=({f"{M}/{c.TRAIN_CURVE}": {"x": "epoch", "y": "epsilon"}},),
         comment="the only stage that spends privacy budget"),
     "compress": StageSpec(

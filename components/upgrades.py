@@ -26,13 +26,12 @@ from pathlib import Path
 
 from privflow.catalog import ARTIFACTS
 from privflow.data.fingerprint import FINGERPRINTS, write_fingerprint
-from privflow.errors import PrivflowError
 from privflow.lockfile import LOCK, write_atomically
-from privflow.settings import load_settings
-from privflow.stage_settings import AFTER_TRAINING, LEFT_OUT, settings_file, settings_seen
+from privflow.stage_settings import AFTER_TRAINING, LEFT_OUT, settings_file, settings_seen_by_each_stage
 
 PARAMS = "params.yaml"
 PRIVACY = "privacy"  # a params dep of train until the cap left what train is seen to read
+TRAIN_WITH_THE_CAP = {"train": dict.fromkeys(("ingest", *AFTER_TRAINING), True)}  # train's file before: cap in it
 
 
 def carry_over(project: Path) -> list[str]:
@@ -51,13 +50,15 @@ def carry_over(project: Path) -> list[str]:
 
     lock = parse_yaml(text, str(lock_path)) or {}
     params = parse_yaml((project / PARAMS).read_text(encoding="utf-8"), PARAMS) or {}
-    carried = []
+    carried, seen = [], {}  # seen: each dataset's files, from one read of params.yaml
     for name, entry in (lock.get("stages") or {}).items():
         stage, _, dataset = name.partition("@")
         if stage not in LEFT_OUT or not _unchanged(entry, params, project, stage, dataset):
             continue
+        if dataset not in seen:
+            seen[dataset] = settings_seen_by_each_stage(project, dataset)
         path = settings_file(project / ARTIFACTS / FINGERPRINTS, stage, dataset)
-        write_fingerprint(path, settings_seen(project, stage, dataset))
+        write_fingerprint(path, seen[dataset][stage])
         content = path.read_bytes()
         recorded = entry["params"][PARAMS]
         recorded.pop(f"datasets.{dataset}", None)  # its own sections stay: still its params
@@ -104,11 +105,5 @@ def _unchanged(entry: dict, params: dict, project: Path, stage: str, dataset: st
 def _train_file_with_the_cap(project: Path, dataset: str) -> bytes:
     """Train's settings file as privflow wrote it before the cap was left out, from params.yaml
     now (the bytes privflow.artifacts.write_json writes)."""
-    try:
-        settings = load_settings(dataset, project / PARAMS)
-    except PrivflowError:
-        document = {"dataset": dataset, "invalid": True}
-    else:
-        document = {"dataset": dataset, "settings": settings.model_dump(
-            mode="json", by_alias=True, exclude={"ingest", *AFTER_TRAINING})}
+    document = settings_seen_by_each_stage(project, dataset, TRAIN_WITH_THE_CAP)["train"]
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
