@@ -19,7 +19,7 @@ from privflow import catalog as c
 from privflow.codedeps import ROOT, STAGES, stage_code, stage_module
 from privflow.data.fingerprint import FINGERPRINTS
 from privflow.stage_settings import LEFT_OUT
-from privflow.upgrades import carry_over
+from privflow.upgrades import carry_code, carry_over
 
 CODE_VAR = "privflow_code"
 GENERATED = "# Written by `privflow init` (privflow.project): regenerate it rather than edit it."
@@ -190,6 +190,7 @@ def refresh_dvc_yaml(project: Path) -> list[str]:
         partial.write_text(current, encoding="utf-8")
         os.replace(partial, path)
     carry_over(project)  # after dvc.yaml: what it reads is left to carry, so a cut run is finished later
+    carry_code(project, root or code_root(project))
     return changed
 
 

@@ -15,6 +15,13 @@ recorded of them. Two changes of shape are carried:
 A train is carried only where its recorded `privacy` section is params.yaml's now. Where
 anything differs, nothing is carried: the stage runs, as it would have without the upgrade.
 A project upgraded from before both changes gets both at once.
+
+Code is carried too, file by file, where a release vouches for it (`EQUIVALENT_CODE`): an
+edit that changes no output of a stage that succeeds (the words of an error, the example a
+message gives) would otherwise re-run every stage that imports the file, train included,
+and spend each dataset's ε again for the same model. A stage recorded with a vouched earlier
+version of such a file is recorded with this version instead. An edit that can change any
+output (a value, a model, which rows are quarantined) is never vouched for: its stages run.
 """
 
 from __future__ import annotations
@@ -30,6 +37,15 @@ from privflow.lockfile import LOCK, write_atomically
 from privflow.stage_settings import AFTER_TRAINING, LEFT_OUT, settings_file, settings_seen_by_each_stage
 
 PARAMS = "params.yaml"
+# privflow's files whose edits since earlier releases change no stage output, by path in the
+# package: (this version's MD5, {an earlier release's MD5: what its edit changed}). A test holds
+# each entry to the file as it is, so the next edit of the file must decide again.
+EQUIVALENT_CODE: dict[str, tuple[str, dict[str, str]]] = {
+    "data/schema.py": ("7bf41c76b5ffc4e095d20d78b98be2e6", {
+        "5435e7f1ffe59a05c96590d1bc467caa": "65e79c2: an unparsed date bound is shown in its declared format"}),
+    "data/schema_file.py": ("07f0dba853080d1b8cd9fbff473bde29", {
+        "5aa3479a23cd6878571f457ab1539d23": "65e79c2: a date feature's example bounds are in its format"}),
+}
 PRIVACY = "privacy"  # a params dep of train until the cap left what train is seen to read
 TRAIN_WITH_THE_CAP = {"train": dict.fromkeys(("ingest", *AFTER_TRAINING), True)}  # train's file before: cap in it
 
@@ -107,3 +123,30 @@ def _train_file_with_the_cap(project: Path, dataset: str) -> bytes:
     now (the bytes privflow.artifacts.write_json writes)."""
     document = settings_seen_by_each_stage(project, dataset, TRAIN_WITH_THE_CAP)["train"]
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def carry_code(project: Path, code_root: str, equivalent: dict = EQUIVALENT_CODE) -> list[str]:
+    """Record this version's MD5 for each code dep in dvc.lock that holds a vouched earlier
+    version of its file (`code_root`: where dvc.yaml says privflow's code is), provided the
+    file there is the version vouched for. Returns the stages whose record changed."""
+    lock_path = project / LOCK
+    text = lock_path.read_text(encoding="utf-8") if lock_path.is_file() else ""
+    if not any(old in text for _, earlier in equivalent.values() for old in earlier):  # most runs: nothing to read
+        return []
+    from dvc.utils.serialize import dumps_yaml, parse_yaml
+
+    lock = parse_yaml(text, str(lock_path)) or {}
+    carried = []
+    for name, entry in (lock.get("stages") or {}).items():
+        for dep in entry.get("deps", []):
+            relative = str(dep.get("path", "")).removeprefix(f"{code_root}/")
+            current, earlier = equivalent.get(relative, (None, {}))
+            if dep.get("md5") not in earlier:
+                continue
+            content = (project / code_root / relative).read_bytes()
+            if hashlib.md5(content).hexdigest() == current:  # an edited install is its own version: runs
+                dep.update(md5=current, size=len(content))
+                carried.append(name)
+    if carried:
+        write_atomically(lock_path, dumps_yaml(lock))
+    return sorted(set(carried))

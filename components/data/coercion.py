@@ -104,13 +104,30 @@ def _times(present: pa.Array, missing: np.ndarray, spec: ColumnSpec,
            index: pd.Index) -> tuple[pd.Series, np.ndarray]:
     """ISO 8601 text (or the declared `format`) -> naive datetimes; time zones -> UTC."""
     if spec.format:
-        parsed = pc.strptime(present, format=spec.format, unit="us", error_is_null=True)
+        parsed = formatted_times(present, spec.format)
     else:
         parsed = _iso_times(present, spec.type)
     micros = parsed.to_numpy(zero_copy_only=False).astype("datetime64[us]")
     representable = ~np.isnat(micros) & (micros >= _NS_RANGE[0]) & (micros <= _NS_RANGE[1])
     values = np.where(representable, micros, np.datetime64("NaT", "us")).astype("datetime64[ns]")
     return pd.Series(values, index=index), ~missing & ~representable
+
+
+def formatted_times(present: pa.Array, fmt: str) -> pa.Array:
+    """Text in the declared strptime format -> timestamps, refusing impossible dates: Arrow's
+    strptime rolls 31.02.2026 over into 3 March, so a value that does not read back as written
+    is checked by Python's strptime, which refuses it (and accepts what Arrow's writes padded,
+    such as 1.2.2026)."""
+    parsed = pc.strptime(present, format=fmt, unit="us", error_is_null=True)
+    try:
+        doubtful = pc.fill_null(pc.not_equal(pc.strftime(parsed, format=fmt), present), False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a format Arrow cannot write: check all
+        doubtful = pc.is_valid(parsed)
+    if not pc.any(doubtful).as_py():
+        return parsed
+    valid = [flag is False or _parse_or_none(value, "datetime", fmt) is not None
+             for flag, value in zip(doubtful.to_pylist(), present.to_pylist())]
+    return pc.if_else(pa.array(valid), parsed, pa.scalar(None, parsed.type))
 
 
 def _iso_times(present: pa.Array, kind: str) -> pa.Array:
@@ -123,10 +140,10 @@ def _iso_times(present: pa.Array, kind: str) -> pa.Array:
         return pa.array([_parse_or_none(v, kind) for v in present.to_pylist()], pa.timestamp("us"))
 
 
-def _parse_or_none(value: str | None, kind: str):
+def _parse_or_none(value: str | None, kind: str, fmt: str | None = None):
     if value is None:
         return None
     try:
-        return parse_time(value, kind)
+        return parse_time(value, kind, fmt)
     except ValueError:
         return None

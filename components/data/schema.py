@@ -89,9 +89,10 @@ class ColumnSpec(BaseModel):
             try:
                 return parse_time(value, kind, self.format)
             except ValueError as error:
-                example = "2024-01-31" if kind == "date" else "2024-01-31T08:00:00"
+                example = datetime(2024, 1, 31, 8 * (kind != "date")).strftime(
+                    self.format or ("%Y-%m-%d" if kind == "date" else "%Y-%m-%dT%H:%M:%S"))
                 raise ValueError(f"{what} {value!r} is not a {kind} ({error}); write it as '{example}'"
-                                 + (f" in the declared format {self.format!r}" if self.format else "")) from None
+                                 + (f", in the declared format {self.format!r}" if self.format else "")) from None
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ValueError(f"{what} {value!r} is not a number; write it without quotes, e.g. 0 or 2.5")
         if kind in INTEGER_TYPES:

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
+from privflow.data.coercion import formatted_times
 from privflow.data.records import RecordReader
 from privflow.data.schema import DEFAULT_FALSE, DEFAULT_TRUE, INTEGER_TYPES, ColumnSpec, DatasetSchema
 from privflow.data.sources import disk_members, list_source
@@ -32,6 +34,11 @@ NUMBERS = (*INTEGER_TYPES, "float")
 TEXT_MIN_WORDS = 4       # mean words a value
 TEXT_MAX_MISSING = 0.05  # share of records without one: an optional note stays a string column
 DRAFT_MAX_CHARS = 2000   # declared, not measured: the longest text's length is the owner's to set
+MAX_DEFECTS = 0.05       # share of a column's values that may fail its drafted type: defects to quarantine
+# dates as spreadsheets and other locales write them; ISO 8601 needs no `format:` (the default)
+_ISO_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
+TIME_FORMATS = (*_ISO_FORMATS, *(day + time for day in ("%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%Y/%m/%d")
+                                 for time in ("", " %H:%M", " %H:%M:%S")))
 
 
 @dataclass
@@ -48,6 +55,7 @@ class _ColumnProfile:
     not_numbers: int = 0  # values that are not numbers: a few in a numeric column are defects
     words: int = 0        # words over every value: free text has several a value
     over_draft_chars: int = 0  # values longer than DRAFT_MAX_CHARS: quarantined under the drafted max_chars
+    not_times: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIME_FORMATS, 0))  # format: values not read
 
     def add(self, values: list[str | None]) -> None:
         for value in values:
@@ -69,11 +77,30 @@ class _ColumnProfile:
             self.not_numbers += not _fits(number, "float")
             self.kinds -= {kind for kind in self.kinds if not _fits(number if kind in NUMBERS else text, kind)}
 
+    def add_times(self, values: pa.Array) -> None:
+        """Count, for each date format still in the running, the present values it does not read
+        (Arrow's parser, vectorised, with coercion's check against rolled-over dates)."""
+        present = pc.drop_null(pc.if_else(pc.equal(pc.utf8_trim_whitespace(values), ""), None, values))
+        for fmt in list(self.not_times):
+            self.not_times[fmt] += len(present) - pc.count(formatted_times(present, fmt)).as_py()
+            if self.not_times[fmt] > MAX_DEFECTS * self.present:  # out of the running: never tried again
+                del self.not_times[fmt]
+
+    @property
+    def time_format(self) -> str | None:
+        """The date format most values are written in (ISO formats first), if a few defects at most fail it."""
+        if not self.present or any(kind in self.kinds for kind in ("bool", *NUMBERS, "date", "datetime")):
+            return None
+        fits = [fmt for fmt in self.not_times if self.not_times[fmt] < self.present]
+        return min(fits, key=self.not_times.get, default=None)
+
     @property
     def type(self) -> str:
         for kind in ("bool", *INTEGER_TYPES, "float", "date", "datetime"):
             if kind in self.kinds and self.present:
                 return kind
+        if self.time_format is not None:
+            return "datetime" if "%H" in self.time_format else "date"
         free_text = (self.distinct is None and self.words >= TEXT_MIN_WORDS * self.present
                      and self.missing <= TEXT_MAX_MISSING * (self.present + self.missing))
         return "text" if free_text else "string"
@@ -108,7 +135,9 @@ def profile_source(source: Path, ingest) -> tuple[list[str], dict[str, _ColumnPr
     profiles = {name: _ColumnProfile(decimal=ingest.decimal) for name in header}
     for batch in reader.batches(disk_members(list_source(source))):
         for name in header:
-            profiles[name].add(pc.cast(batch.columns.column(name), "string").to_pylist())
+            values = pc.cast(batch.columns.column(name), "string")
+            profiles[name].add(values.to_pylist())
+            profiles[name].add_times(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
     return header, profiles, reader.rows_in
 
 
@@ -125,11 +154,12 @@ def _yaml_value(value: str, kind: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def draft_schema(source: Path, ingest, dataset: str) -> str:
-    """The draft as commented YAML text."""
+def draft_schema(source: Path, ingest, dataset: str, ingest_line: str = "") -> str:
+    """The draft as commented YAML text; `ingest_line`: the dataset's `ingest:` override it was read with."""
     header, profiles, rows = profile_source(source, ingest)
     unit, unit_comment = _privacy_unit(header, profiles)
-    few = [n for n in header if n != unit and profiles[n].distinct and 2 <= len(profiles[n].distinct) <= MAX_ALLOWED]
+    few = [n for n in header if n != unit and profiles[n].distinct and 2 <= len(profiles[n].distinct) <= MAX_ALLOWED
+           and profiles[n].type not in _TIME_KINDS]
     target = next((n for n in few if _TARGET_NAME.search(n)), few[-1] if few else header[-1])
     others = [n for n in few if n != target]
     lines = [
@@ -138,6 +168,7 @@ def draft_schema(source: Path, ingest, dataset: str) -> str:
         "# min/max are left for you to declare from domain knowledge (an age is 0..120, a rate 0..1):",
         "# bounds measured on the rows would leak private extremes outside the privacy guarantee,",
         "# so privflow scales features by declared bounds only and refuses to train until they are set.",
+        *([f"# Read with `{ingest_line}`: put the same in the dataset's entry in params.yaml."] if ingest_line else []),
         f"dataset: {dataset}",
         f"privacy_unit: {unit}    # {unit_comment}",
         f"target: {target}    # candidate: a column with few values; the class order is its allowed list"
@@ -190,9 +221,10 @@ def _column_line(profile: _ColumnProfile, role: bool) -> tuple[str, str]:
         return ", ".join(parts), ""
     if kind == "bool" and role:
         parts.append("allowed: [false, true]")
-    elif not role and (numeric or kind in _TIME_KINDS):
-        example = "min: 2000-01-01, max: 2030-12-31" if kind in _TIME_KINDS else "min: ..., max: ..."
-        return ", ".join(parts), f"declare {example} from domain knowledge"
+    elif not role and kind in _TIME_KINDS:
+        return _time_line(profile, kind, parts)
+    elif not role and numeric:
+        return ", ".join(parts), "declare min: ..., max: ... from domain knowledge"
     elif kind == "string" and not role and 0 < profile.not_numbers <= 0.05 * profile.present:
         return ", ".join(parts), (f"mostly numbers, but {profile.not_numbers} value(s) are not: fix them in the "
                                   "export, or declare a numeric type and let validation quarantine those rows")
@@ -212,3 +244,23 @@ def _text_line(profile: _ColumnProfile) -> tuple[str, str]:
     if profile.missing:
         said.append(f"{profile.missing} record(s) have none: validation will quarantine them")
     return f"type: text, max_chars: {DRAFT_MAX_CHARS}", "; ".join(said)
+
+
+def _time_line(profile: _ColumnProfile, kind: str, parts: list[str]) -> tuple[str, str]:
+    """A date or datetime feature: its format where not ISO 8601, bounds to declare in it, and its defects."""
+    fmt = profile.time_format
+    if fmt in _ISO_FORMATS:
+        fmt = None  # ISO 8601 is what a date column reads without a format
+    if fmt:
+        parts.append(f"format: '{fmt}'")
+    low, high = (datetime(*day).strftime(fmt or ("%Y-%m-%d" if kind == "date" else "%Y-%m-%dT%H:%M:%S"))
+                 for day in ((2000, 1, 1), (2030, 12, 31)))
+    said = [f"declare min: '{low}', max: '{high}' from domain knowledge" + (", written in the format" if fmt else "")]
+    failing = profile.not_times.get(profile.time_format, 0)
+    if failing:
+        said.append(f"{failing} value(s) are not {kind}s in it: validation will quarantine those records")
+    if fmt and "%d" in fmt and "%m" in fmt:
+        twin = fmt.replace("%d", "%?").replace("%m", "%d").replace("%?", "%m")
+        if profile.not_times.get(twin) == failing:
+            said.append(f"every value also reads as '{twin}' (no day above 12): check which the export writes")
+    return ", ".join(parts), "; ".join(said)

@@ -5,6 +5,7 @@ every mistake found at once, each a sentence naming the file, the column and the
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def feature_problems(schema: DatasetSchema) -> list[str]:
             continue
         low, high = spec.bounds
         if low is None or high is None:
-            example = "min: 2000-01-01, max: 2030-12-31" if spec.type in TIME_TYPES else "min: 0, max: 120"
+            example = _time_bounds(spec) if spec.type in TIME_TYPES else "min: 0, max: 120"
             problems.append(f"{where}: a model feature needs `min:` and `max:` from domain knowledge (e.g. "
                             f"`{example}`): they scale it without spending privacy budget, where bounds read "
                             "from the rows would leak")
@@ -92,3 +93,11 @@ def load_schema(path: Path) -> DatasetSchema:
     if problems:
         raise SchemaError(f"{path}: " + f"\n{path}: ".join(problems))
     return schema
+
+
+def _time_bounds(spec: ColumnSpec) -> str:
+    """Example bounds of a date or datetime column, written as its values are (its declared format)."""
+    if not spec.format:
+        return "min: 2000-01-01, max: 2030-12-31"
+    low, high = (datetime(*day).strftime(spec.format) for day in ((2000, 1, 1), (2030, 12, 31)))
+    return f"min: '{low}', max: '{high}'"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -37,11 +38,14 @@ def quarantine(values: bool = typer.Option(False, "--values", help="also show th
 def schema_draft(source: Path = typer.Argument(..., help="the export: .csv, .csv.gz, .parquet or a folder of them"),
                  out: Path = typer.Option(None, help="where to write the draft (default: schemas/<name>.yaml)"),
                  name: str = typer.Option(None, help="the dataset's name (default: the source's file name)"),
-                 delimiter: str = typer.Option(",", help="the CSV field delimiter"),
-                 encoding: str = typer.Option("utf-8", help="the CSV files' encoding"),
-                 decimal: str = typer.Option(".", help='the decimal mark: "." or ","')) -> None:
+                 delimiter: str = typer.Option(None, help="the CSV field delimiter (default: guessed from the file)"),
+                 encoding: str = typer.Option(None, help="the CSV files' encoding (default: guessed: utf-8, cp1252)"),
+                 decimal: str = typer.Option(None, help='the decimal mark, "." or "," (default: guessed)')) -> None:
     """Draft a schema from the data (types, missing values, ids, candidate allowed lists); min/max are yours."""
+    from privflow.data.csv_dialect import ingest_entry, sniff_dialect
     from privflow.data.schema_draft import draft_schema
+    from privflow.data.sources import list_source
+    from privflow.errors import DatasetError
     from privflow.settings import IngestSettings
 
     if not source.exists():
@@ -50,13 +54,28 @@ def schema_draft(source: Path = typer.Argument(..., help="the export: .csv, .csv
     out = out or Path("schemas") / f"{name}.yaml"
     if out.exists():
         raise PrivflowError(f"{out}: exists; privflow never overwrites a schema: choose another --out")
+    given = {"delimiter": delimiter, "encoding": encoding, "decimal": decimal}
+    dialect = {**sniff_dialect(source), **{key: value for key, value in given.items() if value is not None}}
     try:
-        ingest = IngestSettings(source=source, delimiter=delimiter, encoding=encoding, decimal=decimal)
+        ingest = IngestSettings(source=source, **dialect)
     except ValueError as error:
         raise PrivflowError(f"invalid option: {error}") from None
-    text = draft_schema(source, ingest, name)
+    try:
+        text = draft_schema(source, ingest, name, ingest_entry(dialect))
+    except DatasetError as error:  # the reader names params.yaml's setting; here it is an option
+        raise PrivflowError(_as_options(str(error))) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
+    guessed = [f"--{key}" for key, value in given.items() if value is None]
+    if guessed and list_source(source)[0].name.endswith((".csv", ".csv.gz")):
+        console.print("read as " + ", ".join(f"{key} {dialect[key]!r}" for key in ("delimiter", "decimal", "encoding"))
+                      + f" (guessed from the file; {', '.join(guessed)} to say otherwise)")
+    entry = ", ".join(filter(None, [f"source: {source}", f"schema: {out}", ingest_entry(dialect)]))
     console.print(f"draft schema: {out}. Next: declare min/max of each numeric or date feature, check "
-                  f"the privacy_unit and target, then add `{name}: {{source: {source}, schema: {out}}}` under "
-                  "`datasets:` in params.yaml")
+                  f"the privacy_unit and target, then add `{name}: {{{entry}}}` under `datasets:` in params.yaml")
+
+
+def _as_options(message: str) -> str:
+    """A reader's advice to set ingest.X in params.yaml, as the draft's --X option."""
+    return re.sub(r"set ingest\.(\w+) in params\.yaml", r"pass --\1", message).replace(
+        "in ingest.encoding", "given to --encoding")

@@ -116,3 +116,95 @@ def test_free_text_is_drafted_as_text_and_a_person_id_that_repeats_as_the_unit(t
     schema_path = tmp_path / "tickets.yaml"
     schema_path.write_text(text)
     assert load_schema(schema_path).text_columns == ["body"]  # the draft loads as it is: nothing to bound
+
+
+def spreadsheet_export(path: Path) -> Path:
+    """A payroll export as a German spreadsheet writes it: semicolons, decimal commas, Windows-1252,
+    CRLF, dates as day.month.year, one of them impossible (31 February)."""
+    rows = [f"MA-{i:04d};{1 + i % 28:02d}.{1 + i % 12:02d}.2026;{2200 + 13 * i},{i % 100:02d};"
+            f"{'Überstunden' if i % 3 else 'Elternzeit'};{'hoch' if i % 4 else 'niedrig'}" for i in range(120)]
+    rows[9] = rows[9].replace(rows[9].split(";")[1], "31.02.2026")
+    path.write_bytes(("Personalnummer;Monat;Gehalt;Bemerkung;Kündigungsrisiko\r\n" + "\r\n".join(rows) + "\r\n")
+                     .encode("cp1252"))
+    return path
+
+
+def test_a_spreadsheet_export_is_read_as_written_and_the_entry_says_how(tmp_path):
+    """With no options the draft guesses the delimiter, decimal mark and encoding, says so, and the
+    entry it proposes for params.yaml carries them; the completed draft then validates the export
+    read with that entry, quarantining the impossible date instead of rolling it into March."""
+    from privflow.data.validation import validate_snapshot
+
+    export = spreadsheet_export(tmp_path / "lohn.csv")
+    out = tmp_path / "schemas" / "lohn.yaml"
+    result = subprocess.run([PRIVFLOW, "schema", "draft", str(export), "--out", str(out)], capture_output=True,
+                            text=True, cwd=tmp_path)
+    printed = " ".join(result.stdout.split())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "read as delimiter ';', decimal ',', encoding 'cp1252' (guessed from the file" in printed
+    entry = yaml.safe_load(printed.split("then add `")[1].split("`")[0])["lohn"]
+    assert entry["ingest"] == {"delimiter": ";", "decimal": ",", "encoding": "cp1252"}
+    text = out.read_text(encoding="utf-8")
+    columns = read_yaml_text(tmp_path, text)["columns"]
+    assert columns["Monat"] == {"type": "date", "format": "%d.%m.%Y"}
+    assert "declare min: '01.01.2000', max: '31.12.2030'" in text and "1 value(s) are not dates in it" in text
+    assert columns["Gehalt"]["type"] == "float" and columns["Bemerkung"]["type"] == "string"
+    assert read_yaml_text(tmp_path, text)["target"] == "Kündigungsrisiko"  # a date is never a target candidate
+    out.write_text(text.replace("{type: date, format: '%d.%m.%Y'}", "{type: date, format: '%d.%m.%Y', "
+                                "min: '01.01.2020', max: '31.12.2030'}").replace(
+        "{type: float}", "{type: float, min: 0, max: 20000}"), encoding="utf-8")
+    ingest = IngestSettings(source=export, **entry["ingest"])
+    with open(export, "rb") as handle:
+        outcome = validate_snapshot([(export.name, handle)], str(export), load_schema(out), ingest)
+    assert [(f.row, f.column, f.check) for f in outcome.failures] == [(10, "Monat", "coerce_date")]
+    assert len(outcome.valid_rows) == 119
+
+
+def test_an_option_given_wrong_is_named_as_the_option(tmp_path):
+    export = spreadsheet_export(tmp_path / "lohn.csv")
+    result = subprocess.run([PRIVFLOW, "schema", "draft", str(export), "--out", str(tmp_path / "s.yaml"),
+                             "--encoding", "utf-8"], capture_output=True, text=True, cwd=tmp_path)
+    printed = " ".join(result.stdout.split())
+    assert result.returncode == 2 and "is not valid utf-8" in printed and "pass --encoding" in printed, printed
+    assert "params.yaml" not in printed and not (tmp_path / "s.yaml").exists()
+
+
+@pytest.mark.parametrize("text, dialect", [
+    ("a\tb\tc\n1\t2,5\tx\n2\t3,5\ty\n", {"delimiter": "\t", "decimal": ",", "encoding": "utf-8"}),
+    ("a|b\n1|2.5\n2|3.5\n", {"delimiter": "|", "decimal": ".", "encoding": "utf-8"}),
+    ('id,note,amount\n1,"a, b and c",2.5\n2,"d, e",3.5\n', {"delimiter": ",", "decimal": ".", "encoding": "utf-8"}),
+    ("name;Größe\nJörg;1,80\n", {"delimiter": ";", "decimal": ",", "encoding": "utf-8"}),
+])
+def test_the_dialect_is_guessed_from_the_first_lines(tmp_path, text, dialect):
+    from privflow.data.csv_dialect import ingest_entry, sniff_dialect
+
+    path = tmp_path / "export.csv"
+    path.write_text(text, encoding="utf-8")
+    assert sniff_dialect(path) == dialect
+    assert (ingest_entry(dialect) == "") == (dialect == {"delimiter": ",", "decimal": ".", "encoding": "utf-8"})
+    if dialect["delimiter"] == "\t":
+        assert yaml.safe_load("{" + ingest_entry(dialect) + "}")["ingest"]["delimiter"] == "\t"
+
+
+@pytest.mark.parametrize("dates, expected, ambiguous", [
+    ([f"{d:02d}/{m:02d}/2025" for d, m in ((13, 1), (2, 2), (25, 3))] * 10, "%d/%m/%Y", False),
+    ([f"{m:02d}/{d:02d}/2025" for d, m in ((13, 1), (2, 2), (25, 3))] * 10, "%m/%d/%Y", False),
+    ([f"{d:02d}/{m:02d}/2025 08:30" for d, m in ((1, 1), (2, 2), (3, 3))] * 10, "%d/%m/%Y %H:%M", True),
+])
+def test_date_formats_are_found_and_an_ambiguous_day_month_order_is_said(tmp_path, dates, expected, ambiguous):
+    path = tmp_path / "visits.csv"
+    path.write_text("visit_id,seen_on,admitted\n" + "".join(f"V{i},{d},{i % 2}\n" for i, d in enumerate(dates)))
+    text = draft_schema(path, IngestSettings(source=path), "visits")
+    column = read_yaml_text(tmp_path, text)["columns"]["seen_on"]
+    assert column == {"type": "datetime" if "%H" in expected else "date", "format": expected}
+    assert ("(no day above 12): check which the export writes" in text) == ambiguous
+
+
+def test_iso_dates_need_no_format_and_a_defect_among_them_is_counted(tmp_path):
+    path = tmp_path / "visits.csv"
+    dates = [f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}" for i in range(60)]
+    dates[4] = "2025-02-30"
+    path.write_text("visit_id,seen_on,admitted\n" + "".join(f"V{i},{d},{i % 2}\n" for i, d in enumerate(dates)))
+    text = draft_schema(path, IngestSettings(source=path), "visits")
+    assert read_yaml_text(tmp_path, text)["columns"]["seen_on"] == {"type": "date"}
+    assert "declare min: '2000-01-01', max: '2030-12-31'" in text and "1 value(s) are not dates" in text

@@ -13,7 +13,7 @@ import pytest
 
 from privflow.data.fingerprint import write_fingerprint
 from privflow.stage_settings import settings_file, settings_seen
-from privflow.upgrades import carry_over
+from privflow.upgrades import carry_code, carry_over
 
 pytestmark = pytest.mark.slow
 
@@ -127,3 +127,54 @@ def test_a_train_recorded_with_the_cap_is_carried_and_a_new_cap_then_re_runs_no_
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     take_fingerprints()
     assert set(status(root)) == {"train@b"}
+
+
+CODE_STAGES = """stages:
+  train:
+    cmd: python -c "import pathlib; pathlib.Path('model').write_text('m')"
+    deps: [code/pkg/data/schema.py, code/pkg/errors.py]
+    outs: [model]
+  report:
+    cmd: python -c "import pathlib; pathlib.Path('report').write_text('r')"
+    deps: [model, code/pkg/errors.py]
+    outs: [report]
+"""
+
+
+def md5(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.md5(data).hexdigest()
+
+
+def test_an_edit_vouched_to_change_no_output_re_runs_no_stage_and_any_other_edit_does(tmp_path):
+    """A release that only rewords an error in a file train imports: the stages recorded with the
+    earlier file are recorded with the new one (no training, no ε); an edit it does not vouch for,
+    or an installed file that is neither version, leaves the stage to run."""
+    root = tmp_path / "p"
+    (root / "code" / "pkg" / "data").mkdir(parents=True)
+    schema, errors = root / "code" / "pkg" / "data" / "schema.py", root / "code" / "pkg" / "errors.py"
+    before = b"def check(v):\n    raise ValueError('write it as 2024-01-31')\n"
+    after = before.replace(b"2024-01-31", b"31.01.2024")
+    schema.write_bytes(before)
+    errors.write_bytes(b"class Refused(Exception): pass\n")
+    (root / "dvc.yaml").write_text(CODE_STAGES)
+    for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "repro", "-q"]):
+        subprocess.run(command, cwd=root, check=True)
+    vouched = {"data/schema.py": (md5(after), {md5(before): "an error's words"})}
+    assert carry_code(root, "code/pkg", vouched) == []  # nothing recorded with an earlier version yet
+    schema.write_bytes(after)  # the upgrade
+    assert set(status(root)) == {"train"}
+    assert carry_code(root, "code/pkg", vouched) == ["train"]
+    assert status(root) == {} and carry_code(root, "code/pkg", vouched) == []  # done once
+
+    schema.write_bytes(after + b"# edited by hand\n")  # an installed file that is not the vouched version
+    subprocess.run([DVC, "repro", "-q"], cwd=root, check=True)
+    recorded = (root / "dvc.lock").read_text()
+    schema.write_bytes(after)
+    assert carry_code(root, "code/pkg", {"data/schema.py": (md5(b"other"), {md5(after + b"# edited by hand\n"): ""})}) \
+        == [] and (root / "dvc.lock").read_text() == recorded  # the file now is not the version vouched for
+    assert carry_code(root, "code/pkg", vouched) == [] and set(status(root)) == {"train"}  # not an earlier version
+    subprocess.run([DVC, "repro", "-q"], cwd=root, check=True)
+    errors.write_bytes(b"class Refused(Exception): pass  # changed\n")  # not vouched for: both stages run
+    assert carry_code(root, "code/pkg", vouched) == [] and set(status(root)) == {"train", "report"}

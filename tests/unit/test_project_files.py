@@ -132,3 +132,18 @@ def test_a_generated_dvc_yaml_whose_deps_went_stale_is_rewritten_a_users_never(t
 def test_code_root_is_relative_inside_the_project_absolute_outside(tmp_path):
     assert code_root(ROOT) == "components"
     assert Path(code_root(tmp_path)).is_absolute()
+
+
+def test_each_file_vouched_to_change_no_output_is_the_version_vouched_for():
+    """An entry of EQUIVALENT_CODE lets an upgrade skip the stages that import the file, train
+    included. The next edit of that file must decide again: if it changes no output of a stage
+    that succeeds, add the MD5 this entry names to its earlier ones and name the new one;
+    otherwise delete the entry, so that the stages run."""
+    import hashlib
+
+    from privflow.upgrades import EQUIVALENT_CODE
+
+    for path, (current, earlier) in EQUIVALENT_CODE.items():
+        content = (ROOT / "components" / path).read_bytes()
+        assert hashlib.md5(content).hexdigest() == current, f"components/{path} changed since its EQUIVALENT_CODE entry"
+        assert current not in earlier and all(len(md5) == 32 and reason for md5, reason in earlier.items())

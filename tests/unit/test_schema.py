@@ -56,6 +56,13 @@ MISTAKES = [
      "remove it"),
     (_schema_text(visit={"type": "date", "min": "2024-31-01", "max": "2025-01-01"}), "column 'visit' (date)",
      "write it as '2024-01-31'"),
+    # a declared format: bounds are written in it, and the example is too
+    (_schema_text(visit={"type": "date", "format": "%d.%m.%Y"}), "column 'visit' (date)",
+     "min: '01.01.2000', max: '31.12.2030'"),
+    (_schema_text(visit={"type": "date", "format": "%d.%m.%Y", "min": "2020-01-01", "max": "31.12.2030"}),
+     "column 'visit' (date)", "write it as '31.01.2024', in the declared format '%d.%m.%Y'"),
+    (_schema_text(seen={"type": "datetime", "format": "%m/%d/%Y %H:%M", "min": "x", "max": "12/31/2030 00:00"}),
+     "column 'seen' (datetime)", "write it as '01/31/2024 08:00', in the declared format"),
     (_schema_text(code={"type": "string", "regex": "^[A-Z+$"}), "column 'code' (string)", "does not compile"),
     (_schema_text(age={"type": "int8", "min": 0, "max": 120, "regex": "^1"}), "column 'age' (int8)",
      "applies to string columns only"),

@@ -220,3 +220,18 @@ def test_a_consumer_that_stops_early_never_hangs_the_parse_thread():
     assert threading.active_count() == before and len(produced) < 10
     with pytest.raises(ZeroDivisionError):
         list(read_ahead((1 // x for x in (1, 0, 1)), 2))  # a producer error reaches the consumer
+
+
+def test_a_declared_date_format_refuses_impossible_dates_arrow_would_roll_over():
+    """Arrow's strptime reads 31.02.2026 as 3 March: the record must be quarantined, not shifted."""
+    schema = small_schema(month={"type": "date", "format": "%d.%m.%Y"})
+    values = ["28.02.2026", "31.02.2026", "1.2.2026", "29.02.2024", "29.02.2026", "32.01.2026"]
+    rows = [[f"p{i}", "a", value] for i, value in enumerate(values)]
+    outcome = check(schema, ["person", "label", "month"], rows)
+    assert outcome.valid_rows == [1, 3, 4]
+    assert [(f.row, f.column, f.check) for f in outcome.failures] == [
+        (row, "month", "coerce_date") for row in (2, 5, 6)]
+    (batch,) = RecordReader(SOURCE, schema).batches([("export.csv", io.BytesIO(csv_bytes(["person", "label", "month"],
+                                                                                        rows)))])
+    typed, _ = coerce_batch(batch, schema)
+    assert [str(v.date()) for v in typed["month"].dropna()] == ["2026-02-28", "2026-02-01", "2024-02-29"]

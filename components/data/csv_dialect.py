@@ -1,0 +1,84 @@
+"""How an export writes its CSV, guessed from its first bytes for `privflow schema draft`.
+
+A team's first export is often a spreadsheet's: semicolons between fields, decimal commas,
+Windows-1252 text. Read with the defaults (comma, point, UTF-8) it stops on the first
+accented byte, or worse reads as one column whose name is the whole header line. The draft
+therefore guesses the three settings ingest needs, says what it guessed, and the owner
+copies them under the dataset's `ingest:` in params.yaml. The pipeline itself never guesses:
+it reads with the declared settings and refuses what does not fit them.
+
+The guesses: the encoding is UTF-8 when the sample decodes as UTF-8, else Windows-1252 (what
+Excel writes on Western European Windows; a superset of Latin-1's printable characters),
+else Latin-1, which decodes any byte. The delimiter is the one of `,;\\t|` that the standard
+library's csv.Sniffer finds splitting every sampled line alike. The decimal mark is a comma
+when a field delimiter other than a comma is used and more sampled numbers are written 3,14
+than 3.14.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import json
+import re
+from pathlib import Path
+
+from privflow.data.sources import list_source
+
+SAMPLE_BYTES = 1 << 20   # enough lines to see the pattern; the rows are read in full later
+DEFAULTS = {"delimiter": ",", "decimal": ".", "encoding": "utf-8"}
+_DELIMITERS = ",;\t|"
+_COMMA_NUMBER = re.compile(r"[+-]?\d+,\d+")
+_POINT_NUMBER = re.compile(r"[+-]?\d+\.\d+")
+
+
+def sniff_dialect(source: Path) -> dict[str, str]:
+    """{delimiter, decimal, encoding} of the source's first file; the defaults for Parquet."""
+    first = list_source(source)[0]
+    if not first.name.endswith((".csv", ".csv.gz")):
+        return dict(DEFAULTS)
+    opener = gzip.open if first.name.endswith(".gz") else open
+    with opener(first, "rb") as handle:
+        sample = handle.read(SAMPLE_BYTES)
+    encoding, text = _decode(sample)
+    lines = text.splitlines()[:-1] if len(sample) == SAMPLE_BYTES else text.splitlines()  # the last may be cut
+    delimiter = _delimiter(lines)
+    return {"delimiter": delimiter, "decimal": _decimal(lines, delimiter), "encoding": encoding}
+
+
+def _decode(sample: bytes) -> tuple[str, str]:
+    for encoding in ("utf-8", "cp1252"):
+        try:  # incremental, not final: the sample may end inside a character
+            return encoding, codecs.getincrementaldecoder(encoding)().decode(sample, final=False)
+        except UnicodeDecodeError:
+            continue
+    return "latin-1", sample.decode("latin-1")
+
+
+def _delimiter(lines: list[str]) -> str:
+    sample = "\n".join(line for line in lines[:200] if line.strip())
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=_DELIMITERS).delimiter
+    except csv.Error:  # one column, or no consistent pattern: the default, and the reader says what it finds
+        return DEFAULTS["delimiter"]
+
+
+def _decimal(lines: list[str], delimiter: str) -> str:
+    if delimiter == ",":
+        return "."
+    fields = [field.strip() for row in csv.reader(io.StringIO("\n".join(lines[1:200])), delimiter=delimiter)
+              for field in row]
+    commas = sum(_COMMA_NUMBER.fullmatch(field) is not None for field in fields)
+    points = sum(_POINT_NUMBER.fullmatch(field) is not None for field in fields)
+    return "," if commas > points else "."
+
+
+def ingest_entry(dialect: dict[str, str]) -> str:
+    """The dataset's `ingest:` override in params.yaml's flow style, or "" when it reads as the defaults."""
+    changed = {key: value for key, value in dialect.items() if value != DEFAULTS[key]}
+    if not changed:
+        return ""
+    # JSON strings are YAML's double-quoted ones: a tab is written "\t", which YAML reads as a tab
+    return "ingest: {" + ", ".join(f"{key}: {json.dumps(value)}" for key, value in dialect.items()) + "}"
