@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -49,7 +50,9 @@ class _ColumnProfile:
     missing: int = 0
     present: int = 0
     distinct: set[str] | None = field(default_factory=set)  # None once past MAX_ALLOWED
-    hashes: set[int] = field(default_factory=set)             # every value's hash: uniqueness
+    # every value's 64-bit hash, 8 bytes each, until one repeats: a set of Python ints held ~70 bytes
+    # a value, several GB for the id column of a 100-million-row export
+    hashes: list[np.ndarray] = field(default_factory=list)
     repeated: bool = False
     decimal: str = "."
     not_numbers: int = 0  # values that are not numbers: a few in a numeric column are defects
@@ -58,6 +61,7 @@ class _ColumnProfile:
     not_times: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIME_FORMATS, 0))  # format: values not read
 
     def add(self, values: list[str | None]) -> None:
+        keys = []
         for value in values:
             text = (value or "").strip()
             if not text:
@@ -66,9 +70,7 @@ class _ColumnProfile:
             self.present += 1
             self.words += len(text.split())
             self.over_draft_chars += len(text) > DRAFT_MAX_CHARS
-            key = hash(text)
-            self.repeated |= key in self.hashes
-            self.hashes.add(key)
+            keys.append(hash(text))
             if self.distinct is not None:
                 self.distinct.add(text)
                 if len(self.distinct) > MAX_ALLOWED:
@@ -76,6 +78,17 @@ class _ColumnProfile:
             number = text.replace(",", ".") if self.decimal == "," and "." not in text else text
             self.not_numbers += not _fits(number, "float")
             self.kinds -= {kind for kind in self.kinds if not _fits(number if kind in NUMBERS else text, kind)}
+        if not self.repeated:
+            batch = np.unique(np.array(keys, dtype=np.int64))
+            self.repeated = len(batch) < len(keys)
+            self.hashes = [] if self.repeated else [*self.hashes, batch]
+
+    def finish(self) -> None:
+        """Whether a value repeats across batches, once every batch is in."""
+        if not self.repeated and len(self.hashes) > 1:
+            every = np.concatenate(self.hashes)
+            self.repeated = len(np.unique(every)) < len(every)
+        self.hashes = []
 
     def add_times(self, values: pa.Array) -> None:
         """Count, for each date format still in the running, the present values it does not read
@@ -138,6 +151,8 @@ def profile_source(source: Path, ingest) -> tuple[list[str], dict[str, _ColumnPr
             values = pc.cast(batch.columns.column(name), "string")
             profiles[name].add(values.to_pylist())
             profiles[name].add_times(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+    for profile in profiles.values():
+        profile.finish()
     return header, profiles, reader.rows_in
 
 

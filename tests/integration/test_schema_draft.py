@@ -208,3 +208,16 @@ def test_iso_dates_need_no_format_and_a_defect_among_them_is_counted(tmp_path):
     text = draft_schema(path, IngestSettings(source=path), "visits")
     assert read_yaml_text(tmp_path, text)["columns"]["seen_on"] == {"type": "date"}
     assert "declare min: '2000-01-01', max: '2030-12-31'" in text and "1 value(s) are not dates" in text
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_an_id_is_unique_only_when_no_value_repeats_in_any_file_of_a_folder(tmp_path, repeat):
+    """Each file is read in its own batches: a value of the first file met again in the second
+    makes the column not unique (the draft keeps 8-byte hashes per value, not a set of them)."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for part, ids in (("a", range(0, 50)), ("b", range(50, 100))):
+        rows = [f"R{i:04d},{i % 2}" for i in ids] + (["R0007,1"] if repeat and part == "b" else [])
+        (folder / f"{part}.csv").write_text("record_id,flag\n" + "\n".join(rows) + "\n")
+    column = read_yaml_text(tmp_path, draft_schema(folder, IngestSettings(source=folder), "r"))["columns"]["record_id"]
+    assert column == ({"type": "string"} if repeat else {"type": "string", "unique": True})
