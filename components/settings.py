@@ -72,6 +72,7 @@ class IngestSettings(_Section):
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     encoding: str = "utf-8"
     decimal: Literal[".", ","] = "."  # the numbers' decimal mark: "," for exports like 3,14
+    thousands: Literal[".", ",", " ", "'"] | None = None  # digit groups: "." in 4.157,45 (none: 4.157 refused)
     log: Path = Path(".privflow/ingest-log.jsonl")  # when each snapshot was taken (outside DVC)
 
     @model_validator(mode="after")
@@ -79,6 +80,9 @@ class IngestSettings(_Section):
         if self.decimal == self.delimiter:
             raise ValueError(f"ingest.decimal and ingest.delimiter are both {self.delimiter!r}: files with "
                              "decimal commas separate fields with ';' (set ingest.delimiter: ';')")
+        if self.thousands is not None and self.thousands == self.decimal:  # a delimiter may be: "1,234.5" is quoted
+            raise ValueError(f"ingest.thousands and ingest.decimal are both {self.decimal!r}: numbers written "
+                             "4.157,45 take thousands: '.', decimal: ','")
         return self
 
 

@@ -45,6 +45,8 @@ EQUIVALENT_CODE: dict[str, tuple[str, dict[str, str]]] = {
         "5435e7f1ffe59a05c96590d1bc467caa": "65e79c2: an unparsed date bound is shown in its declared format"}),
     "data/schema_file.py": ("07f0dba853080d1b8cd9fbff473bde29", {
         "5aa3479a23cd6878571f457ab1539d23": "65e79c2: a date feature's example bounds are in its format"}),
+    "settings.py": ("8d3e51686e8342c1b4ac61aa56536886", {  # what reads the new key re-runs by its settings file
+        "a8efb3774ee3e84cf9a96223b539ce04": "65e79c2: ingest.thousands, default none: any config parses the same"}),
 }
 PRIVACY = "privacy"  # a params dep of train until the cap left what train is seen to read
 TRAIN_WITH_THE_CAP = {"train": dict.fromkeys(("ingest", *AFTER_TRAINING), True)}  # train's file before: cap in it

@@ -9,6 +9,8 @@ reason; values never appear in messages.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -29,13 +31,14 @@ def coerce_batch(batch: StringBatch, schema: DatasetSchema) -> tuple[pd.DataFram
     typed: dict[str, pd.Series] = {}
     failures: list[RowFailure] = []
     for name, spec in schema.columns.items():
-        typed[name], bad = _coerce_one(batch.columns.column(name).combine_chunks(), spec, index, batch.decimal)
+        typed[name], bad = _coerce_one(batch.columns.column(name).combine_chunks(), spec, index, batch.decimal,
+                                       batch.thousands)
         failures += [RowFailure(int(r), name, f"coerce_{spec.type}") for r in batch.rows[bad]]
     return pd.DataFrame(typed, index=index), failures
 
 
 def _coerce_one(strings: pa.Array, spec: ColumnSpec, index: pd.Index,
-                decimal: str) -> tuple[pd.Series, np.ndarray]:
+                decimal: str, thousands: str | None = None) -> tuple[pd.Series, np.ndarray]:
     """Typed column and a mask of values that could not be represented in that type."""
     numeric = spec.type == "float" or spec.type in INTEGER_TYPES
     if numeric and decimal == "." and (numbers := _clean_numbers(strings)) is not None:
@@ -55,12 +58,24 @@ def _coerce_one(strings: pa.Array, spec: ColumnSpec, index: pd.Index,
     if spec.type in TIME_TYPES:
         return _times(present, missing, spec, index)
     wrong_mark = np.zeros(len(index), bool)
+    if thousands is not None:
+        present, wrong_mark = ungrouped(present, decimal, thousands)
     if decimal != ".":  # "1.234" in a decimal-comma file may mean 1234: refused, never guessed
-        wrong_mark = _mask(pc.match_substring(present, "."), False)
+        wrong_mark |= _mask(pc.match_substring(present, "."), False)
         present = pc.replace_substring(present, decimal, ".")
     numbers = _to_float(present).to_numpy(zero_copy_only=False).astype("float64")
     series, bad = _numeric(numbers, missing, spec, index)
     return series, bad | wrong_mark
+
+
+def ungrouped(present: pa.Array, decimal: str, thousands: str) -> tuple[pa.Array, np.ndarray]:
+    """Numbers with their digit-group marks taken out, and a mask of those grouped wrongly: 4.157,45
+    and 12.345.678 read (thousands "."), 41.57,45 or 4157.45 do not, as a mark in the wrong place
+    may be a typing slip or another convention's decimal mark. Values without a mark are left as they are."""
+    mark, point = re.escape(thousands), re.escape(decimal)
+    marked = _mask(pc.match_substring(present, thousands), False)
+    grouped = _mask(pc.match_substring_regex(present, rf"^[+-]?\d{{1,3}}({mark}\d{{3}})+({point}\d*)?$"), False)
+    return pc.replace_substring(present, thousands, ""), marked & ~grouped
 
 
 def _mask(values: pa.Array, null_as: bool) -> np.ndarray:

@@ -12,7 +12,8 @@ Excel writes on Western European Windows; a superset of Latin-1's printable char
 else Latin-1, which decodes any byte. The delimiter is the one of `,;\\t|` that the standard
 library's csv.Sniffer finds splitting every sampled line alike. The decimal mark is a comma
 when a field delimiter other than a comma is used and more sampled numbers are written 3,14
-than 3.14.
+than 3.14. A digit-group mark (`ingest.thousands`) is named when sampled numbers are grouped
+with it, 4.157,45 or 1,234.5 or 1 234,5 or 1'234.5, and none is written the other way.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from pathlib import Path
 from privflow.data.sources import list_source
 
 SAMPLE_BYTES = 1 << 20   # enough lines to see the pattern; the rows are read in full later
-DEFAULTS = {"delimiter": ",", "decimal": ".", "encoding": "utf-8"}
+DEFAULTS = {"delimiter": ",", "decimal": ".", "encoding": "utf-8", "thousands": None}
 _DELIMITERS = ",;\t|"
-_COMMA_NUMBER = re.compile(r"[+-]?\d+,\d+")
-_POINT_NUMBER = re.compile(r"[+-]?\d+\.\d+")
+# a decimal part after a comma or a point, digits grouped or not before it: 3,14 4.157,45 1,234.5
+_COMMA_NUMBER = re.compile(r"[+-]?(\d+|\d{1,3}([. ']\d{3})+),\d+")
+_POINT_NUMBER = re.compile(r"[+-]?(\d+|\d{1,3}([, ']\d{3})+)\.\d+")
+_DATE = re.compile(r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}")  # 28.01.2026 is no grouped number
 
 
 def sniff_dialect(source: Path) -> dict[str, str]:
@@ -45,7 +48,11 @@ def sniff_dialect(source: Path) -> dict[str, str]:
     encoding, text = _decode(sample)
     lines = text.splitlines()[:-1] if len(sample) == SAMPLE_BYTES else text.splitlines()  # the last may be cut
     delimiter = _delimiter(lines)
-    return {"delimiter": delimiter, "decimal": _decimal(lines, delimiter), "encoding": encoding}
+    fields = [field.strip() for row in csv.reader(io.StringIO("\n".join(lines[1:200])), delimiter=delimiter)
+              for field in row]
+    decimal = _decimal(fields, delimiter)
+    return {"delimiter": delimiter, "decimal": decimal, "encoding": encoding,
+            "thousands": _thousands(fields, decimal)}
 
 
 def _decode(sample: bytes) -> tuple[str, str]:
@@ -65,14 +72,25 @@ def _delimiter(lines: list[str]) -> str:
         return DEFAULTS["delimiter"]
 
 
-def _decimal(lines: list[str], delimiter: str) -> str:
+def _decimal(fields: list[str], delimiter: str) -> str:
     if delimiter == ",":
         return "."
-    fields = [field.strip() for row in csv.reader(io.StringIO("\n".join(lines[1:200])), delimiter=delimiter)
-              for field in row]
     commas = sum(_COMMA_NUMBER.fullmatch(field) is not None for field in fields)
     points = sum(_POINT_NUMBER.fullmatch(field) is not None for field in fields)
     return "," if commas > points else "."
+
+
+def _thousands(fields: list[str], decimal: str) -> str | None:
+    """The mark that groups digits in threes in some sampled number, where none uses it otherwise."""
+    point = re.escape(decimal)
+    for mark in (m for m in ".,' " if m != decimal):  # the delimiter may be one: a quoted "1,234.5"
+        grouped = re.compile(rf"[+-]?\d{{1,3}}({re.escape(mark)}\d{{3}})+({point}\d+)?")
+        numbers = [f for f in fields if re.fullmatch(rf"[+-]?[\d{re.escape(mark)}]+({point}\d+)?", f)
+                   and not _DATE.fullmatch(f)]
+        marked = [f for f in numbers if mark in f]
+        if marked and all(grouped.fullmatch(f) for f in marked):
+            return mark
+    return None
 
 
 def ingest_entry(dialect: dict[str, str]) -> str:
@@ -81,4 +99,5 @@ def ingest_entry(dialect: dict[str, str]) -> str:
     if not changed:
         return ""
     # JSON strings are YAML's double-quoted ones: a tab is written "\t", which YAML reads as a tab
-    return "ingest: {" + ", ".join(f"{key}: {json.dumps(value)}" for key, value in dialect.items()) + "}"
+    return "ingest: {" + ", ".join(f"{key}: {json.dumps(value)}" for key, value in dialect.items()
+                                   if value is not None) + "}"

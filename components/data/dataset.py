@@ -122,7 +122,7 @@ def seal_dataset(members: Iterable[Member], manifest: SnapshotManifest, schema: 
         raise DatasetError(f"{source}: {int((data.labels == NO_LABEL).sum())} valid row(s) have no class index; "
                            "re-run `validate`, and report this if it persists")
     if len(data.labels) == 0:
-        raise DatasetError(f"{source}: no valid rows to train on; see its metrics/<dataset>/validate.json")
+        raise DatasetError(f"{source}: no valid rows to train on; see metrics/{dataset}/validate.json")
     test_mask = in_test_split(data.units, settings.encrypt.test_fraction, settings.encrypt.split_seed)
     sealed = {}
     for split, mask in zip(SPLITS, (~test_mask, test_mask)):

@@ -69,6 +69,7 @@ class StringBatch:
     rows: np.ndarray  # int64 record numbers
     columns: pa.Table  # the wanted columns as strings; null only where a Parquet value is null
     decimal: str = "."  # the decimal mark of the source's numbers (ingest.decimal)
+    thousands: str | None = None  # their digit-group mark, if the export writes one (ingest.thousands)
 
 
 class _Numbering:
@@ -119,6 +120,7 @@ class RecordReader:
     delimiter: str = ","
     encoding: str = "utf-8"
     decimal: str = "."
+    thousands: str | None = None
     block_size: int = BLOCK_SIZE
     optional: frozenset[str] = frozenset()
     rows_in: int = 0
@@ -130,7 +132,7 @@ class RecordReader:
     def of(cls, source: str, schema: DatasetSchema | None, ingest, **options) -> RecordReader:
         """A reader with the dataset's CSV settings (`ingest:` of params.yaml)."""
         return cls(source, schema, delimiter=ingest.delimiter, encoding=ingest.encoding, decimal=ingest.decimal,
-                   **options)
+                   thousands=ingest.thousands, **options)
 
     @property
     def failures(self) -> list[RowFailure]:
@@ -183,7 +185,8 @@ class RecordReader:
             )
             for batch in reader:
                 table = pa.Table.from_batches([batch]).rename_columns([w.strip() for w in wanted])
-                yield StringBatch(numbering.take(batch.num_rows) + self.rows_in, self._completed(table), self.decimal)
+                yield StringBatch(numbering.take(batch.num_rows) + self.rows_in, self._completed(table), self.decimal,
+                                  self.thousands)
         except pa.ArrowInvalid as error:  # pyarrow's message may quote the record: never shown
             after = self.rows_in + numbering.rows
             problem = ("a record longer than the parse block (an unclosed quote?)"
@@ -205,7 +208,7 @@ class RecordReader:
             columns = {name: _parquet_strings(batch.column(name), label, name) for name in wanted}
             rows = np.arange(self.rows_in + 1, self.rows_in + batch.num_rows + 1, dtype=np.int64)
             self.rows_in += batch.num_rows
-            yield StringBatch(rows, self._completed(pa.table(columns)), self.decimal)
+            yield StringBatch(rows, self._completed(pa.table(columns)), self.decimal, self.thousands)
         if parquet.metadata.num_rows == 0 and not self.header:
             raise DatasetError(f"{label}: holds no rows")
 

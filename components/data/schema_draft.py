@@ -24,6 +24,7 @@ from privflow.data.coercion import formatted_times
 from privflow.data.records import RecordReader
 from privflow.data.schema import DEFAULT_FALSE, DEFAULT_TRUE, INTEGER_TYPES, ColumnSpec, DatasetSchema
 from privflow.data.sources import disk_members, list_source
+from privflow.errors import DatasetError
 
 MAX_ALLOWED = 20        # a column with at most this many distinct values gets a candidate `allowed:`
 _PERSON_NAME = re.compile(r"^(patient|customer|person|user|employee|member|client|student|citizen)", re.I)
@@ -55,6 +56,7 @@ class _ColumnProfile:
     hashes: list[np.ndarray] = field(default_factory=list)
     repeated: bool = False
     decimal: str = "."
+    thousands: str | None = None
     not_numbers: int = 0  # values that are not numbers: a few in a numeric column are defects
     words: int = 0        # words over every value: free text has several a value
     over_draft_chars: int = 0  # values longer than DRAFT_MAX_CHARS: quarantined under the drafted max_chars
@@ -75,7 +77,7 @@ class _ColumnProfile:
                 self.distinct.add(text)
                 if len(self.distinct) > MAX_ALLOWED:
                     self.distinct = None
-            number = text.replace(",", ".") if self.decimal == "," and "." not in text else text
+            number = _plain_number(text, self.decimal, self.thousands)
             self.not_numbers += not _fits(number, "float")
             self.kinds -= {kind for kind in self.kinds if not _fits(number if kind in NUMBERS else text, kind)}
         if not self.repeated:
@@ -138,6 +140,18 @@ def _fits(text: str, kind: str) -> bool:
     return kind == "datetime" or (len(text) <= 10 and parsed.time() == datetime.min.time())
 
 
+def _plain_number(text: str, decimal: str, thousands: str | None) -> str:
+    """A number as Python reads it, as validation would take it (4.157,45 -> 4157.45); "" (no
+    number) for what validation would refuse: a mark out of place, 4.157 in a decimal-comma file."""
+    if thousands and thousands in text:
+        if not re.fullmatch(rf"[+-]?\d{{1,3}}({re.escape(thousands)}\d{{3}})+({re.escape(decimal)}\d*)?", text):
+            return ""
+        text = text.replace(thousands, "")
+    if decimal == ",":
+        return "" if "." in text else text.replace(",", ".")
+    return text
+
+
 def profile_source(source: Path, ingest) -> tuple[list[str], dict[str, _ColumnProfile], int]:
     """The header, a profile per column, and the record count."""
     header, _ = _header(source, ingest)
@@ -145,7 +159,7 @@ def profile_source(source: Path, ingest) -> tuple[list[str], dict[str, _ColumnPr
         dataset="draft", privacy_unit=header[0], target=header[0], strict=False,
         columns={name: ColumnSpec.model_construct(type="string") for name in header})
     reader = RecordReader.of(str(source), everything, ingest)
-    profiles = {name: _ColumnProfile(decimal=ingest.decimal) for name in header}
+    profiles = {name: _ColumnProfile(decimal=ingest.decimal, thousands=ingest.thousands) for name in header}
     for batch in reader.batches(disk_members(list_source(source))):
         for name in header:
             values = pc.cast(batch.columns.column(name), "string")
@@ -172,6 +186,8 @@ def _yaml_value(value: str, kind: str) -> str:
 def draft_schema(source: Path, ingest, dataset: str, ingest_line: str = "") -> str:
     """The draft as commented YAML text; `ingest_line`: the dataset's `ingest:` override it was read with."""
     header, profiles, rows = profile_source(source, ingest)
+    if not rows:  # types, ids and categories drafted from nothing would all be wrong
+        raise DatasetError(f"{source}: no records, only the header line; draft from an export that has rows")
     unit, unit_comment = _privacy_unit(header, profiles)
     few = [n for n in header if n != unit and profiles[n].distinct and 2 <= len(profiles[n].distinct) <= MAX_ALLOWED
            and profiles[n].type not in _TIME_KINDS]

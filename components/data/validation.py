@@ -27,7 +27,7 @@ from privflow.data.records import UNPARSEABLE, FileSpan, RecordReader, RowFailur
 from privflow.data.row_checks import to_pandera
 from privflow.data.schema import DatasetSchema
 from privflow.data.sources import Member
-from privflow.errors import RejectRateExceeded, SchemaError
+from privflow.errors import DatasetError, RejectRateExceeded, SchemaError
 from privflow.settings import IngestSettings
 
 if TYPE_CHECKING:
@@ -149,7 +149,11 @@ def validate_snapshot(members: Iterable[Member], source: str, schema: DatasetSch
 
 
 def enforce_reject_rate(outcome: ValidationOutcome, max_rate: float, source: str) -> None:
+    """What the later stages need of validation: records, at most `max_rate` of them rejected, some valid."""
     summary = outcome.summary()
+    if summary["rows_in"] == 0:
+        raise DatasetError(f"{source}: no records, only the header line; point the dataset's `source:` at an export "
+                           "that has rows")
     if summary["reject_rate"] > max_rate:
         top = ", ".join(f"{k}: {v}" for k, v in Counter(summary["failures_by_check"]).most_common(5))
         raise RejectRateExceeded(
@@ -157,6 +161,9 @@ def enforce_reject_rate(outcome: ValidationOutcome, max_rate: float, source: str
             f"rejected ({summary['reject_rate']:.1%} > validate.max_reject_rate {max_rate:.1%}); "
             f"most frequent: {top}. Fix the export or the schema, or raise the limit"
         )
+    if summary["rows_valid"] == 0:
+        raise RejectRateExceeded(f"{source}: none of its {summary['rows_in']} records passed validation; "
+                                 "`privflow quarantine` names each one's column and failed check")
 
 
 def write_decisions(outcome: ValidationOutcome, identity: ArtifactIdentity, vault: Vault, out_dir: Path) -> None:

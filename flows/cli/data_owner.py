@@ -40,7 +40,9 @@ def schema_draft(source: Path = typer.Argument(..., help="the export: .csv, .csv
                  name: str = typer.Option(None, help="the dataset's name (default: the source's file name)"),
                  delimiter: str = typer.Option(None, help="the CSV field delimiter (default: guessed from the file)"),
                  encoding: str = typer.Option(None, help="the CSV files' encoding (default: guessed: utf-8, cp1252)"),
-                 decimal: str = typer.Option(None, help='the decimal mark, "." or "," (default: guessed)')) -> None:
+                 decimal: str = typer.Option(None, help='the decimal mark, "." or "," (default: guessed)'),
+                 thousands: str = typer.Option(None, help='the digit-group mark of 4.157,45: ".", ",", " " or "\'" '
+                                               "(default: guessed; none unless numbers are grouped)")) -> None:
     """Draft a schema from the data (types, missing values, ids, candidate allowed lists); min/max are yours."""
     from privflow.data.csv_dialect import ingest_entry, sniff_dialect
     from privflow.data.schema_draft import draft_schema
@@ -54,7 +56,7 @@ def schema_draft(source: Path = typer.Argument(..., help="the export: .csv, .csv
     out = out or Path("schemas") / f"{name}.yaml"
     if out.exists():
         raise PrivflowError(f"{out}: exists; privflow never overwrites a schema: choose another --out")
-    given = {"delimiter": delimiter, "encoding": encoding, "decimal": decimal}
+    given = {"delimiter": delimiter, "encoding": encoding, "decimal": decimal, "thousands": thousands}
     dialect = {**sniff_dialect(source), **{key: value for key, value in given.items() if value is not None}}
     try:
         ingest = IngestSettings(source=source, **dialect)
@@ -68,7 +70,7 @@ def schema_draft(source: Path = typer.Argument(..., help="the export: .csv, .csv
     out.write_text(text, encoding="utf-8")
     guessed = [f"--{key}" for key, value in given.items() if value is None]
     if guessed and list_source(source)[0].name.endswith((".csv", ".csv.gz")):
-        console.print("read as " + ", ".join(f"{key} {dialect[key]!r}" for key in ("delimiter", "decimal", "encoding"))
+        console.print("read as " + ", ".join(f"{key} {dialect[key]!r}" for key in dialect if dialect[key] is not None)
                       + f" (guessed from the file; {', '.join(guessed)} to say otherwise)")
     entry = ", ".join(filter(None, [f"source: {source}", f"schema: {out}", ingest_entry(dialect)]))
     console.print(f"draft schema: {out}. Next: declare min/max of each numeric or date feature, check "

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from privflow.data.coercion import coerce_batch
+from privflow.data.records import RecordReader
 from privflow.data.schema_draft import draft_schema
 from privflow.data.schema_file import load_schema, read_yaml
 from privflow.demo_data import churn_table, csv_text
@@ -119,9 +121,10 @@ def test_free_text_is_drafted_as_text_and_a_person_id_that_repeats_as_the_unit(t
 
 
 def spreadsheet_export(path: Path) -> Path:
-    """A payroll export as a German spreadsheet writes it: semicolons, decimal commas, Windows-1252,
-    CRLF, dates as day.month.year, one of them impossible (31 February)."""
-    rows = [f"MA-{i:04d};{1 + i % 28:02d}.{1 + i % 12:02d}.2026;{2200 + 13 * i},{i % 100:02d};"
+    """A payroll export as a German spreadsheet writes it: semicolons, decimal commas, digits grouped
+    by points (4.157,45), Windows-1252, CRLF, dates as day.month.year, one of them impossible (31 February)."""
+    rows = [f"MA-{i:04d};{1 + i % 28:02d}.{1 + i % 12:02d}.2026;{(2200 + 13 * i) // 1000}.{(2200 + 13 * i) % 1000:03d},"
+            f"{i % 100:02d};"
             f"{'Überstunden' if i % 3 else 'Elternzeit'};{'hoch' if i % 4 else 'niedrig'}" for i in range(120)]
     rows[9] = rows[9].replace(rows[9].split(";")[1], "31.02.2026")
     path.write_bytes(("Personalnummer;Monat;Gehalt;Bemerkung;Kündigungsrisiko\r\n" + "\r\n".join(rows) + "\r\n")
@@ -141,9 +144,9 @@ def test_a_spreadsheet_export_is_read_as_written_and_the_entry_says_how(tmp_path
                             text=True, cwd=tmp_path)
     printed = " ".join(result.stdout.split())
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "read as delimiter ';', decimal ',', encoding 'cp1252' (guessed from the file" in printed
+    assert "read as delimiter ';', decimal ',', encoding 'cp1252', thousands '.' (guessed from the file" in printed
     entry = yaml.safe_load(printed.split("then add `")[1].split("`")[0])["lohn"]
-    assert entry["ingest"] == {"delimiter": ";", "decimal": ",", "encoding": "cp1252"}
+    assert entry["ingest"] == {"delimiter": ";", "decimal": ",", "encoding": "cp1252", "thousands": "."}
     text = out.read_text(encoding="utf-8")
     columns = read_yaml_text(tmp_path, text)["columns"]
     assert columns["Monat"] == {"type": "date", "format": "%d.%m.%Y"}
@@ -158,6 +161,8 @@ def test_a_spreadsheet_export_is_read_as_written_and_the_entry_says_how(tmp_path
         outcome = validate_snapshot([(export.name, handle)], str(export), load_schema(out), ingest)
     assert [(f.row, f.column, f.check) for f in outcome.failures] == [(10, "Monat", "coerce_date")]
     assert len(outcome.valid_rows) == 119
+    (batch,) = RecordReader.of(str(export), load_schema(out), ingest).batches([(export.name, open(export, "rb"))])
+    assert coerce_batch(batch, load_schema(out))[0]["Gehalt"].iloc[:2].tolist() == [2200.0, 2213.01]
 
 
 def test_an_option_given_wrong_is_named_as_the_option(tmp_path):
@@ -174,13 +179,20 @@ def test_an_option_given_wrong_is_named_as_the_option(tmp_path):
     ("a|b\n1|2.5\n2|3.5\n", {"delimiter": "|", "decimal": ".", "encoding": "utf-8"}),
     ('id,note,amount\n1,"a, b and c",2.5\n2,"d, e",3.5\n', {"delimiter": ",", "decimal": ".", "encoding": "utf-8"}),
     ("name;Größe\nJörg;1,80\n", {"delimiter": ";", "decimal": ",", "encoding": "utf-8"}),
+    # grouped digits: the mark is named only when every number that holds it is grouped in threes
+    ("a;b;c\n1.234,5;28.01.2026;3\n12.345.678,25;01.02.2026;4\n", {"delimiter": ";", "decimal": ",",
+                                                                   "encoding": "utf-8", "thousands": "."}),
+    ('a,b\n"1,234.5",x\n"12,345",y\n3.25,z\n', {"delimiter": ",", "decimal": ".", "encoding": "utf-8",
+                                                 "thousands": ","}),
+    ("a;b\n1 234,5;x\n7,5;y\n", {"delimiter": ";", "decimal": ",", "encoding": "utf-8", "thousands": " "}),
+    ("a;b\n4.157,45;x\n3.5;y\n2,5;z\n", {"delimiter": ";", "decimal": ",", "encoding": "utf-8"}),  # 3.5: no group
 ])
 def test_the_dialect_is_guessed_from_the_first_lines(tmp_path, text, dialect):
     from privflow.data.csv_dialect import ingest_entry, sniff_dialect
 
     path = tmp_path / "export.csv"
     path.write_text(text, encoding="utf-8")
-    assert sniff_dialect(path) == dialect
+    assert sniff_dialect(path) == {"thousands": None, **dialect}
     assert (ingest_entry(dialect) == "") == (dialect == {"delimiter": ",", "decimal": ".", "encoding": "utf-8"})
     if dialect["delimiter"] == "\t":
         assert yaml.safe_load("{" + ingest_entry(dialect) + "}")["ingest"]["delimiter"] == "\t"
@@ -221,3 +233,12 @@ def test_an_id_is_unique_only_when_no_value_repeats_in_any_file_of_a_folder(tmp_
         (folder / f"{part}.csv").write_text("record_id,flag\n" + "\n".join(rows) + "\n")
     column = read_yaml_text(tmp_path, draft_schema(folder, IngestSettings(source=folder), "r"))["columns"]["record_id"]
     assert column == ({"type": "string"} if repeat else {"type": "string", "unique": True})
+
+
+def test_an_export_of_only_its_header_line_is_refused_not_drafted(tmp_path):
+    from privflow.errors import DatasetError
+
+    path = tmp_path / "export.csv"
+    path.write_text("id,age,label\n")
+    with pytest.raises(DatasetError, match="no records, only the header line"):
+        draft_schema(path, IngestSettings(source=path), "export")

@@ -133,6 +133,15 @@ def test_reject_rate_above_limit_halts_with_summary():
     enforce_reject_rate(outcome, 0.7, SOURCE)
 
 
+def test_an_export_with_no_records_or_none_valid_stops_at_validate_and_says_which():
+    empty = check(small_schema(), ["person", "label"], [])
+    with pytest.raises(DatasetError, match="no records, only the header line"):
+        enforce_reject_rate(empty, 0.05, SOURCE)
+    rejected = check(small_schema(), ["person", "label"], [["p1", "zzz"], ["p2", "zzz"]])
+    with pytest.raises(RejectRateExceeded, match=r"none of its 2 records passed validation; `privflow quarantine`"):
+        enforce_reject_rate(rejected, 1.0, SOURCE)  # a limit of 100 % lets every rejection through, not zero rows
+
+
 def test_schema_file_errors_name_the_field(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("dataset: d\nprivacy_unit: who\ntarget: y\ncolumns:\n  y: {type: string, allowed: [a]}\n")
@@ -235,3 +244,31 @@ def test_a_declared_date_format_refuses_impossible_dates_arrow_would_roll_over()
                                                                                         rows)))])
     typed, _ = coerce_batch(batch, schema)
     assert [str(v.date()) for v in typed["month"].dropna()] == ["2026-02-28", "2026-02-01", "2024-02-29"]
+
+
+@pytest.mark.parametrize("marks, values, valid, numbers", [
+    # a German spreadsheet's export: 4.157,45; a mark out of place is a failure, never a guess
+    ({"decimal": ",", "thousands": "."}, ["4.157,45", "12.345.678", "41.57,45", "4157,45", "4.1570", "-1.000,5"],
+     [1, 2, 4, 6], [4157.45, 12345678.0, 4157.45, -1000.5]),
+    ({"decimal": ".", "thousands": ","}, ["1,234.5", "12,34", "1234.5"], [1, 3], [1234.5, 1234.5]),
+    ({"delimiter": ",", "thousands": ","}, ["1,234.5", "12,34"], [1], [1234.5]),  # quoted in a comma file
+    ({"decimal": ",", "thousands": " "}, ["1 234,5", "12 34"], [1], [1234.5]),
+    ({"decimal": ","}, ["4.157,45", "4157,45"], [2], [4157.45]),  # no thousands declared: 4.157 may mean 4,157
+])
+def test_digit_group_marks_are_read_only_where_declared_and_only_well_placed(marks, values, valid, numbers):
+    schema = small_schema(amount={"type": "float", "min": -1e9, "max": 1e9})
+    ingest = IngestSettings(source=SOURCE, **{"delimiter": ";", **marks})
+    raw = csv_bytes(["person", "label", "amount"], [[f"p{i}", "a", v] for i, v in enumerate(values)],
+                    delimiter=ingest.delimiter)
+    outcome = validate_snapshot(raw, SOURCE, schema, ingest)
+    assert outcome.valid_rows == valid
+    assert {(f.column, f.check) for f in outcome.failures} <= {("amount", "coerce_float")}
+    (batch,) = RecordReader.of(SOURCE, schema, ingest).batches([("export.csv", io.BytesIO(raw))])
+    typed, _ = coerce_batch(batch, schema)
+    assert typed.loc[valid, "amount"].tolist() == numbers  # failing records' values are never used
+
+
+def test_a_digit_group_mark_that_is_also_the_decimal_mark_is_refused():
+    with pytest.raises(ValueError, match="ingest.thousands and ingest.decimal are both '.'"):
+        IngestSettings(source=SOURCE, delimiter=";", decimal=".", thousands=".")
+    assert IngestSettings(source=SOURCE, thousands=",").thousands == ","  # a comma file quotes "1,234.5"
