@@ -58,6 +58,7 @@ class _ColumnProfile:
     decimal: str = "."
     thousands: str | None = None
     not_numbers: int = 0  # values that are not numbers: a few in a numeric column are defects
+    number_kinds: set[str] = field(default_factory=lambda: set(NUMBERS))  # what every value that is a number fits
     words: int = 0        # words over every value: free text has several a value
     over_draft_chars: int = 0  # values longer than DRAFT_MAX_CHARS: quarantined under the drafted max_chars
     not_times: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIME_FORMATS, 0))  # format: values not read
@@ -78,7 +79,10 @@ class _ColumnProfile:
                 if len(self.distinct) > MAX_ALLOWED:
                     self.distinct = None
             number = _plain_number(text, self.decimal, self.thousands)
-            self.not_numbers += not _fits(number, "float")
+            if _fits(number, "float"):
+                self.number_kinds -= {kind for kind in self.number_kinds if not _fits(number, kind)}
+            else:
+                self.not_numbers += 1
             self.kinds -= {kind for kind in self.kinds if not _fits(number if kind in NUMBERS else text, kind)}
         if not self.repeated:
             batch = np.unique(np.array(keys, dtype=np.int64))
@@ -100,6 +104,13 @@ class _ColumnProfile:
             self.not_times[fmt] += len(present) - pc.count(formatted_times(present, fmt)).as_py()
             if self.not_times[fmt] > MAX_DEFECTS * self.present:  # out of the running: never tried again
                 del self.not_times[fmt]
+
+    @property
+    def number_with_defects(self) -> str | None:
+        """The numeric type of a column whose values are numbers but a few defects (an age typed "abc")."""
+        if not 0 < self.not_numbers <= MAX_DEFECTS * self.present:
+            return None
+        return next((kind for kind in (*INTEGER_TYPES, "float") if kind in self.number_kinds), None)
 
     @property
     def time_format(self) -> str | None:
@@ -238,6 +249,8 @@ def _column_line(profile: _ColumnProfile, role: bool) -> tuple[str, str]:
     if kind == "text" and not role:
         return _text_line(profile)
     kind = "string" if kind == "text" else kind  # a unit or target is never free text
+    if kind == "string" and not role and profile.number_with_defects:  # the type, its defects quarantined
+        kind = profile.number_with_defects
     numeric = kind in INTEGER_TYPES or kind == "float"
     parts = [f"type: {kind}"]
     if profile.missing:
@@ -255,10 +268,9 @@ def _column_line(profile: _ColumnProfile, role: bool) -> tuple[str, str]:
     elif not role and kind in _TIME_KINDS:
         return _time_line(profile, kind, parts)
     elif not role and numeric:
-        return ", ".join(parts), "declare min: ..., max: ... from domain knowledge"
-    elif kind == "string" and not role and 0 < profile.not_numbers <= 0.05 * profile.present:
-        return ", ".join(parts), (f"mostly numbers, but {profile.not_numbers} value(s) are not: fix them in the "
-                                  "export, or declare a numeric type and let validation quarantine those rows")
+        return ", ".join(parts), "declare min: ..., max: ... from domain knowledge" + (
+            f"; {profile.not_numbers} value(s) are not numbers: validation will quarantine those records"
+            if profile.not_numbers else "")
     elif kind == "string" and not role and "unique: true" in parts:
         return ", ".join(parts), "an id (every value distinct): never a model input"
     elif kind == "string" and not role:

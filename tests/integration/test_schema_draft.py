@@ -242,3 +242,19 @@ def test_an_export_of_only_its_header_line_is_refused_not_drafted(tmp_path):
     path.write_text("id,age,label\n")
     with pytest.raises(DatasetError, match="no records, only the header line"):
         draft_schema(path, IngestSettings(source=path), "export")
+
+
+def test_a_numeric_column_with_a_few_defects_is_drafted_numeric_and_the_defects_are_counted(tmp_path):
+    """An age typed "abc" once in 60 records: drafted as a string, the column would silently stop
+    being a model input; drafted int8, that one record is quarantined and the comment says so."""
+    rows = [[f"P{i}", str(20 + i % 50), "abc" if i % 5 == 0 else str(i), "x1" if i == 3 else str(i % 2)]
+            for i in range(60)]
+    rows[7][1] = "abc"
+    path = tmp_path / "people.csv"
+    path.write_text(csv_text(["person_id", "age", "code", "outcome"], rows))
+    text = draft_schema(path, IngestSettings(source=path), "people")
+    columns = read_yaml_text(tmp_path, text)["columns"]
+    assert columns["age"] == {"type": "int8"}
+    assert "1 value(s) are not numbers: validation will quarantine those records" in text
+    assert columns["code"]["type"] == "string"  # one in five is not a number: not a defect, a string column
+    assert columns["outcome"] == {"type": "string", "allowed": ["0", "1", "x1"]}  # a target is drafted as read
