@@ -1,9 +1,9 @@
 """How an export writes its CSV, guessed from its first bytes for `privflow schema draft`.
 
 A team's first export is often a spreadsheet's: semicolons between fields, decimal commas,
-Windows-1252 text. Read with the defaults (comma, point, UTF-8) it stops on the first
-accented byte, or worse reads as one column whose name is the whole header line. The draft
-therefore guesses the three settings ingest needs, says what it guessed, and the owner
+digits grouped by points, Windows-1252 text. Read with the defaults (comma, point, UTF-8) it
+stops on the first accented byte, or worse reads as one column whose name is the whole header
+line. The draft therefore guesses the settings ingest needs, says what it guessed, and the owner
 copies them under the dataset's `ingest:` in params.yaml. The pipeline itself never guesses:
 it reads with the declared settings and refuses what does not fit them.
 
@@ -37,8 +37,8 @@ _POINT_NUMBER = re.compile(r"[+-]?(\d+|\d{1,3}([, ']\d{3})+)\.\d+")
 _DATE = re.compile(r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}")  # 28.01.2026 is no grouped number
 
 
-def sniff_dialect(source: Path) -> dict[str, str]:
-    """{delimiter, decimal, encoding} of the source's first file; the defaults for Parquet."""
+def sniff_dialect(source: Path) -> dict[str, str | None]:
+    """{delimiter, decimal, encoding, thousands} of the source's first file; the defaults for Parquet."""
     first = list_source(source)[0]
     if not first.name.endswith((".csv", ".csv.gz")):
         return dict(DEFAULTS)
@@ -93,7 +93,7 @@ def _thousands(fields: list[str], decimal: str) -> str | None:
     return None
 
 
-def ingest_entry(dialect: dict[str, str]) -> str:
+def ingest_entry(dialect: dict[str, str | None]) -> str:
     """The dataset's `ingest:` override in params.yaml's flow style, or "" when it reads as the defaults."""
     changed = {key: value for key, value in dialect.items() if value != DEFAULTS[key]}
     if not changed:
