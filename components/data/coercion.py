@@ -63,7 +63,7 @@ def _coerce_one(strings: pa.Array, spec: ColumnSpec, index: pd.Index,
     if decimal != ".":  # "1.234" in a decimal-comma file may mean 1234: refused, never guessed
         wrong_mark |= _mask(pc.match_substring(present, "."), False)
         present = pc.replace_substring(present, decimal, ".")
-    numbers = _to_float(present).to_numpy(zero_copy_only=False).astype("float64")
+    numbers = to_float(present).to_numpy(zero_copy_only=False).astype("float64")
     series, bad = _numeric(numbers, missing, spec, index)
     return series, bad | wrong_mark
 
@@ -92,7 +92,7 @@ def _clean_numbers(strings: pa.Array) -> np.ndarray | None:
         return None
 
 
-def _to_float(values: pa.Array) -> pa.Array:
+def to_float(values: pa.Array) -> pa.Array:
     """Decimal text -> float64; anything else -> null (the caller marks it a failure)."""
     try:
         return pc.cast(values, pa.float64())
@@ -121,7 +121,7 @@ def _times(present: pa.Array, missing: np.ndarray, spec: ColumnSpec,
     if spec.format:
         parsed = formatted_times(present, spec.format)
     else:
-        parsed = _iso_times(present, spec.type)
+        parsed = iso_times(present, spec.type)
     micros = parsed.to_numpy(zero_copy_only=False).astype("datetime64[us]")
     representable = ~np.isnat(micros) & (micros >= _NS_RANGE[0]) & (micros <= _NS_RANGE[1])
     values = np.where(representable, micros, np.datetime64("NaT", "us")).astype("datetime64[ns]")
@@ -145,7 +145,7 @@ def formatted_times(present: pa.Array, fmt: str) -> pa.Array:
     return pc.if_else(pa.array(valid), parsed, pa.scalar(None, parsed.type))
 
 
-def _iso_times(present: pa.Array, kind: str) -> pa.Array:
+def iso_times(present: pa.Array, kind: str) -> pa.Array:
     """One C++ cast for a clean column; value by value (Python's ISO parser) only when some
     value is malformed or carries a zone offset, so one bad cell never fails the batch."""
     try:

@@ -258,3 +258,26 @@ def test_a_numeric_column_with_a_few_defects_is_drafted_numeric_and_the_defects_
     assert "1 value(s) are not numbers: validation will quarantine those records" in text
     assert columns["code"]["type"] == "string"  # one in five is not a number: not a defect, a string column
     assert columns["outcome"] == {"type": "string", "allowed": ["0", "1", "x1"]}  # a target is drafted as read
+
+
+def test_what_the_draft_proposes_validation_accepts_but_the_defects_it_counts(tmp_path):
+    """The draft reads values with validation's own readers: a whole number written 2.0 is an
+    int, 1e3 a float, nan or 1_000 no number (validation refuses both), yes/no a bool."""
+    from privflow.data.validation import validate_snapshot
+
+    rows = [[f"R{i}", f"{i % 90}.0", "1e3" if i % 7 == 0 else f"{i * 0.5}", "yes" if i % 2 else "no",
+             f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}", str(i % 2)] for i in range(100)]
+    rows[3][2], rows[4][1] = "nan", "1_000"
+    path = tmp_path / "export.csv"
+    path.write_text(csv_text(["record_id", "count", "amount", "flag", "seen_on", "label"], rows))
+    text = draft_schema(path, IngestSettings(source=path), "export")
+    columns = read_yaml_text(tmp_path, text)["columns"]
+    assert [columns[n]["type"] for n in ("count", "amount", "flag", "seen_on")] == ["int8", "float", "bool", "date"]
+    assert text.count("1 value(s) are not numbers") == 2
+    completed = tmp_path / "completed.yaml"
+    completed.write_text(text.replace("{type: int8}", "{type: int8, min: 0, max: 100}").replace(
+        "{type: float}", "{type: float, min: 0, max: 1000}").replace(
+        "{type: date}", "{type: date, min: 2020-01-01, max: 2030-12-31}"))
+    with open(path, "rb") as handle:
+        outcome = validate_snapshot([(path.name, handle)], str(path), load_schema(completed), IngestSettings(source=path))
+    assert sorted((f.row, f.column) for f in outcome.failures) == [(4, "amount"), (5, "count")]
