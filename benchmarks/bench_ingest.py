@@ -5,6 +5,8 @@ A generated churn export (20 columns: ids, categories, bools, ints, floats) of 1
 in a fresh process, so peak RSS is that measurement's own; module imports are excluded on
 both sides (pandera's one-off backend set-up too, by validating one tiny batch first).
 Goal (issue 3): ingest + validate <= 3x the pyarrow read time, peak RSS under 1 GB.
+Beside them, `privflow schema draft` of the same export (one pass, Arrow kernels), which a team
+runs first on its own export: its time and peak RSS, with no goal set.
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ def measure_pipeline(path: Path, work: Path) -> dict:
             "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb()}
 
 
+def measure_draft(path: Path) -> dict:
+    from privflow.data.schema_draft import draft_schema
+    from privflow.settings import IngestSettings
+
+    baseline = peak_rss_mb()
+    start = time.perf_counter()
+    draft_schema(path, IngestSettings(source=path), "churn")
+    return {"seconds": time.perf_counter() - start, "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb()}
+
+
 def in_fresh_process(*args: str) -> dict:
     result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -92,18 +104,21 @@ def main() -> None:
             in_fresh_process("--write", str(source), str(rows))
             read = in_fresh_process("--read", str(source))
             ours = in_fresh_process("--pipeline", str(source), str(Path(base) / f"work-{rows}"))
+            draft = in_fresh_process("--draft", str(source))
             size_mb = source.stat().st_size / 1e6
             results.append({"rows": rows, "columns": 20, "file_mb": size_mb, "pyarrow_read": read,
-                            "ingest_validate": ours, "ratio": ours["seconds"] / read["seconds"]})
+                            "ingest_validate": ours, "ratio": ours["seconds"] / read["seconds"], "schema_draft": draft})
             source.unlink()
     table = Table("rows", "MB", "read s", "ingest s", "validate s", "total s", "x read", "rows/s",
-                  "RSS MB read/ours", title="ingest+validate vs pyarrow read (goal: <= 3x, RSS < 1000 MB)")
+                  "RSS MB read/ours", "draft s", "draft RSS MB",
+                  title="ingest+validate vs pyarrow read (goal: <= 3x, RSS < 1000 MB); schema draft beside")
     for r in results:
         ours, read = r["ingest_validate"], r["pyarrow_read"]
         table.add_row(f"{r['rows']:,}", f"{r['file_mb']:.0f}", f"{read['seconds']:.2f}",
                       f"{ours['ingest_seconds']:.2f}", f"{ours['validate_seconds']:.2f}", f"{ours['seconds']:.2f}",
                       f"{r['ratio']:.1f}", f"{r['rows'] / ours['seconds']:,.0f}",
-                      f"{read['peak_rss_mb']:.0f}/{ours['peak_rss_mb']:.0f}")
+                      f"{read['peak_rss_mb']:.0f}/{ours['peak_rss_mb']:.0f}",
+                      f"{r['schema_draft']['seconds']:.2f}", f"{r['schema_draft']['peak_rss_mb']:.0f}")
     Console().print(table)
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"goal": {"ratio": 3.0, "peak_rss_mb": 1000}, "results": results}, indent=2))
@@ -116,6 +131,8 @@ if __name__ == "__main__":
         print("{}")
     elif len(sys.argv) > 1 and sys.argv[1] == "--read":
         print(json.dumps(measure_read(Path(sys.argv[2]))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--draft":
+        print(json.dumps(measure_draft(Path(sys.argv[2]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "--pipeline":
         print(json.dumps(measure_pipeline(Path(sys.argv[2]), Path(sys.argv[3]))))
     else:

@@ -72,6 +72,8 @@ def ungrouped(present: pa.Array, decimal: str, thousands: str) -> tuple[pa.Array
     """Numbers with their digit-group marks taken out, and a mask of those grouped wrongly: 4.157,45
     and 12.345.678 read (thousands "."), 41.57,45 or 4157.45 do not, as a mark in the wrong place
     may be a typing slip or another convention's decimal mark. Values without a mark are left as they are."""
+    if thousands == " ":  # French exports group by a no-break space (U+00A0) or a narrow one (U+202F)
+        present = pc.replace_substring_regex(present, "[\u00a0\u202f]", " ")
     mark, point = re.escape(thousands), re.escape(decimal)
     marked = _mask(pc.match_substring(present, thousands), False)
     grouped = _mask(pc.match_substring_regex(present, rf"^[+-]?\d{{1,3}}({mark}\d{{3}})+({point}\d*)?$"), False)

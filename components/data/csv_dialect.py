@@ -48,8 +48,8 @@ def sniff_dialect(source: Path) -> dict[str, str | None]:
     encoding, text = _decode(sample)
     lines = text.splitlines()[:-1] if len(sample) == SAMPLE_BYTES else text.splitlines()  # the last may be cut
     delimiter = _delimiter(lines)
-    fields = [field.strip() for row in csv.reader(io.StringIO("\n".join(lines[1:200])), delimiter=delimiter)
-              for field in row]
+    fields = [field.strip().replace("\u00a0", " ").replace("\u202f", " ")  # no-break spaces group as spaces
+              for row in csv.reader(io.StringIO("\n".join(lines[1:200])), delimiter=delimiter) for field in row]
     decimal = _decimal(fields, delimiter)
     return {"delimiter": delimiter, "decimal": decimal, "encoding": encoding,
             "thousands": _thousands(fields, decimal)}

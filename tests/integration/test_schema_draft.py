@@ -185,6 +185,7 @@ def test_an_option_given_wrong_is_named_as_the_option(tmp_path):
     ('a,b\n"1,234.5",x\n"12,345",y\n3.25,z\n', {"delimiter": ",", "decimal": ".", "encoding": "utf-8",
                                                  "thousands": ","}),
     ("a;b\n1 234,5;x\n7,5;y\n", {"delimiter": ";", "decimal": ",", "encoding": "utf-8", "thousands": " "}),
+    ("a;b\n1\u202f234,5;x\n7,5;y\n", {"delimiter": ";", "decimal": ",", "encoding": "utf-8", "thousands": " "}),
     ("a;b\n4.157,45;x\n3.5;y\n2,5;z\n", {"delimiter": ";", "decimal": ",", "encoding": "utf-8"}),  # 3.5: no group
 ])
 def test_the_dialect_is_guessed_from_the_first_lines(tmp_path, text, dialect):

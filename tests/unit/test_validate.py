@@ -252,7 +252,8 @@ def test_a_declared_date_format_refuses_impossible_dates_arrow_would_roll_over()
      [1, 2, 4, 6], [4157.45, 12345678.0, 4157.45, -1000.5]),
     ({"decimal": ".", "thousands": ","}, ["1,234.5", "12,34", "1234.5"], [1, 3], [1234.5, 1234.5]),
     ({"delimiter": ",", "thousands": ","}, ["1,234.5", "12,34"], [1], [1234.5]),  # quoted in a comma file
-    ({"decimal": ",", "thousands": " "}, ["1 234,5", "12 34"], [1], [1234.5]),
+    ({"decimal": ",", "thousands": " "}, ["1 234,5", "12 34", "1\u00a0234,5", "12\u202f345"], [1, 3, 4],
+     [1234.5, 1234.5, 12345.0]),
     ({"decimal": ","}, ["4.157,45", "4157,45"], [2], [4157.45]),  # no thousands declared: 4.157 may mean 4,157
 ])
 def test_digit_group_marks_are_read_only_where_declared_and_only_well_placed(marks, values, valid, numbers):
