@@ -67,21 +67,21 @@ class ColumnProfile:
             return
         self.words += pc.sum(pc.list_value_length(pc.utf8_split_whitespace(present))).as_py()
         self.over_draft_chars += pc.sum(pc.greater(pc.utf8_length(present), DRAFT_MAX_CHARS)).as_py()
-        self._add_distinct(present)
-        self._add_hashes(present)
+        unique = pc.unique(present)
+        self._add_distinct(unique)
+        self._add_hashes(present, repeats=len(unique) < len(present))
         is_number = self._add_numbers(present)
         self._add_kinds(present)
         self._add_times(present, is_number)
 
-    def _add_distinct(self, present: pa.Array) -> None:
+    def _add_distinct(self, unique: pa.Array) -> None:
         if self.distinct is not None:
-            unique = pc.unique(present)
             self.distinct = None if len(unique) > MAX_ALLOWED else self.distinct | set(unique.to_pylist())
             if self.distinct is not None and len(self.distinct) > MAX_ALLOWED:
                 self.distinct = None
 
-    def _add_hashes(self, present: pa.Array) -> None:
-        if self.repeated or len(pc.unique(present)) < len(present):  # a repeat within the batch needs no hash
+    def _add_hashes(self, present: pa.Array, repeats: bool) -> None:
+        if self.repeated or repeats:  # a repeat within the batch needs no hash
             self.repeated, self.hashes = True, []
             return
         keys = np.unique(pd.util.hash_array(present.to_numpy(zero_copy_only=False)))
