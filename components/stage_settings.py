@@ -117,8 +117,9 @@ def settings_changes(project: Path, stage: str, dataset: str, recorded_md5: str 
         return []
     if "settings" not in before or "settings" not in after:  # settings that did not load: the stage says why
         return []
-    changes = [f"{key} {_shown(old)} -> {_shown(new)}" for key, (old, new) in
-               _differences(before["settings"], after["settings"]).items()]
+    # every setting is in the file, defaults resolved: one missing on a side is a release's new or dropped key
+    changes = [f"{key} {_shown(old, '(a new setting)')} -> {_shown(new, '(no longer a setting)')}"
+               for key, (old, new) in _differences(before["settings"], after["settings"]).items()]
     if len(changes) > SHOWN_CHANGES:
         changes = changes[:SHOWN_CHANGES - 1] + [f"{len(changes) - SHOWN_CHANGES + 1} more"]
     return changes
@@ -139,5 +140,5 @@ def _differences(before: dict, after: dict, prefix: str = "") -> dict[str, tuple
     return found
 
 
-def _shown(value) -> str:
-    return "(unset)" if value is _ABSENT else json.dumps(value)
+def _shown(value, absent: str) -> str:
+    return absent if value is _ABSENT else json.dumps(value)

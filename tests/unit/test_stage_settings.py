@@ -130,3 +130,17 @@ def test_no_stage_reads_a_section_left_out_of_its_file():
     public = (ROOT / "training" / "public.py").read_text()
     assert set(re.findall(r"\bt\.(\w+)", public)) == {"model", "hidden_units", "input_shape", "init_seed", "batch_size"}
     assert not set(re.findall(r"\bt\.(\w+)", public)) & NOT_READ_BY_PRETRAIN["train"]
+
+
+def test_a_setting_a_release_adds_or_drops_is_named_as_such(tmp_path):
+    """Every setting is in the file, defaults resolved: a key one side lacks came or went with a
+    release (an upgrade's new `ingest.thousands`), not with an edit of params.yaml."""
+    from privflow.stage_settings import SEEN
+
+    kept = tmp_path / SEEN / "validate" / "d" / f"{'a' * 32}.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text(json.dumps({"settings": {"ingest": {"decimal": ".", "old_key": 1}}}))
+    now = tmp_path / "now.json"
+    now.write_text(json.dumps({"settings": {"ingest": {"decimal": ".", "thousands": None}}}))
+    assert settings_changes(tmp_path, "validate", "d", "a" * 32, now) == [
+        "ingest.old_key 1 -> (no longer a setting)", "ingest.thousands (a new setting) -> null"]
