@@ -7,7 +7,7 @@ line. The draft therefore guesses the settings ingest needs, says what it guesse
 copies them under the dataset's `ingest:` in params.yaml. The pipeline itself never guesses:
 it reads with the declared settings and refuses what does not fit them.
 
-The guesses: the encoding is UTF-8 when the sample decodes as UTF-8, else Windows-1252 (what
+The guesses: the encoding is UTF-8 when every file decodes as UTF-8, else Windows-1252 (what
 Excel writes on Western European Windows; a superset of Latin-1's printable characters),
 else Latin-1, which decodes any byte. The delimiter is the one of `,;\\t|` that the standard
 library's csv.Sniffer finds splitting every sampled line alike. The decimal mark is a comma
@@ -38,14 +38,16 @@ _DATE = re.compile(r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}")  # 28.01.2026 is no group
 
 
 def sniff_dialect(source: Path) -> dict[str, str | None]:
-    """{delimiter, decimal, encoding, thousands} of the source's first file; the defaults for Parquet."""
-    first = list_source(source)[0]
-    if not first.name.endswith((".csv", ".csv.gz")):
+    """{delimiter, decimal, encoding, thousands}: the marks from the first file's first lines, the
+    encoding from every byte of every CSV file (one accented name deep in an export is enough to
+    stop a run); the defaults for Parquet."""
+    files = [path for path in list_source(source) if path.name.endswith((".csv", ".csv.gz"))]
+    if not files:
         return dict(DEFAULTS)
-    opener = gzip.open if first.name.endswith(".gz") else open
-    with opener(first, "rb") as handle:
+    with _open(files[0]) as handle:
         sample = handle.read(SAMPLE_BYTES)
-    encoding, text = _decode(sample)
+    encoding = next((name for name in ("utf-8", "cp1252") if all(_decodes(path, name) for path in files)), "latin-1")
+    text = codecs.getincrementaldecoder(encoding)().decode(sample, final=False)  # it may end inside a character
     lines = text.splitlines()[:-1] if len(sample) == SAMPLE_BYTES else text.splitlines()  # the last may be cut
     delimiter = _delimiter(lines)
     fields = [field.strip().replace("\u00a0", " ").replace("\u202f", " ")  # no-break spaces group as spaces
@@ -55,13 +57,21 @@ def sniff_dialect(source: Path) -> dict[str, str | None]:
             "thousands": _thousands(fields, decimal)}
 
 
-def _decode(sample: bytes) -> tuple[str, str]:
-    for encoding in ("utf-8", "cp1252"):
-        try:  # incremental, not final: the sample may end inside a character
-            return encoding, codecs.getincrementaldecoder(encoding)().decode(sample, final=False)
-        except UnicodeDecodeError:
-            continue
-    return "latin-1", sample.decode("latin-1")
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _decodes(path: Path, encoding: str) -> bool:
+    """Whether every byte of the file decodes, read in blocks (a multi-GB export is never held)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        with _open(path) as handle:
+            while block := handle.read(SAMPLE_BYTES * 16):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _delimiter(lines: list[str]) -> str:

@@ -282,3 +282,13 @@ def test_what_the_draft_proposes_validation_accepts_but_the_defects_it_counts(tm
     with open(path, "rb") as handle:
         outcome = validate_snapshot([(path.name, handle)], str(path), load_schema(completed), IngestSettings(source=path))
     assert sorted((f.row, f.column) for f in outcome.failures) == [(4, "amount"), (5, "count")]
+
+
+def test_the_encoding_is_guessed_from_every_byte_not_the_first_lines(tmp_path):
+    """An export whose first megabyte is plain ASCII and whose one accented name comes late."""
+    from privflow.data.csv_dialect import SAMPLE_BYTES, sniff_dialect
+
+    lines = [f"P{i:07d},{i % 90},{i % 2}" for i in range(SAMPLE_BYTES // 12)] + ["P9999999,40,Müller"]
+    path = tmp_path / "export.csv"
+    path.write_bytes(("id,age,name\n" + "\n".join(lines) + "\n").encode("cp1252"))
+    assert path.stat().st_size > SAMPLE_BYTES and sniff_dialect(path)["encoding"] == "cp1252"
