@@ -141,9 +141,10 @@ def carry_code(project: Path, code_root: str, equivalent: dict = EQUIVALENT_CODE
     carried = []
     for name, entry in (lock.get("stages") or {}).items():
         for dep in entry.get("deps", []):
-            relative = str(dep.get("path", "")).removeprefix(f"{code_root}/")
+            path = str(dep.get("path", ""))
+            relative = path.removeprefix(f"{code_root}/")
             current, earlier = equivalent.get(relative, (None, {}))
-            if dep.get("md5") not in earlier:
+            if relative == path or dep.get("md5") not in earlier:  # privflow's own files only
                 continue
             content = (project / code_root / relative).read_bytes()
             if hashlib.md5(content).hexdigest() == current:  # an edited install is its own version: runs

@@ -37,17 +37,21 @@ _POINT_NUMBER = re.compile(r"[+-]?(\d+|\d{1,3}([, ']\d{3})+)\.\d+")
 _DATE = re.compile(r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}")  # 28.01.2026 is no grouped number
 
 
-def sniff_dialect(source: Path) -> dict[str, str | None]:
+def sniff_dialect(source: Path, encoding: str | None = None) -> dict[str, str | None]:
     """{delimiter, decimal, encoding, thousands}: the marks from the first file's first lines, the
-    encoding from every byte of every CSV file (one accented name deep in an export is enough to
-    stop a run); the defaults for Parquet."""
+    encoding (unless given) from every byte of every CSV file (one accented name deep in an export
+    is enough to stop a run); the defaults for Parquet."""
     files = [path for path in list_source(source) if path.name.endswith((".csv", ".csv.gz"))]
     if not files:
         return dict(DEFAULTS)
     with _open(files[0]) as handle:
         sample = handle.read(SAMPLE_BYTES)
-    encoding = next((name for name in ("utf-8", "cp1252") if all(_decodes(path, name) for path in files)), "latin-1")
-    text = codecs.getincrementaldecoder(encoding)().decode(sample, final=False)  # it may end inside a character
+    encoding = encoding or next((name for name in ("utf-8", "cp1252") if all(_decodes(path, name) for path in files)),
+                                "latin-1")
+    try:  # incremental: the sample may end inside a character
+        text = codecs.getincrementaldecoder(encoding)(errors="replace").decode(sample, final=False)
+    except LookupError:  # an unknown --encoding: IngestSettings names it
+        text = sample.decode("latin-1")
     lines = text.splitlines()[:-1] if len(sample) == SAMPLE_BYTES else text.splitlines()  # the last may be cut
     delimiter = _delimiter(lines)
     fields = [field.strip().replace("\u00a0", " ").replace("\u202f", " ")  # no-break spaces group as spaces

@@ -57,7 +57,7 @@ def schema_draft(source: Path = typer.Argument(..., help="the export: .csv, .csv
     if out.exists():
         raise PrivflowError(f"{out}: exists; privflow never overwrites a schema: choose another --out")
     given = {"delimiter": delimiter, "encoding": encoding, "decimal": decimal, "thousands": thousands}
-    dialect = {**sniff_dialect(source), **{key: value for key, value in given.items() if value is not None}}
+    dialect = {**sniff_dialect(source, encoding), **{key: value for key, value in given.items() if value is not None}}
     try:
         ingest = IngestSettings(source=source, **dialect)
     except ValueError as error:
@@ -79,5 +79,6 @@ def schema_draft(source: Path = typer.Argument(..., help="the export: .csv, .csv
 
 def _as_options(message: str) -> str:
     """A reader's advice to set ingest.X in params.yaml, as the draft's --X option."""
-    return re.sub(r"set ingest\.(\w+) in params\.yaml", r"pass --\1", message).replace(
+    return re.sub(r"set ingest\.(\w+) in params\.yaml( to)?", lambda m: f"pass --{m[1]}" + (" with" if m[2] else ""),
+                  message).replace(
         "in ingest.encoding", "given to --encoding")
