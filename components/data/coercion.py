@@ -57,18 +57,26 @@ def _coerce_one(strings: pa.Array, spec: ColumnSpec, index: pd.Index,
         return pd.Series(typed, index=index), ~missing & ~(true | false)
     if spec.type in TIME_TYPES:
         return _times(present, missing, spec, index)
-    wrong_mark = np.zeros(len(index), bool)
-    if thousands is not None:
-        present, wrong_mark = ungrouped(present, decimal, thousands)
-    if decimal != ".":  # "1.234" in a decimal-comma file may mean 1234: refused, never guessed
-        wrong_mark |= _mask(pc.match_substring(present, "."), False)
-        present = pc.replace_substring(present, decimal, ".")
-    numbers = to_float(present).to_numpy(zero_copy_only=False).astype("float64")
+    numbers, wrong_mark = marked_numbers(present, decimal, thousands)
     series, bad = _numeric(numbers, missing, spec, index)
     return series, bad | wrong_mark
 
 
-def ungrouped(present: pa.Array, decimal: str, thousands: str) -> tuple[pa.Array, np.ndarray]:
+def marked_numbers(present: pa.Array, decimal: str, thousands: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Text written with the export's decimal and digit-group marks -> float64 (NaN where not a
+    number), and a mask of values whose marks are refused: a group mark out of place, a point in
+    a decimal-comma file ("1.234" may mean 1234: refused, never guessed). The schema draft reads
+    numbers through this too, so it calls a number what validation accepts."""
+    wrong_mark = np.zeros(len(present), bool)
+    if thousands is not None:
+        present, wrong_mark = _ungrouped(present, decimal, thousands)
+    if decimal != ".":
+        wrong_mark |= _mask(pc.match_substring(present, "."), False)
+        present = pc.replace_substring(present, decimal, ".")
+    return _to_float(present).to_numpy(zero_copy_only=False).astype("float64"), wrong_mark
+
+
+def _ungrouped(present: pa.Array, decimal: str, thousands: str) -> tuple[pa.Array, np.ndarray]:
     """Numbers with their digit-group marks taken out, and a mask of those grouped wrongly: 4.157,45
     and 12.345.678 read (thousands "."), 41.57,45 or 4157.45 do not, as a mark in the wrong place
     may be a typing slip or another convention's decimal mark. Values without a mark are left as they are."""
@@ -94,7 +102,7 @@ def _clean_numbers(strings: pa.Array) -> np.ndarray | None:
         return None
 
 
-def to_float(values: pa.Array) -> pa.Array:
+def _to_float(values: pa.Array) -> pa.Array:
     """Decimal text -> float64; anything else -> null (the caller marks it a failure)."""
     try:
         return pc.cast(values, pa.float64())

@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from privflow.data.coercion import formatted_times, iso_times, to_float, ungrouped
-from privflow.data.records import RecordReader
+from privflow.data.coercion import formatted_times, iso_times, marked_numbers
+from privflow.data.records import RecordReader, first_header
 from privflow.data.schema import DEFAULT_FALSE, DEFAULT_TRUE, INTEGER_TYPES, ColumnSpec, DatasetSchema
 from privflow.data.sources import disk_members, list_source
 
@@ -97,12 +97,7 @@ class ColumnProfile:
 
     def _add_numbers(self, present: pa.Array) -> np.ndarray:
         """Numbers as validation reads them; the numeric types every one of them fits. Returns which values are."""
-        text, bad = (present, np.zeros(len(present), bool)) if self.thousands is None else \
-            ungrouped(present, self.decimal, self.thousands)
-        if self.decimal != ".":  # 4.157 in a decimal-comma file is refused: it may mean 4157
-            bad |= pc.fill_null(pc.match_substring(text, "."), False).to_numpy(zero_copy_only=False)
-            text = pc.replace_substring(text, self.decimal, ".")
-        numbers = to_float(text).to_numpy(zero_copy_only=False).astype("float64")
+        numbers, bad = marked_numbers(present, self.decimal, self.thousands)
         is_number = np.isfinite(numbers) & ~bad
         self.not_numbers += int((~is_number).sum())
         numbers = numbers[is_number]
@@ -174,7 +169,7 @@ class ColumnProfile:
 
 def profile_source(source: Path, ingest) -> tuple[list[str], dict[str, ColumnProfile], int]:
     """The header, a profile per column, and the record count."""
-    header = _header(source, ingest)
+    header = first_header(source, ingest)
     everything = DatasetSchema.model_construct(
         dataset="draft", privacy_unit=header[0], target=header[0], strict=False,
         columns={name: ColumnSpec.model_construct(type="string") for name in header})
@@ -187,10 +182,3 @@ def profile_source(source: Path, ingest) -> tuple[list[str], dict[str, ColumnPro
         profile.finish()
     return header, profiles, reader.rows_in
 
-
-def _header(source: Path, ingest) -> list[str]:
-    """The first file's column names, from its first batch (not a pass over every record)."""
-    reader = RecordReader(str(source), None, delimiter=ingest.delimiter, encoding=ingest.encoding)
-    for _ in reader.batches(disk_members(list_source(source))):
-        break
-    return reader.header

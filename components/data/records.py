@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from privflow.data.decoding import PEEK, CheckedText, check_header, file_label, read_header
 from privflow.data.prefetch import read_ahead
 from privflow.data.schema import DatasetSchema
-from privflow.data.sources import Member, kind_of
+from privflow.data.sources import Member, disk_members, kind_of, list_source
 from privflow.errors import DatasetError
 
 UNPARSEABLE = "*"  # the column of a failure that concerns the whole record
@@ -222,6 +223,15 @@ def _parquet_strings(column: pa.Array, label: str, name: str) -> pa.Array:
     except pa.ArrowException:
         raise DatasetError(f"{label}: column {name} holds {column.type} values, which cannot be "
                            "read as text; export it as a plain column") from None
+
+
+def first_header(source: Path, ingest) -> list[str]:
+    """The column names of the source's first file, from its first batch: no pass over the
+    records and no read-ahead (prefetch would parse blocks nobody reads)."""
+    reader = RecordReader(str(source), None, delimiter=ingest.delimiter, encoding=ingest.encoding)
+    for _ in reader.batches(disk_members(list_source(source)[:1]), prefetch=0):
+        break
+    return reader.header
 
 
 def describe_source(members: Iterable[Member], source: str, *, delimiter: str = ",",

@@ -17,7 +17,7 @@ import numpy as np
 
 from privflow.data.coercion import coerce_batch
 from privflow.data.features import encode_features
-from privflow.data.records import FileSpan, RecordReader, RowFailure
+from privflow.data.records import FileSpan, RecordReader, RowFailure, first_header
 from privflow.data.row_checks import to_pandera
 from privflow.data.schema import DatasetSchema
 from privflow.data.sources import disk_members, list_source
@@ -86,11 +86,9 @@ def check_model_columns(source: Path, schema: DatasetSchema, ingest: IngestSetti
     words (the reader's own check would advise declaring it in the schema). A first line that
     names no declared column at all is left to the reader, which asks whether the header line
     is missing and shows none of the line (it may be data)."""
-    reader = RecordReader(str(source), None, delimiter=ingest.delimiter, encoding=ingest.encoding)
-    for _ in reader.batches(disk_members(list_source(source)[:1]), prefetch=0):
-        break
-    missing = [name for name in schema.columns if name in read and name not in reader.header]
-    if missing and set(reader.header) & set(schema.columns):
+    header = first_header(source, ingest)
+    missing = [name for name in schema.columns if name in read and name not in header]
+    if missing and set(header) & set(schema.columns):
         raise SchemaError(f"{source}: no column {missing[0]!r}" + (f" (nor {missing[1:]})" if missing[1:] else "")
                           + ", which the model reads; add it to the file (the label, ids and the schema's other "
                             "columns may be left out)")
