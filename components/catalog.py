@@ -43,6 +43,7 @@ TRAIN_METRICS = "train.json"
 TRAIN_CURVE = "train_curve.json"
 COMPRESS_METRICS = "compress.json"
 EXPLAIN_METRICS = "explain.json"
+EVALUATE_METRICS = "evaluate.json"
 
 
 def split_file(split: str) -> str:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 PACKAGE = "privflow"
 ROOT = Path(__file__).resolve().parent  # components/ in a checkout, site-packages/privflow installed
-STAGES = ("fingerprint", "ingest", "validate", "encrypt", "pretrain", "train", "compress", "explain", "report")
+STAGES = ("fingerprint", "ingest", "validate", "encrypt", "pretrain", "train", "evaluate", "compress", "explain",
+          "report")
 
 
 def stage_module(stage: str) -> str:

@@ -88,6 +88,10 @@ SPECS = {
         (f"{A}/encrypt", f"{A}/pretrain"), ("train",), outs=(f"{A}/train",),
         metrics=(f"{M}/{c.TRAIN_METRICS}",), plots=({f"{M}/{c.TRAIN_CURVE}": {"x": "epoch", "y": "epsilon"}},),
         comment="the only stage that spends privacy budget"),
+    "evaluate": StageSpec(
+        (("model", f"{A}/train"), ("data", f"{A}/encrypt"), ("metrics", f"{M}/{c.EVALUATE_METRICS}")),
+        (f"{A}/train", f"{A}/encrypt"), (), metrics=(f"{M}/{c.EVALUATE_METRICS}",),
+        comment="the released model on the sealed test split, class by class: never charged"),
     "compress": StageSpec(
         (("model", f"{A}/train"), ("training", f"{M}/{c.TRAIN_METRICS}"), ("out", f"{A}/compress"),
          ("metrics", f"{M}/{c.COMPRESS_METRICS}")),
@@ -103,11 +107,13 @@ SPECS = {
         (("manifest", f"{A}/ingest/{c.MANIFEST}"), ("validation", f"{M}/{c.VALIDATE_METRICS}"),
          ("dataset-description", f"{A}/encrypt/{c.DATASET}"), ("model", f"{A}/train/{c.MODEL}"),
          ("training", f"{M}/{c.TRAIN_METRICS}"), ("curve", f"{M}/{c.TRAIN_CURVE}"),
-         ("compression", f"{M}/{c.COMPRESS_METRICS}"), ("explanation", f"{M}/{c.EXPLAIN_METRICS}"),
-         ("pretraining", f"{A}/pretrain/{c.PRETRAIN_DESCRIPTION}"), ("out", f"{c.REPORTS}/${{key}}")),
+         ("evaluation", f"{M}/{c.EVALUATE_METRICS}"), ("compression", f"{M}/{c.COMPRESS_METRICS}"),
+         ("explanation", f"{M}/{c.EXPLAIN_METRICS}"), ("pretraining", f"{A}/pretrain/{c.PRETRAIN_DESCRIPTION}"),
+         ("out", f"{c.REPORTS}/${{key}}")),
         (f"{A}/ingest/{c.MANIFEST}", f"{M}/{c.VALIDATE_METRICS}", f"{A}/encrypt/{c.DATASET}", f"{A}/train",
-         f"{M}/{c.TRAIN_METRICS}", f"{M}/{c.TRAIN_CURVE}", f"{M}/{c.COMPRESS_METRICS}", f"{M}/{c.EXPLAIN_METRICS}",
-         f"{A}/pretrain/{c.PRETRAIN_DESCRIPTION}"), ("report", "privacy"),  # privacy: the cap it shows
+         f"{M}/{c.TRAIN_METRICS}", f"{M}/{c.TRAIN_CURVE}", f"{M}/{c.EVALUATE_METRICS}", f"{M}/{c.COMPRESS_METRICS}",
+         f"{M}/{c.EXPLAIN_METRICS}", f"{A}/pretrain/{c.PRETRAIN_DESCRIPTION}"),
+        ("report", "privacy"),  # privacy: the cap it shows
         outs=tuple(f"{c.REPORTS}/${{key}}/{name}" for name in c.REPORT_FILES)),
 }
 assert tuple(SPECS) == STAGES and set(LEFT_OUT) == {stage for stage, spec in SPECS.items() if spec.per_dataset}

@@ -56,6 +56,9 @@ LEFT_OUT: dict[str, dict] = {
     "pretrain": {**_sections("privacy", "encrypt", *AFTER_TRAINING), **BUDGET_NAME, **NOT_READ_BY_PRETRAIN},
     "encrypt": {**_sections("train", "privacy", "pretrain", *AFTER_TRAINING), **BUDGET_NAME},
     "train": {**_sections("ingest", *AFTER_TRAINING), **CAP},
+    # the model card and the split's description say all it needs (classes, the text settings)
+    "evaluate": {**_sections("ingest", "validate_", "encrypt", "pretrain", "train", "privacy", *AFTER_TRAINING),
+                 **BUDGET_NAME},
     "explain": {**_sections("privacy", "compress", "report"), **BUDGET_NAME},
     "compress": {**_sections("ingest", "validate_", "encrypt", "pretrain", "train", "privacy", "explain", "report"),
                  **BUDGET_NAME},

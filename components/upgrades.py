@@ -47,6 +47,15 @@ EQUIVALENT_CODE: dict[str, tuple[str, dict[str, str]]] = {
         "5aa3479a23cd6878571f457ab1539d23": "65e79c2: a date feature's example bounds are in its format"}),
     "settings.py": ("8d3e51686e8342c1b4ac61aa56536886", {  # what reads the new key re-runs by its settings file
         "a8efb3774ee3e84cf9a96223b539ce04": "65e79c2: ingest.thousands, default none: any config parses the same"}),
+    "catalog.py": ("dd31018f7b482c6fef4d17d6127f54a4", {
+        "6394aea625e4a4612ea53473bbdd8d30": "30f6081: the name of the new evaluate stage's metrics file"}),
+    # ingest loads stage_settings.py (through data/fingerprint.py), for the source's keyed id
+    "stage_settings.py": ("acf865a4b5f26e135f010a03fd993524", {
+        "eca0c2c3135fd040fe4c7128fe4435d5": "30f6081: the new evaluate stage's entry; every other stage's file is "
+                                            "the same",
+        "d460bc843a5878f45c9d2459e7a71b8d": "65e79c2: that, and the plan's words for a release's new key"}),
+    "training/baseline.py": ("3923eb7719fd090fae5744d77d373f1c", {
+        "c5875b8395cffa0c505b35c7323f6f63": "30f6081: the paired interval's arithmetic is a function, evaluate's too"}),
 }
 PRIVACY = "privacy"  # a params dep of train until the cap left what train is seen to read
 TRAIN_WITH_THE_CAP = {"train": dict.fromkeys(("ingest", *AFTER_TRAINING), True)}  # train's file before: cap in it

@@ -16,8 +16,9 @@ def privacy_statement(training: dict) -> list[str]:
         _unit_statement(p, training),
         _noise_statement(p),
         _pretraining_statement(training.get("pretraining") or {"pretrained": False}),
-        f"Not covered by the guarantee: the accuracy and loss figures (computed on a held-out split of "
-        f"{training['rows']['test']} records), the non-private baseline's accuracy, the row counts of "
+        f"Not covered by the guarantee: the accuracy, loss and class-by-class figures (computed on a held-out "
+        f"split of {training['rows']['test']} records; a class with few of them is shown without its count or "
+        "recall), the non-private baseline's accuracy, the row counts of "
         f"the validation summary and of the split, whether a {p['privacy_unit']} has more than one record "
         "(and, under a bound, how many records it left out), the schema and the existence of the dataset. "
         "How many records the busiest one has is not published: one person's figure. Features are scaled by "

@@ -14,4 +14,4 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 @cache
 def environment() -> Environment:
     return Environment(loader=PackageLoader("privflow.reporting", "templates"),
-                       autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+                       autoescape=select_autoescape(["html", "html.j2"]), trim_blocks=True, lstrip_blocks=True)

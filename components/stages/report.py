@@ -20,7 +20,7 @@ from privflow.settings import load_settings
 
 def main() -> None:
     args = stage_paths(__doc__, "manifest", "validation", "dataset-description", "model", "training", "curve",
-                       "compression", "explanation", "pretraining", "out")
+                       "evaluation", "compression", "explanation", "pretraining", "out")
     settings = load_settings(args.dataset)
     ledger = open_ledger(settings, open_vault())
     context = build_context(args, settings.report.title, ledger, settings.privacy.epsilon_cap)

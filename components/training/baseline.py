@@ -159,6 +159,16 @@ def preset_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings,
                           test.tensors[:2], Schedule.of(t), recipes(t.learning_rate, schedule=t.lr_schedule))
 
 
+def paired_gap(gained: torch.Tensor) -> tuple[float, float]:
+    """Two models scored on the same records (`gained`: +1 where only the first is right, -1
+    where only the second is, else 0): the first's lead in points and the half-width of its 95 %
+    interval (normal approximation of the paired differences' mean)."""
+    n = len(gained)
+    points = 100 * float(gained.mean()) if n else float("nan")
+    half = 100 * 1.96 * float(gained.std()) / math.sqrt(n) if n > 1 else float("nan")
+    return points, half
+
+
 def privacy_cost(baseline_right: torch.Tensor, private: nn.Module, test: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """What DP cost in accuracy on the test split, in points (the baseline's minus the DP
     model's), with a 95 % interval from the paired outcomes: both models are scored on the
@@ -169,8 +179,7 @@ def privacy_cost(baseline_right: torch.Tensor, private: nn.Module, test: tuple[t
     `baseline_right`: which test records the baseline got right (BaselineOutcome.correct)."""
     gained = baseline_right.float() - correct_predictions(private, *test).float()
     n = len(gained)
-    points = 100 * float(gained.mean()) if n else float("nan")
-    half = 100 * 1.96 * float(gained.std()) / math.sqrt(n) if n > 1 else float("nan")
+    points, half = paired_gap(gained)
     verdict = ("not measured" if not n > 1 else "DP costs accuracy" if points - half > 0
                else "the DP model scored higher: the baseline is too weak" if points + half < 0
                else "within the test split's noise")

@@ -179,7 +179,7 @@ def test_the_plan_says_what_would_run_and_spend_and_runs_nothing(project):
     epsilon, rest = tail.split(" of budget breast_cancer, ", 1)
     assert 0 < float(epsilon) <= 3.0 and 0 < float(rest.split(" left after")[0]) < 30.0
     assert "plan: explain@breast_cancer runs: its settings changed: train.max_grad_norm 1.0 -> 1.5" in printed
-    grouped = "plan: compress, report of breast_cancer may run: if the stages before them write new outputs"
+    grouped = "plan: evaluate, compress, report of breast_cancer may run: if the stages before them write new outputs"
     assert grouped in printed, printed
 
 

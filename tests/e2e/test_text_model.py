@@ -66,6 +66,17 @@ def test_the_text_preset_fine_tunes_the_pretrained_encoder_under_dp(text_run):
     assert rows["train"] + rows["test"] == ROWS - 4  # the four planted defects are quarantined
 
 
+def test_the_released_text_model_is_evaluated_on_the_sealed_test_texts_class_by_class(text_run):
+    """Scored again from the released weights in fp32 (training scored it with its frozen pass in
+    bf16 where the CPU has it): within a few texts of train's figure, and above the constant answer."""
+    workspace, _ = text_run
+    accuracy = json.loads(workspace.metrics("train").read_text())["accuracy"]["private"]
+    evaluation = json.loads(workspace.metrics("evaluate").read_text())
+    assert abs(evaluation["accuracy"] - accuracy) <= 0.02 and evaluation["classes_answered"] == 2, evaluation
+    assert [row["class"] for row in evaluation["classes"]] == ["negative", "positive"]
+    assert evaluation["versus_constant"]["outcome"] == "better", evaluation
+
+
 def test_no_text_of_the_dataset_is_written_in_plaintext(text_run):
     workspace, result = text_run
     (workspace.base / "logs" / "printed.log").write_text(result.stdout + result.stderr)
