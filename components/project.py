@@ -93,9 +93,9 @@ SPECS = {
         (f"{A}/train", f"{A}/encrypt"), (), metrics=(f"{M}/{c.EVALUATE_METRICS}",),
         comment="the released model on the sealed test split, class by class: never charged"),
     "compress": StageSpec(
-        (("model", f"{A}/train"), ("training", f"{M}/{c.TRAIN_METRICS}"), ("out", f"{A}/compress"),
-         ("metrics", f"{M}/{c.COMPRESS_METRICS}")),
-        (f"{A}/train", f"{M}/{c.TRAIN_METRICS}"), ("compress",), outs=(f"{A}/compress",),
+        (("model", f"{A}/train"), ("training", f"{M}/{c.TRAIN_METRICS}"), ("evaluation", f"{M}/{c.EVALUATE_METRICS}"),
+         ("out", f"{A}/compress"), ("metrics", f"{M}/{c.COMPRESS_METRICS}")),
+        (f"{A}/train", f"{M}/{c.TRAIN_METRICS}", f"{M}/{c.EVALUATE_METRICS}"), ("compress",), outs=(f"{A}/compress",),
         metrics=(f"{M}/{c.COMPRESS_METRICS}",),
         comment="post-processing: the DP model only, no private data"),
     "explain": StageSpec(

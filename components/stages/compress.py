@@ -1,8 +1,8 @@
 """Stage `compress`: structured and magnitude pruning, int8 quantization, an ONNX export.
 
 Post-processing of a DP model spends no privacy only if it reads no private data, so this
-stage reads the trained model and nothing else: dvc.yaml gives it no snapshot, split or
-quarantine (a test checks). Where data is needed (calibration of static quantization, the
+stage reads the trained model and the figures train and evaluate published for the model
+card, nothing else: dvc.yaml gives it no snapshot, split or quarantine (a test checks). Where data is needed (calibration of static quantization, the
 fidelity check of the compressed model, latency) it draws synthetic inputs uniformly from
 [0, 1]^features, the range the schema's declared bounds scale every feature to. Accuracy on
 the held-out split is measured by `train` and by `make bench`, not here.
@@ -24,7 +24,7 @@ from privflow.training.io import load_model
 
 
 def main() -> None:
-    args = stage_paths(__doc__, "model", "training", "out", "metrics")
+    args = stage_paths(__doc__, "model", "training", "evaluation", "out", "metrics")
     settings = load_settings(args.dataset).compress
     model, card = load_model(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,7 @@ def main() -> None:
     write_json(args.out / SERVING_CARD, {k: card[k] for k in ("dataset", "run_id", "snapshot_id", "features",
                                                               "classes", "text") if k in card})
     write_json(args.metrics, compression)
-    write_model_card(args.out, card, read_json(args.training), compression)
+    write_model_card(args.out, card, read_json(args.training), read_json(args.evaluation), compression)
     sizes, parameters = compression["size_bytes"], compression["parameters"]
     asked, pruned = compression.get("prune_amount_asked", 0.0), compression["prune_amount"]
     backed_off = f" ({pruned:.1%} pruned of {asked:.1%} asked: the fidelity floor)" if pruned < asked else ""

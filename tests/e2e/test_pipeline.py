@@ -397,6 +397,9 @@ def test_markdown_json_model_card_and_run_index(pipeline_run):
     assert (workspace.base / "shared-report" / "report.html").read_bytes() == (reports / "report.html").read_bytes()
     card = (workspace.artifacts("compress") / "MODEL_CARD.md").read_text()
     assert "ε = " in card and context["manifest"]["snapshot_id"] in card
+    constant = context["evaluation"]["versus_constant"]  # disaggregated, as a model card should be
+    assert f"| always answering '{constant['class']}', the most frequent class | {constant['accuracy']:.4f} |" in card
+    assert "Balanced accuracy" in card and "Recall by class: malignant " in card
     with sqlite3.connect(next((workspace.repo / ".privflow" / "prefect").rglob("*.db"))) as db:
         keys = {row[0] for row in db.execute("SELECT key FROM artifact")}
     assert {f"privflow-{kind}-{d.replace('_', '-')}" for kind in ("report", "budget") for d in DATASETS} <= keys  # and the canary test searched them

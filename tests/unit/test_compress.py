@@ -65,14 +65,22 @@ def test_compress_main_never_opens_the_vault_or_keyring(tmp_path, monkeypatch):
                "max_grad_norm": 1.0, "steps": 10, "epsilon_spent": 1.0, "delta": 1e-5, "accountant": "prv",
                "privacy_unit": "patient_id"}, "rows": {"train": 100, "test": 20},
                "accuracy": {"private": 0.9, "non_private_baseline": 0.95}})
+    from privflow.modeling.evaluation import class_evaluation  # the evaluate stage's aggregates, as it writes them
+
+    labels = torch.tensor([0] * 12 + [1] * 8)
+    write_json(tmp_path / "evaluate.json", class_evaluation(labels, labels, ["a", "b"]))
     monkeypatch.setattr(Vault, "open", lambda *a, **k: pytest.fail("compress decrypted something"))
     monkeypatch.setattr(Keyring, "open", lambda *a, **k: pytest.fail("compress opened the keyring"))
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["compress", "--dataset", "breast_cancer", "--model", str(model_dir),
-                                      "--training", "train.json", "--out", "out", "--metrics", "m.json"])
+                                      "--training", "train.json", "--evaluation", "evaluate.json", "--out", "out",
+                                      "--metrics", "m.json"])
     compress.main()
-    assert (tmp_path / "out" / EXPORT).exists() and (tmp_path / "out" / "MODEL_CARD.md").exists()
+    assert (tmp_path / "out" / EXPORT).exists()
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "| always answering 'a', the most frequent class | 0.6000 |" in card
+    assert "Recall by class: a 1.000 (12 records), b not shown (fewer than 10 records)." in card
 
 
 @pytest.mark.parametrize("preset, n_features, shape", [("mlp", 30, None), ("cnn", 64, (1, 8, 8)),
