@@ -383,6 +383,23 @@ def test_report_renders_in_chromium_without_errors(pipeline_run):
         driver.quit()
 
 
+def test_the_report_says_when_the_non_private_baseline_does_not_beat_the_constant_answer(pipeline_run, tmp_path):
+    """Then the data may not predict the target at all, and "what DP cost" compares with a model
+    that does not predict (a payroll export measured so: baseline 0.546 = always 'niedrig')."""
+    from privflow.reporting.render import write_report
+
+    workspace, _ = pipeline_run
+    context = json.loads((workspace.reports() / "report.json").read_text())
+    constant = context["evaluation"]["versus_constant"]["accuracy"]
+    for baseline, warned in ((constant, True), (constant + 0.01, False)):
+        context["training"]["accuracy"]["non_private_baseline"] = baseline
+        write_report(context, tmp_path / str(warned))
+        html = (tmp_path / str(warned) / "report.html").read_text()
+        markdown = (tmp_path / str(warned) / "report.md").read_text()
+        assert ("The non-private baseline does no better than that constant answer either" in html) == warned
+        assert ("the non-private baseline does no better than that answer either" in markdown) == warned
+
+
 def test_markdown_json_model_card_and_run_index(pipeline_run):
     workspace, _ = pipeline_run
     reports = workspace.reports()
