@@ -40,3 +40,23 @@ def test_the_html_templates_escape_what_a_team_writes_and_the_markdown_ones_do_n
         "budget": {"spent": 2.9, "cap": 30}}))
     index = archive_run(reports).read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index and "<script>" not in index
+    assert "not evaluated" in index  # a run archived before the evaluate stage
+
+
+def test_the_run_index_shows_whether_each_model_beat_always_answering_the_most_frequent_class(tmp_path):
+    import json
+
+    from privflow.reporting.archive import archive_run
+
+    for dataset, outcome in (("churn", "no better"), ("digits", "better")):
+        reports = tmp_path / "reports" / dataset
+        reports.mkdir(parents=True)
+        (reports / "report.html").write_text("<html></html>")
+        (reports / "report.json").write_text(json.dumps({
+            "run_id": f"{dataset}-run", "generated_at": "2026-12-07T08:00:00+00:00", "dataset": {"dataset": dataset},
+            "manifest": {"snapshot_id": "hmac-sha256:" + "ab" * 32},
+            "training": {"privacy": {"epsilon_spent": 2.9}, "accuracy": {"private": 0.76}},
+            "evaluation": {"versus_constant": {"accuracy": 0.755, "outcome": outcome}}, "budget": {"spent": 2.9, "cap": 30}}))
+        index = archive_run(reports).read_text()
+    churn, digits = (next(row for row in index.split("<tr>") if f"<td>{name}</td>" in row) for name in ("churn", "digits"))
+    assert "0.7550 (<strong>no better</strong>)" in churn and "0.7550 (beaten)" in digits
