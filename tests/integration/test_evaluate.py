@@ -81,7 +81,8 @@ def test_a_model_that_learned_is_scored_as_train_scores_it_and_beats_the_constan
     predicted = model(x).argmax(dim=1).numpy()
     for index, row in enumerate(result["classes"]):
         members = labels == index
-        assert row["records"] == int(members.sum()) and row["recall"] == pytest.approx((predicted[members] == index).mean())
+        assert row["records"] == int(members.sum())
+        assert row["recall"] == pytest.approx((predicted[members] == index).mean())
     # aggregates only: no record's value, label or prediction
     assert set(result) == {"records", "accuracy", "balanced_accuracy", "classes_answered", "versus_constant", "classes",
                            "min_class_records"}

@@ -23,7 +23,8 @@ def test_a_model_that_answers_the_largest_class_for_everyone_is_called_no_better
     constant = evaluation["versus_constant"]
     assert evaluation["accuracy"] == 0.8 == constant["accuracy"]  # accuracy alone reads as learning
     assert constant["class"] == "stays" and constant["outcome"] == "no better" and constant["points"] == 0
-    assert constant["verdict"] == "the DP model does no better than always answering 'stays', within the test split's noise"
+    assert constant["verdict"] == ("the DP model does no better than always answering 'stays', "
+                                   "within the test split's noise")
     assert evaluation["classes_answered"] == 1
     assert evaluation["balanced_accuracy"] == pytest.approx(1 / 3)  # recalls 1, 0, 0
 

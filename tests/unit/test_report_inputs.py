@@ -56,7 +56,9 @@ def test_the_run_index_shows_whether_each_model_beat_always_answering_the_most_f
             "run_id": f"{dataset}-run", "generated_at": "2026-12-07T08:00:00+00:00", "dataset": {"dataset": dataset},
             "manifest": {"snapshot_id": "hmac-sha256:" + "ab" * 32},
             "training": {"privacy": {"epsilon_spent": 2.9}, "accuracy": {"private": 0.76}},
-            "evaluation": {"versus_constant": {"accuracy": 0.755, "outcome": outcome}}, "budget": {"spent": 2.9, "cap": 30}}))
+            "evaluation": {"versus_constant": {"accuracy": 0.755, "outcome": outcome}},
+            "budget": {"spent": 2.9, "cap": 30}}))
         index = archive_run(reports).read_text()
-    churn, digits = (next(row for row in index.split("<tr>") if f"<td>{name}</td>" in row) for name in ("churn", "digits"))
+    rows = index.split("<tr>")
+    churn, digits = (next(row for row in rows if f"<td>{name}</td>" in row) for name in ("churn", "digits"))
     assert "0.7550 (<strong>no better</strong>)" in churn and "0.7550 (beaten)" in digits
