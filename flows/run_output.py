@@ -67,13 +67,13 @@ def cost_note(cost: dict | None) -> str:
     return ", a gap within the test noise" if low <= 0 <= high else ""
 
 
-def constant_note(evaluation: dict | None) -> str:
-    """A warning when the model does not beat always answering the most frequent class: its
-    accuracy alone would read as learning."""
+def weak_model(evaluation: dict | None) -> str:
+    """A warning when the model does not beat always answering the most frequent class on its
+    test split (the evaluate stage's figures): its accuracy alone would read as learning."""
     constant = (evaluation or {}).get("versus_constant")
     if not constant or constant["outcome"] in ("better", "not measured"):
         return ""
-    return f"; {constant['outcome'].upper()} than always answering '{constant['class']}' ({constant['accuracy']:.3f})"
+    return f"{constant['outcome'].upper()} than always answering '{constant['class']}' ({constant['accuracy']:.3f})"
 
 
 def summary(root: Path, dag: Dag, datasets: list[str], ran: set[str]) -> list[str]:
@@ -95,6 +95,6 @@ def summary(root: Path, dag: Dag, datasets: list[str], ran: set[str]) -> list[st
                      f"accuracy {accuracy['private']:.3f}"
                      + (f" (non-private {baseline:.3f}{cost_note(training.get('privacy_cost'))})"
                         if baseline is not None else "")
-                     + constant_note(context.get("evaluation"))
+                     + (f"; {weak_model(context.get('evaluation'))}" if weak_model(context.get("evaluation")) else "")
                      + f"; report {report.with_name(REPORT_FILES[0])}")
     return lines

@@ -25,7 +25,9 @@ def main() -> None:
         raise DatasetError(f"{args.model} was trained on snapshot {card['snapshot_id'][:24]}, {args.data} holds "
                            f"{description['snapshot_id'][:24]}; run `privflow run` to train on the new snapshot")
     predicted, labels = test_predictions(model, card, open_vault(), description, args.data)
-    evaluation = class_evaluation(predicted, labels, [str(name) for name in card["classes"]])
+    # the run whose model it is: `privflow predict` warns with these figures only for that model
+    classes = [str(name) for name in card["classes"]]
+    evaluation = {"run_id": card.get("run_id"), **class_evaluation(predicted, labels, classes)}
     write_json(args.metrics, evaluation)
     constant = evaluation["versus_constant"]
     print(f"evaluate: {evaluation['records']} test records, accuracy {evaluation['accuracy']:.3f}, balanced "

@@ -225,3 +225,24 @@ def predict(source: Path = typer.Argument(..., help="records to score: .csv, .cs
     with target as handle:
         csv.writer(handle, lineterminator="\n").writerows(scored.lines())
     typer.echo(f"{len(scored.rows)} record(s) scored, {len({f.row for f in scored.failures})} not scored", err=True)
+    warning = weak_model_warning(settings.dataset.name, model_dir)
+    if warning:
+        typer.echo(warning, err=True)
+
+
+def weak_model_warning(dataset: str, model_dir: Path) -> str:
+    """Said beside the predictions when the served model did not beat always answering the most
+    frequent class on its test split: its answers are then no better than that guess."""
+    from privflow.artifacts import read_json
+    from privflow.catalog import SERVING_CARD
+    from privflow.flows.run_output import weak_model
+    from privflow.flows.stages import stage_outputs
+
+    (evaluated,) = stage_outputs(Path("."), f"evaluate@{dataset}") or (None,)
+    if evaluated is None or not evaluated.is_file():
+        return ""
+    evaluation = read_json(evaluated)
+    if evaluation.get("run_id") != read_json(model_dir / SERVING_CARD).get("run_id"):
+        return ""  # figures of another model: the pipeline has not evaluated this one yet
+    said = weak_model(evaluation)
+    return f"warning: on its test split this model did {said}; see the dataset's report" if said else ""

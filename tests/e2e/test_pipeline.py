@@ -434,6 +434,29 @@ def test_predict_scores_new_records_with_the_exported_model(pipeline_run):
     assert len(lines) - 1 + len(not_scored) == 568 and len(not_scored) >= 4  # every record accounted for
     assert f"not scored: {workspace.source}: row 3, column mean_radius: failed coerce_float" in result.stderr
     assert not files_containing([predictions], [c.encode() for c in CANARIES])  # rows by number, no values
+    assert "warning:" not in result.stderr  # this model beat always answering 'benign'
+
+
+def test_predict_warns_when_the_served_model_did_not_beat_the_constant_answer(pipeline_run):
+    """Its answers are then no better than always answering the most frequent class; said beside
+    them, for the served model's own figures only (not an earlier model's)."""
+    workspace, _ = pipeline_run
+    figures = workspace.metrics("evaluate")
+    original = figures.read_text()
+    evaluation = json.loads(original)
+    evaluation["versus_constant"]["outcome"] = "no better"
+    try:
+        figures.write_text(json.dumps(evaluation))
+        said = workspace.run("privflow", "predict", str(workspace.source), "--dataset", "breast_cancer",
+                             check=True).stderr
+        figures.write_text(json.dumps({**evaluation, "run_id": "an-earlier-model"}))
+        earlier = workspace.run("privflow", "predict", str(workspace.source), "--dataset", "breast_cancer",
+                                check=True).stderr
+    finally:
+        figures.write_text(original)
+    assert ("warning: on its test split this model did NO BETTER than always answering 'benign' "
+            f"({evaluation['versus_constant']['accuracy']:.3f}); see the dataset's report") in said
+    assert "warning:" not in earlier
 
 
 def test_metrics_diff_shows_a_change_of_epsilon(pipeline_run):

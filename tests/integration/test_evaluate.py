@@ -84,7 +84,7 @@ def test_a_model_that_learned_is_scored_as_train_scores_it_and_beats_the_constan
         assert row["records"] == int(members.sum())
         assert row["recall"] == pytest.approx((predicted[members] == index).mean())
     # aggregates only: no record's value, label or prediction
-    assert set(result) == {"records", "accuracy", "balanced_accuracy", "classes_answered", "versus_constant", "classes",
+    assert set(result) == {"run_id", "records", "accuracy", "balanced_accuracy", "classes_answered", "versus_constant", "classes",
                            "min_class_records"}
     assert all(set(row) == {"class", "records", "recall", "answered_share"} for row in result["classes"])
 

@@ -19,7 +19,7 @@ from privflow.flows.board import (
     announce,
     say,
 )
-from privflow.flows.run_output import constant_note, cost_note, stage_said
+from privflow.flows.run_output import cost_note, stage_said, weak_model
 from privflow.progress import PROGRESS_DIR_ENV, read_progress, report_progress
 
 STAGES = ["ingest@churn", "train@churn", "ingest@digits", "train@digits"]
@@ -122,10 +122,10 @@ def test_the_summary_notes_a_gap_whose_interval_holds_zero(interval, note):
 
 @pytest.mark.parametrize(("outcome", "note"), [
     ("better", ""), ("not measured", ""),
-    ("no better", "; NO BETTER than always answering 'stays' (0.812)"),
-    ("worse", "; WORSE than always answering 'stays' (0.812)"),
+    ("no better", "NO BETTER than always answering 'stays' (0.812)"),
+    ("worse", "WORSE than always answering 'stays' (0.812)"),
 ])
 def test_the_summary_warns_when_the_model_does_not_beat_always_answering_the_largest_class(outcome, note):
     evaluation = {"versus_constant": {"outcome": outcome, "class": "stays", "accuracy": 0.8123}}
-    assert constant_note(evaluation) == note
-    assert constant_note(None) == constant_note({}) == ""  # a report written before the evaluate stage
+    assert weak_model(evaluation) == note
+    assert weak_model(None) == weak_model({}) == ""  # a report written before the evaluate stage
