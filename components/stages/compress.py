@@ -2,10 +2,11 @@
 
 Post-processing of a DP model spends no privacy only if it reads no private data, so this
 stage reads the trained model and the figures train and evaluate published for the model
-card, nothing else: dvc.yaml gives it no snapshot, split or quarantine (a test checks). Where data is needed (calibration of static quantization, the
-fidelity check of the compressed model, latency) it draws synthetic inputs uniformly from
-[0, 1]^features, the range the schema's declared bounds scale every feature to. Accuracy on
-the held-out split is measured by `train` and by `make bench`, not here.
+card, nothing else: dvc.yaml gives it no snapshot, split or quarantine (a test checks).
+Where data is needed (calibration of static quantization, the fidelity check of the
+compressed model, latency) it draws synthetic inputs uniformly from [0, 1]^features, the
+range the schema's declared bounds scale every feature to. Accuracy on the held-out split is
+measured by `train`, `evaluate` and `make bench`, not here.
 
 Why ONNX (and onnxruntime for quantization and serving): a portable file with no pickle and
 no Python code in it, served without torch by `privflow predict` or any ONNX runtime; torch's

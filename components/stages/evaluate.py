@@ -13,7 +13,7 @@ from __future__ import annotations
 from privflow.artifacts import open_vault, read_json, stage_paths, write_json
 from privflow.catalog import DATASET
 from privflow.errors import DatasetError, run_stage
-from privflow.modeling.evaluation import class_evaluation, test_predictions
+from privflow.modeling.evaluation import class_evaluation, split_predictions
 from privflow.training.io import load_model
 
 
@@ -24,7 +24,7 @@ def main() -> None:
     if card["snapshot_id"] != description["snapshot_id"]:  # `dvc repro` keeps them one; a hand-run stage may not
         raise DatasetError(f"{args.model} was trained on snapshot {card['snapshot_id'][:24]}, {args.data} holds "
                            f"{description['snapshot_id'][:24]}; run `privflow run` to train on the new snapshot")
-    predicted, labels = test_predictions(model, card, open_vault(), description, args.data)
+    predicted, labels = split_predictions(model, card, open_vault(), description, args.data)
     # the run whose model it is: `privflow predict` warns with these figures only for that model
     classes = [str(name) for name in card["classes"]]
     evaluation = {"run_id": card.get("run_id"), **class_evaluation(predicted, labels, classes)}

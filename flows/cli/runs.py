@@ -236,12 +236,13 @@ def weak_model_warning(dataset: str, model_dir: Path) -> str:
     from privflow.artifacts import read_json
     from privflow.catalog import SERVING_CARD
     from privflow.flows.run_output import weak_model
-    from privflow.flows.stages import stage_outputs
+    from privflow.flows.stages import read_dag
 
-    (evaluated,) = stage_outputs(Path("."), f"evaluate@{dataset}") or (None,)
-    if evaluated is None or not evaluated.is_file():
+    # none in a dvc.yaml written before the stage (the next `privflow run` rewrites it), none run yet
+    evaluated = read_dag(Path(".")).outputs.get(f"evaluate@{dataset}", [])
+    if not evaluated or not evaluated[0].is_file():
         return ""
-    evaluation = read_json(evaluated)
+    evaluation = read_json(evaluated[0])
     if evaluation.get("run_id") != read_json(model_dir / SERVING_CARD).get("run_id"):
         return ""  # figures of another model: the pipeline has not evaluated this one yet
     said = weak_model(evaluation)
