@@ -66,6 +66,8 @@ def _reasons(entries: list, code: str | None, recorded: dict[str, str | None] | 
                 said.append(_settings_changed(root, stage, path, recorded[path]) if path in recorded
                             else f"its settings changed since it last ran (now seen as {path})")
                 named = stage if said[-1].startswith(SETTINGS_NAMED) else named
+            elif change == "deleted" and recorded and path not in recorded:  # dvc.lock holds no record of it
+                said.append(f"a new input, {path} (a release added it)")
             else:
                 said.append(f"{path} {change}")
         said += [f"output {path} {change}" for path, change in entry.get("changed outs", {}).items()]

@@ -12,6 +12,14 @@ def test_params_code_data_and_outputs_are_each_said():
         "output artifacts/x/train deleted", "always changed"]
 
 
+def test_an_input_a_release_added_is_said_as_new_not_as_deleted():
+    """DVC calls a dep that dvc.lock has no record of, and that a stage before it has yet to
+    write, "deleted" (an upgrade that made compress read evaluate's figures)."""
+    status = [{"changed deps": {"metrics/x/evaluate.json": "deleted", "metrics/x/train.json": "deleted"}}]
+    assert _reasons(status, "components", {"metrics/x/train.json": "0f"}) == [
+        "a new input, metrics/x/evaluate.json (a release added it)", "metrics/x/train.json deleted"]
+
+
 def test_an_upgrade_is_counted_not_listed():
     status = [{"changed deps": {f"components/m{i}.py": "modified" for i in range(9)}}]
     assert _reasons(status, "components") == ["privflow code: 9 files changed"]
