@@ -391,6 +391,7 @@ def test_the_report_says_when_the_non_private_baseline_does_not_beat_the_constan
     workspace, _ = pipeline_run
     context = json.loads((workspace.reports() / "report.json").read_text())
     constant = context["evaluation"]["versus_constant"]["accuracy"]
+    context["evaluation"]["versus_constant"]["outcome"] = "no better"  # then the report says what to try
     for baseline, warned in ((constant, True), (constant + 0.01, False)):
         context["training"]["accuracy"]["non_private_baseline"] = baseline
         write_report(context, tmp_path / str(warned))
@@ -398,6 +399,8 @@ def test_the_report_says_when_the_non_private_baseline_does_not_beat_the_constan
         markdown = (tmp_path / str(warned) / "report.md").read_text()
         assert ("The non-private baseline does no better than that constant answer either" in html) == warned
         assert ("the non-private baseline does no better than that answer either" in markdown) == warned
+        assert ("What to try: first the data" in html) == warned
+        assert ("What to try: the non-private baseline beats the constant answer" in html) == (not warned)
 
 
 def test_markdown_json_model_card_and_run_index(pipeline_run):
