@@ -32,23 +32,23 @@ BATCH = {"text": 64, "tabular": 4096}  # a text batch's activations are tokens x
 
 @torch.inference_mode()
 def split_predictions(model: nn.Module, card: dict, vault: Vault, description: dict,
-                     data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted class, true class) of every record of the sealed test split, in fp32 on the
-    CPU: the released weights as `privflow predict` and the export start from them."""
+                     data_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(predicted class, true class, person) of every record of the sealed test split, in fp32
+    on the CPU: the released weights as `privflow predict` and the export start from them."""
     model.eval()
     if card["preset"] == "text":
         from privflow.modeling.text_encoder import load_tokenizer, pretrained, tokenize
 
-        texts, labels, _ = load_text_split(vault, description, "test", data_dir, card["text"]["column"])
+        texts, labels, units = load_text_split(vault, description, "test", data_dir, card["text"]["column"])
         tokenizer = load_tokenizer(pretrained(card["text"]["encoder"]), card["text"]["max_tokens"])
         step = BATCH["text"]
         parts = [model(*tokenize(tokenizer, texts[start:start + step])) for start in range(0, len(texts), step)]
     else:
-        features, labels, _ = load_split(vault, description, "test", data_dir).tensors
+        features, labels, units = load_split(vault, description, "test", data_dir).tensors
         step = BATCH["tabular"]
         parts = [model(features[start:start + step]) for start in range(0, len(labels), step)]
     predicted = torch.cat([logits.argmax(dim=1) for logits in parts]) if parts else torch.zeros(0, dtype=torch.long)
-    return predicted, labels
+    return predicted, labels, units
 
 
 def _share(hits: torch.Tensor) -> float:
@@ -56,10 +56,12 @@ def _share(hits: torch.Tensor) -> float:
     return int(hits.sum()) / len(hits) if len(hits) else float("nan")
 
 
-def _versus_constant(right: torch.Tensor, labels: torch.Tensor, classes: list[str], counts: torch.Tensor) -> dict:
-    """The model against always answering the test split's most frequent class, paired."""
+def _versus_constant(right: torch.Tensor, labels: torch.Tensor, classes: list[str], counts: torch.Tensor,
+                     units: torch.Tensor | None) -> dict:
+    """The model against always answering the test split's most frequent class, paired (over
+    persons where one has several test records)."""
     largest = int(counts.argmax())
-    points, half = paired_gap(right.float() - (labels == largest).float())
+    points, half = paired_gap(right.float() - (labels == largest).float(), units)
     name = classes[largest]
     outcome = ("not measured" if not len(labels) > 1 else "better" if points - half > 0
                else "worse" if points + half < 0 else "no better")
@@ -67,7 +69,8 @@ def _versus_constant(right: torch.Tensor, labels: torch.Tensor, classes: list[st
                else f"the DP model does {outcome} than always answering '{name}'"
                + (", within the test split's noise" if outcome == "no better" else ""))
     return {"class": name, "accuracy": float(counts[largest]) / max(len(labels), 1), "points": points,
-            "interval_95": [points - half, points + half], "outcome": outcome, "verdict": verdict}
+            "interval_95": [points - half, points + half], "outcome": outcome, "verdict": verdict,
+            "over_persons": units is not None}
 
 
 def _per_class(right: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, classes: list[str],
@@ -82,9 +85,13 @@ def _per_class(right: torch.Tensor, labels: torch.Tensor, predicted: torch.Tenso
     return rows
 
 
-def class_evaluation(predicted: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
-    """Accuracy, balanced accuracy, the constant answer's score and each class's recall."""
+def class_evaluation(predicted: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                     units: torch.Tensor | None = None) -> dict:
+    """Accuracy, balanced accuracy, the constant answer's score and each class's recall. `units`:
+    each record's person, when some have several test records (user-level data)."""
     right = predicted == labels
+    if units is not None and len(torch.unique(units)) == len(units):
+        units = None  # one record each: the plain paired interval, which the clustered one equals
     counts = torch.bincount(labels, minlength=len(classes))
     present = counts > 0
     recalls = [_share(right[labels == index]) for index in range(len(classes)) if present[index]]
@@ -93,7 +100,7 @@ def class_evaluation(predicted: torch.Tensor, labels: torch.Tensor, classes: lis
         "accuracy": _share(right),
         "balanced_accuracy": sum(recalls) / len(recalls) if recalls else float("nan"),
         "classes_answered": int((torch.bincount(predicted, minlength=len(classes)) > 0).sum()),
-        "versus_constant": _versus_constant(right, labels, classes, counts),
+        "versus_constant": _versus_constant(right, labels, classes, counts, units),
         "classes": _per_class(right, labels, predicted, classes, counts),
         "min_class_records": MIN_CLASS_RECORDS,
     }

@@ -24,10 +24,10 @@ def main() -> None:
     if card["snapshot_id"] != description["snapshot_id"]:  # `dvc repro` keeps them one; a hand-run stage may not
         raise DatasetError(f"{args.model} was trained on snapshot {card['snapshot_id'][:24]}, {args.data} holds "
                            f"{description['snapshot_id'][:24]}; run `privflow run` to train on the new snapshot")
-    predicted, labels = split_predictions(model, card, open_vault(), description, args.data)
+    predicted, labels, units = split_predictions(model, card, open_vault(), description, args.data)
     # the run whose model it is: `privflow predict` warns with these figures only for that model
     classes = [str(name) for name in card["classes"]]
-    evaluation = {"run_id": card.get("run_id"), **class_evaluation(predicted, labels, classes)}
+    evaluation = {"run_id": card.get("run_id"), **class_evaluation(predicted, labels, classes, units)}
     write_json(args.metrics, evaluation)
     constant = evaluation["versus_constant"]
     print(f"evaluate: {evaluation['records']} test records, accuracy {evaluation['accuracy']:.3f}, balanced "

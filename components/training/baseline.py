@@ -159,14 +159,23 @@ def preset_baseline(train: TensorDataset, test: TensorDataset, t: TrainSettings,
                           test.tensors[:2], Schedule.of(t), recipes(t.learning_rate, schedule=t.lr_schedule))
 
 
-def paired_gap(gained: torch.Tensor) -> tuple[float, float]:
+def paired_gap(gained: torch.Tensor, units: torch.Tensor | None = None) -> tuple[float, float]:
     """Two models scored on the same records (`gained`: +1 where only the first is right, -1
     where only the second is, else 0): the first's lead in points and the half-width of its 95 %
-    interval (normal approximation of the paired differences' mean)."""
+    interval (normal approximation of the paired differences' mean). `units`: each record's
+    person; a person's records are not independent draws, so the interval is then the
+    cluster-robust one over persons (Liang & Zeger 1986), which with one record each is the
+    plain one."""
     n = len(gained)
     points = 100 * float(gained.mean()) if n else float("nan")
-    half = 100 * 1.96 * float(gained.std()) / math.sqrt(n) if n > 1 else float("nan")
-    return points, half
+    if units is None:
+        half = 100 * 1.96 * float(gained.std()) / math.sqrt(n) if n > 1 else float("nan")
+        return points, half
+    persons = torch.unique(units, return_inverse=True)[1] if n else units
+    count = int(persons.max()) + 1 if n else 0
+    residuals = torch.zeros(count, dtype=torch.float64).index_add_(0, persons, (gained - gained.mean()).double())
+    spread = math.sqrt(count / (count - 1) * float((residuals ** 2).sum())) / n if count > 1 else float("nan")
+    return points, 100 * 1.96 * spread
 
 
 def privacy_cost(baseline_right: torch.Tensor, private: nn.Module, test: tuple[torch.Tensor, torch.Tensor]) -> dict:

@@ -68,6 +68,27 @@ def test_the_paired_interval_is_the_normal_approximation_of_the_mean_difference(
     assert half == pytest.approx(100 * 1.96 * float(gained.std()) / math.sqrt(100))
 
 
+def test_with_one_record_per_person_the_interval_over_persons_is_the_plain_one():
+    gained = torch.tensor([1.0] * 30 + [-1.0] * 10 + [0.0] * 60)
+    assert paired_gap(gained, torch.arange(100).flip(0)) == pytest.approx(paired_gap(gained))
+
+
+def test_a_persons_records_count_as_one_draw_so_the_interval_widens():
+    """Each record twice, under the same person: the mean is the same, the information is not.
+    Treated as independent the interval would shrink by sqrt(2); over persons it does not."""
+    gained = torch.tensor([1.0] * 30 + [-1.0] * 10 + [0.0] * 60)
+    twice, persons = gained.repeat_interleave(2), torch.arange(100).repeat_interleave(2)
+    points, half = paired_gap(gained, torch.arange(100))
+    assert paired_gap(twice, persons)[0] == pytest.approx(points)
+    assert paired_gap(twice, persons)[1] == pytest.approx(half)  # 100 persons' worth of evidence, as before
+    assert paired_gap(twice)[1] == pytest.approx(half / math.sqrt(2), rel=0.01)  # what ignoring persons would say
+    labels, predicted = labelled(60, 40).repeat_interleave(2), labelled(60, 40).repeat_interleave(2)
+    constant = class_evaluation(predicted, labels, ["no", "yes"], torch.arange(100).repeat_interleave(2))
+    assert constant["versus_constant"]["over_persons"] is True
+    assert class_evaluation(predicted, labels, ["no", "yes"], torch.arange(200))["versus_constant"]["over_persons"] \
+        is False  # one record each: the plain interval
+
+
 def test_an_empty_test_split_is_not_measured_and_does_not_fail():
     evaluation = class_evaluation(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), CLASSES)
     assert evaluation["records"] == 0 and math.isnan(evaluation["accuracy"])
