@@ -90,11 +90,12 @@ def summary(root: Path, dag: Dag, datasets: list[str], ran: set[str]) -> list[st
         spent = training["budget"]["this_run"] if f"train@{name}" in ran else 0.0
         accuracy = training["accuracy"]
         baseline = accuracy.get("non_private_baseline")
+        weak = weak_model(context.get("evaluation"))
         lines.append(f"{name}: ran {', '.join(stages) or 'nothing (up to date)'}; epsilon spent {spent:.3f}, "
                      f"{budget['remaining']:.3f} of {budget['cap']:g} left (budget {training['budget']['name']}); "
                      f"accuracy {accuracy['private']:.3f}"
                      + (f" (non-private {baseline:.3f}{cost_note(training.get('privacy_cost'))})"
                         if baseline is not None else "")
-                     + (f"; {weak_model(context.get('evaluation'))}" if weak_model(context.get("evaluation")) else "")
+                     + (f"; {weak}" if weak else "")
                      + f"; report {report.with_name(REPORT_FILES[0])}")
     return lines

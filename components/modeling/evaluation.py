@@ -51,11 +51,6 @@ def split_predictions(model: nn.Module, card: dict, vault: Vault, description: d
     return predicted, labels, units
 
 
-def _share(hits: torch.Tensor) -> float:
-    """The share of True, counted in integers (as train's accuracy is): equal figures compare equal."""
-    return int(hits.sum()) / len(hits) if len(hits) else float("nan")
-
-
 def _versus_constant(right: torch.Tensor, labels: torch.Tensor, classes: list[str], counts: torch.Tensor,
                      units: torch.Tensor | None) -> dict:
     """The model against always answering the test split's most frequent class, paired (over
@@ -73,16 +68,12 @@ def _versus_constant(right: torch.Tensor, labels: torch.Tensor, classes: list[st
             "over_persons": units is not None}
 
 
-def _per_class(right: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, classes: list[str],
-               counts: torch.Tensor) -> list[dict]:
-    answered = torch.bincount(predicted, minlength=len(classes))
-    rows = []
-    for index, name in enumerate(classes):
-        shown = int(counts[index]) >= MIN_CLASS_RECORDS
-        rows.append({"class": name, "records": int(counts[index]) if shown else None,
-                     "recall": _share(right[labels == index]) if shown else None,
-                     "answered_share": float(answered[index]) / max(len(labels), 1)})
-    return rows
+def _per_class(classes: list[str], counts: list[int], recalls: list[float], answered: list[int]) -> list[dict]:
+    """Each class's row; a small class without its count or recall."""
+    total = max(sum(counts), 1)
+    return [{"class": name, "records": count if count >= MIN_CLASS_RECORDS else None,
+             "recall": recall if count >= MIN_CLASS_RECORDS else None, "answered_share": answers / total}
+            for name, count, recall, answers in zip(classes, counts, recalls, answered)]
 
 
 def class_evaluation(predicted: torch.Tensor, labels: torch.Tensor, classes: list[str],
@@ -91,16 +82,19 @@ def class_evaluation(predicted: torch.Tensor, labels: torch.Tensor, classes: lis
     each record's person, when some have several test records (user-level data)."""
     right = predicted == labels
     if units is not None and len(torch.unique(units)) == len(units):
-        units = None  # one record each: the plain paired interval, which the clustered one equals
+        units = None  # one record each: the plain interval (the clustered one equals it); no persons to speak of
     counts = torch.bincount(labels, minlength=len(classes))
-    present = counts > 0
-    recalls = [_share(right[labels == index]) for index in range(len(classes)) if present[index]]
+    # a class's recall: its records answered right over its records, counted in integers
+    hits, sizes = torch.bincount(labels[right], minlength=len(classes)).tolist(), counts.tolist()
+    recalls = [hit / size if size else float("nan") for hit, size in zip(hits, sizes)]
+    answered = torch.bincount(predicted, minlength=len(classes)).tolist()
+    present = [recall for recall, size in zip(recalls, sizes) if size]
     return {
         "records": len(labels),
-        "accuracy": _share(right),
-        "balanced_accuracy": sum(recalls) / len(recalls) if recalls else float("nan"),
-        "classes_answered": int((torch.bincount(predicted, minlength=len(classes)) > 0).sum()),
+        "accuracy": int(right.sum()) / len(right) if len(right) else float("nan"),  # in integers, as train's
+        "balanced_accuracy": sum(present) / len(present) if present else float("nan"),
+        "classes_answered": sum(1 for answers in answered if answers),
         "versus_constant": _versus_constant(right, labels, classes, counts, units),
-        "classes": _per_class(right, labels, predicted, classes, counts),
+        "classes": _per_class(classes, sizes, recalls, answered),
         "min_class_records": MIN_CLASS_RECORDS,
     }

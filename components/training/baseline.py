@@ -168,11 +168,11 @@ def paired_gap(gained: torch.Tensor, units: torch.Tensor | None = None) -> tuple
     plain one."""
     n = len(gained)
     points = 100 * float(gained.mean()) if n else float("nan")
-    if units is None:
+    if units is None or n < 2:
         half = 100 * 1.96 * float(gained.std()) / math.sqrt(n) if n > 1 else float("nan")
         return points, half
-    persons = torch.unique(units, return_inverse=True)[1] if n else units
-    count = int(persons.max()) + 1 if n else 0
+    persons = torch.unique(units, return_inverse=True)[1]
+    count = int(persons.max()) + 1
     residuals = torch.zeros(count, dtype=torch.float64).index_add_(0, persons, (gained - gained.mean()).double())
     spread = math.sqrt(count / (count - 1) * float((residuals ** 2).sum())) / n if count > 1 else float("nan")
     return points, 100 * 1.96 * spread
