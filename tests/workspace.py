@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import gzip
 import json
 import os
@@ -23,6 +24,7 @@ from privflow.demo_data import churn_table, csv_text, demo_table, public_churn_t
 from privflow.stagehost import HOST_ENV
 from privflow.stageserver import start_host, stop_host
 from tests.conftest import ROOT
+from tests.repos import init_repo
 
 PROJECT_FILES = ("components", "flows", "schemas", "dvc.yaml", "params.yaml", ".gitignore")
 BIN = Path(sys.executable).parent
@@ -123,6 +125,14 @@ def shared_stage_host() -> str:
     return _SHARED_HOST[0]
 
 
+@functools.cache
+def churn_exports() -> tuple[bytes, bytes]:
+    """The small churn export and its public sample, gzipped (generated once per test process:
+    a second of CPU each time otherwise); the same bytes every time, as the generators are seeded."""
+    return (gzip.compress(csv_text(*churn_table(rows=2000)).encode(), mtime=0),
+            gzip.compress(csv_text(*public_churn_table(rows=4000)).encode(), mtime=0))
+
+
 def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema: dict | None = None,
                    *, churn: bool = False, hosted: bool = True) -> Workspace:
     """A project whose `breast_cancer` dataset is (header, rows) under `schema` (default: the
@@ -161,7 +171,7 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
     if churn:
         churn_source = base / "bank" / "churn.csv.gz"
         churn_source.parent.mkdir()
-        churn_source.write_bytes(gzip.compress(csv_text(*churn_table(rows=2000)).encode(), mtime=0))
+        churn_source.write_bytes(churn_exports()[0])
         datasets["churn"] = {"source": str(churn_source), "schema": "schemas/churn.yaml",
                              "train": {"epochs": 3, "batch_size": 256, "learning_rate": 0.3}}
     public = repo / "data" / "public"
@@ -169,17 +179,15 @@ def make_workspace(base: Path, header: list[str], rows: list[list[str]], schema:
     shutil.copy(ROOT / "data" / "public" / DATASET / "README.md", public / DATASET / "README.md")
     if churn:  # its public data: another bank's sample, as `make run` writes it (smaller here)
         (public / "churn").mkdir()
-        (public / "churn" / "churn_public.csv.gz").write_bytes(
-            gzip.compress(csv_text(*public_churn_table(rows=4000)).encode(), mtime=0))
+        (public / "churn" / "churn_public.csv.gz").write_bytes(churn_exports()[1])
     params = yaml.safe_load((repo / "params.yaml").read_text())
     if churn:
         datasets["churn"]["pretrain"] = params["datasets"]["churn"]["pretrain"]
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "datasets": datasets}, sort_keys=False))
     workspace.edit_params(train={"epochs": 5})
-    workspace.run("git", "init", "-q", check=True)
+    init_repo(repo)  # as `git init && dvc init` leave it
     workspace.run("git", "config", "user.email", "test@example.org", check=True)
     workspace.run("git", "config", "user.name", "test", check=True)
-    workspace.run("dvc", "init", "-q", check=True)
     if churn:  # public data is DVC-tracked, as `make run` does: `dvc exp run --temp` copies need it
         workspace.run("dvc", "add", "-q", "data/public/churn", check=True)
     workspace.run("git", "add", "-A", check=True)

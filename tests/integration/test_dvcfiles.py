@@ -12,6 +12,7 @@ from dvc.utils.serialize import _yaml
 
 from privflow.flows import dvcfiles
 from privflow.flows.stages import reproduce_stage, stage_order
+from tests.repos import init_repo
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -30,8 +31,7 @@ def chain_project(root: Path, stages: int = 6) -> Path:
                   f"pathlib.Path('out{index}.txt').write_text(p.read_text() * 2)\"",
                   f"    deps: [{source}, code.py]", "    params: [scale]", f"    outs: [out{index}.txt]"]
     (root / "dvc.yaml").write_text("\n".join(lines) + "\n")
-    for command in (["git", "init", "-q"], [DVC, "init", "-q"]):
-        subprocess.run(command, cwd=root, check=True)
+    init_repo(root)
     return root
 
 

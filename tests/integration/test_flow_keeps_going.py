@@ -17,6 +17,7 @@ from privflow.errors import EXIT_REFUSED
 from privflow.flows.board import StageBoard
 from privflow.flows.pipeline import _one_after_another, _side_by_side
 from privflow.flows.stages import DatasetsFailed, StageFailed, stage_order
+from tests.repos import init_repo
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +45,7 @@ def three_datasets(root: Path, refused: str = "b") -> Path:
         "      deps: [step.py, refused.txt]\n      outs: ['out/${item}/make.txt']\n"
         f"  after:\n    foreach: [a, b, c]\n    do:\n      cmd: {python} step.py ${{item}} after\n"
         "      deps: ['out/${item}/make.txt']\n      outs: ['out/${item}/after.txt']\n")
-    for command in (["git", "init", "-q"], [str(Path(python).parent / "dvc"), "init", "-q"]):
-        subprocess.run(command, cwd=root, check=True)
+    init_repo(root)
     return root
 
 

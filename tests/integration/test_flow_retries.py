@@ -12,6 +12,7 @@ from prefect import flow
 from privflow.errors import EXIT_REFUSED, EXIT_TRANSIENT
 from privflow.flows.pipeline import run_stage
 from privflow.flows.stages import StageFailed, stage_order
+from tests.repos import init_repo
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +36,7 @@ def dvc_project(root: Path, exit_codes: list[int]) -> Path:
     (root / "dvc.yaml").write_text(
         f"stages:\n  flaky:\n    cmd: {sys.executable} flaky.py {codes}\n    outs: [out.txt]\n"
         f"  after:\n    cmd: cp out.txt after.txt\n    deps: [out.txt]\n    outs: [after.txt]\n")
-    for command in (["git", "init", "-q"], [str(Path(sys.executable).parent / "dvc"), "init", "-q"]):
-        subprocess.run(command, cwd=root, check=True)
+    init_repo(root)
     return root
 
 

@@ -15,6 +15,7 @@ import yaml
 from privflow.errors import PrivflowError
 from privflow.flows.stages import open_repo, read_dag
 from privflow.lockfile import LAST_COMPLETE
+from tests.repos import init_repo
 
 BIN = Path(sys.executable).parent
 # each stage starts the way every privflow stage does (privflow.errors.run_stage), then works
@@ -36,8 +37,7 @@ def project(tmp_path) -> Path:
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
         name: {"cmd": f"{sys.executable} stage.py {src} {out}", "deps": ["stage.py", src], "outs": [out]}
         for name, src, out in chain}}, sort_keys=False))
-    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
-        subprocess.run(command, cwd=root, check=True)
+    init_repo(root)
     dvc(root, "repro")
     return root
 

@@ -14,6 +14,7 @@ import pytest
 from privflow.data.fingerprint import write_fingerprint
 from privflow.stage_settings import settings_file, settings_seen
 from privflow.upgrades import carry_code, carry_over
+from tests.repos import init_repo
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +74,8 @@ def test_stages_up_to_date_stay_so_and_those_whose_entry_changed_run(tmp_path):
     root.mkdir()
     (root / "params.yaml").write_text(PARAMS)
     (root / "dvc.yaml").write_text(BEFORE)
-    for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "repro", "-q"]):
-        subprocess.run(command, cwd=root, check=True)
+    init_repo(root)
+    subprocess.run([DVC, "repro", "-q"], cwd=root, check=True)
     assert status(root) == {}
     (root / "params.yaml").write_text(PARAMS.replace("b: {source: b.csv,", "b: {budget: other, source: b.csv,"))
     (root / "dvc.yaml").write_text(AFTER)  # the upgrade's new dvc.yaml; b's entry was edited before it
@@ -106,8 +107,8 @@ def test_a_train_recorded_with_the_cap_is_carried_and_a_new_cap_then_re_runs_no_
     for dataset in ("a", "b"):  # as the fingerprint stage of the release before wrote them
         settings_file(folder, "train", dataset).parent.mkdir(parents=True, exist_ok=True)
         settings_file(folder, "train", dataset).write_bytes(_train_file_with_the_cap(root, dataset))
-    for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "repro", "-q"]):
-        subprocess.run(command, cwd=root, check=True)
+    init_repo(root)
+    subprocess.run([DVC, "repro", "-q"], cwd=root, check=True)
     assert status(root) == {}
     params["datasets"]["b"] = {**params["datasets"]["b"], "train": {"epochs": 4}}  # edited before the upgrade
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -159,8 +160,8 @@ def test_an_edit_vouched_to_change_no_output_re_runs_no_stage_and_any_other_edit
     schema.write_bytes(before)
     errors.write_bytes(b"class Refused(Exception): pass\n")
     (root / "dvc.yaml").write_text(CODE_STAGES)
-    for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "repro", "-q"]):
-        subprocess.run(command, cwd=root, check=True)
+    init_repo(root)
+    subprocess.run([DVC, "repro", "-q"], cwd=root, check=True)
     vouched = {"data/schema.py": (md5(after), {md5(before): "an error's words"})}
     assert carry_code(root, "code/pkg", vouched) == []  # nothing recorded with an earlier version yet
     schema.write_bytes(after)  # the upgrade
