@@ -403,6 +403,27 @@ def test_the_report_says_when_the_non_private_baseline_does_not_beat_the_constan
         assert ("What to try: the non-private baseline beats the constant answer" in html) == (not warned)
 
 
+def test_the_report_says_when_what_dp_cost_counted_a_persons_records_as_independent(pipeline_run, tmp_path):
+    """Train's paired interval counts test records; where a person has several (user-level data)
+    it is too narrow, and the report and the model card say so (evaluate's interval is over persons)."""
+    from privflow.reporting.model_card import write_model_card
+    from privflow.reporting.render import write_report
+
+    workspace, _ = pipeline_run
+    context = json.loads((workspace.reports() / "report.json").read_text())
+    card = json.loads((workspace.artifacts("train") / "model.json").read_text())
+    compression = json.loads(workspace.metrics("compress").read_text())
+    for over_persons in (True, False):
+        context["evaluation"]["versus_constant"]["over_persons"] = over_persons
+        out = tmp_path / str(over_persons)
+        write_report(context, out)
+        write_model_card(out, card, context["training"], context["evaluation"], compression)
+        html = (out / "report.html").read_text()
+        assert ("this interval is narrower than it should be" in html) == over_persons
+        assert ("the interval is narrower than it should be" in (out / "MODEL_CARD.md").read_text()) == over_persons
+        assert "what DP cost in accuracy" in html
+
+
 def test_markdown_json_model_card_and_run_index(pipeline_run):
     workspace, _ = pipeline_run
     reports = workspace.reports()
