@@ -56,7 +56,9 @@ def _versus_constant(right: torch.Tensor, labels: torch.Tensor, classes: list[st
     """The model against always answering the test split's most frequent class, paired (over
     persons where one has several test records)."""
     largest = int(counts.argmax())
-    points, half = paired_gap(right.float() - (labels == largest).float(), units)
+    gained = right.float() - (labels == largest).float()
+    points, half = paired_gap(gained, units)
+    plain = paired_gap(gained)[1] if units is not None else float("nan")
     name = classes[largest]
     outcome = ("not measured" if not len(labels) > 1 else "better" if points - half > 0
                else "worse" if points + half < 0 else "no better")
@@ -65,7 +67,10 @@ def _versus_constant(right: torch.Tensor, labels: torch.Tensor, classes: list[st
                + (", within the test split's noise" if outcome == "no better" else ""))
     return {"class": name, "accuracy": float(counts[largest]) / max(len(labels), 1), "points": points,
             "interval_95": [points - half, points + half], "outcome": outcome, "verdict": verdict,
-            "over_persons": units is not None}
+            "over_persons": units is not None,
+            # the interval over persons against the one over records: the report's guide to how much train's
+            # "what DP cost" interval, which counts records, understates (same split, same persons)
+            "widening_over_persons": half / plain if plain > 0 else None}
 
 
 def _per_class(classes: list[str], counts: list[int], recalls: list[float], answered: list[int]) -> list[dict]:

@@ -11,7 +11,15 @@ from functools import cache
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 
+def sentence(text: str) -> str:
+    """The first letter upper case, the rest as it is (Jinja's `capitalize` lowers the rest,
+    and with it a class name quoted in a verdict)."""
+    return text[:1].upper() + text[1:]
+
+
 @cache
 def environment() -> Environment:
-    return Environment(loader=PackageLoader("privflow.reporting", "templates"),
-                       autoescape=select_autoescape(["html", "html.j2"]), trim_blocks=True, lstrip_blocks=True)
+    loaded = Environment(loader=PackageLoader("privflow.reporting", "templates"),
+                         autoescape=select_autoescape(["html", "html.j2"]), trim_blocks=True, lstrip_blocks=True)
+    loaded.filters["sentence"] = sentence
+    return loaded

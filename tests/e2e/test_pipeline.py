@@ -413,15 +413,17 @@ def test_the_report_says_when_what_dp_cost_counted_a_persons_records_as_independ
     context = json.loads((workspace.reports() / "report.json").read_text())
     card = json.loads((workspace.artifacts("train") / "model.json").read_text())
     compression = json.loads(workspace.metrics("compress").read_text())
-    for over_persons in (True, False):
-        context["evaluation"]["versus_constant"]["over_persons"] = over_persons
+    for over_persons, widening in ((True, 1.234), (False, None)):
+        context["evaluation"]["versus_constant"].update(over_persons=over_persons, widening_over_persons=widening)
         out = tmp_path / str(over_persons)
         write_report(context, out)
         write_model_card(out, card, context["training"], context["evaluation"], compression)
-        html = (out / "report.html").read_text()
-        assert ("this interval is narrower than it should be" in html) == over_persons
-        assert ("the interval is narrower than it should be" in (out / "MODEL_CARD.md").read_text()) == over_persons
-        assert "what DP cost in accuracy" in html
+        html, model_card = (out / "report.html").read_text(), (out / "MODEL_CARD.md").read_text()
+        assert ("this interval may be too narrow" in html) == over_persons
+        assert ("1.23× as wide counted over persons as over records" in html) == over_persons
+        assert ("the interval may be too narrow (against the constant answer it is 1.23× as wide counted over "
+                "persons)." in model_card) == over_persons
+        assert "what DP cost in accuracy" in html and "What DP cost" in model_card
 
 
 def test_markdown_json_model_card_and_run_index(pipeline_run):

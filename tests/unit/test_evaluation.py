@@ -85,8 +85,10 @@ def test_a_persons_records_count_as_one_draw_so_the_interval_widens():
     labels, predicted = labelled(60, 40).repeat_interleave(2), labelled(60, 40).repeat_interleave(2)
     constant = class_evaluation(predicted, labels, ["no", "yes"], torch.arange(100).repeat_interleave(2))
     assert constant["versus_constant"]["over_persons"] is True
-    assert class_evaluation(predicted, labels, ["no", "yes"], torch.arange(200))["versus_constant"]["over_persons"] \
-        is False  # one record each: the plain interval
+    # each record twice under its person: sqrt(2) as wide as counting the 200 records would make it
+    assert constant["versus_constant"]["widening_over_persons"] == pytest.approx(math.sqrt(2), rel=0.01)
+    one_each = class_evaluation(predicted, labels, ["no", "yes"], torch.arange(200))["versus_constant"]
+    assert one_each["over_persons"] is False and one_each["widening_over_persons"] is None  # the plain interval
 
 
 def test_an_empty_test_split_is_not_measured_and_does_not_fail():
