@@ -421,9 +421,14 @@ def test_the_report_says_when_what_dp_cost_counted_a_persons_records_as_independ
         html, model_card = (out / "report.html").read_text(), (out / "MODEL_CARD.md").read_text()
         assert ("this interval may be too narrow" in html) == over_persons
         assert ("1.23× as wide counted over persons as over records" in html) == over_persons
+        assert ('<span class="warn">Counted as if' in html) == over_persons  # widened by a tenth or more: in red
         assert ("the interval may be too narrow (against the constant answer it is 1.23× as wide counted over "
                 "persons)." in model_card) == over_persons
         assert "what DP cost in accuracy" in html and "What DP cost" in model_card
+    context["evaluation"]["versus_constant"].update(over_persons=True, widening_over_persons=1.02)  # the payroll's
+    write_report(context, tmp_path / "slight")
+    html = (tmp_path / "slight" / "report.html").read_text()
+    assert '<span class="note">Counted as if' in html and "1.02× as wide" in html  # said, not in red
 
 
 def test_markdown_json_model_card_and_run_index(pipeline_run):
