@@ -429,6 +429,10 @@ def test_the_report_says_when_what_dp_cost_counted_a_persons_records_as_independ
     write_report(context, tmp_path / "slight")
     html = (tmp_path / "slight" / "report.html").read_text()
     assert '<span class="note">Counted as if' in html and "1.02× as wide" in html  # said, not in red
+    context["evaluation"]["versus_constant"]["widening_over_persons"] = None  # no spread to compare with: unknown
+    write_model_card(tmp_path / "slight", card, context["training"], context["evaluation"], compression)
+    model_card = (tmp_path / "slight" / "MODEL_CARD.md").read_text()
+    assert "some persons have several: the interval may be too narrow.\n" in model_card
 
 
 def test_markdown_json_model_card_and_run_index(pipeline_run):

@@ -12,9 +12,7 @@ from dvc.utils.serialize import _yaml
 
 from privflow.flows import dvcfiles
 from privflow.flows.stages import reproduce_stage, stage_order
-from tests.repos import init_repo
-
-DVC = str(Path(sys.executable).parent / "dvc")
+from tests.repos import DVC, init_repo
 
 
 def chain_project(root: Path, stages: int = 6) -> Path:

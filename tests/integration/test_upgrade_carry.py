@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,10 @@ import pytest
 from privflow.data.fingerprint import write_fingerprint
 from privflow.stage_settings import settings_file, settings_seen
 from privflow.upgrades import carry_code, carry_over
-from tests.repos import init_repo
+from tests.repos import DVC, init_repo
 
 pytestmark = pytest.mark.slow
 
-DVC = str(Path(sys.executable).parent / "dvc")
 TRAIN = "python -c \"import pathlib; pathlib.Path('out', '${key}').mkdir(parents=True, exist_ok=True); " \
         "pathlib.Path('out', '${key}', 'model').write_text('m')\""
 REPORT = TRAIN.replace("'out'", "'reports'").replace("'model'", "'report.html'")
