@@ -18,6 +18,7 @@ from privflow.data.snapshot import read_manifest
 from privflow.demo_data import demo_table
 from privflow.flows.stages import stage_order
 from tests.conftest import DEMO_SCHEMA, ROOT
+from tests.s3 import bucket_objects, recipe_lines, s3_bucket
 from tests.workspace import files_containing, make_workspace, stages_ran
 
 pytestmark = pytest.mark.slow
@@ -320,18 +321,75 @@ def test_the_repository_holds_no_digest_or_size_of_the_private_source(pipeline_r
         assert fingerprint == {"dataset": dataset, "snapshot_id": manifest["snapshot_id"]}
 
 
-def test_restore_drill_fresh_clone_pull_decrypt(pipeline_run, tmp_path):
-    """A fresh clone plus `dvc pull` plus the keyring gives back exactly the ingested bytes."""
-    workspace, _ = pipeline_run
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(workspace.repo), str(clone)], check=True)
-    subprocess.run(["dvc", "pull", "-q"], cwd=clone, env=workspace.env, check=True)
+def assert_restored(workspace, clone) -> None:
+    """The clone's pulled snapshot, opened with the keyring, is exactly the source's bytes."""
     manifest = read_manifest(clone / "artifacts" / "breast_cancer" / "ingest")
     vault = Vault(Keyring.open(workspace.base / "keys" / "keyring.json", create=False))
     plaintext = vault.open(clone / "artifacts" / "breast_cancer" / "ingest" / "snapshot.sealed",
                            snapshot_identity(manifest.dataset, manifest.snapshot_id))
     assert vault.snapshot_id("sha256:" + hashlib.sha256(plaintext).hexdigest()) == manifest.snapshot_id
     assert plaintext == workspace.source.read_bytes()
+
+
+def test_restore_drill_fresh_clone_pull_decrypt(pipeline_run, tmp_path):
+    """A fresh clone plus `dvc pull` plus the keyring gives back exactly the ingested bytes."""
+    workspace, _ = pipeline_run
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(workspace.repo), str(clone)], check=True)
+    subprocess.run(["dvc", "pull", "-q"], cwd=clone, env=workspace.env, check=True)
+    assert_restored(workspace, clone)
+
+
+def test_an_s3_remote_as_infra_recipe_sets_it_holds_ciphertext_only_and_restores(pipeline_run, tmp_path):
+    """infra/README.md's S3 recipe, its `dvc remote` lines run as written (the endpoint put in),
+    against an S3 API on the loopback (tests/s3.py): the project moves its data from the local
+    remote to a bucket, whose objects hold no canary; the keys stay out of git; a colleague's
+    clone that adds them pulls every output and opens the snapshot."""
+    workspace, _ = pipeline_run
+    member, colleague = tmp_path / "member", tmp_path / "colleague"
+    keys = {"AWS_ACCESS_KEY_ID": "privflow-test", "AWS_SECRET_ACCESS_KEY": f"secret-{os.urandom(8).hex()}"}
+
+    def run(where, *command: str) -> str:
+        done = subprocess.run(command, cwd=where, env={**workspace.env, **keys}, capture_output=True, text=True)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        return done.stdout
+
+    run(tmp_path, "git", "clone", "-q", str(workspace.repo), str(member))
+    run(member, "dvc", "pull", "-q")  # from the local remote
+    with s3_bucket("privflow-artifacts") as (endpoint, client):
+        recipe = recipe_lines(ROOT / "infra" / "README.md", endpoint)
+        assert len(recipe) == 4 and any("--local" in line for line in recipe), recipe
+        run(member, "dvc", "remote", "remove", "shared")
+        for line in recipe:
+            run(member, "bash", "-c", line)
+        run(member, "dvc", "push", "-q")
+        objects = bucket_objects(client, "privflow-artifacts")
+        local = workspace.base / "remote"
+        pushed = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+        assert {key.removeprefix("my-project/") for key in objects} == pushed  # the same content-addressed files
+        for key, body in objects.items():
+            (tmp_path / "bucket" / key).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "bucket" / key).write_bytes(body)
+        assert files_containing([tmp_path / "bucket"], [c.encode() for c in CANARIES]) == {}
+        # the committed config names the bucket and its endpoint; the keys are in config.local, which git ignores
+        config = (member / ".dvc" / "config").read_text()
+        assert "s3://privflow-artifacts/my-project" in config and keys["AWS_SECRET_ACCESS_KEY"] not in config
+        assert keys["AWS_SECRET_ACCESS_KEY"] in (member / ".dvc" / "config.local").read_text()
+        run(member, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-qam", "to S3")
+        assert ".dvc/config.local" not in run(member, "git", "ls-files", ".dvc").split()
+        run(tmp_path, "git", "clone", "-q", str(member), str(colleague))
+        for line in recipe:
+            if "--local" in line:
+                run(colleague, "bash", "-c", line)
+        run(colleague, "dvc", "pull", "-q")
+    # every output is back but the sources' keyed ids, which are not cached: `fingerprint` writes them each run
+    status = json.loads(run(colleague, "dvc", "status", "--json"))
+    changes = [change for stage in status.values() for change in stage]
+    changed = {(path, state) for change in changes if isinstance(change, dict) for paths in change.values()
+               for path, state in paths.items()}
+    assert changed and all(state == "deleted" and path.startswith("artifacts/fingerprints") for path, state in changed)
+    assert all(isinstance(change, dict) or change == "always changed" for change in changes), status
+    assert_restored(workspace, colleague)
 
 
 def test_rotation_and_forced_reencrypt_leave_dvc_status_clean(pipeline_run):
