@@ -11,10 +11,11 @@ import urllib.request
 
 import pytest
 
+from privflow.demo_data import demo_table
 from privflow.flows.server import SERVE, LocalServer
 from privflow.privacy.ledger import PrivacyLedger
 from tests.conftest import ROOT
-from tests.workspace import demo_workspace
+from tests.workspace import demo_workspace, files_containing
 
 pytestmark = pytest.mark.slow
 
@@ -178,6 +179,7 @@ def test_the_infra_deployments_deploy_and_a_worker_runs_the_pipeline(tmp_path):
     of infra/prefect.yaml, a run of the on-demand deployment for one dataset, and a worker that
     takes it and runs the pipeline in the checkout $PRIVFLOW_PROJECT names, to a report and one
     charge. Failed with fastapi 0.151+ (422 on `"limit": null`): the pin in pyproject.toml."""
+    _, rows = demo_table()
     workspace = demo_workspace(tmp_path)
     env = {**workspace.env, "PRIVFLOW_PROJECT": str(workspace.repo)}
     server = LocalServer.launch(SERVE, env, tmp_path / "logs" / "prefect-server.log").wait_until_healthy()
@@ -206,3 +208,10 @@ def test_the_infra_deployments_deploy_and_a_worker_runs_the_pipeline(tmp_path):
     assert ran[0]["deployment_id"] is not None
     assert (workspace.reports() / "report.html").exists()
     assert len(workspace.open_ledger().charges("breast_cancer")) == 1
+    # the worker's flow logs to the server: its database (Prefect's home, ~/.prefect) holds no patient id
+    database = workspace.base / "home" / ".prefect"
+    logged = _count(f"sqlite:///{database / 'prefect.db'}", "SELECT COUNT(*) FROM log WHERE message LIKE '%train@%'")
+    assert logged > 0  # the stages' lines did reach it
+    ids = [rows[0][0].encode(), rows[5][0].encode()]
+    assert files_containing([database, tmp_path / "logs"], ids) == {}
+    assert files_containing([workspace.source.parent], ids)  # the ids are real
