@@ -7,6 +7,7 @@ not, and records every hash in dvc.lock.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -206,6 +207,15 @@ def _exit_status(messages: list[str]) -> int | None:
     return None
 
 
+def _quiet_dvc(repo: Repo) -> None:
+    """DVC prints its lines through its own handlers (dvc.logger.setup, at its import); they
+    also reached the root logger, where Prefect's console handler printed each again (a
+    scheduled or deployed run's output, every line twice). And after every stage DVC advised
+    `git add dvc.lock` and `dvc config core.autostage true`: the run records dvc.lock itself."""
+    logging.getLogger("dvc").propagate = False
+    repo.scm_context.quiet = True
+
+
 def reproduce_stage(root: Path, stage: str) -> bool:
     """Bring one stage up to date; True if it ran, False if DVC found it current."""
     bin_dir = str(Path(sys.executable).parent)  # stage commands call `python`: ours
@@ -217,6 +227,7 @@ def reproduce_stage(root: Path, stage: str) -> bool:
         # mend=False: the flow mended the project once as it read the stage order (stage_order),
         # and its own DVC writes cannot cut a file; checking again costs ~0.1 s a stage
         with open_repo(root, mend=False, _wait_for_lock=True) as repo:
+            _quiet_dvc(repo)
             # a bare stage name resolves against the current directory, not against `root`
             target = f"{Path(repo.root_dir) / 'dvc.yaml'}:{stage}"
             recorded = _recorded_outputs(repo, target) if runs_every_time(stage) else None

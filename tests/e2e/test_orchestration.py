@@ -191,14 +191,14 @@ def test_the_infra_deployments_deploy_and_a_worker_runs_the_pipeline(tmp_path):
         with open(tmp_path / "logs" / "prefect.log", "a") as log:
             log.write(f"$ prefect {' '.join(args)}\n{done.stdout}\n{done.stderr}\n")
         assert done.returncode == 0, (args, done.stdout[-3000:], done.stderr[-3000:])
-        return done.stdout
+        return done.stdout + done.stderr
 
     try:
         prefect("work-pool", "create", "privflow", "--type", "process")
         prefect("--no-prompt", "deploy", "--prefect-file", str(ROOT / "infra" / "prefect.yaml"), "--all")
         assert "privflow-pipeline/nightly" in prefect("deployment", "ls")
         prefect("deployment", "run", "privflow-pipeline/on-demand", "-p", 'datasets=["breast_cancer"]')
-        prefect("worker", "start", "--pool", "privflow", "--run-once")
+        worked = prefect("worker", "start", "--pool", "privflow", "--run-once")
         runs = _flow_runs(server.url)
     finally:
         server.stop()
@@ -208,6 +208,9 @@ def test_the_infra_deployments_deploy_and_a_worker_runs_the_pipeline(tmp_path):
     assert ran[0]["deployment_id"] is not None
     assert (workspace.reports() / "report.html").exists()
     assert len(workspace.open_ledger().charges("breast_cancer")) == 1
+    # what the worker's service log gets: DVC's lines once (not again through Prefect's console
+    # handler), and no advice to `git add dvc.lock` after every stage
+    assert worked.count("Running stage 'train@breast_cancer'") == 1 and "git add" not in worked, worked[-3000:]
     # the worker's flow logs to the server: its database (Prefect's home, ~/.prefect) holds no patient id
     database = workspace.base / "home" / ".prefect"
     logged = _count(f"sqlite:///{database / 'prefect.db'}", "SELECT COUNT(*) FROM log WHERE message LIKE '%train@%'")
