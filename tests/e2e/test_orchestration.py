@@ -1,5 +1,6 @@
-"""Schedules and concurrency, for real: `privflow serve` on a local Prefect server, and
-simultaneous runs that must not both spend one budget."""
+"""Schedules, deployments and concurrency, for real: `privflow serve` on a local Prefect server,
+infra/prefect.yaml's deployments run by a Prefect worker, and simultaneous runs that must not
+both spend one budget."""
 
 from __future__ import annotations
 
