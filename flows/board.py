@@ -28,6 +28,12 @@ def announce(stage: str, state: str) -> None:
         board.update(stage, state)
 
 
+def watched() -> bool:
+    """Whether a board in this process shows the pipeline (`privflow run`); a run Prefect started
+    in a process of its own (a schedule, a deployment's worker) has none."""
+    return bool(_boards)
+
+
 def say(text: str) -> None:
     """A line the person running privflow should read now (e.g. that the run waits for another)."""
     for board in list(_boards):

@@ -8,18 +8,30 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from privflow.artifacts import read_json
 from privflow.catalog import REPORT_FILES, REPORT_JSON
-from privflow.flows.stages import Dag, dataset_of
+from privflow.flows.board import StageBoard, watched
+from privflow.flows.quiet_logs import quiet_tracebacks
+from privflow.flows.stages import Dag, StageFailed, dataset_of, read_dag
+
+VERBOSE_ENV = "PRIVFLOW_VERBOSE"  # "1": a scheduled or deployed run prints its full stream, as `privflow run -v`
+
+
+KEPT_RUN_LOGS = 500  # a schedule every few minutes would fill the folder; the audit trail is the ledger and reports
 
 
 def new_log_path(root: Path) -> Path:
-    """`.privflow/logs/<UTC time>-<pid>.log`: one per run, sorted by when it started."""
+    """`.privflow/logs/<UTC time>-<pid>.log`: one per run, sorted by when it started. The oldest
+    go once there are KEPT_RUN_LOGS (the unexpected failures' `.traceback` files stay)."""
     folder = root / ".privflow" / "logs"
     folder.mkdir(parents=True, exist_ok=True)
+    logs = sorted(folder.glob("*T*Z-*.log"))
+    for old in logs[:max(0, len(logs) - KEPT_RUN_LOGS + 1)]:
+        old.unlink(missing_ok=True)
     return folder / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
 
 
@@ -99,3 +111,50 @@ def summary(root: Path, dag: Dag, datasets: list[str], ran: set[str]) -> list[st
                      + (f"; {weak}" if weak else "")
                      + f"; report {report.with_name(REPORT_FILES[0])}")
     return lines
+
+
+@dataclass
+class ServiceConsole:
+    """What a scheduled or deployed run prints where its service's output goes (`privflow serve`,
+    a Prefect worker, their journal): what `privflow run` prints off a terminal. The log's path,
+    one line per stage as it ends, then per dataset the summary, or a failed stage's own words
+    and what to do; the full stream is in the run's log."""
+
+    root: Path
+    log: Path
+    board: StageBoard
+
+    def print(self, line: str) -> None:
+        self.board.console.print(line, markup=False)
+
+    def finished(self, datasets: list[str] | None, ran: dict[str, bool], failures: list[StageFailed]) -> None:
+        dag = read_dag(self.root)
+        stopped = {dataset_of(failure.stage) for failure in failures}  # "": the fingerprints, every dataset's
+        names = [name for name in dict.fromkeys(dataset_of(s) for s in dag.order if dataset_of(s))
+                 if (datasets is None or name in datasets) and name not in stopped and "" not in stopped]
+        for line in summary(self.root, dag, names, {stage for stage, did in ran.items() if did}):
+            self.print(line)
+        for failure in failures:
+            for line in stage_said(self.log, failure.stage):
+                self.print(line)
+            self.print(f"privflow: {failure}")
+        if failures:
+            self.print(f"next: fix what {', '.join(f.stage for f in failures)} said above (full output: {self.log}); "
+                       "the next run, scheduled or `privflow run`, takes it up again; stages that finished do not run again")
+
+
+@contextmanager
+def service_console(root: Path) -> Iterator[ServiceConsole | None]:
+    """A run that Prefect started in a process of its own (no `privflow run` watches it) sends its
+    full stream to a log of its own, as `privflow run` does, and prints a line per stage on its
+    service's output (its tracebacks too, kept off: a stage says why it failed). None when
+    `privflow run` watches this run, or $PRIVFLOW_VERBOSE asks for the full stream."""
+    if watched() or os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        yield None
+        return
+    quiet_tracebacks()
+    log = new_log_path(root).resolve()  # a service's working folder is not where its reader stands
+    with output_to_log(log) as terminal, StageBoard([], terminal, live=False) as board:
+        service = ServiceConsole(root, log, board)
+        service.print(f"log: {log}")
+        yield service

@@ -6,7 +6,6 @@ Importing privflow.flows first sets Prefect's embedded defaults before Prefect l
 from __future__ import annotations
 
 import inspect
-import logging
 from pathlib import Path
 
 import typer
@@ -14,6 +13,7 @@ from rich.console import Console
 
 import privflow.flows  # noqa: F401  (sets Prefect's embedded defaults before Prefect loads)
 from privflow.errors import PrivflowError
+from privflow.flows.quiet_logs import quiet_tracebacks  # noqa: F401 (the commands' import of it)
 
 app = typer.Typer(help="Train models on sensitive data under differential privacy, with an audit trail.")
 # long lines stay whole (greppable in logs and CI); no markup: what is printed holds users' words
@@ -68,24 +68,6 @@ def chosen_settings(dataset: str | None) -> list:
     from privflow.settings import dataset_names, load_settings
 
     return [load_settings(name) for name in ([dataset] if dataset else dataset_names())]
-
-
-class _WithoutTraceback(logging.Filter):
-    """Prefect logs a failed task's and flow's traceback with the error; the user needs the
-    error (the stage said why) and the next step, not the orchestrator's frames."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info, record.exc_text, record.stack_info = None, None, None
-        return True
-
-
-def quiet_tracebacks() -> None:
-    """Every logging handler set up so far (Prefect's, after its import) drops tracebacks."""
-    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):
-            if not any(isinstance(f, _WithoutTraceback) for f in handler.filters):
-                handler.addFilter(_WithoutTraceback())
 
 
 def ensure_keyring(root: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -95,19 +96,25 @@ def run(root: Path = Path("."),
 def serve(root: Path = Path("."),
           cron: str = typer.Option(None, help='cron schedule, e.g. "0 3 * * *" (03:00 every day)'),
           interval: int = typer.Option(None, min=1, help="or: every N seconds"),
-          name: str = typer.Option("privflow-scheduled", help="deployment name")) -> None:
+          name: str = typer.Option("privflow-scheduled", help="deployment name"),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="each run's full output (DVC's, Prefect's and "
+                                       "the stages') here, not in its log under .privflow/logs/")) -> None:
     """Serve the pipeline on a schedule (Prefect `flow.serve`); runs until stopped (Ctrl-C, or
     SIGTERM as systemd, docker or kubernetes send it: either pauses the deployment and stops the server).
 
     Each scheduled run is an ordinary run: stages that are up to date are skipped and charge
-    nothing; a run that finds another in progress waits for it.
+    nothing; a run that finds another in progress waits for it. Each prints what `privflow run`
+    prints off a terminal: a line per stage, then per dataset what it spent and left.
     """
     from privflow.flows.pipeline import pipeline
+    from privflow.flows.run_output import VERBOSE_ENV
     from privflow.flows.server import prefect_api, stop_runs_before_the_server
 
     if (cron is None) == (interval is None):
         raise PrivflowError("give exactly one of --cron or --interval")
     ensure_keyring(root)
+    if verbose:  # the runs are processes of their own; they inherit it
+        os.environ[VERBOSE_ENV] = "1"
     stop_runs_before_the_server()
     with prefect_api(root / ".privflow" / "prefect-server.log") as url:
         console.print(f"serving {root.resolve()} as deployment '{name}' on {url}: "

@@ -88,6 +88,14 @@ def test_a_scheduled_flow_fires_and_completes(tmp_path, prefect_database):
         log.close()
     assert (workspace.reports() / "report.html").exists()
     assert len(workspace.open_ledger().charges()) == 1  # later runs found everything up to date
+    # the service's output: per run a line per stage and what it spent (the first run trained,
+    # the later found everything up to date); DVC's and the stages' stream in each run's own log
+    served = (tmp_path / "logs" / "serve.log").read_text()
+    trained = [line for line in served.splitlines() if line.startswith("train@breast_cancer: ran in ")]
+    assert len(trained) == 1 and "Running stage" not in served, served[-3000:]
+    assert served.count("epsilon spent 2.9") == 1 and "breast_cancer: ran nothing (up to date)" in served
+    run_logs = [path.read_text() for path in (workspace.repo / ".privflow" / "logs").glob("*.log")]
+    assert len(run_logs) >= 2 and sum(log.count("Running stage 'train@breast_cancer'") for log in run_logs) == 1
 
 
 def test_sigkilled_serve_leaves_no_prefect_server_behind(tmp_path):
@@ -209,13 +217,19 @@ def test_the_infra_deployments_deploy_and_a_worker_runs_the_pipeline(tmp_path):
     assert ran[0]["deployment_id"] is not None
     assert (workspace.reports() / "report.html").exists()
     assert len(workspace.open_ledger().charges("breast_cancer")) == 1
-    # what the worker's service log gets: DVC's lines once (not again through Prefect's console
-    # handler), and no advice to `git add dvc.lock` after every stage
-    assert worked.count("Running stage 'train@breast_cancer'") == 1 and "git add" not in worked, worked[-3000:]
+    # what the worker's service log gets: a line per stage and what the run spent; the run's own
+    # log DVC's lines once (not again through Prefect's console handler), and no advice to
+    # `git add dvc.lock` after every stage
+    trained = [line for line in worked.splitlines() if line.startswith("train@breast_cancer: ran in ")]
+    assert len(trained) == 1 and "Running stage" not in worked, worked[-3000:]
+    assert "breast_cancer: ran ingest, validate" in worked and "epsilon spent 2.9" in worked
+    (run_log,) = (workspace.repo / ".privflow" / "logs").glob("*.log")
+    logged_here = run_log.read_text()
+    assert logged_here.count("Running stage 'train@breast_cancer'") == 1 and "git add" not in logged_here
     # the worker's flow logs to the server: its database (Prefect's home, ~/.prefect) holds no patient id
     database = workspace.base / "home" / ".prefect"
     logged = _count(f"sqlite:///{database / 'prefect.db'}", "SELECT COUNT(*) FROM log WHERE message LIKE '%train@%'")
     assert logged > 0  # the stages' lines did reach it
     ids = [rows[0][0].encode(), rows[5][0].encode()]
-    assert files_containing([database, tmp_path / "logs"], ids) == {}
+    assert files_containing([database, tmp_path / "logs", run_log.parent], ids) == {}
     assert files_containing([workspace.source.parent], ids)  # the ids are real

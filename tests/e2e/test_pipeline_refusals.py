@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -39,6 +40,34 @@ def test_missing_source_names_the_file_and_writes_nothing(workspace):
     fingerprint = json.loads((workspace.repo / "artifacts" / "fingerprints" / "breast_cancer.json").read_text())
     assert set(fingerprint) == {"dataset", "unavailable"} and str(workspace.source) in fingerprint["unavailable"]
     assert "Traceback" not in output
+
+
+# the flow as Prefect's runner or worker starts it: in a process of its own, no `privflow run` watching
+AS_SCHEDULED = ("import sys\nfrom privflow.flows.pipeline import pipeline\ntry:\n    pipeline('.')\n"
+                "except Exception:\n    sys.exit(1)\n")
+
+
+def test_a_scheduled_run_whose_source_went_missing_says_why_on_its_service_console(workspace):
+    """A nightly run finds the source gone (an unmounted share): its service's output gets a
+    line per stage, the stage's own words, what to do and where the full output is; no frames."""
+    workspace.source.unlink()
+    result = workspace.run(sys.executable, "-c", AS_SCHEDULED)
+    assert result.returncode == 1
+    said = result.stdout.splitlines()
+    log = workspace.repo / ".privflow" / "logs" / said[0].removeprefix("log: ")
+    assert said[0].startswith("log: /") and log.is_file()
+    assert said[1].startswith("fingerprint: ran in ") and said[2].startswith("ingest@breast_cancer: failed in ")
+    assert said[3:11] == [f"{stage}@breast_cancer: not run" for stage in (
+        "validate", "pretrain", "encrypt", "train", "explain", "evaluate", "compress", "report")]
+    assert said[11] == (f"privflow: DatasetError: {workspace.source}: source not found; set the dataset's "
+                        "`source:` under `datasets:` in params.yaml")
+    assert said[12].startswith("privflow: stage 'ingest@breast_cancer' failed: ")
+    assert said[13].startswith(f"next: fix what ingest@breast_cancer said above (full output: {log}); ")
+    assert len(said) == 14
+    # DVC's stream went to the run's log, once; Prefect says the run failed, without its frames
+    assert "Running stage" not in result.stdout + result.stderr
+    assert log.read_text().count("Running stage 'ingest@breast_cancer'") == 1
+    assert "Finished in state Failed" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_wrong_columns_stop_validate_with_file_and_columns(workspace):

@@ -19,7 +19,7 @@ from privflow.flows.board import (
     announce,
     say,
 )
-from privflow.flows.run_output import cost_note, stage_said, weak_model
+from privflow.flows.run_output import KEPT_RUN_LOGS, cost_note, new_log_path, stage_said, weak_model
 from privflow.progress import PROGRESS_DIR_ENV, read_progress, report_progress
 
 STAGES = ["ingest@churn", "train@churn", "ingest@digits", "train@digits"]
@@ -91,6 +91,23 @@ def test_a_failed_stage_is_summed_up_by_its_own_words(tmp_path):
     assert stage_said(log, "encrypt@churn") == ["Running stage 'encrypt@churn':", "Killed"]
     log.write_text("12:00:00 | INFO | prefect - Starting temporary server\n")  # DVC refused before the command
     assert stage_said(log, "ingest@churn") == []
+
+
+def test_run_logs_keep_the_newest_and_never_an_unexpected_failures_traceback(tmp_path):
+    """A schedule every few minutes writes a log per run: the oldest go, the newest stay."""
+    folder = tmp_path / ".privflow" / "logs"
+    folder.mkdir(parents=True)
+    names = [f"2026{month:02d}{day:02d}T030000Z-{pid}.log" for month in (1, 2) for day in range(1, 29)
+             for pid in range(10)]
+    for name in names:
+        (folder / name).write_text("x")
+    (folder / "train-20250101T000000000000Z.traceback").write_text("frames")  # older than every log
+    assert len(names) > KEPT_RUN_LOGS
+    new = new_log_path(tmp_path)
+    new.write_text("this run")
+    kept = sorted(path.name for path in folder.glob("*.log"))
+    assert kept == sorted(names)[-(KEPT_RUN_LOGS - 1):] + [new.name]
+    assert (folder / "train-20250101T000000000000Z.traceback").exists()
 
 
 def test_the_log_takes_every_process_output_and_the_board_keeps_the_terminal(tmp_path):
