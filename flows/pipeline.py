@@ -137,19 +137,14 @@ def pipeline(root: str = ".", datasets: list[str] | None = None, wait_seconds: f
     return which stages ran. `side_by_side`: one task per dataset, submitted to the flow's
     task runner (a Dask cluster: `privflow run --workers 2` or `--dask-address`)."""
     # a host for serve's runs; `privflow run` started one already
-    with service_console(Path(root)) as service, project_lock(Path(root), wait_seconds), \
+    with service_console(Path(root), datasets) as service, project_lock(Path(root), wait_seconds), \
             stage_host(lambda: text_model_in(Path(root), datasets)):
         # a scheduled or deployed run after an upgrade: dvc.yaml (and dvc.lock) as this privflow writes them
         if refreshed := refresh_dvc_yaml(Path(root)):
             get_run_logger().info("dvc.yaml: code deps of %s rewritten for the installed privflow", refreshed)
             say(f"dvc.yaml: code deps of {', '.join(refreshed)} rewritten for the installed privflow")
-        try:
-            ran = _run_stages(root, datasets, side_by_side)
-        except StageFailed as failed:  # DatasetsFailed: the others ran; else the fingerprints, every dataset's
-            if service:
-                service.finished(datasets, getattr(failed, "ran", {}), getattr(failed, "failures", [failed]))
-            raise
-        if service:
+        ran = _run_stages(root, datasets, side_by_side)
+        if service:  # a failure is said as the service's console closes
             service.finished(datasets, ran, [])
         return ran
 

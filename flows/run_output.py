@@ -15,7 +15,7 @@ from typing import TextIO
 from privflow.artifacts import read_json
 from privflow.catalog import REPORT_FILES, REPORT_JSON
 from privflow.flows.board import StageBoard, watched
-from privflow.flows.quiet_logs import quiet_tracebacks
+from privflow.flows.errors_said import error_said, quiet_tracebacks
 from privflow.flows.stages import Dag, StageFailed, dataset_of, read_dag
 
 VERBOSE_ENV = "PRIVFLOW_VERBOSE"  # "1": a scheduled or deployed run prints its full stream, as `privflow run -v`
@@ -144,11 +144,12 @@ class ServiceConsole:
 
 
 @contextmanager
-def service_console(root: Path) -> Iterator[ServiceConsole | None]:
+def service_console(root: Path, datasets: list[str] | None) -> Iterator[ServiceConsole | None]:
     """A run that Prefect started in a process of its own (no `privflow run` watches it) sends its
     full stream to a log of its own, as `privflow run` does, and prints a line per stage on its
-    service's output (its tracebacks too, kept off: a stage says why it failed). None when
-    `privflow run` watches this run, or $PRIVFLOW_VERBOSE asks for the full stream."""
+    service's output; a failure ends it with one line that says what to do (Prefect's own line
+    follows, its frames kept off). None when `privflow run` watches this run, or
+    $PRIVFLOW_VERBOSE asks for the full stream."""
     if watched() or os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
         yield None
         return
@@ -157,4 +158,11 @@ def service_console(root: Path) -> Iterator[ServiceConsole | None]:
     with output_to_log(log) as terminal, StageBoard([], terminal, live=False) as board:
         service = ServiceConsole(root, log, board)
         service.print(f"log: {log}")
-        yield service
+        try:
+            yield service
+        except StageFailed as failed:  # DatasetsFailed: the others ran; else the fingerprints, every dataset's
+            service.finished(datasets, getattr(failed, "ran", {}), getattr(failed, "failures", [failed]))
+            raise
+        except Exception as error:  # a refusal before any stage (settings, the project's lock), or a bug
+            service.print(f"privflow: {error_said(error, root, 'flow')[0]}")
+            raise

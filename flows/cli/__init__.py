@@ -3,16 +3,11 @@
 
 from __future__ import annotations
 
-from privflow.errors import PrivflowError
+from pathlib import Path
+
 from privflow.flows.cli import budget, data_owner, keys, runs
-from privflow.flows.cli.common import (
-    app,
-    console,
-    ensure_keyring,
-    one_line_summaries,
-    quiet_tracebacks,
-    yaml_error_said,
-)
+from privflow.flows.cli.common import app, console, ensure_keyring, one_line_summaries, quiet_tracebacks
+from privflow.flows.errors_said import error_said
 
 __all__ = ["app", "ensure_keyring", "main", "quiet_tracebacks"]
 
@@ -26,16 +21,9 @@ one_line_summaries(app)
 
 
 def main() -> None:
-    from privflow.errors import EXIT_UNEXPECTED, describe_unexpected
-
     try:
         app()
-    except PrivflowError as error:
-        console.print(f"privflow: {error}", style="red", highlight=False)
-        raise SystemExit(2) from None
     except Exception as error:  # noqa: BLE001 (never a raw traceback: one line, the frames in a file)
-        if (said := yaml_error_said()) is not None:  # a hand-edited params.yaml that does not parse
-            console.print(f"privflow: {said}", style="red", highlight=False)
-            raise SystemExit(2) from None
-        console.print(f"privflow: {describe_unexpected(error, 'cli')}", style="red", highlight=False)
-        raise SystemExit(EXIT_UNEXPECTED) from None
+        said, status = error_said(error, Path("."), "cli")
+        console.print(f"privflow: {said}", style="red", highlight=False)
+        raise SystemExit(status) from None

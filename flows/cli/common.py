@@ -13,7 +13,7 @@ from rich.console import Console
 
 import privflow.flows  # noqa: F401  (sets Prefect's embedded defaults before Prefect loads)
 from privflow.errors import PrivflowError
-from privflow.flows.quiet_logs import quiet_tracebacks  # noqa: F401 (the commands' import of it)
+from privflow.flows.errors_said import quiet_tracebacks  # noqa: F401 (the commands' import of it)
 
 app = typer.Typer(help="Train models on sensitive data under differential privacy, with an audit trail.")
 # long lines stay whole (greppable in logs and CI); no markup: what is printed holds users' words
@@ -34,33 +34,6 @@ def one_line_summaries(commands: typer.Typer) -> None:
             info.short_help = " ".join(inspect.cleandoc(info.callback.__doc__).split("\n\n")[0].split())
     for group in commands.registered_groups:
         one_line_summaries(group.typer_instance)
-
-
-PROJECT_YAML = ("params.yaml", "dvc.yaml", "dvc.lock")  # read as YAML by privflow itself (schemas say their own)
-
-
-def yaml_error_said(root: Path = Path(".")) -> str | None:
-    """Which of the project's YAML files does not parse (or is no mapping), where, and what is wrong (no
-    line of it is shown: a settings file may hold paths a user would rather not paste)."""
-    import yaml
-
-    for name in PROJECT_YAML:
-        try:
-            document = yaml.safe_load((root / name).read_text(encoding="utf-8"))
-            if document is not None and not isinstance(document, dict):
-                return (f"{root / name}: its top level is a {type(document).__name__}, not sections such as "
-                        "`datasets:`; compare it with the file `privflow init` writes")
-        except OSError:
-            continue
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            if (opened := getattr(error, "context_mark", None)) and error.context:  # e.g. where a bracket opened
-                where += f" ({error.context} at line {opened.line + 1})"
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            return (f"{root / name}: not valid YAML: {problem}{where}; fix that line (usually an unclosed bracket "
-                    "or quote, a tab, or an indent that does not match the lines around it)")
-    return None
 
 
 def chosen_settings(dataset: str | None) -> list:

@@ -47,9 +47,20 @@ AS_SCHEDULED = ("import sys\nfrom privflow.flows.pipeline import pipeline\ntry:\
                 "except Exception:\n    sys.exit(1)\n")
 
 
-def test_a_scheduled_run_whose_source_went_missing_says_why_on_its_service_console(workspace):
-    """A nightly run finds the source gone (an unmounted share): its service's output gets a
-    line per stage, the stage's own words, what to do and where the full output is; no frames."""
+def test_a_scheduled_run_that_cannot_start_or_read_its_source_says_why_on_its_service_console(workspace):
+    """A nightly run finds params.yaml mis-edited, then the source gone (an unmounted share): its
+    service's output gets a line per stage, the failure's own words, what to do and where the
+    full output is; never Prefect's frames."""
+    params = workspace.repo / "params.yaml"
+    good = params.read_text()
+    params.write_text(good.replace("datasets:\n", "datasets:\n  extra: [\n", 1))
+    result = workspace.run(sys.executable, "-c", AS_SCHEDULED)
+    assert result.returncode == 1
+    said = result.stdout.splitlines()
+    assert len(said) == 2 and said[0].startswith("log: /"), said
+    assert said[1].startswith("privflow: params.yaml: not valid YAML: ") and "fix that line" in said[1]
+    assert "Finished in state Failed" in result.stderr and "Traceback" not in result.stderr
+    params.write_text(good)
     workspace.source.unlink()
     result = workspace.run(sys.executable, "-c", AS_SCHEDULED)
     assert result.returncode == 1
