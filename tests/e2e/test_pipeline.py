@@ -254,6 +254,15 @@ def test_a_scheduled_run_that_cannot_read_a_source_still_runs_the_other_datasets
     assert published == [True, False]  # breast cancer's report was published, churn's not
     assert "source not found" in result.stdout + result.stderr
     assert snapshot_back
+    # its service's console: the rewrite, a line per stage, breast cancer's summary, then churn's
+    # failure in its own words and what to do
+    console = result.stdout.splitlines()
+    assert console[1] == "dvc.yaml: code deps of report rewritten for the installed privflow", console
+    assert "ingest@churn: failed in " in result.stdout and "train@churn: not run" in console
+    assert [line.split(";")[0] for line in console if line.startswith(("breast_cancer:", "churn:"))] == [
+        "breast_cancer: ran nothing (up to date)"]
+    assert any(line.startswith("privflow: DatasetError: ") and "source not found" in line for line in console)
+    assert console[-2].startswith("next: fix what ingest@churn said above (full output: /")
     said = " ".join(again.stdout.split())
     assert again.returncode == 0 and "churn: ran nothing (up to date); epsilon spent 0.000" in said, said + again.stderr
     assert workspace.out_of_date() == set()  # dvc.lock records the fingerprints as they are again

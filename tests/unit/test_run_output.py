@@ -129,6 +129,47 @@ def test_the_log_takes_every_process_output_and_the_board_keeps_the_terminal(tmp
     assert sorted(logged) == sorted(["from python", "python's stderr", "from a child", "child stderr"])
 
 
+SERVICE_RUN = """
+import subprocess, sys
+from pathlib import Path
+from privflow.errors import PrivflowError
+from privflow.flows.board import RAN, RUNNING, announce
+from privflow.flows.run_output import service_console
+try:
+    with service_console(Path(sys.argv[1]), None) as service:
+        print("DVC: Running stage 'ingest@a'")
+        subprocess.run(["sh", "-c", "echo a stage command says; echo its stderr >&2"], check=True)
+        announce("ingest@a", RUNNING)
+        announce("ingest@a", RAN)
+        raise PrivflowError("another privflow run still holds the lock")
+except PrivflowError:
+    print("ended", service is not None)
+"""
+
+
+@pytest.mark.parametrize("verbose", ["", "1"])
+def test_a_run_no_privflow_run_watches_prints_a_line_per_stage_and_logs_the_rest_unless_verbose(tmp_path, verbose):
+    """A scheduled or deployed run: on its service's output the log's path, a line per stage and
+    a refusal's words; everything DVC and the stage commands print in its log. Verbose: all of it
+    on the service's output, no log."""
+    import os
+
+    env = {**os.environ, "PRIVFLOW_VERBOSE": verbose}
+    done = subprocess.run([sys.executable, "-c", SERVICE_RUN, str(tmp_path)], capture_output=True, text=True,
+                          env=env, check=True)
+    said = done.stdout.splitlines()
+    logs = list((tmp_path / ".privflow" / "logs").glob("*.log"))
+    if verbose:
+        assert sorted(said) == ["DVC: Running stage 'ingest@a'", "a stage command says", "ended False"]
+        assert logs == [] and done.stderr == "its stderr\n"
+        return
+    (log,) = logs
+    assert said[0] == f"log: {log}" and said[1].startswith("ingest@a: ran in ")
+    assert said[2:] == ["privflow: another privflow run still holds the lock", "ended True"]
+    assert sorted(log.read_text().splitlines()) == sorted(["DVC: Running stage 'ingest@a'", "a stage command says",
+                                                           "its stderr"])
+
+
 @pytest.mark.parametrize("interval, note", [
     ([-1.6, 4.6], ", a gap within the test noise"), ([2.6, 6.8], ""), ([-6.0, -0.5], ""),
     ([float("nan")] * 2, "")])  # too few test records to measure
