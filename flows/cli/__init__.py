@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from privflow.flows.cli import budget, data_owner, keys, runs
-from privflow.flows.cli.common import app, console, ensure_keyring, one_line_summaries, quiet_tracebacks
+from privflow.flows.cli.common import app, console, ensure_keyring, one_line_summaries
 from privflow.flows.errors_said import error_said
 
-__all__ = ["app", "ensure_keyring", "main", "quiet_tracebacks"]
+__all__ = ["app", "ensure_keyring", "main"]
 
 for command in (runs.init, runs.run, runs.serve, runs.status, runs.repair, runs.report, runs.predict, runs.join,
                 data_owner.quarantine):

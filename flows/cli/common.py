@@ -1,4 +1,4 @@
-"""What every command shares: the console, the dataset options, the keyring's first creation, quiet logs.
+"""What every command shares: the console, the dataset options, the keyring's first creation.
 
 Importing privflow.flows first sets Prefect's embedded defaults before Prefect loads.
 """
@@ -13,7 +13,6 @@ from rich.console import Console
 
 import privflow.flows  # noqa: F401  (sets Prefect's embedded defaults before Prefect loads)
 from privflow.errors import PrivflowError
-from privflow.flows.errors_said import quiet_tracebacks  # noqa: F401 (the commands' import of it)
 
 app = typer.Typer(help="Train models on sensitive data under differential privacy, with an audit trail.")
 # long lines stay whole (greppable in logs and CI); no markup: what is printed holds users' words

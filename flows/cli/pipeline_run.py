@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 
 from privflow.errors import PrivflowError
-from privflow.flows.cli.common import console, quiet_tracebacks
+from privflow.flows.cli.common import console
+from privflow.flows.errors_said import quiet_tracebacks
 from privflow.flows.run_output import stage_said
 from privflow.flows.stages import DatasetsFailed, StageFailed, dataset_of
 
