@@ -59,6 +59,29 @@ def output_to_log(path: Path) -> Iterator[TextIO]:
             terminal.close()
 
 
+RUN_ENDED = "run ended: "  # a run log's last line, once the run ended (never "privflow: ", which stage_said reads)
+
+
+def end_run_log(log: Path, failures: list[StageFailed]) -> None:
+    """The run's outcome as its log's last line, for `privflow status`."""
+    stages = [failure.stage for failure in failures]
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"{RUN_ENDED}{'failed at ' + ', '.join(stages) if stages else 'completed'}\n")
+
+
+def last_run(root: Path) -> str | None:
+    """When the newest run log's run started, how it ended, and the log; None if no run left one."""
+    logs = sorted((root / ".privflow" / "logs").glob("*T*Z-*.log"))
+    if not logs:
+        return None
+    started = time.strptime(logs[-1].name.partition("-")[0], "%Y%m%dT%H%M%SZ")
+    ended = [line for line in logs[-1].read_text(encoding="utf-8", errors="replace").splitlines()
+             if line.startswith(RUN_ENDED)]
+    outcome = ended[-1].removeprefix(RUN_ENDED) if ended else "no outcome recorded (still running, stopped, or " \
+        "refused before any stage: see its log)"
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', started)}, {outcome}; log {logs[-1]}"
+
+
 def stage_said(log: Path, stage: str) -> list[str]:
     """What a failed stage told its user (its `privflow:` lines), from its part of the log; the
     end of that part when it said nothing (it died before it could); nothing when its command
@@ -138,6 +161,7 @@ class ServiceConsole:
             for line in stage_said(self.log, failure.stage):
                 self.print(line)
             self.print(f"privflow: {failure}")
+        end_run_log(self.log, failures)
         if failures:
             self.print(f"next: fix what {', '.join(f.stage for f in failures)} said above (full output: {self.log}); "
                        "the next run, scheduled or `privflow run`, takes it up again; stages that finished do not run again")

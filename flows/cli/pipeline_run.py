@@ -67,7 +67,7 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
 
     from privflow.flows.board import StageBoard
     from privflow.flows.pipeline import pipeline, text_model_in
-    from privflow.flows.run_output import new_log_path, output_to_log
+    from privflow.flows.run_output import end_run_log, new_log_path, output_to_log
     from privflow.flows.server import temporary_api
     from privflow.progress import PROGRESS_DIR_ENV
     from privflow.stagehost import share_cores
@@ -104,4 +104,6 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     finally:
         shutil.rmtree(progress, ignore_errors=True)
         logging.getLogger("prefect").setLevel(logging.WARNING)  # its exit lines ("Stopping temporary server")
+    if not verbose:
+        end_run_log(log, failures)
     return {stage for stage, did in ran.items() if did}, failures, log

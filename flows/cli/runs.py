@@ -142,10 +142,12 @@ def join(dataset: str = ONE_DATASET) -> None:
 
 
 def status(root: Path = Path(".")) -> None:
-    """Per dataset: which stages are out of date, the latest report, and the privacy budget."""
+    """Per dataset: which stages are out of date, the latest report, and the privacy budget; then
+    when the last run (yours, scheduled or deployed) started, how it ended, and its log."""
     from privflow.artifacts import read_json
     from privflow.budget import budget_name
     from privflow.flows.plan import unreadable_sources
+    from privflow.flows.run_output import last_run
     from privflow.flows.stages import dataset_of, read_dag
     from privflow.privacy.ledger import PrivacyLedger
     from privflow.settings import dataset_names, ledger_location, load_settings
@@ -164,6 +166,7 @@ def status(root: Path = Path(".")) -> None:
                       f"{latest['generated_at']} (run {latest['run_id'][:12]})" if latest else "none yet",
                       f"{budget.spent:.3f} / {budget.cap:g} ({budget.runs} run(s))")
     console.print(table)
+    console.print(f"last run: {last_run(root) or 'none yet'}", highlight=False)
     for name, why in unreadable_sources(dataset_names(root / "params.yaml"), dag).items():
         console.print(f"{name}: its source cannot be read: {why}", style="yellow", highlight=False)
 

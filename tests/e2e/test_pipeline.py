@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 
@@ -140,6 +141,9 @@ def test_status_shows_each_dataset_up_to_date_with_its_budget(pipeline_run):
     for dataset in DATASETS:
         line = next(line for line in shown.splitlines() if f" {dataset} " in line)
         assert "│ none " in line and "/ 30 (1 run(s))" in line and "(run " in line
+    # the run the fixture made: when it started, that it completed, its log
+    (last,) = [line for line in shown.splitlines() if line.startswith("last run: ")]
+    assert re.fullmatch(r"last run: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, completed; log \.privflow/logs/\S+\.log", last), last
 
 
 def test_public_pretraining_and_explanations_reach_the_report(pipeline_run):

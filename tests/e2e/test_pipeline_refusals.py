@@ -80,6 +80,8 @@ def test_a_scheduled_run_that_cannot_start_or_read_its_source_says_why_on_its_se
     assert "Running stage" not in result.stdout + result.stderr
     assert log.read_text().count("Running stage 'ingest@breast_cancer'") == 1
     assert "Finished in state Failed" in result.stderr and "Traceback" not in result.stderr
+    status = workspace.run("privflow", "status").stdout  # where a team looks the morning after
+    assert f"UTC, failed at ingest@breast_cancer; log .privflow/logs/{log.name}" in " ".join(status.split()), status
 
 
 def test_wrong_columns_stop_validate_with_file_and_columns(workspace):

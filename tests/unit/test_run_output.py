@@ -19,7 +19,16 @@ from privflow.flows.board import (
     announce,
     say,
 )
-from privflow.flows.run_output import KEPT_RUN_LOGS, cost_note, new_log_path, stage_said, weak_model
+from privflow.flows.run_output import (
+    KEPT_RUN_LOGS,
+    cost_note,
+    end_run_log,
+    last_run,
+    new_log_path,
+    stage_said,
+    weak_model,
+)
+from privflow.flows.stages import StageFailed
 from privflow.progress import PROGRESS_DIR_ENV, read_progress, report_progress
 
 STAGES = ["ingest@churn", "train@churn", "ingest@digits", "train@digits"]
@@ -108,6 +117,24 @@ def test_run_logs_keep_the_newest_and_never_an_unexpected_failures_traceback(tmp
     kept = sorted(path.name for path in folder.glob("*.log"))
     assert kept == sorted(names)[-(KEPT_RUN_LOGS - 1):] + [new.name]
     assert (folder / "train-20250101T000000000000Z.traceback").exists()
+
+
+def test_the_last_run_is_said_with_its_start_outcome_and_log(tmp_path):
+    """`privflow status`'s line: the newest run log, its last `run ended:` line or none."""
+    assert last_run(tmp_path) is None
+    folder = tmp_path / ".privflow" / "logs"
+    folder.mkdir(parents=True)
+    older, newer = folder / "20261207T030000Z-11.log", folder / "20261208T030000Z-12.log"
+    older.write_text("Running stage 'ingest@churn':\n")
+    end_run_log(older, [])
+    assert last_run(tmp_path) == f"2026-12-07 03:00:00 UTC, completed; log {older}"
+    newer.write_text("Running stage 'ingest@churn':\nprivflow: DatasetError: churn.csv: source not found\n")
+    assert last_run(tmp_path).startswith("2026-12-08 03:00:00 UTC, no outcome recorded (still running, stopped")
+    end_run_log(newer, [StageFailed("stage 'ingest@churn' failed", "ingest@churn"),
+                        StageFailed("stage 'train@digits' failed", "train@digits")])
+    assert last_run(tmp_path) == f"2026-12-08 03:00:00 UTC, failed at ingest@churn, train@digits; log {newer}"
+    # the outcome is no stage's word
+    assert stage_said(newer, "ingest@churn") == ["privflow: DatasetError: churn.csv: source not found"]
 
 
 def test_the_log_takes_every_process_output_and_the_board_keeps_the_terminal(tmp_path):
