@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import TextIO
 
 from privflow.artifacts import read_json
 from privflow.catalog import REPORT_FILES, REPORT_JSON
+from privflow.errors import LOG_DIR
 from privflow.flows.board import StageBoard, watched
 from privflow.flows.errors_said import error_said, quiet_tracebacks
 from privflow.flows.stages import Dag, StageFailed, dataset_of, read_dag
@@ -22,17 +23,22 @@ VERBOSE_ENV = "PRIVFLOW_VERBOSE"  # "1": a scheduled or deployed run prints its 
 
 
 KEPT_RUN_LOGS = 500  # a schedule every few minutes would fill the folder; the audit trail is the ledger and reports
+RUN_LOG_TIME = "%Y%m%dT%H%M%SZ"  # a run log's name: when it started (UTC), then the pid
+
+
+def run_logs(root: Path) -> list[Path]:
+    """The project's run logs, oldest first (the unexpected failures' `.traceback` files are none)."""
+    return sorted((root / LOG_DIR).glob("*T*Z-*.log"))
 
 
 def new_log_path(root: Path) -> Path:
     """`.privflow/logs/<UTC time>-<pid>.log`: one per run, sorted by when it started. The oldest
-    go once there are KEPT_RUN_LOGS (the unexpected failures' `.traceback` files stay)."""
-    folder = root / ".privflow" / "logs"
-    folder.mkdir(parents=True, exist_ok=True)
-    logs = sorted(folder.glob("*T*Z-*.log"))
+    go once there are KEPT_RUN_LOGS."""
+    (root / LOG_DIR).mkdir(parents=True, exist_ok=True)
+    logs = run_logs(root)
     for old in logs[:max(0, len(logs) - KEPT_RUN_LOGS + 1)]:
         old.unlink(missing_ok=True)
-    return folder / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
+    return root / LOG_DIR / f"{time.strftime(RUN_LOG_TIME, time.gmtime())}-{os.getpid()}.log"
 
 
 @contextmanager
@@ -71,10 +77,10 @@ def end_run_log(log: Path, failures: list[StageFailed]) -> None:
 
 def last_run(root: Path) -> str | None:
     """When the newest run log's run started, how it ended, and the log; None if no run left one."""
-    logs = sorted((root / ".privflow" / "logs").glob("*T*Z-*.log"))
+    logs = run_logs(root)
     if not logs:
         return None
-    started = time.strptime(logs[-1].name.partition("-")[0], "%Y%m%dT%H%M%SZ")
+    started = time.strptime(logs[-1].name.partition("-")[0], RUN_LOG_TIME)
     ended = [line for line in logs[-1].read_text(encoding="utf-8", errors="replace").splitlines()
              if line.startswith(RUN_ENDED)]
     outcome = ended[-1].removeprefix(RUN_ENDED) if ended else "no outcome recorded (still running, stopped, or " \
@@ -93,6 +99,21 @@ def stage_said(log: Path, stage: str) -> list[str]:
         return []
     part = lines[starts[-1]:]
     return [line for line in part if line.startswith("privflow: ")] or part[-15:]
+
+
+def stopped_datasets(failures: list[StageFailed], chosen: Sequence[str]) -> list[str]:
+    """The datasets the failures stopped: each failed stage's own, or every one if the stage
+    that failed was one they share (the fingerprints)."""
+    names = list(dict.fromkeys(dataset_of(failure.stage) for failure in failures))
+    return list(chosen) if "" in names else names
+
+
+def failure_lines(failures: list[StageFailed], log: Path | None) -> Iterator[str]:
+    """Each failed stage's own words from the run's log (none without one: the stream was shown
+    live), then the failure itself."""
+    for failure in failures:
+        yield from ([] if log is None else stage_said(log, failure.stage))
+        yield f"privflow: {failure}"
 
 
 def cost_note(cost: dict | None) -> str:
@@ -152,15 +173,14 @@ class ServiceConsole:
 
     def finished(self, datasets: list[str] | None, ran: dict[str, bool], failures: list[StageFailed]) -> None:
         dag = read_dag(self.root)
-        stopped = {dataset_of(failure.stage) for failure in failures}  # "": the fingerprints, every dataset's
-        names = [name for name in dict.fromkeys(dataset_of(s) for s in dag.order if dataset_of(s))
-                 if (datasets is None or name in datasets) and name not in stopped and "" not in stopped]
-        for line in summary(self.root, dag, names, {stage for stage, did in ran.items() if did}):
+        chosen = [name for name in dict.fromkeys(dataset_of(s) for s in dag.order if dataset_of(s))
+                  if datasets is None or name in datasets]
+        stopped = stopped_datasets(failures, chosen)
+        for line in summary(self.root, dag, [name for name in chosen if name not in stopped],
+                            {stage for stage, did in ran.items() if did}):
             self.print(line)
-        for failure in failures:
-            for line in stage_said(self.log, failure.stage):
-                self.print(line)
-            self.print(f"privflow: {failure}")
+        for line in failure_lines(failures, self.log):
+            self.print(line)
         end_run_log(self.log, failures)
         if failures:
             self.print(f"next: fix what {', '.join(f.stage for f in failures)} said above (full output: {self.log}); "

@@ -18,8 +18,8 @@ from rich.console import Console
 from privflow.errors import PrivflowError
 from privflow.flows.cli.common import console
 from privflow.flows.errors_said import quiet_tracebacks
-from privflow.flows.run_output import stage_said
-from privflow.flows.stages import DatasetsFailed, StageFailed, dataset_of
+from privflow.flows.run_output import failure_lines, stopped_datasets
+from privflow.flows.stages import DatasetsFailed, StageFailed
 
 
 def say_lost_sources(lost: dict[str, str]) -> None:
@@ -28,13 +28,6 @@ def say_lost_sources(lost: dict[str, str]) -> None:
     for name, why in lost.items():
         console.print(f"privflow: dataset {name} does not run: its source cannot be read: {why}", style="red",
                       highlight=False)
-
-
-def stopped_datasets(failures: list[StageFailed], chosen: Sequence[str]) -> list[str]:
-    """The datasets the failures stopped: each failed stage's own, or every one if the stage
-    that failed was one they share (the fingerprints)."""
-    names = list(dict.fromkeys(dataset_of(failure.stage) for failure in failures))
-    return list(chosen) if "" in names else names
 
 
 def stop_unless_all_ran(lost: dict[str, str], failures: list[StageFailed], log: Path | None, verbose: bool,
@@ -46,10 +39,8 @@ def stop_unless_all_ran(lost: dict[str, str], failures: list[StageFailed], log: 
     again = " ".join(["privflow run", *(f"-d {name}" for name in [*lost, *stopped_datasets(failures, chosen)])])
     if failures:
         errors = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
-        for failure in failures:
-            for line in ([] if verbose or log is None else stage_said(log, failure.stage)):
-                errors.print(line, style="red")
-            errors.print(f"privflow: {failure}", style="red")
+        for line in failure_lines(failures, None if verbose else log):
+            errors.print(line, style="red")
         stages = ", ".join(failure.stage for failure in failures)
         errors.print(f"next: fix what {'stages' if len(failures) > 1 else 'stage'} {stages} said above (full output: "
                      f"{log}), then `{again}` again; stages that finished are not run again")

@@ -40,10 +40,10 @@ def run(root: Path = Path("."),
     First it says which stages will run and why, and what each train will spend of its budget;
     on a terminal a run that spends budget asks once, unless --yes. While it runs: a live table
     on a terminal, one line per stage elsewhere; the full output goes to .privflow/logs/."""
-    from privflow.flows.run_output import summary
+    from privflow.flows.run_output import stopped_datasets, summary
     from privflow.flows.cli.plan_view import announce_code_spending, show_plan
     from privflow.flows.plan import stale_stages, unreadable_sources
-    from privflow.flows.cli.pipeline_run import run_flow, say_lost_sources, stop_unless_all_ran, stopped_datasets
+    from privflow.flows.cli.pipeline_run import run_flow, say_lost_sources, stop_unless_all_ran
     from privflow.flows.stages import FINGERPRINT_STAGE, read_dag, record_fingerprints, stages_for
     from privflow.preflight import check_dataset
     from privflow.project import refresh_dvc_yaml
