@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from privflow.artifacts import read_json
 from privflow.catalog import REPORT_FILES, REPORT_JSON
@@ -63,6 +64,52 @@ def output_to_log(path: Path) -> Iterator[TextIO]:
             for fd in saved:
                 os.close(fd)
             terminal.close()
+
+
+def _copy_out(pipe: int, shown: int, log: BinaryIO, lock: threading.Lock) -> None:
+    """Until every writer closed the pipe: each chunk to where it was shown and to the log.
+    The copy owns `shown` (a duplicate of the descriptor), so no number it writes to is reused."""
+    with os.fdopen(pipe, "rb", buffering=0) as source, os.fdopen(shown, "wb", buffering=0) as out:
+        while chunk := source.read(65536):
+            with lock:
+                if not log.closed:
+                    log.write(chunk)
+            try:
+                out.write(chunk)
+            except OSError:  # the terminal went away; the log still gets the rest
+                pass
+
+
+@contextmanager
+def output_shown_and_logged(path: Path) -> Iterator[TextIO]:
+    """`--verbose`: file descriptors 1 and 2 (this process's and every child's, as in
+    output_to_log) still reach where they went, live, each through a pipe that also copies it to
+    the run's log, so a verbose run is recorded like any other. Yields this process's stdout."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    lock = threading.Lock()
+    log = open(path, "ab", buffering=0)
+    copies = []
+    for target, shown in zip((1, 2), saved):
+        pipe, writer = os.pipe()
+        os.dup2(writer, target)
+        os.close(writer)
+        copies.append(threading.Thread(target=_copy_out, args=(pipe, os.dup(shown), log, lock), daemon=True))
+        copies[-1].start()
+    try:
+        yield sys.stdout
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)  # the pipes' last writers here: the copies end once children closed theirs
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        for copy in copies:
+            copy.join(timeout=5)  # a child that outlives the run (a cluster's worker) is not waited for
+        with lock:
+            log.close()
 
 
 RUN_ENDED = "run ended: "  # a run log's last line, once the run ended (never "privflow: ", which stage_said reads)
@@ -187,25 +234,53 @@ class ServiceConsole:
                        "the next run, scheduled or `privflow run`, takes it up again; stages that finished do not run again")
 
 
+def failures_of(failed: StageFailed) -> list[StageFailed]:
+    """DatasetsFailed's failures (the other datasets ran), or the fingerprints' own, every dataset's."""
+    return getattr(failed, "failures", [failed])
+
+
+@contextmanager
+def _shown_and_logged_run(log: Path) -> Iterator[None]:
+    """A verbose service run: its full stream shown and copied to its log, whose last line, once
+    the copies ended, is the run's outcome (none for a refusal before any stage, as otherwise)."""
+    outcome: list[StageFailed] | None = None
+    try:
+        with output_shown_and_logged(log):
+            print(f"log: {log}", flush=True)
+            try:
+                yield
+            except StageFailed as failed:
+                outcome = failures_of(failed)
+                raise
+            outcome = []
+    finally:
+        if outcome is not None:
+            end_run_log(log, outcome)
+
+
 @contextmanager
 def service_console(root: Path, datasets: list[str] | None) -> Iterator[ServiceConsole | None]:
     """A run that Prefect started in a process of its own (no `privflow run` watches it) sends its
     full stream to a log of its own, as `privflow run` does, and prints a line per stage on its
     service's output; a failure ends it with one line that says what to do (Prefect's own line
     follows, its frames kept off). None when `privflow run` watches this run, or
-    $PRIVFLOW_VERBOSE asks for the full stream."""
-    if watched() or os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+    $PRIVFLOW_VERBOSE asks for the full stream (then shown, and copied to the run's log)."""
+    if watched():
         yield None
         return
-    quiet_tracebacks()
     log = new_log_path(root).resolve()  # a service's working folder is not where its reader stands
+    if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        with _shown_and_logged_run(log):
+            yield None
+        return
+    quiet_tracebacks()
     with output_to_log(log) as terminal, StageBoard([], terminal, live=False) as board:
         service = ServiceConsole(root, log, board)
         service.print(f"log: {log}")
         try:
             yield service
         except StageFailed as failed:  # DatasetsFailed: the others ran; else the fingerprints, every dataset's
-            service.finished(datasets, getattr(failed, "ran", {}), getattr(failed, "failures", [failed]))
+            service.finished(datasets, getattr(failed, "ran", {}), failures_of(failed))
             raise
         except Exception as error:  # a refusal before any stage (settings, the project's lock), or a bug
             service.print(f"privflow: {error_said(error, root, 'flow')[0]}")

@@ -51,14 +51,12 @@ def stop_unless_all_ran(lost: dict[str, str], failures: list[StageFailed], log: 
 
 def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers: int, dask_address: str | None,
              verbose: bool, server: Future | None = None) -> tuple[set[str], list[StageFailed], Path]:
-    """The Prefect flow, its output in the run's log (unless verbose), a board on the terminal.
+    """The Prefect flow, its output in the run's log (and, verbose, on the terminal), a board on the terminal.
     Returns the stages that ran, the stages that failed (each stopped its own dataset only) and
     the log."""
-    from contextlib import nullcontext
-
     from privflow.flows.board import StageBoard
     from privflow.flows.pipeline import pipeline, text_model_in
-    from privflow.flows.run_output import end_run_log, new_log_path, output_to_log
+    from privflow.flows.run_output import end_run_log, new_log_path, output_shown_and_logged, output_to_log
     from privflow.flows.server import temporary_api
     from privflow.progress import PROGRESS_DIR_ENV
     from privflow.stagehost import share_cores
@@ -79,13 +77,12 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     progress.mkdir()
     os.environ[PROGRESS_DIR_ENV] = str(progress.resolve())
     live = sys.stdout.isatty() and not verbose
-    if not verbose:
-        console.print(f"log: {log}", highlight=False)
+    console.print(f"log: {log}", highlight=False)
     failures: list[StageFailed] = []
     try:
         # the host's imports overlap the rest of Prefect's start
         with stage_host(lambda: text_model_in(root, datasets)), temporary_api(server):
-            with (nullcontext(sys.stdout) if verbose else output_to_log(log)) as terminal, \
+            with (output_shown_and_logged(log) if verbose else output_to_log(log)) as terminal, \
                     StageBoard(stages, terminal, live, progress):
                 ran = flow(str(root), datasets, side_by_side=workers > 1 or bool(dask_address))
     except DatasetsFailed as failed:  # the other datasets ran to their end
@@ -95,6 +92,5 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     finally:
         shutil.rmtree(progress, ignore_errors=True)
         logging.getLogger("prefect").setLevel(logging.WARNING)  # its exit lines ("Stopping temporary server")
-    if not verbose:
-        end_run_log(log, failures)
+    end_run_log(log, failures)
     return {stage for stage, did in ran.items() if did}, failures, log

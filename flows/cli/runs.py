@@ -34,7 +34,7 @@ def run(root: Path = Path("."),
         dask_address: str = typer.Option(None, help="or on an existing Dask cluster (tcp://host:8786)"),
         plan: bool = typer.Option(False, "--plan", help="only say what would run, why, and what it would spend"),
         yes: bool = typer.Option(False, "--yes", "-y", help="spend privacy budget without asking (schedules, CI)"),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="show DVC's, Prefect's and the stages' output live")) -> None:
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="show DVC's, Prefect's and the stages' output live (the run's log still gets it)")) -> None:
     """Run the whole pipeline for every dataset, or the named ones (up-to-date stages are skipped).
 
     First it says which stages will run and why, and what each train will spend of its budget;
@@ -98,7 +98,7 @@ def serve(root: Path = Path("."),
           interval: int = typer.Option(None, min=1, help="or: every N seconds"),
           name: str = typer.Option("privflow-scheduled", help="deployment name"),
           verbose: bool = typer.Option(False, "--verbose", "-v", help="each run's full output (DVC's, Prefect's and "
-                                       "the stages') here, not in its log under .privflow/logs/")) -> None:
+                                       "the stages') here as well as in its log under .privflow/logs/")) -> None:
     """Serve the pipeline on a schedule (Prefect `flow.serve`); runs until stopped (Ctrl-C, or
     SIGTERM as systemd, docker or kubernetes send it: either pauses the deployment and stops the server).
 

@@ -304,9 +304,18 @@ def test_an_edit_re_runs_only_the_stages_that_read_it(pipeline_run):
         assert f"Cap ε = {cap + 7:g}" in (workspace.reports(dataset) / "report.html").read_text()
     # what the team writes is shown as text, never read as markup (a class or column name as well)
     assert "Churn, for the audit committee &lt;R&amp;D&gt;" in (workspace.reports("churn") / "report.html").read_text()
-    back = workspace.run("privflow", "run", "--yes", check=True).stdout  # as it was: the reports again, no more
+    # as it was: the reports again, no more; verbose shows DVC's stream live and records it like any run
+    verbose = workspace.run("privflow", "run", "--yes", "--verbose", check=True)
+    back = verbose.stdout
     ran = next(line for line in back.splitlines() if line.startswith("churn: ran"))
     assert stages_said(ran) == ["report"], ran
+    (log,) = [line.removeprefix("log: ") for line in back.splitlines() if line.startswith("log: ")]
+    logged = (workspace.repo / log).read_text()
+    assert "Stage 'train@churn' didn't change, skipping" in back  # DVC's own line, live
+    assert "Stage 'train@churn' didn't change, skipping" in logged
+    assert logged.endswith("run ended: completed\n")
+    shown = workspace.run("privflow", "status", check=True, columns=200).stdout
+    assert f"UTC, completed; log {log}" in shown, shown
     with sqlite3.connect(workspace.ledger) as db:
         assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == charges
 

@@ -156,6 +156,32 @@ def test_the_log_takes_every_process_output_and_the_board_keeps_the_terminal(tmp
     assert sorted(logged) == sorted(["from python", "python's stderr", "from a child", "child stderr"])
 
 
+def test_verbose_shows_every_process_output_where_it_went_and_copies_it_to_the_log(tmp_path):
+    """`--verbose`: stdout and stderr, this process's and a child's, still reach their own
+    streams, and the run's log holds all of it, ending with the run's outcome."""
+    script = textwrap.dedent(f"""
+        import subprocess, sys
+        from pathlib import Path
+        from privflow.flows.run_output import end_run_log, output_shown_and_logged
+        log = Path({str(tmp_path / 'run.log')!r})
+        with output_shown_and_logged(log):
+            print("from python")
+            print("python's stderr", file=sys.stderr)
+            child = "echo from a child; echo child stderr >&2; head -c 200000 /dev/zero | tr '\\\\0' x"
+            subprocess.run(["sh", "-c", child], check=True)
+        print("after the run")
+        end_run_log(log, [])
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    bulk = "x" * 200_000  # larger than a pipe's buffer: nothing is lost or blocks
+    assert done.stdout == f"from python\nfrom a child\n{bulk}after the run\n"
+    assert done.stderr == "python's stderr\nchild stderr\n"
+    logged = (tmp_path / "run.log").read_text()
+    assert logged.endswith("run ended: completed\n") and "after the run" not in logged
+    assert sorted(logged.splitlines()) == sorted(["from python", "python's stderr", "from a child", "child stderr",
+                                                  f"{bulk}run ended: completed"])
+
+
 SERVICE_RUN = """
 import subprocess, sys
 from pathlib import Path
@@ -178,7 +204,7 @@ except PrivflowError:
 def test_a_run_no_privflow_run_watches_prints_a_line_per_stage_and_logs_the_rest_unless_verbose(tmp_path, verbose):
     """A scheduled or deployed run: on its service's output the log's path, a line per stage and
     a refusal's words; everything DVC and the stage commands print in its log. Verbose: all of it
-    on the service's output, no log."""
+    on the service's output, and in its log too."""
     import os
 
     env = {**os.environ, "PRIVFLOW_VERBOSE": verbose}
@@ -186,15 +212,17 @@ def test_a_run_no_privflow_run_watches_prints_a_line_per_stage_and_logs_the_rest
                           env=env, check=True)
     said = done.stdout.splitlines()
     logs = list((tmp_path / ".privflow" / "logs").glob("*.log"))
-    if verbose:
-        assert sorted(said) == ["DVC: Running stage 'ingest@a'", "a stage command says", "ended False"]
-        assert logs == [] and done.stderr == "its stderr\n"
-        return
     (log,) = logs
+    logged = ["DVC: Running stage 'ingest@a'", "a stage command says", "its stderr"]
+    if verbose:  # shown as it came, and copied to the log (a refusal before any stage: no outcome line)
+        assert said[0] == f"log: {log}" and sorted(said[1:]) == ["DVC: Running stage 'ingest@a'",
+                                                                 "a stage command says", "ended False"]
+        assert done.stderr == "its stderr\n"
+        assert sorted(log.read_text().splitlines()) == sorted([f"log: {log}", *logged])
+        return
     assert said[0] == f"log: {log}" and said[1].startswith("ingest@a: ran in ")
     assert said[2:] == ["privflow: another privflow run still holds the lock", "ended True"]
-    assert sorted(log.read_text().splitlines()) == sorted(["DVC: Running stage 'ingest@a'", "a stage command says",
-                                                           "its stderr"])
+    assert sorted(log.read_text().splitlines()) == sorted(logged)
 
 
 @pytest.mark.parametrize("interval, note", [
