@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -93,6 +94,24 @@ def run(root: Path = Path("."),
     stop_unless_all_ran(lost, failures, log, verbose, chosen)
 
 
+class QueuedRunsSaidOnChange(logging.Filter):
+    """Prefect's runner says "N scheduled runs skipped (at capacity)" at every poll (10 s) while a
+    run is in progress: a schedule that fires faster than its runs end is worth a line when the
+    number of waiting runs changes, not six a minute for as long as a training lasts."""
+
+    SKIPPED = "%d scheduled runs skipped (at capacity)"  # prefect.runner._scheduled_run_poller's message
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self.SKIPPED:
+            return True
+        said, self.said = self.said, record.getMessage()
+        return said != self.said
+
+
 def serve(root: Path = Path("."),
           cron: str = typer.Option(None, help='cron schedule, e.g. "0 3 * * *" (03:00 every day)'),
           interval: int = typer.Option(None, min=1, help="or: every N seconds"),
@@ -122,6 +141,7 @@ def serve(root: Path = Path("."),
         # Prefect's SIGTERM handler calls the async Runner.stop without awaiting it (it pauses the
         # deployment all the same): its "never awaited" warning is nothing a user can act on
         warnings.filterwarnings("ignore", "coroutine 'Runner.astop' was never awaited", RuntimeWarning)
+        logging.getLogger("prefect.runner").addFilter(QueuedRunsSaidOnChange())
         # one run at a time: a schedule that fires while a run is in progress waits in Prefect's
         # queue, not as a started process (about 360 MB each) blocked on the project lock; with a
         # short interval and a slow run those piled up until the machine ran out of memory
