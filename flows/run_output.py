@@ -4,14 +4,11 @@
 from __future__ import annotations
 
 import os
-import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TextIO
 
 from privflow.artifacts import read_json
 from privflow.catalog import REPORT_FILES, REPORT_JSON
@@ -19,6 +16,7 @@ from privflow.errors import LOG_DIR
 from privflow.flows.board import StageBoard, watched
 from privflow.flows.errors_said import error_said, quiet_tracebacks
 from privflow.flows.stages import Dag, StageFailed, dataset_of, read_dag
+from privflow.flows.streams import output_shown_and_logged, output_to_log
 
 VERBOSE_ENV = "PRIVFLOW_VERBOSE"  # "1": a scheduled or deployed run prints its full stream, as `privflow run -v`
 
@@ -40,76 +38,6 @@ def new_log_path(root: Path) -> Path:
     for old in logs[:max(0, len(logs) - KEPT_RUN_LOGS + 1)]:
         old.unlink(missing_ok=True)
     return root / LOG_DIR / f"{time.strftime(RUN_LOG_TIME, time.gmtime())}-{os.getpid()}.log"
-
-
-@contextmanager
-def output_to_log(path: Path) -> Iterator[TextIO]:
-    """Send file descriptors 1 and 2 to the log: this process's (Prefect's log handler, DVC)
-    and every child's (the stage commands, a local Dask cluster) inherit them. Yields a stream
-    on what stdout was, for the board."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1)
-    with open(path, "ab", buffering=0) as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield terminal
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            terminal.close()
-
-
-def _copy_out(pipe: int, shown: int, log: BinaryIO, lock: threading.Lock) -> None:
-    """Until every writer closed the pipe: each chunk to where it was shown and to the log.
-    The copy owns `shown` (a duplicate of the descriptor), so no number it writes to is reused."""
-    with os.fdopen(pipe, "rb", buffering=0) as source, os.fdopen(shown, "wb", buffering=0) as out:
-        while chunk := source.read(65536):
-            with lock:
-                if not log.closed:
-                    log.write(chunk)
-            try:
-                out.write(chunk)
-            except OSError:  # the terminal went away; the log still gets the rest
-                pass
-
-
-@contextmanager
-def output_shown_and_logged(path: Path) -> Iterator[TextIO]:
-    """`--verbose`: file descriptors 1 and 2 (this process's and every child's, as in
-    output_to_log) still reach where they went, live, each through a pipe that also copies it to
-    the run's log, so a verbose run is recorded like any other. Yields this process's stdout."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    lock = threading.Lock()
-    log = open(path, "ab", buffering=0)
-    copies = []
-    for target, shown in zip((1, 2), saved):
-        pipe, writer = os.pipe()
-        os.dup2(writer, target)
-        os.close(writer)
-        copies.append(threading.Thread(target=_copy_out, args=(pipe, os.dup(shown), log, lock), daemon=True))
-        copies[-1].start()
-    try:
-        yield sys.stdout
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)  # the pipes' last writers here: the copies end once children closed theirs
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-        for copy in copies:
-            copy.join(timeout=5)  # a child that outlives the run (a cluster's worker) is not waited for
-        with lock:
-            log.close()
 
 
 RUN_ENDED = "run ended: "  # a run log's last line, once the run ended (never "privflow: ", which stage_said reads)

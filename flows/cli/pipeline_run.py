@@ -56,7 +56,8 @@ def run_flow(root: Path, datasets: list[str] | None, stages: list[str], workers:
     the log."""
     from privflow.flows.board import StageBoard
     from privflow.flows.pipeline import pipeline, text_model_in
-    from privflow.flows.run_output import end_run_log, new_log_path, output_shown_and_logged, output_to_log
+    from privflow.flows.run_output import end_run_log, new_log_path
+    from privflow.flows.streams import output_shown_and_logged, output_to_log
     from privflow.flows.server import temporary_api
     from privflow.progress import PROGRESS_DIR_ENV
     from privflow.stagehost import share_cores

@@ -142,7 +142,7 @@ def test_the_log_takes_every_process_output_and_the_board_keeps_the_terminal(tmp
     script = textwrap.dedent(f"""
         import subprocess, sys
         from pathlib import Path
-        from privflow.flows.run_output import output_to_log
+        from privflow.flows.streams import output_to_log
         with output_to_log(Path({str(tmp_path / 'run.log')!r})) as terminal:
             print("from python")
             print("python's stderr", file=sys.stderr)
@@ -162,24 +162,26 @@ def test_verbose_shows_every_process_output_where_it_went_and_copies_it_to_the_l
     script = textwrap.dedent(f"""
         import subprocess, sys
         from pathlib import Path
-        from privflow.flows.run_output import end_run_log, output_shown_and_logged
+        from privflow.flows.run_output import end_run_log
+        from privflow.flows.streams import output_shown_and_logged
         log = Path({str(tmp_path / 'run.log')!r})
         with output_shown_and_logged(log):
-            print("from python")
-            print("python's stderr", file=sys.stderr)
-            child = "echo from a child; echo child stderr >&2; head -c 200000 /dev/zero | tr '\\\\0' x"
+            print("from python", flush=True)  # before the child's, however stdout is buffered
+            print("python's stderr", file=sys.stderr, flush=True)
+            child = "echo from a child; echo child stderr >&2; head -c 200000 /dev/zero | tr '\\\\0' x; echo"
             subprocess.run(["sh", "-c", child], check=True)
         print("after the run")
         end_run_log(log, [])
         """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    bulk = "x" * 200_000  # larger than a pipe's buffer: nothing is lost or blocks
-    assert done.stdout == f"from python\nfrom a child\n{bulk}after the run\n"
+    bulk = "x" * 200_000  # longer than a pipe's buffer and a read: nothing is lost or blocks, the line stays whole
+    assert done.stdout == f"from python\nfrom a child\n{bulk}\nafter the run\n"
     assert done.stderr == "python's stderr\nchild stderr\n"
     logged = (tmp_path / "run.log").read_text()
     assert logged.endswith("run ended: completed\n") and "after the run" not in logged
+    # whole lines, stdout's and stderr's never merged (each print writes its newline apart)
     assert sorted(logged.splitlines()) == sorted(["from python", "python's stderr", "from a child", "child stderr",
-                                                  f"{bulk}run ended: completed"])
+                                                  bulk, "run ended: completed"])
 
 
 SERVICE_RUN = """
