@@ -175,16 +175,19 @@ def precision_row(encoder) -> dict:
 
 
 def compression_row(mode: str, k: int) -> dict:
-    """The DP-trained classifier of one mode compressed as the compress stage does (weight-only
-    int8), beside full dynamic int8 of the same fp32 export (activations quantized too)."""
+    """The DP-trained classifier of one mode compressed as the compress stage does (int8 weights,
+    int8 products), beside the same int8 weights with fp32 products (dequantized on the fly, the
+    stage's way until 2026-12-07) and full dynamic int8 (activations quantized per tensor), all
+    from the same fp32 export, side by side."""
     import tempfile
     from pathlib import Path
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from privflow.modeling.export import median_ms, onnx_logits, probabilities, session
+    from privflow.modeling.export import probabilities
     from privflow.modeling.text_classifier import text_classifier
-    from privflow.modeling.text_export import _torch_logits, compress_text_model, export_text_onnx, public_tokens
+    from privflow.modeling.text_export import (_torch_logits, compress_text_model, export_text_onnx, public_tokens,
+                                               quantize_weights_int8)
     from privflow.settings import CompressSettings
 
     top = trained_tops[(mode, k)]
@@ -198,19 +201,29 @@ def compression_row(mode: str, k: int) -> dict:
         export_text_onnx(model, public, work / "fp32.onnx")
         quantize_dynamic(str(work / "fp32.onnx"), str(work / "dynamic.onnx"), weight_type=QuantType.QInt8,
                          per_channel=True, op_types_to_quantize=["MatMul", "Gemm", "Gather"])
-        dynamic = session((work / "dynamic.onnx").read_bytes())
-        agreement = float((probabilities(onnx_logits(dynamic, public)).argmax(1)
-                           == probabilities(_torch_logits(model, public)).argmax(1)).mean())
-        batch = {name: array[:32] for name, array in public.items()}
-        dynamic_ms = median_ms(lambda: onnx_logits(dynamic, batch), measured["latency_repeats"])
-        dynamic_bytes = (work / "dynamic.onnx").stat().st_size
+        quantize_weights_int8(work / "fp32.onnx", work / "fp32_products.onnx", accuracy_level=None)
+        reference = probabilities(_torch_logits(model, public)).argmax(1)
+        others = {name: other_int8(work / f"{name}.onnx", public, reference, measured["latency_repeats"])
+                  for name in ("fp32_products", "dynamic")}
     sizes, latency = measured["size_bytes"], measured["latency"]
     return {"mode": mode, "trained_layers": len(top.layers), **measured,
             "fp32_over_int8_size": sizes["fp32_onnx"] / sizes["int8_onnx"],
             "int8_over_fp32_onnx_latency": {b: latency[f"int8_onnx_batch{b}_ms"] / latency[f"fp32_onnx_batch{b}_ms"]
                                              for b in (1, 32)},
-            "full_dynamic_int8": {"size_bytes": dynamic_bytes,
-                                  "agreement": agreement, "batch32_ms": dynamic_ms}}
+            "int8_weights_fp32_products": others["fp32_products"], "full_dynamic_int8": others["dynamic"]}
+
+
+def other_int8(path, public: dict, reference, repeats: int) -> dict:
+    """Another int8 export of the same model: its size, agreement with fp32 and one-thread latency."""
+    from privflow.modeling.export import median_ms, onnx_logits, probabilities, session
+    from privflow.modeling.text_export import INPUTS
+
+    agreement = float((probabilities(onnx_logits(session(path.read_bytes(), threads=2), public)).argmax(1)
+                       == reference).mean())
+    runtime = session(path.read_bytes())  # one thread, as the stage measures its exports
+    ms = {f"batch{b}_ms": median_ms(lambda: onnx_logits(runtime, {n: public[n][:b] for n in INPUTS}), repeats)
+          for b in (1, 32)}
+    return {"size_bytes": path.stat().st_size, "agreement": agreement, **ms}
 
 
 def step_batch(encoder, k: int):
@@ -332,15 +345,20 @@ def print_steps(console: Console, rows: list[dict]) -> None:
 
 def print_compression(console: Console, compressed: dict) -> None:
     table = Table(title=f"compression of the DP-trained classifier (head), {TOKENS} tokens, 512 public reviews, 1 thread")
-    for column in ("parameters", "fp32 ONNX MB", "int8 ONNX MB", "size ratio", "agreement", "int8/fp32 ONNX batch 1",
-                   "int8/fp32 ONNX batch 32", "full dynamic int8: agreement, batch-32 ms vs fp32 ms"):
+    for column in ("export", "MB", "size ratio", "agreement with fp32", "batch 1 ms", "x fp32", "batch 32 ms", "x fp32"):
         table.add_column(column)
     sizes, latency = compressed["size_bytes"], compressed["latency"]
-    table.add_row(f"{compressed['parameters']['dense']:,}", f"{sizes['fp32_onnx'] / 1e6:.1f}", f"{sizes['int8_onnx'] / 1e6:.1f}",
-                  f"{compressed['fp32_over_int8_size']:.2f}x", f"{compressed['fidelity']['agreement']:.4f}",
-                  f"{compressed['int8_over_fp32_onnx_latency'][1]:.2f}x", f"{compressed['int8_over_fp32_onnx_latency'][32]:.2f}x",
-                  f"{compressed['full_dynamic_int8']['agreement']:.4f}, {compressed['full_dynamic_int8']['batch32_ms']:.0f} "
-                  f"vs {latency['fp32_onnx_batch32_ms']:.0f}")
+    fp32 = {b: latency[f"fp32_onnx_batch{b}_ms"] for b in (1, 32)}
+    rows = [("fp32 ONNX", sizes["fp32_onnx"], 1.0, {b: fp32[b] for b in (1, 32)}),
+            ("int8, int8 products (the stage's)", sizes["int8_onnx"], compressed["fidelity"]["agreement"],
+             {b: latency[f"int8_onnx_batch{b}_ms"] for b in (1, 32)})]
+    rows += [(name, other["size_bytes"], other["agreement"], {b: other[f"batch{b}_ms"] for b in (1, 32)})
+             for name, other in (("int8 weights, fp32 products", compressed["int8_weights_fp32_products"]),
+                                 ("full dynamic int8", compressed["full_dynamic_int8"]))]
+    for name, size, agreement, ms in rows:
+        table.add_row(name, f"{size / 1e6:.1f}", f"{sizes['fp32_onnx'] / size:.2f}x", f"{agreement:.4f}",
+                      f"{ms[1]:.1f}", f"{ms[1] / fp32[1]:.2f}x", f"{ms[32]:.0f}", f"{ms[32] / fp32[32]:.2f}x")
+    console.print(f"parameters: {compressed['parameters']['dense']:,}")
     console.print(table)
 
 
@@ -348,8 +366,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all-layers", action="store_true", help="also fine-tune all 6 layers (long on a CPU)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 300 reviews, few steps")
-    parser.add_argument("--only", choices=("steps", "precision", "accuracy"),
-                        help="only this section (2.-3., 5. or 1.), merged into an earlier run's JSON")
+    parser.add_argument("--only", choices=("steps", "precision", "accuracy", "compression"),
+                        help="only this section (2.-3., 5., 1. or 4.: the head trained again, then compressed), "
+                             "merged into an earlier run's JSON")
     parser.add_argument("--modes", nargs="+", choices=("head", "last_layers", "lora", "all_layers"),
                         help="with --only accuracy: these modes' rows only, replacing theirs in the JSON")
     parser.add_argument("--peak", nargs=2, metavar=("LAYERS", "ENGINE"), help=argparse.SUPPRESS)
@@ -385,6 +404,10 @@ def only_section(args, encoder, console: Console, layer_counts: list[int], modes
     elif args.only == "precision":
         section = precision_row(encoder)
         print_precision(console, section)
+    elif args.only == "compression":
+        accuracy_rows(encoder, [("head", 0)])  # the DP-trained head it compresses
+        section = compression_row("head", 0)
+        print_compression(console, section)
     else:
         fresh = accuracy_rows(encoder, [(m, k) for m, k in modes if not args.modes or m in args.modes])
         kept = [r for r in earlier.get("accuracy", []) if r["mode"] not in {r["mode"] for r in fresh}]

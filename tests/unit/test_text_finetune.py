@@ -292,3 +292,33 @@ def test_the_text_models_pruning_is_halved_until_its_decisions_on_public_text_st
     unpruned, none, no_tries = _pruned_within_the_floor(model, 0.0, public)
     assert none == 0.0 and no_tries == [] and all(torch.equal(a, b) for a, b in
                                                   zip(unpruned.parameters(), model.parameters()))
+    quantization_falls_back_to_fp32_products_below_the_floor(model, tmp_path / "pruned.onnx", public, tmp_path)
+
+
+def quantization_falls_back_to_fp32_products_below_the_floor(model, fp32, public, tmp_path) -> None:
+    """The int8 export computes in int8 when it keeps the fidelity floor on public text, else its
+    products are in fp32 (a floor no export can reach forces that here): what the metrics say is
+    what the export's matrices do, and the fidelity is the chosen export's."""
+    import onnx
+
+    from privflow.modeling import text_export
+    from privflow.modeling.export import probabilities, session
+
+    def computes_in_int8(export: bytes) -> bool:
+        levels = {next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "accuracy_level"), None)
+                  for node in onnx.load_from_string(export).graph.node if node.op_type == "MatMulNBits"}
+        assert len(levels) == 1, levels  # every matrix alike
+        return levels == {text_export.INT8_COMPUTE}
+
+    reference = probabilities(text_export._torch_logits(model, public)).argmax(1)
+    for floor in (text_export.FIDELITY_FLOOR, 1.01):
+        text_export.FIDELITY_FLOOR, kept = floor, text_export.FIDELITY_FLOOR
+        try:
+            export, fidelity, said = text_export._quantized_within_the_floor(model, fp32, tmp_path / "q.onnx", public)
+        finally:
+            text_export.FIDELITY_FLOOR = kept
+        agreement = (probabilities(text_export.onnx_logits(session(export), public)).argmax(1) == reference).mean()
+        assert fidelity["agreement"] == pytest.approx(agreement)
+        assert computes_in_int8(export) == ("products in int8" in said), said
+        if floor > 1:
+            assert not computes_in_int8(export) and "products in fp32 (in int8 they agreed" in said, said
