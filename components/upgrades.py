@@ -54,6 +54,10 @@ EQUIVALENT_CODE: dict[str, tuple[str, dict[str, str]]] = {
         "eca0c2c3135fd040fe4c7128fe4435d5": "30f6081: the new evaluate stage's entry; every other stage's file is "
                                             "the same",
         "d460bc843a5878f45c9d2459e7a71b8d": "65e79c2: that, and the plan's words for a release's new key"}),
+    # ingest loads it for the source's keyed id, which the lock leaves as it was
+    "data/fingerprint.py": ("ca71fff1187e6e705f57a3d996a83f94", {
+        "1dd43a5132703a1838d7ca28795c40bc": "ea6a023: takings of the fingerprints wait their turn under a lock; "
+                                            "the same files"}),
     # train's call of paired_gap takes the plain branch: the arithmetic it ran before
     "training/baseline.py": ("ab3c7522e4d9587514c1874cb1655329", {
         "c5875b8395cffa0c505b35c7323f6f63": "30f6081: the paired interval is a function, with evaluate's form over "

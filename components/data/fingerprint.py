@@ -23,7 +23,10 @@ file's (path, inode, size, mtime), themselves kept only as a MAC under the same 
 
 from __future__ import annotations
 
+import fcntl
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from privflow.artifacts import open_vault, read_json, write_json
@@ -116,11 +119,31 @@ def _fingerprint(project: Path, dataset: str, vault: Vault) -> dict:
     return {"dataset": dataset, "snapshot_id": keyed}
 
 
+FINGERPRINTS_LOCK = Path(".privflow") / "fingerprints.lock"  # in the project, outside every DVC output
+
+
+@contextmanager
+def one_taking_at_a_time(project: Path) -> Iterator[None]:
+    """Two runs planning at once, or a plan beside a running fingerprint stage, write the same
+    files: one's `.partial` was moved or removed under the other (a FileNotFoundError, seen when
+    two `privflow run`s started together). They take turns; a taking is milliseconds."""
+    lock = project / FINGERPRINTS_LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released as the file closes, or the process dies
+        yield
+
+
 def take_fingerprints(project: Path, folder: Path, vault: Vault | None = None) -> dict[str, str]:
     """Bring the fingerprint of every dataset in params.yaml up to date in `folder`, and drop
     those of datasets no longer declared. Returns each dataset's news: "changed", "unchanged"
     or "unavailable: <why>" (its ingest refuses with that reason; the others go on)."""
     vault = vault or open_vault()
+    with one_taking_at_a_time(project):
+        return _take_fingerprints(project, folder, vault)
+
+
+def _take_fingerprints(project: Path, folder: Path, vault: Vault) -> dict[str, str]:
     news = {}
     for dataset in dataset_names(project / "params.yaml"):
         document = _fingerprint(project, dataset, vault)

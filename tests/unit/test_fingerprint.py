@@ -158,3 +158,20 @@ def test_dvc_sees_the_source_only_through_the_fingerprint():
 def test_only_the_fingerprint_stage_runs_every_time():
     assert runs_every_time("fingerprint") and not runs_every_time("ingest@churn")
     assert not runs_every_time("no-such-stage@churn")
+
+
+def test_two_takings_at_once_take_turns(source, vault, tmp_path):
+    """Two `privflow run`s planning at once wrote the same files, and one failed (its `.partial`
+    moved away under it). While one taking holds the project's lock, another waits, then completes."""
+    import threading
+
+    project = _project(tmp_path, {"d": {"source": str(source)}})
+    folder = tmp_path / "fingerprints"
+    taken = []
+    with fingerprint.one_taking_at_a_time(project):
+        other = threading.Thread(target=lambda: taken.append(take_fingerprints(project, folder, vault)))
+        other.start()
+        other.join(timeout=1.0)
+        assert other.is_alive() and not fingerprint.fingerprint_file(folder, "d").exists()  # it waits its turn
+    other.join(timeout=60)
+    assert taken == [{"d": "changed"}] and read_fingerprint(fingerprint.fingerprint_file(folder, "d"))["snapshot_id"]
