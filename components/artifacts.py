@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from privflow.crypto.files import replacing
 from privflow.crypto.keys import Keyring
 from privflow.crypto.vault import Vault
 from privflow.settings import keyring_path
@@ -34,11 +34,13 @@ def open_vault() -> Vault:
 
 
 def write_json(path: Path, document: Any) -> None:
-    """Write atomically: readers see the old file or the new one, never half of it."""
+    """Write atomically: readers see the old file or the new one, never half of it. Written
+    as the sealed files are (`replacing`): a killed writer leaves nothing, and two writers of
+    one file never share a partial (under one `.partial` name, one moved the other's away:
+    seen with two runs taking fingerprints at once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    with replacing(path) as handle:
+        handle.write((json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def read_json(path: Path) -> Any:

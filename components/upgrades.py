@@ -58,6 +58,10 @@ EQUIVALENT_CODE: dict[str, tuple[str, dict[str, str]]] = {
     "data/fingerprint.py": ("ca71fff1187e6e705f57a3d996a83f94", {
         "1dd43a5132703a1838d7ca28795c40bc": "ea6a023: takings of the fingerprints wait their turn under a lock; "
                                             "the same files"}),
+    # every stage writes its JSON through write_json: the same bytes, now unnamed until whole
+    "artifacts.py": ("96334d4577a80885fc33f37e6fde6f53", {
+        "d7d55aeeb827b469d0f982bf40307609": "b5554fe: JSON files written as the sealed ones are (no shared "
+                                            "`.partial`); the same bytes"}),
     # train's call of paired_gap takes the plain branch: the arithmetic it ran before
     "training/baseline.py": ("ab3c7522e4d9587514c1874cb1655329", {
         "c5875b8395cffa0c505b35c7323f6f63": "30f6081: the paired interval is a function, with evaluate's form over "

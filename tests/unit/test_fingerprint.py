@@ -175,3 +175,41 @@ def test_two_takings_at_once_take_turns(source, vault, tmp_path):
         assert other.is_alive() and not fingerprint.fingerprint_file(folder, "d").exists()  # it waits its turn
     other.join(timeout=60)
     assert taken == [{"d": "changed"}] and read_fingerprint(fingerprint.fingerprint_file(folder, "d"))["snapshot_id"]
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from privflow.artifacts import write_json
+path, name = Path(sys.argv[1]), sys.argv[2]
+path.with_name("ready-" + name).touch()
+while not path.with_name("go").exists():  # both writers imported: their writes overlap
+    time.sleep(0.005)
+for i in range(100):
+    write_json(path, {"writer": name, "i": i, "padding": "x" * 4096})
+"""
+
+
+def test_two_writers_of_one_json_file_never_take_each_others_partial(tmp_path):
+    """The root of the race above: writers of one file shared a `.partial` name, so one could
+    move the other's away (a FileNotFoundError) or publish it. Each writes its own, unnamed
+    until whole, and the file is always one writer's whole document; nothing is left beside it."""
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "fingerprints"
+    folder.mkdir()
+    path = folder / "d.json"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), name], stderr=subprocess.PIPE, text=True)
+               for name in ("a", "b")]
+    while not all((folder / f"ready-{name}").exists() for name in "ab") and all(w.poll() is None for w in writers):
+        time.sleep(0.01)
+    (folder / "go").touch()
+    seen = set()
+    while any(writer.poll() is None for writer in writers):
+        if path.exists():
+            seen.add(json.loads(path.read_text())["writer"])  # never half a file
+    assert [writer.wait() for writer in writers] == [0, 0], [writer.stderr.read() for writer in writers]
+    assert json.loads(path.read_text())["i"] == 99 and seen <= {"a", "b"}
+    assert sorted(p.name for p in folder.iterdir()) == ["d.json", "go", "ready-a", "ready-b"]
