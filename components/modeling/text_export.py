@@ -64,9 +64,10 @@ def _torch_logits(model: TextClassifier, inputs: dict[str, np.ndarray], batch: i
     return torch.cat([model(ids[i:i + batch], mask[i:i + batch]) for i in range(0, len(ids), batch)]).numpy()
 
 
-def text_fidelity(model: TextClassifier, runtime, inputs: dict[str, np.ndarray]) -> dict:
-    """How closely the int8 export follows the fp32 model, on public text only."""
-    reference, exported = probabilities(_torch_logits(model, inputs)), probabilities(onnx_logits(runtime, inputs))
+def text_fidelity(reference_logits: np.ndarray, runtime, inputs: dict[str, np.ndarray]) -> dict:
+    """How closely the int8 export follows the fp32 model (its logits on the same texts, given:
+    a pass of the model over 512 texts is seconds on CPU), on public text only."""
+    reference, exported = probabilities(reference_logits), probabilities(onnx_logits(runtime, inputs))
     return {"inputs": len(inputs["input_ids"]), "source": f"public text: {ORIGIN}",
             "agreement": float((reference.argmax(1) == exported.argmax(1)).mean()),
             "max_probability_gap": float(np.abs(reference - exported).max())}
@@ -111,47 +112,54 @@ def quantize_weights_int8(fp32: Path, int8: Path, accuracy_level: int | None = I
     embedded.unlink()
 
 
-def _pruned_within_the_floor(model: TextClassifier, asked: float, public: dict[str, np.ndarray]):
-    """A copy of `model` with the largest share of its top pruned (at most `asked`, as
-    privflow.modeling.compress.within_the_floor tries them) whose decisions on the public texts
-    agree with the model's on at least FIDELITY_FLOOR of them, checked in torch before the one
-    export; the share and the tries. Pruning touches the top only, so the frozen bottom runs
-    once (its output caught on the way into the top) and each try runs the top alone. With
-    `asked` 0 nothing is checked. The copies are made outside inference mode: the export could
-    not trace inference tensors."""
-    if asked == 0:
-        return copy.deepcopy(model), 0.0, []
+def _reference_pass(model: TextClassifier, public: dict[str, np.ndarray]) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """The fp32 model's logits on the public texts, and its top's inputs caught on the way in
+    (the frozen bottom's output): every measure of the compressed model is against this one pass."""
     tops_input: list[torch.Tensor] = []
     catch = model.top.register_forward_pre_hook(lambda _, args: tops_input.append(args[0]))
     try:
-        reference = _torch_logits(model, public).argmax(1)
+        return _torch_logits(model, public), tops_input
     finally:
         catch.remove()
+
+
+def _pruned_within_the_floor(model: TextClassifier, asked: float, reference: tuple[np.ndarray, list[torch.Tensor]]):
+    """A copy of `model` with the largest share of its top pruned (at most `asked`, as
+    privflow.modeling.compress.within_the_floor tries them) whose decisions on the public texts
+    agree with the model's (`reference`: its `_reference_pass`) on at least FIDELITY_FLOOR of
+    them, checked in torch before the one export; the share and the tries. Pruning touches the
+    top only, so each try runs the top alone on the frozen bottom's output. With `asked` 0
+    nothing is checked. The copies are made outside inference mode: the export could not trace
+    inference tensors."""
+    if asked == 0:
+        return copy.deepcopy(model), 0.0, []
+    logits, tops_input = reference
+    decisions = logits.argmax(1)
 
     def attempt(amount: float) -> tuple[TextClassifier, float]:
         pruned = copy.deepcopy(model)
         prune_magnitude(pruned.top, amount)
         with torch.inference_mode():
             decided = torch.cat([pruned.top(part) for part in tops_input]).argmax(1).numpy()
-        return pruned, float((decided == reference).mean())
+        return pruned, float((decided == decisions).mean())
 
     return within_the_floor(asked, attempt)
 
 
-def _quantized_within_the_floor(model: TextClassifier, fp32: Path, int8: Path, public: dict[str, np.ndarray]):
-    """The int8 export with products in int8 if it decides as the fp32 model does on at least
-    FIDELITY_FLOOR of the public texts, else with products in fp32 (the weights dequantized on
-    the fly: 2-3x slower at batch 1, agreed on one text more of 512 where measured). Returns its
-    bytes, its fidelity, and the description of what was chosen and why."""
+def _quantized_within_the_floor(reference_logits: np.ndarray, fp32: Path, int8: Path, public: dict[str, np.ndarray]):
+    """The int8 export with products in int8 if it decides as the fp32 model does (its logits on
+    `public`) on at least FIDELITY_FLOOR of the public texts, else with products in fp32 (the
+    weights dequantized on the fly: 2-3x slower at batch 1, agreed on one text more of 512 where
+    measured). Returns its bytes, its fidelity, and the description of what was chosen and why."""
     threads = torch.get_num_threads()  # the whole sample in one pass: one thread took 27.5 s against 14.7 s on two
     quantize_weights_int8(fp32, int8)
-    fidelity = text_fidelity(model, session(int8.read_bytes(), threads=threads), public)
+    fidelity = text_fidelity(reference_logits, session(int8.read_bytes(), threads=threads), public)
     chosen = "products in int8, activations quantized per block as they enter"
     if fidelity["agreement"] < FIDELITY_FLOOR:
         chosen = (f"products in fp32 (in int8 they agreed with the fp32 model on {fidelity['agreement']:.4f} "
                   f"of the public texts, below the floor {FIDELITY_FLOOR})")
         quantize_weights_int8(fp32, int8, accuracy_level=None)
-        fidelity = text_fidelity(model, session(int8.read_bytes(), threads=threads), public)
+        fidelity = text_fidelity(reference_logits, session(int8.read_bytes(), threads=threads), public)
     return int8.read_bytes(), fidelity, (f"int8: matrices by MatMulNBits (8-bit weights, symmetric, blocks of 32; "
                                          f"{chosen}), embeddings by dynamic Gather quantization")
 
@@ -160,11 +168,12 @@ def compress_text_model(model: TextClassifier, text_card: dict, settings, out_di
     """Prune the classifier's matrices, export, quantize to int8, measure; writes the gzip'd
     int8 ONNX file and returns the metrics. `model` is the fp32 reference and is left as is."""
     public = public_tokens(text_card, FIDELITY_TEXTS)
-    pruned, amount, tried = _pruned_within_the_floor(model, settings.prune_amount, public)
+    reference = _reference_pass(model, public)
+    pruned, amount, tried = _pruned_within_the_floor(model, settings.prune_amount, reference)
     with tempfile.TemporaryDirectory(dir=out_dir) as work:  # the model only: DP output and public weights
         fp32, int8 = Path(work) / "model.fp32.onnx", Path(work) / "model.int8.onnx"
         export_text_onnx(pruned, public, fp32)
-        int8_bytes, fidelity, quantization = _quantized_within_the_floor(model, fp32, int8, public)
+        int8_bytes, fidelity, quantization = _quantized_within_the_floor(reference[0], fp32, int8, public)
         fp32_bytes = fp32.read_bytes()
     (out_dir / EXPORT).write_bytes(gzip.compress(int8_bytes, compresslevel=9, mtime=0))
     repeats = max(3, settings.latency_repeats // 10)  # a batch of 32 texts takes a second on one core

@@ -274,22 +274,24 @@ def test_the_text_models_pruning_is_halved_until_its_decisions_on_public_text_st
     made under inference mode, whose tensors the exporter cannot trace)."""
     from privflow.modeling.compress import FIDELITY_FLOOR, pruning_amounts
     from privflow.modeling.text_classifier import text_classifier
-    from privflow.modeling.text_export import _pruned_within_the_floor, _torch_logits, export_text_onnx, public_tokens
+    from privflow.modeling.text_export import (_pruned_within_the_floor, _reference_pass, _torch_logits,
+                                               export_text_onnx, public_tokens)
 
     card = {"encoder": "all-MiniLM-L6-v2", "trained_layers": 0, "fine_tune": "head", "frozen_layers": 6,
             "max_tokens": 16}
     torch.manual_seed(0)
     model = text_classifier(card, 2)
     public = public_tokens(card, 96)
-    pruned, amount, tried = _pruned_within_the_floor(model, 0.8, public)
+    reference = _reference_pass(model, public)
+    pruned, amount, tried = _pruned_within_the_floor(model, 0.8, reference)
     assert [t["amount"] for t in tried] == pruning_amounts(0.8)[:len(tried)] and len(tried) > 1, tried
     assert amount == tried[-1]["amount"] < 0.8 and all(t["agreement"] < FIDELITY_FLOOR for t in tried[:-1])
-    agreement = (_torch_logits(pruned, public).argmax(1) == _torch_logits(model, public).argmax(1)).mean()
+    agreement = (_torch_logits(pruned, public).argmax(1) == reference[0].argmax(1)).mean()
     assert agreement == pytest.approx(tried[-1]["agreement"])  # the whole model decides as the top alone did
     assert agreement >= FIDELITY_FLOOR or amount == 0.0
     export_text_onnx(pruned, public, tmp_path / "pruned.onnx")
     assert (tmp_path / "pruned.onnx").stat().st_size > 80_000_000
-    unpruned, none, no_tries = _pruned_within_the_floor(model, 0.0, public)
+    unpruned, none, no_tries = _pruned_within_the_floor(model, 0.0, reference)
     assert none == 0.0 and no_tries == [] and all(torch.equal(a, b) for a, b in
                                                   zip(unpruned.parameters(), model.parameters()))
     quantization_falls_back_to_fp32_products_below_the_floor(model, tmp_path / "pruned.onnx", public, tmp_path)
@@ -314,7 +316,8 @@ def quantization_falls_back_to_fp32_products_below_the_floor(model, fp32, public
     for floor in (text_export.FIDELITY_FLOOR, 1.01):
         text_export.FIDELITY_FLOOR, kept = floor, text_export.FIDELITY_FLOOR
         try:
-            export, fidelity, said = text_export._quantized_within_the_floor(model, fp32, tmp_path / "q.onnx", public)
+            export, fidelity, said = text_export._quantized_within_the_floor(text_export._torch_logits(model, public),
+                                                                            fp32, tmp_path / "q.onnx", public)
         finally:
             text_export.FIDELITY_FLOOR = kept
         agreement = (probabilities(text_export.onnx_logits(session(export), public)).argmax(1) == reference).mean()
