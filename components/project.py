@@ -9,7 +9,6 @@ venv's site-packages/privflow in a user's project) or absolute.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import yaml
 from privflow import catalog as c
 from privflow.codedeps import ROOT, STAGES, stage_code, stage_module
 from privflow.data.fingerprint import FINGERPRINTS
+from privflow.lockfile import write_atomically
 from privflow.stage_settings import LEFT_OUT
 from privflow.upgrades import carry_code, carry_over
 
@@ -191,10 +191,8 @@ def refresh_dvc_yaml(project: Path) -> list[str]:
     root, declared = declared_code(path)
     changed = [stage for stage in STAGES if declared.get(stage) != stage_code(stage)]
     current = render_dvc_yaml(root or code_root(project))
-    if current != path.read_text(encoding="utf-8"):
-        partial = path.with_name("dvc.yaml.partial")
-        partial.write_text(current, encoding="utf-8")
-        os.replace(partial, path)
+    if current != path.read_text(encoding="utf-8"):  # two runs upgrading at once: each its own partial
+        write_atomically(path, current)
     carry_over(project)  # after dvc.yaml: what it reads is left to carry, so a cut run is finished later
     carry_code(project, root or code_root(project))
     return changed

@@ -59,6 +59,9 @@ def test_a_scheduled_flow_fires_and_completes(tmp_path, prefect_database):
     """`privflow serve` starts a Prefect server (on SQLite, or on PostgreSQL as a team runs
     it), its scheduler creates runs every 5 s, and they complete; only the first trains."""
     workspace = demo_workspace(tmp_path)
+    # the runner looks for due runs every 2 s, not Prefect's 10: each run otherwise waited up to
+    # 10 s after the one before it ended, and the queued-runs line is said at each look
+    workspace.env["PREFECT_RUNNER_POLL_FREQUENCY"] = "2"
     if prefect_database:
         workspace.env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database.replace("+psycopg", "+asyncpg")
         database = prefect_database
@@ -193,7 +196,10 @@ def test_the_infra_deployments_deploy_and_a_worker_runs_the_pipeline(tmp_path):
     takes it and runs the pipeline in the checkout $PRIVFLOW_PROJECT names, to a report and one
     charge. Failed with fastapi 0.151+ (422 on `"limit": null`): the pin in pyproject.toml."""
     _, rows = demo_table()
-    workspace = demo_workspace(tmp_path)
+    # the flow starts its own stage host, as on a team's worker. This test process's shared host
+    # would refuse its stages: Prefect's worker gives the flow a PYTHONPATH of its own, so they
+    # each imported torch and the rest alone (45 s of run against 13 s)
+    workspace = demo_workspace(tmp_path, hosted=False)
     env = {**workspace.env, "PRIVFLOW_PROJECT": str(workspace.repo)}
     server = LocalServer.launch(SERVE, env, tmp_path / "logs" / "prefect-server.log").wait_until_healthy()
     env["PREFECT_API_URL"] = server.url
