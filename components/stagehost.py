@@ -72,8 +72,10 @@ def hand_off() -> None:
     except OSError:
         connection.close()
         return
-    if not answer.startswith("ok "):
+    if not answer.startswith("ok "):  # refused: said in the run's log, where a run twice as slow is looked into
         connection.close()
+        print(f"privflow: the stage host refused this stage ({answer.removeprefix('no ') or 'no answer'}); it runs "
+              "in a process of its own, importing its libraries itself", file=sys.stderr)
         return
     sys.exit(_wait_for(connection, int(answer.split()[1])))
 

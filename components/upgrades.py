@@ -62,6 +62,9 @@ EQUIVALENT_CODE: dict[str, tuple[str, dict[str, str]]] = {
     "artifacts.py": ("96334d4577a80885fc33f37e6fde6f53", {
         "d7d55aeeb827b469d0f982bf40307609": "b5554fe: JSON files written as the sealed ones are (no shared "
                                             "`.partial`); the same bytes"}),
+    # every stage loads it first: a refused hand-off is said on stderr; what the stage does is the same
+    "stagehost.py": ("211c860605e78e7204a017ca0cb34964", {
+        "6b02d8fddd4561e8605c5fc8344b6438": "854d4c6: a stage the host refuses says so on its stderr"}),
     # train's call of paired_gap takes the plain branch: the arithmetic it ran before
     "training/baseline.py": ("ab3c7522e4d9587514c1874cb1655329", {
         "c5875b8395cffa0c505b35c7323f6f63": "30f6081: the paired interval is a function, with evaluate's form over "

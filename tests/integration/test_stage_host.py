@@ -41,6 +41,19 @@ def test_a_stage_through_the_host_says_and_exits_as_it_would_alone(host, tmp_pat
     assert alone.stdout or alone.stderr
 
 
+def test_a_stage_the_host_refuses_runs_alone_and_says_why(host, tmp_path):
+    """A refused stage still runs, in its own process, at the cost of its imports: said on its
+    stderr (the run's log), where a run twice as slow as it should be is looked into. Seen in a
+    deployment's test: Prefect's worker gave the flow a PYTHONPATH of its own."""
+    args = ("privflow.stages.ingest", "--help")
+    alone_env = {k: v for k, v in os.environ.items() if k != HOST_ENV}
+    other_path = {**alone_env, "PYTHONPATH": str(tmp_path)}
+    alone, refused = _stage(tmp_path, other_path, *args), _stage(tmp_path, {**other_path, HOST_ENV: host}, *args)
+    assert (refused.returncode, refused.stdout) == (alone.returncode, alone.stdout) and alone.stdout
+    assert refused.stderr == alone.stderr + ("privflow: the stage host refused this stage (another interpreter); it "
+                                             "runs in a process of its own, importing its libraries itself\n")
+
+
 def _ask(host: str, **overrides) -> str:
     request = {"module": "privflow.stages.ingest", "args": ["--help"], "cwd": os.getcwd(), "env": dict(os.environ),
                **same_interpreter(), **overrides}
