@@ -16,9 +16,12 @@ since torch 2.9 and torch is pinned (2.13); the day it goes, `dynamo=True` with
 from __future__ import annotations
 
 import gzip
+import logging
 import statistics
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +63,21 @@ class _SyntheticCalibration(CalibrationDataReader):
         return next(self._batches, None)
 
 
+@contextmanager
+def quantizer_quiet() -> Iterator[None]:
+    """onnxruntime's quantizers log through the root logger: advice to pre-process the model
+    first (`WARNING:root:Please consider to run pre-processing...`) and, from MatMulNBits, two
+    lines a matrix. On a stage's stderr that is a plain `dvc repro`'s console, and nothing in it
+    is for a user to act on: while they run, only errors pass."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_onnx(fp32: Path, int8: Path, model: nn.Module, n_features: int) -> str:
     """8-bit weights. Conv models: static QDQ with activations calibrated on synthetic inputs;
     Linear-only models: dynamic (activations quantized per batch at run time). Weights are
@@ -67,7 +85,7 @@ def quantize_onnx(fp32: Path, int8: Path, model: nn.Module, n_features: int) -> 
     U8S8 kernels multiply with VPMADDUBSW, whose 16-bit sums saturate (onnxruntime's
     quantization guide), and the export may run on any CPU. Measured on an AVX2-only EPYC,
     decisions agreeing with fp32: dynamic 0.901 (U8S8) vs 0.998 (U8U8), static 0.831 vs 0.985."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quantizer_quiet():
         warnings.simplefilter("ignore")
         if any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules()):
             quantize_static(str(fp32), str(int8), _SyntheticCalibration(n_features), quant_format=QuantFormat.QDQ,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -35,7 +36,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from privflow.catalog import EXPORT
 from privflow.data.public_text import ORIGIN, film_reviews
 from privflow.modeling.compress import FIDELITY_FLOOR, within_the_floor
-from privflow.modeling.export import export_traced, median_ms, onnx_logits, probabilities, session
+from privflow.modeling.export import export_traced, median_ms, onnx_logits, probabilities, quantizer_quiet, session
 from privflow.modeling.pruning import prune_magnitude, sparsity
 from privflow.modeling.text_classifier import TextClassifier
 from privflow.modeling.text_encoder import load_tokenizer, pretrained, tokenize
@@ -98,18 +99,22 @@ def quantize_weights_int8(fp32: Path, int8: Path, accuracy_level: int | None = I
     """int8 embeddings (dynamic Gather quantization), then int8 matrices (MatMulNBits, 8 bits).
     `accuracy_level` None: products in fp32 (the weights dequantized on the fly), for comparison."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    embedded = int8.with_suffix(".gather.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(fp32), str(embedded), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
-    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8, op_types_to_quantize=("MatMul",),
-                                          quant_axes=(("MatMul", 0),), accuracy_level=accuracy_level)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(embedded)), algo_config=config)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(int8), use_external_data_format=False)
-    embedded.unlink()
+    with quantizer_quiet():
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+        logging.getLogger().setLevel(logging.ERROR)  # its first import set it to INFO (logging.basicConfig)
+        embedded = int8.with_suffix(".gather.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(fp32), str(embedded), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
+        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8,
+                                              op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),),
+                                              accuracy_level=accuracy_level)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(embedded)), algo_config=config)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(int8), use_external_data_format=False)
+        embedded.unlink()
 
 
 def _reference_pass(model: TextClassifier, public: dict[str, np.ndarray]) -> tuple[np.ndarray, list[torch.Tensor]]:

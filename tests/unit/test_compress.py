@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import subprocess
 import sys
 
 import numpy as np
@@ -132,6 +133,27 @@ def test_magnitude_pruning_zeros_weights_and_shrinks_the_compressed_file(tmp_pat
     assert sizes[0.8] < 0.6 * sizes[0.0]
     metrics = compress_model(trained_like(hidden=256), 30, SETTINGS.model_copy(update={"prune_amount": 0.0}), tmp_path)
     assert metrics["size_bytes"]["int8_onnx_gzip"] == sizes[0.0]  # the stage's file is that one
+
+
+QUANTIZE = """
+import sys
+from pathlib import Path
+from torch import nn
+from privflow.modeling.export import quantize_onnx
+quantize_onnx(Path(sys.argv[1]), Path(sys.argv[2]), nn.Linear(30, 2), 30)
+"""
+
+
+def test_quantizing_says_nothing_on_the_stages_console(tmp_path):
+    """onnxruntime's quantizer advised pre-processing the model on every compress stage's stderr
+    (a plain `dvc repro`'s console): nothing a user can act on. In a process of its own, as a
+    stage: under pytest the root logger has handlers, so the advice would go to them instead."""
+    fp32, int8 = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
+    export_onnx(trained_like(hidden=32), 30, fp32)
+    done = subprocess.run([sys.executable, "-c", QUANTIZE, str(fp32), str(int8)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and int8.stat().st_size > 0, done.stderr[-2000:]
+    assert (done.stdout, done.stderr) == ("", ""), done.stderr[-2000:]
 
 
 def test_pruning_that_moves_decisions_is_halved_until_the_export_keeps_them(tmp_path):

@@ -295,6 +295,22 @@ def test_the_text_models_pruning_is_halved_until_its_decisions_on_public_text_st
     assert none == 0.0 and no_tries == [] and all(torch.equal(a, b) for a, b in
                                                   zip(unpruned.parameters(), model.parameters()))
     quantization_falls_back_to_fp32_products_below_the_floor(model, tmp_path / "pruned.onnx", public, tmp_path)
+    quantizing_says_nothing(tmp_path / "pruned.onnx", tmp_path / "quiet.onnx")
+
+
+def quantizing_says_nothing(fp32, int8) -> None:
+    """onnxruntime's quantizer sets the root logger to INFO as it loads (two lines a matrix on a
+    plain `dvc repro`'s console). In a process of its own: under pytest the root logger has
+    handlers already, so the library's basicConfig does nothing here."""
+    import subprocess
+    import sys
+
+    quantize = "import sys; from pathlib import Path; from privflow.modeling.text_export import " \
+               "quantize_weights_int8; quantize_weights_int8(Path(sys.argv[1]), Path(sys.argv[2]))"
+    done = subprocess.run([sys.executable, "-c", quantize, str(fp32), str(int8)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and int8.stat().st_size > 0, done.stderr[-2000:]
+    assert (done.stdout, done.stderr) == ("", ""), done.stderr[-2000:]
 
 
 def quantization_falls_back_to_fp32_products_below_the_floor(model, fp32, public, tmp_path) -> None:
