@@ -198,5 +198,10 @@ def refresh_dvc_yaml(project: Path) -> list[str]:
     return changed
 
 
+def refreshed_note(stages: list[str]) -> str:
+    """What a run says after `refresh_dvc_yaml` rewrote these stages' code deps."""
+    return f"dvc.yaml: code deps of {', '.join(stages)} rewritten for the installed privflow"
+
+
 if __name__ == "__main__":  # `python -m privflow.project`: bring this project's dvc.yaml up to date
     print(f"dvc.yaml: code deps of {refresh_dvc_yaml(Path('.')) or 'no stage'} rewritten")

@@ -27,7 +27,7 @@ from privflow.flows.stages import (
     reproduce_stage,
     stage_order,
 )
-from privflow.project import refresh_dvc_yaml
+from privflow.project import refresh_dvc_yaml, refreshed_note
 from privflow.reporting.archive import archive_run
 from privflow.stageserver import stage_host
 
@@ -141,8 +141,8 @@ def pipeline(root: str = ".", datasets: list[str] | None = None, wait_seconds: f
             stage_host(lambda: text_model_in(Path(root), datasets)):
         # a scheduled or deployed run after an upgrade: dvc.yaml (and dvc.lock) as this privflow writes them
         if refreshed := refresh_dvc_yaml(Path(root)):
-            get_run_logger().info("dvc.yaml: code deps of %s rewritten for the installed privflow", refreshed)
-            say(f"dvc.yaml: code deps of {', '.join(refreshed)} rewritten for the installed privflow")
+            get_run_logger().info(refreshed_note(refreshed))
+            say(refreshed_note(refreshed))
         ran = _run_stages(root, datasets, side_by_side)
         if service:  # a failure is said as the service's console closes
             service.finished(datasets, ran, [])

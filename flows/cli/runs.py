@@ -47,13 +47,13 @@ def run(root: Path = Path("."),
     from privflow.flows.cli.pipeline_run import run_flow, say_lost_sources, stop_unless_all_ran
     from privflow.flows.stages import FINGERPRINT_STAGE, read_dag, record_fingerprints, stages_for
     from privflow.preflight import check_dataset
-    from privflow.project import refresh_dvc_yaml
+    from privflow.project import refresh_dvc_yaml, refreshed_note
     from privflow.settings import dataset_names, load_settings
 
     chosen = dataset or dataset_names(root / "params.yaml")
     refreshed = refresh_dvc_yaml(root)
     if refreshed:
-        console.print(f"dvc.yaml: code deps of {', '.join(refreshed)} rewritten for the installed privflow", highlight=False)
+        console.print(refreshed_note(refreshed), highlight=False)
     for name in chosen:  # before Prefect starts: a schema or settings mistake costs seconds, not a run
         check_dataset(load_settings(name, root / "params.yaml"))
     if not plan:
