@@ -66,9 +66,10 @@ class _SyntheticCalibration(CalibrationDataReader):
 @contextmanager
 def quantizer_quiet() -> Iterator[None]:
     """onnxruntime's quantizers log through the root logger: advice to pre-process the model
-    first (`WARNING:root:Please consider to run pre-processing...`) and, from MatMulNBits, two
-    lines a matrix. On a stage's stderr that is a plain `dvc repro`'s console, and nothing in it
-    is for a user to act on: while they run, only errors pass."""
+    first (`WARNING:root:Please consider to run pre-processing...`) and, from MatMulNBits, a
+    line a node and two a matrix (557 for the text model's graph). On a stage's stderr that is
+    a plain `dvc repro`'s console, and nothing in it is for a user to act on: while they run,
+    only errors pass."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)

@@ -299,7 +299,7 @@ def test_the_text_models_pruning_is_halved_until_its_decisions_on_public_text_st
 
 
 def quantizing_says_nothing(fp32, int8) -> None:
-    """onnxruntime's quantizer sets the root logger to INFO as it loads (two lines a matrix on a
+    """onnxruntime's quantizer sets the root logger to INFO as it loads (a line a node of the graph on a
     plain `dvc repro`'s console). In a process of its own: under pytest the root logger has
     handlers already, so the library's basicConfig does nothing here."""
     import subprocess
