@@ -55,9 +55,10 @@ EQUIVALENT_CODE: dict[str, tuple[str, dict[str, str]]] = {
                                             "the same",
         "d460bc843a5878f45c9d2459e7a71b8d": "65e79c2: that, and the plan's words for a release's new key"}),
     # ingest loads it for the source's keyed id, which the lock leaves as it was
-    "data/fingerprint.py": ("ca71fff1187e6e705f57a3d996a83f94", {
+    "data/fingerprint.py": ("a2466ed1ebcab546b66902d06854e8aa", {
         "1dd43a5132703a1838d7ca28795c40bc": "ea6a023: takings of the fingerprints wait their turn under a lock; "
-                                            "the same files"}),
+                                            "the same files",
+        "ca71fff1187e6e705f57a3d996a83f94": "8fb922c: the lock's docstring names the race that remains"}),
     # every stage writes its JSON through write_json: the same bytes, now unnamed until whole
     "artifacts.py": ("96334d4577a80885fc33f37e6fde6f53", {
         "d7d55aeeb827b469d0f982bf40307609": "b5554fe: JSON files written as the sealed ones are (no shared "

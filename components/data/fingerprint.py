@@ -125,8 +125,10 @@ FINGERPRINTS_LOCK = Path(".privflow") / "fingerprints.lock"  # in the project, o
 @contextmanager
 def one_taking_at_a_time(project: Path) -> Iterator[None]:
     """Two runs planning at once, or a plan beside a running fingerprint stage, write the same
-    files: one's `.partial` was moved or removed under the other (a FileNotFoundError, seen when
-    two `privflow run`s started together). They take turns; a taking is milliseconds."""
+    files, and each taking removes what it does not keep from the folder: one removed the other's
+    file in flight (a FileNotFoundError, seen when two `privflow run`s started together; the
+    shared `.partial` name write_json had then is gone since 76e0f54, the removal is not). They
+    take turns; a taking is milliseconds."""
     lock = project / FINGERPRINTS_LOCK
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
